@@ -1,0 +1,249 @@
+//! Wiring: builds every stage from the config, connects them with bounded queues, runs them,
+//! and shuts them down in order.
+//!
+//! ```text
+//! sources (tokio tasks) --SourceBatch--> processor (thread) --Batch--> one task per sink
+//! ```
+//!
+//! Shutdown drains front to back: sources stop reading and close their queue, the processor
+//! finishes and closes the sinks' queues, sinks deliver what they hold (up to the drain
+//! timeout), and only then are file positions saved.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, SourceKind};
+use crate::enrich::{EndpointIndex, Enricher, Inventory};
+use crate::flow::source::{self, CheckpointStore, SourceBatch, SourceContext, SourceMetrics};
+use crate::flow::RejectCounts;
+use crate::pipeline::{DeadLetter, FlowMetrics, Processor};
+use crate::sink::{Batch, Sink, SinkMetrics};
+use crate::telemetry::{self, Readiness};
+
+/// How a run behaves beyond its config.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    /// Process the input that exists now, deliver it, and stop.
+    pub once: bool,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default)]
+pub struct RunReport {
+    pub records: u64,
+    pub rejected: RejectCounts,
+    /// Records some sink could not deliver before giving up at shutdown.
+    pub undelivered: u64,
+}
+
+/// Loads the inventory into an index, or an empty index without one.
+pub fn load_index(config: &Config) -> anyhow::Result<EndpointIndex> {
+    match &config.enrichment.inventory_path {
+        Some(path) => {
+            let inventory = Inventory::load(path)?;
+            let index = EndpointIndex::from_inventory(&inventory);
+            let (endpoints, services) = index.len();
+            tracing::info!(path = %path.display(), pods = inventory.pods.len(), endpoints, services, "loaded inventory");
+            Ok(index)
+        }
+        None => Ok(EndpointIndex::default()),
+    }
+}
+
+/// Runs the pipeline until its sources end (`once`, or standard input closing) or `shutdown`.
+pub async fn run(config: Config, options: RunOptions, shutdown: CancellationToken) -> anyhow::Result<RunReport> {
+    let index = Arc::new(load_index(&config)?);
+    let mut registry = Registry::with_prefix("threatflow");
+    let source_metrics = SourceMetrics::register(registry.sub_registry_with_prefix("source"));
+    let flow_metrics = FlowMetrics::register(registry.sub_registry_with_prefix("flow"));
+    let sink_metrics = SinkMetrics::register(registry.sub_registry_with_prefix("sink"));
+    let registry = Arc::new(registry);
+    let readiness = Readiness::default();
+    let telemetry_stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
+
+    if let Some(addr) = config.telemetry.listen_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on telemetry.listen_addr {addr}"))?;
+        tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+        tasks.spawn(telemetry::serve(listener, registry.clone(), readiness.clone(), telemetry_stop.clone()));
+    }
+
+    let mut dead_letter = match &config.dead_letter {
+        Some(dead_letter) => Some(
+            DeadLetter::open(&dead_letter.path)
+                .with_context(|| format!("cannot open dead_letter.path {}", dead_letter.path.display()))?,
+        ),
+        None => None,
+    };
+
+    // Sinks, each behind its own bounded queue.
+    let drain_timeout = Duration::from_secs(config.pipeline.drain_timeout_secs);
+    let mut sink_queues = Vec::new();
+    let mut sink_tasks = Vec::new();
+    for sink_config in &config.sinks {
+        let sink = Sink::new(sink_config, &config);
+        let (sender, receiver) = mpsc::channel::<Batch>(config.pipeline.queue_batches);
+        sink_queues.push(sender);
+        sink_tasks.push(tokio::spawn(sink.run(receiver, sink_metrics.clone(), shutdown.clone(), drain_timeout)));
+    }
+
+    // The processor thread.
+    let (source_sender, mut source_receiver) = mpsc::channel::<SourceBatch>(config.pipeline.queue_batches);
+    let max_line_bytes: std::collections::HashMap<Arc<str>, usize> = config
+        .sources
+        .iter()
+        .map(|source| (Arc::from(source.name.as_str()), source.max_line_bytes))
+        .collect();
+    let processor = Processor {
+        enricher: Enricher { node_name: config.node_name().map(Arc::from) },
+        index,
+    };
+    let processor_thread = std::thread::Builder::new()
+        .name("threatflow-processor".into())
+        .spawn(move || {
+            let mut rejected_total = RejectCounts::default();
+            let mut records_total = 0u64;
+            while let Some(batch) = source_receiver.blocking_recv() {
+                let max_line = max_line_bytes.get(&batch.source).copied().unwrap_or(usize::MAX);
+                let mut records = Vec::with_capacity(batch.lines.len());
+                let mut rejected = RejectCounts::default();
+                let mut enriched_endpoints = 0;
+                for line in batch.lines.iter() {
+                    match processor.process(batch.format, line, max_line) {
+                        Ok(record) => {
+                            enriched_endpoints += usize::from(record.source.is_some()) + usize::from(record.dest.is_some());
+                            records.push(record);
+                        }
+                        Err(rejection) => {
+                            rejected.add(rejection.reason);
+                            if let Some(dead_letter) = dead_letter.as_mut() {
+                                if let Err(error) = dead_letter.write(&batch.source, line, &rejection) {
+                                    tracing::error!(%error, "cannot write to the dead-letter file; the rejected line is only counted");
+                                }
+                            }
+                        }
+                    }
+                }
+                if rejected.total() > 0 {
+                    tracing::warn!(source = %batch.source, rejected = %rejected, "rejected lines");
+                    if let Some(dead_letter) = dead_letter.as_mut() {
+                        if let Err(error) = dead_letter.flush() {
+                            tracing::error!(%error, "cannot write to the dead-letter file; the rejected lines are only counted");
+                        }
+                    }
+                }
+                flow_metrics.batch_processed(&batch.source, records.len(), enriched_endpoints, &rejected);
+                records_total += records.len() as u64;
+                rejected_total.merge(&rejected);
+                let records = Arc::new(records);
+                for queue in &sink_queues {
+                    let batch = Batch { records: records.clone(), ack: batch.ack.share() };
+                    if queue.blocking_send(batch).is_err() {
+                        tracing::error!("a sink stopped early; its batch is not acknowledged");
+                    }
+                }
+                batch.ack.ack();
+            }
+            (records_total, rejected_total)
+        })
+        .context("cannot start the processor thread")?;
+
+    // Sources.
+    let mut checkpoint_stores = Vec::new();
+    let mut source_tasks = Vec::new();
+    for source_config in &config.sources {
+        let context = SourceContext {
+            name: Arc::from(source_config.name.as_str()),
+            format: source_config.format,
+            max_line_bytes: source_config.max_line_bytes,
+            batch_max_records: config.pipeline.batch_max_records,
+            output: source_sender.clone(),
+            metrics: source_metrics.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let task = match (source_config.kind, &source_config.file) {
+            (SourceKind::File, Some(file)) => {
+                let store = file.checkpoint_path.clone().map(CheckpointStore::new);
+                if let Some(store) = &store {
+                    checkpoint_stores.push(store.clone());
+                }
+                tokio::spawn(source::run_file(file.clone(), store, options.once, context))
+            }
+            _ => tokio::spawn(source::run_reader(tokio::io::stdin(), context)),
+        };
+        source_tasks.push((source_config.name.clone(), task));
+    }
+    drop(source_sender);
+
+    // Positions are saved every second while running, and once more at the end.
+    let checkpoint_stop = CancellationToken::new();
+    {
+        let (stores, stop) = (checkpoint_stores.clone(), checkpoint_stop.clone());
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => persist(&stores),
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
+    }
+
+    readiness.set_ready(true);
+    tracing::info!(summary = %config.summary(), once = options.once, "running");
+
+    let mut failures = Vec::new();
+    for (name, task) in source_tasks {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::error!(source = %name, error = ?anyhow::Error::from(error), "source failed");
+                failures.push(name);
+            }
+            Err(join_error) => {
+                tracing::error!(source = %name, %join_error, "source task failed");
+                failures.push(name);
+            }
+        }
+    }
+    readiness.set_ready(false);
+    let (records, rejected) = tokio::task::spawn_blocking(move || processor_thread.join())
+        .await
+        .context("processor thread")?
+        .map_err(|_| anyhow::anyhow!("the processor thread panicked"))?;
+    let mut undelivered = 0;
+    for task in sink_tasks {
+        undelivered += task.await.context("sink task")?.undelivered;
+    }
+    checkpoint_stop.cancel();
+    persist(&checkpoint_stores);
+    telemetry_stop.cancel();
+    tasks.close();
+    tasks.wait().await;
+
+    if !failures.is_empty() {
+        anyhow::bail!("source(s) failed: {}", failures.join(", "));
+    }
+    Ok(RunReport {
+        records,
+        rejected,
+        undelivered,
+    })
+}
+
+fn persist(stores: &[CheckpointStore]) {
+    for store in stores {
+        if let Err(error) = store.persist() {
+            tracing::error!(%error, "cannot save a checkpoint; a restart may re-send lines");
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! `threatflow enrich`: a Unix filter for offline forensics. Flow records on standard input,
+//! one enriched record per line on standard output, in input order, using the daemon's own
+//! line splitting, parsing, enrichment and encoders.
+
+use std::io::{BufWriter, Read, Write};
+
+use crate::config::{Config, OutputFormat};
+use crate::enrich::EndpointIndex;
+use crate::flow::lines::{LineBatch, LineSplitter};
+use crate::flow::{FlowFormat, RejectCounts};
+use crate::pipeline::Processor;
+use crate::sink::Encoder;
+
+const CHUNK_BYTES: usize = 1024 * 1024;
+
+/// What `enrich` did.
+#[derive(Clone, Debug, Default)]
+pub struct EnrichSummary {
+    pub records: u64,
+    pub rejected: RejectCounts,
+    /// Field values shortened to their CEF key's maximum length.
+    pub truncated_fields: u64,
+}
+
+impl std::fmt::Display for EnrichSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} records, {} rejected", self.records, self.rejected.total())?;
+        if self.rejected.total() > 0 {
+            write!(f, ": {}", self.rejected)?;
+        }
+        if self.truncated_fields > 0 {
+            write!(f, "; {} field values shortened to their CEF key's limit", self.truncated_fields)?;
+        }
+        Ok(())
+    }
+}
+
+/// Settings of one `enrich` run.
+pub struct EnrichOptions<'a> {
+    pub format: FlowFormat,
+    pub output: OutputFormat,
+    pub max_line_bytes: usize,
+    /// CEF settings and the cluster name come from here.
+    pub config: &'a Config,
+    pub index: EndpointIndex,
+}
+
+/// Reads `input` to its end and writes one encoded record per accepted line to `output`.
+/// Rejected lines are reported on `errors` with their line number and reason.
+pub fn run(options: EnrichOptions<'_>, mut input: impl Read, output: impl Write, mut errors: impl Write) -> std::io::Result<EnrichSummary> {
+    let processor = Processor {
+        enricher: crate::enrich::Enricher { node_name: options.config.node_name().map(Into::into) },
+        index: options.index.into(),
+    };
+    let encoder = Encoder::new(options.output, options.config);
+    let mut output = BufWriter::with_capacity(CHUNK_BYTES, output);
+    let mut splitter = LineSplitter::new(options.max_line_bytes);
+    let mut batch = LineBatch::default();
+    let mut chunk = vec![0u8; CHUNK_BYTES];
+    let mut summary = EnrichSummary::default();
+    let mut line_number = 0u64;
+    let mut encoded = Vec::with_capacity(4096);
+    loop {
+        let read = match input.read(&mut chunk) {
+            Ok(0) => {
+                splitter.finish(&mut batch);
+                0
+            }
+            Ok(read) => {
+                splitter.push(&chunk[..read], &mut batch);
+                read
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
+        for line in batch.iter() {
+            line_number += 1;
+            match processor.process(options.format, line, options.max_line_bytes) {
+                Ok(record) => {
+                    encoded.clear();
+                    summary.truncated_fields += u64::from(encoder.encode(&record, &mut encoded).truncated_fields);
+                    encoded.push(b'\n');
+                    output.write_all(&encoded)?;
+                    summary.records += 1;
+                }
+                Err(rejection) => {
+                    summary.rejected.add(rejection.reason);
+                    writeln!(errors, "record {line_number}: rejected ({}): {}", rejection.reason, rejection.detail)?;
+                }
+            }
+        }
+        batch.clear();
+        if read == 0 {
+            break;
+        }
+    }
+    output.flush()?;
+    Ok(summary)
+}

@@ -1,0 +1,210 @@
+//! Enrichment: adding cluster context (pod, namespace, labels, workload, node, service) to a
+//! flow record.
+//!
+//! The stage is a pure function of a record and an [`EndpointIndex`]. It never calls the
+//! Kubernetes API; the index is filled elsewhere (an inventory file offline, watches in the
+//! cluster). What the collector already said wins: enrichment only fills gaps, and a record
+//! without an IP (aggregated by the collector) is never given a pod.
+
+pub mod index;
+pub mod inventory;
+pub mod workload;
+
+use std::sync::Arc;
+
+use crate::flow::record::{Endpoint, EndpointKind, Reporter};
+use crate::flow::FlowRecord;
+pub use index::{EndpointIndex, EndpointInfo, EndpointInfoKind, ServiceInfo};
+pub use inventory::Inventory;
+
+/// A flow record with the context the index had for its endpoints.
+#[derive(Clone, Debug)]
+pub struct EnrichedRecord {
+    pub flow: FlowRecord,
+    pub source: Option<Arc<EndpointInfo>>,
+    pub dest: Option<Arc<EndpointInfo>>,
+    /// The service whose IP the destination was, when the collector did not name one.
+    pub dest_service: Option<Arc<ServiceInfo>>,
+    /// The node that reported the flow.
+    pub reporting_node: Option<Arc<str>>,
+}
+
+/// Static settings of the enrichment stage.
+#[derive(Clone, Debug, Default)]
+pub struct Enricher {
+    /// The node this instance runs on: the reporting node of records that do not name one
+    /// (a DaemonSet tailing its own node's flow log).
+    pub node_name: Option<Arc<str>>,
+}
+
+impl Enricher {
+    pub fn enrich(&self, flow: FlowRecord, index: &EndpointIndex) -> EnrichedRecord {
+        let lookup = |endpoint: &Endpoint| {
+            endpoint
+                .ip
+                .and_then(|ip| index.endpoint(ip, flow.end_ms))
+                .cloned()
+        };
+        let source = lookup(&flow.source);
+        let dest = lookup(&flow.dest);
+        let dest_service = match (&flow.dest_service, flow.dest.ip) {
+            (None, Some(ip)) => index.service(ip).cloned(),
+            _ => None,
+        };
+        let reporter_info = match flow.reporter {
+            Reporter::Source => source.as_ref(),
+            Reporter::Dest => dest.as_ref(),
+            Reporter::Forward => None,
+        };
+        let reporting_node = match &flow.host {
+            Some(host) => Some(Arc::from(&**host)),
+            None => self.node_name.clone().or_else(|| {
+                reporter_info
+                    .and_then(|info| info.node.as_deref())
+                    .map(Arc::from)
+            }),
+        };
+        EnrichedRecord {
+            flow,
+            source,
+            dest,
+            dest_service,
+            reporting_node,
+        }
+    }
+}
+
+/// Which endpoint of a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Dest,
+}
+
+/// One endpoint of an enriched record, with the record's own values taking precedence over
+/// the index's.
+#[derive(Clone, Copy)]
+pub struct EndpointView<'a> {
+    pub flow: &'a Endpoint,
+    pub info: Option<&'a EndpointInfo>,
+}
+
+impl EnrichedRecord {
+    pub fn side(&self, side: Side) -> EndpointView<'_> {
+        match side {
+            Side::Source => EndpointView {
+                flow: &self.flow.source,
+                info: self.source.as_deref(),
+            },
+            Side::Dest => EndpointView {
+                flow: &self.flow.dest,
+                info: self.dest.as_deref(),
+            },
+        }
+    }
+
+    /// `namespace/name` of the destination service, from the record or the index.
+    pub fn dest_service_name(&self) -> Option<(Option<&str>, &str)> {
+        match (&self.flow.dest_service, &self.dest_service) {
+            (Some(service), _) => Some((service.namespace.as_deref(), &service.name)),
+            (None, Some(service)) => Some((Some(&service.namespace), &service.name)),
+            (None, None) => None,
+        }
+    }
+}
+
+impl<'a> EndpointView<'a> {
+    /// The host name to report: the pod name, the node name for host endpoints, the set name for
+    /// network sets, or the aggregated name (`web-5bdcdd9c97-*`) when nothing finer is known.
+    pub fn host_name(&self) -> Option<&'a str> {
+        self.flow
+            .name
+            .as_deref()
+            .or(self.info.map(|info| &*info.name))
+            .or(self.flow.name_aggr.as_deref())
+    }
+
+    /// The pod name, when the endpoint is a pod.
+    pub fn pod_name(&self) -> Option<&'a str> {
+        match self.flow.kind {
+            Some(EndpointKind::Workload) | None => self.flow.name.as_deref().or(self
+                .info
+                .filter(|info| info.kind == EndpointInfoKind::Pod)
+                .map(|info| &*info.name)),
+            _ => None,
+        }
+    }
+
+    pub fn namespace(&self) -> Option<&'a str> {
+        self.flow
+            .namespace
+            .as_deref()
+            .or(self.info.and_then(|info| info.namespace.as_deref()))
+    }
+
+    pub fn labels(&self) -> Option<&'a [Box<str>]> {
+        self.flow
+            .labels
+            .as_deref()
+            .or(self.info.map(|info| &*info.labels))
+    }
+
+    pub fn namespace_labels(&self) -> Option<&'a [Box<str>]> {
+        self.info.map(|info| &*info.namespace_labels)
+    }
+
+    /// `Kind/name` of the owning workload, from the index, or from the record's own name and
+    /// labels when the controller's labels say.
+    pub fn workload(&self) -> Option<std::borrow::Cow<'a, str>> {
+        if let Some(workload) = self.info.and_then(|info| info.workload.as_deref()) {
+            return Some(workload.into());
+        }
+        let name = self.flow.name.as_deref().or(self.flow.name_aggr.as_deref())?;
+        let labels = self.flow.labels.as_deref()?;
+        workload::from_labels(name, labels.iter().map(|label| &**label)).map(Into::into)
+    }
+
+    pub fn node(&self) -> Option<&'a str> {
+        self.info.and_then(|info| info.node.as_deref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::calico;
+
+    fn index() -> EndpointIndex {
+        let inventory = Inventory::from_json(include_bytes!("../../deploy/local/inventory.json")).unwrap();
+        EndpointIndex::from_inventory(&inventory)
+    }
+
+    fn record(line: &str) -> EnrichedRecord {
+        Enricher::default().enrich(calico::parse_str(line).unwrap(), &index())
+    }
+
+    #[test]
+    fn fills_gaps_from_the_index() {
+        let enriched = record(r#"{"start_time":1,"end_time":2,"proto":"tcp","action":"allow","reporter":"src","source_ip":"10.244.1.5","dest_ip":"10.96.0.10","dest_port":53,"source_name":"-","dest_name":"-"}"#);
+        let source = enriched.side(Side::Source);
+        assert_eq!(source.pod_name(), Some("frontend-7d9f8c6b5d-x2k4l"));
+        assert_eq!(source.namespace(), Some("web"));
+        assert_eq!(source.workload().as_deref(), Some("Deployment/frontend"));
+        assert_eq!(source.node(), Some("node-a"));
+        assert_eq!(enriched.reporting_node.as_deref(), Some("node-a"));
+        assert_eq!(enriched.dest_service_name(), Some((Some("kube-system"), "kube-dns")));
+    }
+
+    #[test]
+    fn record_values_win_and_aggregates_get_no_pod() {
+        let enriched = record(r#"{"start_time":1,"end_time":2,"proto":"tcp","action":"allow","reporter":"src","host":"node-z","source_ip":"10.244.1.5","source_name":"renamed","source_namespace":"elsewhere","dest_ip":null,"dest_name":"-","dest_name_aggr":"db-*","dest_namespace":"data"}"#);
+        let source = enriched.side(Side::Source);
+        assert_eq!(source.pod_name(), Some("renamed"));
+        assert_eq!(source.namespace(), Some("elsewhere"));
+        let dest = enriched.side(Side::Dest);
+        assert!(dest.info.is_none());
+        assert_eq!(dest.pod_name(), None);
+        assert_eq!(dest.host_name(), Some("db-*"));
+        assert_eq!(enriched.reporting_node.as_deref(), Some("node-z"));
+    }
+}

@@ -1,0 +1,424 @@
+//! Sources: reading collector output into batches of lines.
+//!
+//! `file` tails a flow-log file the way Felix writes it: it follows rotation by rename (the old
+//! file is read to its end before the new one is opened) and by copy-truncate (a file that
+//! shrinks is read again from its start), and saves its position in a checkpoint file once the
+//! lines before it are delivered. `stdin` reads until end of input. Both split lines with the
+//! same [`LineSplitter`], and hand batches on through a bounded queue, so a slow pipeline
+//! slows reading instead of filling memory. Parsing happens downstream.
+
+use std::collections::VecDeque;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::lines::{LineBatch, LineSplitter};
+use super::FlowFormat;
+use crate::ack::AckToken;
+use crate::config::{FileSourceConfig, StartAt};
+
+const READ_CHUNK_BYTES: usize = 256 * 1024;
+/// A batch is handed on once it holds this many bytes, whatever its line count.
+const BATCH_MAX_BYTES: usize = 4 * 1024 * 1024;
+
+/// Lines from one source, with the acknowledgement that saves their position once delivered.
+#[derive(Debug)]
+pub struct SourceBatch {
+    pub source: Arc<str>,
+    pub format: FlowFormat,
+    pub lines: LineBatch,
+    pub ack: AckToken,
+}
+
+/// What every source needs besides its own settings.
+#[derive(Clone, Debug)]
+pub struct SourceContext {
+    pub name: Arc<str>,
+    pub format: FlowFormat,
+    pub max_line_bytes: usize,
+    pub batch_max_records: usize,
+    pub output: mpsc::Sender<SourceBatch>,
+    pub metrics: SourceMetrics,
+    pub shutdown: CancellationToken,
+}
+
+/// A source could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot read {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read standard input")]
+    Stdin(#[source] std::io::Error),
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
+}
+
+/// Per-source counters.
+#[derive(Clone, Debug, Default)]
+pub struct SourceMetrics {
+    bytes: Family<SourceLabels, Counter>,
+    lines: Family<SourceLabels, Counter>,
+    rotations: Family<SourceLabels, Counter>,
+    truncations: Family<SourceLabels, Counter>,
+}
+
+impl SourceMetrics {
+    pub fn register(registry: &mut Registry) -> SourceMetrics {
+        let metrics = SourceMetrics::default();
+        registry.register("bytes", "Bytes read", metrics.bytes.clone());
+        registry.register("lines", "Lines read (before parsing)", metrics.lines.clone());
+        registry.register("rotations", "Files followed through a rename rotation", metrics.rotations.clone());
+        registry.register("truncations", "Files that shrank (copy-truncate) and were read again from the start", metrics.truncations.clone());
+        metrics
+    }
+
+    fn labels(source: &str) -> SourceLabels {
+        SourceLabels { source: source.to_owned() }
+    }
+
+    fn batch_read(&self, source: &str, lines: usize, bytes: u64) {
+        let labels = Self::labels(source);
+        self.lines.get_or_create(&labels).inc_by(lines as u64);
+        self.bytes.get_or_create(&labels).inc_by(bytes);
+    }
+}
+
+/// Which file and how far into it: enough to resume after a restart, even across a rotation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub path: PathBuf,
+    pub dev: u64,
+    pub ino: u64,
+    pub offset: u64,
+}
+
+/// The checkpoint file of one source: the latest delivered position, saved atomically.
+#[derive(Clone, Debug)]
+pub struct CheckpointStore {
+    path: PathBuf,
+    latest: Arc<Mutex<Option<Position>>>,
+    saved: Arc<Mutex<Option<Position>>>,
+}
+
+impl CheckpointStore {
+    pub fn new(path: PathBuf) -> CheckpointStore {
+        CheckpointStore {
+            path,
+            latest: Arc::default(),
+            saved: Arc::default(),
+        }
+    }
+
+    /// The saved position, if the checkpoint file exists and is readable.
+    pub fn load(&self) -> Option<Position> {
+        let text = std::fs::read(&self.path).ok()?;
+        match serde_json::from_slice::<Position>(&text) {
+            Ok(position) => {
+                *self.saved.lock().expect("checkpoint lock") = Some(position.clone());
+                Some(position)
+            }
+            Err(error) => {
+                tracing::warn!(checkpoint = %self.path.display(), %error, "ignoring an unreadable checkpoint file");
+                None
+            }
+        }
+    }
+
+    /// Notes that everything before `position` was delivered.
+    pub fn delivered(&self, position: Position) {
+        *self.latest.lock().expect("checkpoint lock") = Some(position);
+    }
+
+    /// Writes the latest delivered position if it changed since the last save.
+    pub fn persist(&self) -> std::io::Result<()> {
+        let latest = self.latest.lock().expect("checkpoint lock").clone();
+        let mut saved = self.saved.lock().expect("checkpoint lock");
+        if latest.is_none() || *saved == latest {
+            return Ok(());
+        }
+        let temporary = self.path.with_extension("tmp");
+        std::fs::write(&temporary, serde_json::to_vec(&latest).expect("a position serializes"))?;
+        std::fs::rename(&temporary, &self.path)?;
+        *saved = latest;
+        Ok(())
+    }
+}
+
+/// An open file and how far it has been read.
+struct OpenFile {
+    path: PathBuf,
+    file: tokio::fs::File,
+    dev: u64,
+    ino: u64,
+    offset: u64,
+}
+
+impl OpenFile {
+    async fn open(path: &Path, offset: u64) -> std::io::Result<OpenFile> {
+        let mut file = tokio::fs::File::open(path).await?;
+        let metadata = file.metadata().await?;
+        let offset = if metadata.len() < offset { 0 } else { offset };
+        file.seek(std::io::SeekFrom::Start(offset)).await?;
+        Ok(OpenFile {
+            path: path.to_owned(),
+            file,
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+            offset,
+        })
+    }
+}
+
+/// Collects lines into batches and hands them on.
+struct Emitter {
+    context: SourceContext,
+    batch: LineBatch,
+    batch_bytes: u64,
+}
+
+impl Emitter {
+    fn new(context: SourceContext) -> Emitter {
+        Emitter {
+            context,
+            batch: LineBatch::default(),
+            batch_bytes: 0,
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.batch.len() >= self.context.batch_max_records || self.batch.bytes() >= BATCH_MAX_BYTES
+    }
+
+    /// Hands on the current batch, if it has lines. Returns false when the pipeline is gone.
+    async fn emit(&mut self, ack: AckToken) -> bool {
+        if self.batch.is_empty() {
+            // Nothing to deliver, so nothing to acknowledge: running the action now could save
+            // a position ahead of batches still in flight.
+            drop(ack);
+            return true;
+        }
+        let lines = std::mem::take(&mut self.batch);
+        self.context.metrics.batch_read(&self.context.name, lines.len(), std::mem::take(&mut self.batch_bytes));
+        let batch = SourceBatch {
+            source: self.context.name.clone(),
+            format: self.context.format,
+            lines,
+            ack,
+        };
+        self.context.output.send(batch).await.is_ok()
+    }
+}
+
+/// Reads standard input (or any reader) to its end.
+pub async fn run_reader(mut reader: impl AsyncRead + Unpin, context: SourceContext) -> Result<(), SourceError> {
+    let mut splitter = LineSplitter::new(context.max_line_bytes);
+    let shutdown = context.shutdown.clone();
+    let mut emitter = Emitter::new(context);
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    loop {
+        let read = tokio::select! {
+            read = reader.read(&mut chunk) => read.map_err(SourceError::Stdin)?,
+            _ = shutdown.cancelled() => break,
+        };
+        if read == 0 {
+            splitter.finish(&mut emitter.batch);
+            break;
+        }
+        emitter.batch_bytes += read as u64;
+        splitter.push(&chunk[..read], &mut emitter.batch);
+        if emitter.full() && !emitter.emit(AckToken::none()).await {
+            return Ok(());
+        }
+    }
+    emitter.emit(AckToken::none()).await;
+    Ok(())
+}
+
+/// Tails a file until shutdown or, with `once`, until its current end.
+pub async fn run_file(
+    settings: FileSourceConfig,
+    checkpoints: Option<CheckpointStore>,
+    once: bool,
+    context: SourceContext,
+) -> Result<(), SourceError> {
+    let name = context.name.clone();
+    let shutdown = context.shutdown.clone();
+    let metrics = context.metrics.clone();
+    let poll = Duration::from_millis(settings.poll_interval_ms);
+    let path = settings.path.clone();
+    let read_error = |source| SourceError::Read { path: path.display().to_string(), source };
+
+    // Files to read in order: a rotated file to finish first (after a restart), then the file.
+    let mut files: VecDeque<OpenFile> = VecDeque::new();
+    let saved = checkpoints.as_ref().and_then(CheckpointStore::load);
+    let mut waiting_logged = false;
+    loop {
+        match std::fs::metadata(&path) {
+            Ok(metadata) => {
+                match &saved {
+                    Some(position) if (position.dev, position.ino) == (metadata.dev(), metadata.ino()) => {
+                        if metadata.len() < position.offset {
+                            tracing::warn!(source = %name, "the file is shorter than its checkpoint (truncated while stopped); reading it from the start");
+                        }
+                        files.push_back(OpenFile::open(&path, position.offset).await.map_err(read_error)?);
+                    }
+                    Some(position) => {
+                        match find_rotated(&path, position) {
+                            Some(rotated) => {
+                                tracing::info!(source = %name, rotated = %rotated.display(), "finishing the rotated file named in the checkpoint first");
+                                files.push_back(OpenFile::open(&rotated, position.offset).await.map_err(read_error)?);
+                            }
+                            None => tracing::warn!(source = %name, "the checkpointed file is gone; lines written to it after the checkpoint cannot be read"),
+                        }
+                        files.push_back(OpenFile::open(&path, 0).await.map_err(read_error)?);
+                    }
+                    None => {
+                        let offset = match settings.start_at {
+                            StartAt::Beginning => 0,
+                            StartAt::End => metadata.len(),
+                        };
+                        files.push_back(OpenFile::open(&path, offset).await.map_err(read_error)?);
+                    }
+                }
+                break;
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound && !once => {
+                if !waiting_logged {
+                    tracing::info!(source = %name, path = %path.display(), "waiting for the file to appear");
+                    waiting_logged = true;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(poll) => continue,
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+            }
+            Err(error) => return Err(read_error(error)),
+        }
+    }
+
+    let mut splitter = LineSplitter::new(context.max_line_bytes);
+    let mut emitter = Emitter::new(context);
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    let position_ack = |file: &OpenFile, pending: u64| match &checkpoints {
+        Some(store) => {
+            let store = store.clone();
+            let position = Position {
+                path: file.path.clone(),
+                dev: file.dev,
+                ino: file.ino,
+                offset: file.offset - pending,
+            };
+            AckToken::new(move || store.delivered(position))
+        }
+        None => AckToken::none(),
+    };
+
+    while !files.is_empty() {
+        let finishing_rotated = files.len() > 1;
+        let active = files.front_mut().expect("checked by the loop");
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let read = active.file.read(&mut chunk).await.map_err(read_error)?;
+        if read > 0 {
+            active.offset += read as u64;
+            emitter.batch_bytes += read as u64;
+            splitter.push(&chunk[..read], &mut emitter.batch);
+            if emitter.full() {
+                let ack = position_ack(active, splitter.pending_bytes());
+                if !emitter.emit(ack).await {
+                    return Ok(());
+                }
+            }
+            continue;
+        }
+
+        // At the end of the file.
+        if finishing_rotated {
+            // A rotated file does not grow: its last line is complete even without a newline.
+            splitter.finish(&mut emitter.batch);
+            let finished = files.pop_front().expect("checked above");
+            let ack = position_ack(&finished, 0);
+            if !emitter.emit(ack).await {
+                return Ok(());
+            }
+            metrics.rotations.get_or_create(&SourceMetrics::labels(&name)).inc();
+            continue;
+        }
+        if once {
+            splitter.finish(&mut emitter.batch);
+            let ack = position_ack(active, 0);
+            emitter.emit(ack).await;
+            return Ok(());
+        }
+        let ack = position_ack(active, splitter.pending_bytes());
+        if !emitter.emit(ack).await {
+            return Ok(());
+        }
+        match std::fs::metadata(&path) {
+            Ok(metadata) if (metadata.dev(), metadata.ino()) != (active.dev, active.ino) => {
+                // Renamed away and replaced: finish the old file (the writer may have added to
+                // it after our last read), then continue with the new one.
+                tracing::info!(source = %name, "file rotated; following the new file");
+                match OpenFile::open(&path, 0).await {
+                    Ok(new_file) => {
+                        files.push_back(new_file);
+                        continue;
+                    }
+                    Err(error) => tracing::warn!(source = %name, %error, "cannot open the new file yet; retrying"),
+                }
+            }
+            Ok(metadata) if metadata.len() < active.offset => {
+                tracing::warn!(source = %name, size = metadata.len(), offset = active.offset, "file truncated (copy-truncate); reading it again from the start");
+                metrics.truncations.get_or_create(&SourceMetrics::labels(&name)).inc();
+                splitter.reset();
+                active.file.seek(std::io::SeekFrom::Start(0)).await.map_err(read_error)?;
+                active.offset = 0;
+                continue;
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    // Shutdown: hand on what is complete; the unfinished line stays unsaved and is read again.
+    if let Some(active) = files.front() {
+        let ack = position_ack(active, splitter.pending_bytes());
+        emitter.emit(ack).await;
+    }
+    Ok(())
+}
+
+/// A file in the same directory with the checkpoint's device and inode: where a rotation
+/// moved the file that was being read.
+fn find_rotated(path: &Path, position: &Position) -> Option<PathBuf> {
+    let directory = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::read_dir(directory)
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|entry| {
+            entry
+                .metadata()
+                .is_ok_and(|metadata| (metadata.dev(), metadata.ino()) == (position.dev, position.ino))
+        })
+        .map(|entry| entry.path())
+}

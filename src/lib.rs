@@ -1,0 +1,15 @@
+//! threatflow: threat feeds into Calico policy, and Kubernetes flow logs enriched with workload
+//! identity into a SIEM as CEF over syslog.
+//!
+//! The crate is a library with a thin binary. See ARCHITECTURE.md for the data flow and the
+//! code map.
+
+pub mod ack;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod enrich;
+pub mod flow;
+pub mod pipeline;
+pub mod sink;
+pub mod telemetry;

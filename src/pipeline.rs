@@ -1,0 +1,138 @@
+//! The processing stage: lines -> parsed, enriched records, and rejected lines -> counted and
+//! dead-lettered.
+//!
+//! [`Processor`] is the one place a line becomes an [`EnrichedRecord`]; the daemon and the
+//! `enrich` command both use it. It is synchronous and CPU-bound, so the daemon runs it on its
+//! own thread between the sources' queue and the sinks' queues.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+use crate::enrich::{EndpointIndex, EnrichedRecord, Enricher};
+use crate::flow::lines::Line;
+use crate::flow::{FlowFormat, RejectReason, Rejection};
+
+/// Parses and enriches lines.
+#[derive(Debug)]
+pub struct Processor {
+    pub enricher: Enricher,
+    pub index: Arc<EndpointIndex>,
+}
+
+impl Processor {
+    pub fn process(&self, format: FlowFormat, line: Line<'_>, max_line_bytes: usize) -> Result<EnrichedRecord, Rejection> {
+        match line {
+            Line::Complete(bytes) => format
+                .parse(bytes)
+                .map(|flow| self.enricher.enrich(flow, &self.index)),
+            Line::TooLong { len, .. } => Err(Rejection::new(
+                RejectReason::TooLong,
+                format!("line of {len} bytes is longer than max_line_bytes ({max_line_bytes})"),
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FlowLabels {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectLabels {
+    source: String,
+    reason: &'static str,
+}
+
+/// Records parsed and rejected, per source.
+#[derive(Clone, Debug, Default)]
+pub struct FlowMetrics {
+    records: Family<FlowLabels, Counter>,
+    rejected: Family<RejectLabels, Counter>,
+    enriched_endpoints: Family<FlowLabels, Counter>,
+}
+
+impl FlowMetrics {
+    pub fn register(registry: &mut Registry) -> FlowMetrics {
+        let metrics = FlowMetrics::default();
+        registry.register("records", "Lines parsed into flow records", metrics.records.clone());
+        registry.register("rejected", "Lines rejected, by reason", metrics.rejected.clone());
+        registry.register("enriched_endpoints", "Endpoints that gained cluster context from the index", metrics.enriched_endpoints.clone());
+        metrics
+    }
+
+    pub fn batch_processed(&self, source: &str, records: usize, enriched_endpoints: usize, rejected: &crate::flow::RejectCounts) {
+        let labels = FlowLabels { source: source.to_owned() };
+        self.records.get_or_create(&labels).inc_by(records as u64);
+        self.enriched_endpoints.get_or_create(&labels).inc_by(enriched_endpoints as u64);
+        for reason in RejectReason::ALL {
+            let count = rejected.get(reason);
+            if count > 0 {
+                let labels = RejectLabels { source: source.to_owned(), reason: reason.as_str() };
+                self.rejected.get_or_create(&labels).inc_by(count);
+            }
+        }
+    }
+}
+
+/// The dead-letter file: one JSON object per rejected line, with the reason.
+pub struct DeadLetter {
+    writer: std::io::BufWriter<std::fs::File>,
+}
+
+#[derive(Serialize)]
+struct DeadLetterEntry<'a> {
+    source: &'a str,
+    reason: &'static str,
+    detail: &'a str,
+    /// The line, when it is UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line: Option<&'a str>,
+    /// The line's bytes, base64, when it is not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line_base64: Option<String>,
+    /// For a line over the length limit: its length; only its first bytes are kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line_len: Option<u64>,
+}
+
+impl DeadLetter {
+    pub fn open(path: &Path) -> std::io::Result<DeadLetter> {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(DeadLetter {
+            writer: std::io::BufWriter::new(file),
+        })
+    }
+
+    pub fn write(&mut self, source: &str, line: Line<'_>, rejection: &Rejection) -> std::io::Result<()> {
+        use base64::Engine;
+        let (bytes, line_len) = match line {
+            Line::Complete(bytes) => (bytes, None),
+            Line::TooLong { prefix, len } => (prefix, Some(len)),
+        };
+        let text = std::str::from_utf8(bytes).ok();
+        let entry = DeadLetterEntry {
+            source,
+            reason: rejection.reason.as_str(),
+            detail: &rejection.detail,
+            line: text,
+            line_base64: text
+                .is_none()
+                .then(|| base64::engine::general_purpose::STANDARD.encode(bytes)),
+            line_len,
+        };
+        serde_json::to_writer(&mut self.writer, &entry)?;
+        self.writer.write_all(b"\n")
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.writer.flush()
+    }
+}

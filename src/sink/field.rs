@@ -1,0 +1,177 @@
+//! The vocabulary of record fields an encoder's mapping can name (`source_namespace`,
+//! `dest_workload`, ...), and how each one is read from an enriched record.
+//!
+//! Key-value encoders (CEF now, LEEF later) map their keys onto these fields; a field's
+//! [`ValueKind`] lets config validation refuse a mapping the SIEM would misread (a pod name in
+//! an IPv4 key).
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::enrich::{EnrichedRecord, Side};
+use crate::flow::record::Reporter as FlowReporter;
+
+/// A value of an enriched record, by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowField {
+    /// End of the flow's reporting window, epoch milliseconds.
+    EndTime,
+    /// Start of the flow's reporting window, epoch milliseconds.
+    StartTime,
+    /// Source IP, when it is IPv4.
+    SourceIpv4,
+    /// Destination IP, when it is IPv4.
+    DestIpv4,
+    /// Source IP, when it is IPv6.
+    SourceIpv6,
+    /// Destination IP, when it is IPv6.
+    DestIpv6,
+    SourcePort,
+    DestPort,
+    /// Transport protocol, upper case (`TCP`, `UDP`, `ICMP`, or a number).
+    Proto,
+    /// Policy verdict: `allow` or `deny`.
+    Action,
+    BytesIn,
+    BytesOut,
+    PacketsIn,
+    PacketsOut,
+    /// Number of flows the record aggregates.
+    NumFlows,
+    /// Source pod name (node name for host endpoints, set name for network sets).
+    SourceName,
+    /// Destination pod name (node name for host endpoints, set name for network sets).
+    DestName,
+    SourceNamespace,
+    DestNamespace,
+    /// Source labels, `k=v` comma-joined.
+    SourceLabels,
+    /// Destination labels, `k=v` comma-joined.
+    DestLabels,
+    /// Labels of the source's namespace, `k=v` comma-joined.
+    SourceNamespaceLabels,
+    /// Labels of the destination's namespace, `k=v` comma-joined.
+    DestNamespaceLabels,
+    /// Owning workload of the source, `Kind/name`.
+    SourceWorkload,
+    /// Owning workload of the destination, `Kind/name`.
+    DestWorkload,
+    /// Node the source runs on.
+    SourceNode,
+    /// Node the destination runs on.
+    DestNode,
+    /// Destination service, `namespace/name`.
+    DestService,
+    /// Domains seen for the destination, comma-joined.
+    DestDomains,
+    /// Enforced policy trace, entries joined with `;`.
+    Policies,
+    ProcessName,
+    ProcessId,
+    /// Process arguments, space-joined.
+    ProcessArgs,
+    /// 1 when the source reported the flow (outbound), 0 when the destination did.
+    Direction,
+    /// `src`, `dst` or `fwd`.
+    Reporter,
+    /// The node that reported the flow.
+    ReportingNode,
+    /// The configured cluster name.
+    ClusterName,
+}
+
+/// The type of a field's value, for checking it against a key's declared type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueKind {
+    Time,
+    Ipv4,
+    Ipv6,
+    Integer,
+    Text,
+}
+
+/// One field's value, borrowed from the record where possible.
+#[derive(Debug, PartialEq)]
+pub enum Value<'a> {
+    Integer(i64),
+    Ip(IpAddr),
+    Text(Cow<'a, str>),
+    /// Several strings, written joined by the separator.
+    List(&'a [Box<str>], &'static str),
+}
+
+impl FlowField {
+    pub fn kind(self) -> ValueKind {
+        use FlowField::*;
+        match self {
+            EndTime | StartTime => ValueKind::Time,
+            SourceIpv4 | DestIpv4 => ValueKind::Ipv4,
+            SourceIpv6 | DestIpv6 => ValueKind::Ipv6,
+            SourcePort | DestPort | BytesIn | BytesOut | PacketsIn | PacketsOut | NumFlows
+            | Direction => ValueKind::Integer,
+            _ => ValueKind::Text,
+        }
+    }
+
+    /// The field's value in `record`, or `None` when the record has none.
+    pub fn value<'a>(self, record: &'a EnrichedRecord, cluster_name: Option<&'a str>) -> Option<Value<'a>> {
+        use FlowField::*;
+        let flow = &record.flow;
+        let text = |value: Option<&'a str>| value.map(|text| Value::Text(Cow::Borrowed(text)));
+        let list = |values: Option<&'a [Box<str>]>, separator| {
+            values.filter(|values| !values.is_empty()).map(|values| Value::List(values, separator))
+        };
+        let int = |value: u64| Some(Value::Integer(i64::try_from(value).unwrap_or(i64::MAX)));
+        let (source, dest) = (record.side(Side::Source), record.side(Side::Dest));
+        match self {
+            EndTime => Some(Value::Integer(flow.end_ms)),
+            StartTime => Some(Value::Integer(flow.start_ms)),
+            SourceIpv4 => flow.source.ip.filter(IpAddr::is_ipv4).map(Value::Ip),
+            DestIpv4 => flow.dest.ip.filter(IpAddr::is_ipv4).map(Value::Ip),
+            SourceIpv6 => flow.source.ip.filter(IpAddr::is_ipv6).map(Value::Ip),
+            DestIpv6 => flow.dest.ip.filter(IpAddr::is_ipv6).map(Value::Ip),
+            SourcePort => flow.source.port.map(|port| Value::Integer(port.into())),
+            DestPort => flow.dest.port.map(|port| Value::Integer(port.into())),
+            Proto => Some(Value::Text(Cow::Owned(flow.proto.to_string()))),
+            Action => text(Some(flow.action.as_str())),
+            BytesIn => int(flow.counters.bytes_in),
+            BytesOut => int(flow.counters.bytes_out),
+            PacketsIn => int(flow.counters.packets_in),
+            PacketsOut => int(flow.counters.packets_out),
+            NumFlows => int(flow.counters.num_flows),
+            SourceName => text(source.host_name()),
+            DestName => text(dest.host_name()),
+            SourceNamespace => text(source.namespace()),
+            DestNamespace => text(dest.namespace()),
+            SourceLabels => list(source.labels(), ","),
+            DestLabels => list(dest.labels(), ","),
+            SourceNamespaceLabels => list(source.namespace_labels(), ","),
+            DestNamespaceLabels => list(dest.namespace_labels(), ","),
+            SourceWorkload => source.workload().map(Value::Text),
+            DestWorkload => dest.workload().map(Value::Text),
+            SourceNode => text(source.node()),
+            DestNode => text(dest.node()),
+            DestService => record.dest_service_name().map(|(namespace, name)| match namespace {
+                Some(namespace) => Value::Text(Cow::Owned(format!("{namespace}/{name}"))),
+                None => Value::Text(Cow::Borrowed(name)),
+            }),
+            DestDomains => list(Some(&flow.dest_domains), ","),
+            Policies => list(Some(&flow.policies), ";"),
+            ProcessName => text(flow.process.name.as_deref()),
+            ProcessId => text(flow.process.id.as_deref()),
+            ProcessArgs => list(Some(&flow.process.args), " "),
+            Direction => match flow.reporter {
+                FlowReporter::Source => Some(Value::Integer(1)),
+                FlowReporter::Dest => Some(Value::Integer(0)),
+                FlowReporter::Forward => None,
+            },
+            Reporter => text(Some(flow.reporter.as_str())),
+            ReportingNode => text(record.reporting_node.as_deref()),
+            ClusterName => text(cluster_name),
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! Sinks: encoding enriched records and delivering them (stdout, file, syslog).
+//!
+//! Encoders (`cef`, `json`) are pure: record in, bytes out. A sink task takes batches from its
+//! own bounded queue, encodes and frames a whole batch into one buffer, writes and flushes it,
+//! and only then acknowledges the batch. A failed write is retried with backoff (the whole
+//! batch again, so delivery is at-least-once with at most one batch duplicated) until it
+//! succeeds or, during shutdown, the drain timeout passes; an undelivered batch is never
+//! acknowledged.
+
+pub mod cef;
+pub mod field;
+pub mod json;
+pub mod syslog;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::ack::AckToken;
+use crate::config::{Config, OutputFormat, SinkConfig, SinkKind};
+use crate::enrich::EnrichedRecord;
+use cef::{CefEncoder, EncodeStats};
+use json::JsonEncoder;
+use syslog::{SyslogFramer, SyslogTcp};
+
+/// Records on their way to one sink, with that sink's share of the acknowledgement.
+#[derive(Debug)]
+pub struct Batch {
+    pub records: Arc<Vec<EnrichedRecord>>,
+    pub ack: AckToken,
+}
+
+/// The record encoding of a sink.
+#[derive(Debug)]
+pub enum Encoder {
+    Cef(CefEncoder),
+    Json(JsonEncoder),
+}
+
+impl Encoder {
+    pub fn new(format: OutputFormat, config: &Config) -> Encoder {
+        let cluster_name = config.cluster_name.as_deref();
+        match format {
+            OutputFormat::Cef => Encoder::Cef(CefEncoder::new(&config.cef, cluster_name)),
+            OutputFormat::Json => Encoder::Json(JsonEncoder::new(cluster_name)),
+        }
+    }
+
+    /// Appends one encoded record to `out`, without a terminator.
+    pub fn encode(&self, record: &EnrichedRecord, out: &mut Vec<u8>) -> EncodeStats {
+        match self {
+            Encoder::Cef(encoder) => encoder.encode(record, out),
+            Encoder::Json(encoder) => {
+                encoder.encode(record, out);
+                EncodeStats::default()
+            }
+        }
+    }
+}
+
+/// How encoded records are delimited on the wire.
+#[derive(Debug)]
+enum Framing {
+    /// One record per line (stdout, files).
+    Lines,
+    /// RFC 5424 messages, octet-counted.
+    Syslog(SyslogFramer),
+}
+
+/// Where a sink writes.
+#[derive(Debug)]
+enum Transport {
+    Stdout(tokio::io::Stdout),
+    File { path: PathBuf, file: Option<tokio::fs::File> },
+    Syslog(SyslogTcp),
+}
+
+/// Why a write failed; `kind` is the bounded metric label.
+#[derive(Debug)]
+struct WriteError {
+    kind: &'static str,
+    error: anyhow::Error,
+}
+
+impl Transport {
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), WriteError> {
+        let io = |kind: &'static str| move |error: std::io::Error| WriteError { kind, error: error.into() };
+        match self {
+            Transport::Stdout(stdout) => {
+                stdout.write_all(bytes).await.map_err(io("write"))?;
+                stdout.flush().await.map_err(io("write"))
+            }
+            Transport::File { path, file } => {
+                if file.is_none() {
+                    let opened = tokio::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .await
+                        .map_err(|error| WriteError {
+                            kind: "open",
+                            error: anyhow::Error::new(error).context(format!("cannot open {}", path.display())),
+                        })?;
+                    *file = Some(opened);
+                }
+                let handle = file.as_mut().expect("opened above");
+                let result = async {
+                    handle.write_all(bytes).await?;
+                    handle.flush().await
+                }
+                .await;
+                if result.is_err() {
+                    *file = None;
+                }
+                result.map_err(io("write"))
+            }
+            Transport::Syslog(tcp) => tcp.write(bytes).await.map_err(|error| WriteError {
+                kind: error.kind(),
+                error: error.into(),
+            }),
+        }
+    }
+
+    async fn close(&mut self) {
+        match self {
+            Transport::Syslog(tcp) => tcp.close().await,
+            Transport::Stdout(stdout) => {
+                let _ = stdout.flush().await;
+            }
+            Transport::File { file, .. } => {
+                if let Some(file) = file {
+                    let _ = file.sync_data().await;
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabels {
+    sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkReasonLabels {
+    sink: String,
+    reason: String,
+}
+
+/// Metrics of every sink, labelled by sink name.
+#[derive(Clone, Debug, Default)]
+pub struct SinkMetrics {
+    records: Family<SinkLabels, Counter>,
+    bytes: Family<SinkLabels, Counter>,
+    batches: Family<SinkLabels, Counter>,
+    errors: Family<SinkReasonLabels, Counter>,
+    dropped: Family<SinkReasonLabels, Counter>,
+    truncated_fields: Family<SinkLabels, Counter>,
+}
+
+impl SinkMetrics {
+    pub fn register(registry: &mut Registry) -> SinkMetrics {
+        let metrics = SinkMetrics::default();
+        registry.register("records", "Records written and acknowledged", metrics.records.clone());
+        registry.register("bytes", "Bytes written, framing included", metrics.bytes.clone());
+        registry.register("batches", "Batches written and acknowledged", metrics.batches.clone());
+        registry.register("errors", "Failed writes by error kind (each is retried)", metrics.errors.clone());
+        registry.register("dropped_records", "Records given up on, by reason", metrics.dropped.clone());
+        registry.register("truncated_fields", "Field values shortened to their key's maximum length", metrics.truncated_fields.clone());
+        metrics
+    }
+
+    fn labels(sink: &str) -> SinkLabels {
+        SinkLabels { sink: sink.to_owned() }
+    }
+
+    fn batch_sent(&self, sink: &str, records: usize, bytes: usize, truncated_fields: u64) {
+        let labels = Self::labels(sink);
+        self.records.get_or_create(&labels).inc_by(records as u64);
+        self.bytes.get_or_create(&labels).inc_by(bytes as u64);
+        self.batches.get_or_create(&labels).inc();
+        if truncated_fields > 0 {
+            self.truncated_fields.get_or_create(&labels).inc_by(truncated_fields);
+        }
+    }
+
+    fn write_failed(&self, sink: &str, kind: &str) {
+        let labels = SinkReasonLabels { sink: sink.to_owned(), reason: kind.to_owned() };
+        self.errors.get_or_create(&labels).inc();
+    }
+
+    fn dropped(&self, sink: &str, reason: &str, records: usize) {
+        let labels = SinkReasonLabels { sink: sink.to_owned(), reason: reason.to_owned() };
+        self.dropped.get_or_create(&labels).inc_by(records as u64);
+    }
+}
+
+/// A configured sink, ready to run.
+#[derive(Debug)]
+pub struct Sink {
+    name: String,
+    encoder: Encoder,
+    framing: Framing,
+    transport: Transport,
+}
+
+impl Sink {
+    pub fn new(sink: &SinkConfig, config: &Config) -> Sink {
+        let encoder = Encoder::new(sink.format, config);
+        let (framing, transport) = match (sink.kind, &sink.file, &sink.syslog) {
+            (SinkKind::File, Some(file), _) => (
+                Framing::Lines,
+                Transport::File { path: file.path.clone(), file: None },
+            ),
+            (SinkKind::Syslog, _, Some(syslog)) => {
+                let hostname = syslog
+                    .hostname
+                    .clone()
+                    .or_else(|| config.node_name())
+                    .unwrap_or_else(syslog::local_hostname);
+                (
+                    Framing::Syslog(SyslogFramer::new(syslog, &hostname)),
+                    Transport::Syslog(SyslogTcp::new(syslog)),
+                )
+            }
+            _ => (Framing::Lines, Transport::Stdout(tokio::io::stdout())),
+        };
+        Sink {
+            name: sink.name.clone(),
+            encoder,
+            framing,
+            transport,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Encodes and frames `records` into `out`; returns the number of shortened fields.
+    fn encode_batch(&self, records: &[EnrichedRecord], out: &mut Vec<u8>, message: &mut Vec<u8>) -> u64 {
+        let mut truncated = 0u64;
+        match &self.framing {
+            Framing::Lines => {
+                for record in records {
+                    truncated += u64::from(self.encoder.encode(record, out).truncated_fields);
+                    out.push(b'\n');
+                }
+            }
+            Framing::Syslog(framer) => {
+                let timestamp = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+                for record in records {
+                    message.clear();
+                    framer.header(record, &timestamp, message);
+                    truncated += u64::from(self.encoder.encode(record, message).truncated_fields);
+                    SyslogFramer::frame(message, out);
+                }
+            }
+        }
+        truncated
+    }
+
+    /// Delivers batches from `batches` until the queue closes. After `shutdown` is cancelled,
+    /// a batch that cannot be written is retried for at most `drain_timeout`.
+    pub async fn run(
+        mut self,
+        mut batches: mpsc::Receiver<Batch>,
+        metrics: SinkMetrics,
+        shutdown: CancellationToken,
+        drain_timeout: Duration,
+    ) -> SinkReport {
+        let mut report = SinkReport::default();
+        let give_up = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(drain_timeout).await;
+        };
+        tokio::pin!(give_up);
+        let (mut out, mut message) = (Vec::new(), Vec::new());
+        while let Some(batch) = batches.recv().await {
+            out.clear();
+            let truncated = self.encode_batch(&batch.records, &mut out, &mut message);
+            let mut backoff = Backoff::default();
+            let delivered = loop {
+                match self.transport.write(&out).await {
+                    Ok(()) => break true,
+                    Err(failure) => {
+                        metrics.write_failed(&self.name, failure.kind);
+                        let delay = backoff.next_delay();
+                        tracing::warn!(sink = %self.name, error = ?failure.error, retry_in_ms = delay.as_millis() as u64, "write failed; retrying the batch");
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = &mut give_up => break false,
+                        }
+                    }
+                }
+            };
+            if delivered {
+                metrics.batch_sent(&self.name, batch.records.len(), out.len(), truncated);
+                report.records += batch.records.len() as u64;
+                batch.ack.ack();
+            } else {
+                report.undelivered += batch.records.len() as u64;
+                metrics.dropped(&self.name, "shutdown_undelivered", batch.records.len());
+                // Every later batch is undelivered too; count them without trying.
+                batches.close();
+                while let Some(batch) = batches.recv().await {
+                    report.undelivered += batch.records.len() as u64;
+                    metrics.dropped(&self.name, "shutdown_undelivered", batch.records.len());
+                }
+                tracing::error!(sink = %self.name, records = report.undelivered, "gave up delivering at shutdown; their positions were not saved, so they are read again on restart");
+                break;
+            }
+        }
+        self.transport.close().await;
+        report
+    }
+}
+
+/// What a sink did over its life.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SinkReport {
+    pub records: u64,
+    pub undelivered: u64,
+}
+
+/// Exponential backoff with full jitter, from 100 ms up to 5 s.
+#[derive(Debug)]
+struct Backoff {
+    attempt: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { attempt: 0 }
+    }
+}
+
+impl Backoff {
+    fn next_delay(&mut self) -> Duration {
+        let ceiling_ms = (100u64 << self.attempt.min(6)).min(5_000);
+        self.attempt += 1;
+        // Jitter from the clock's sub-second nanos: enough to spread reconnecting replicas.
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.subsec_nanos());
+        Duration::from_millis(ceiling_ms / 2 + u64::from(nanos) % (ceiling_ms / 2 + 1))
+    }
+}

@@ -1,0 +1,99 @@
+//! Telemetry: logging setup, the metrics registry, and the HTTP listener serving `/metrics`,
+//! `/healthz` and `/readyz`.
+//!
+//! Stages register their own metrics under a prefix; this module only serves them. It never
+//! touches records.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{LogFormat, TelemetryConfig};
+
+/// Starts logging to standard error. `RUST_LOG` overrides the configured level.
+pub fn init_logging(config: &TelemetryConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log_level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Whether the process is ready to take traffic, and why not.
+#[derive(Clone, Debug, Default)]
+pub struct Readiness {
+    ready: Arc<AtomicBool>,
+}
+
+impl Readiness {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// Serves the telemetry endpoints on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, registry: Arc<Registry>, readiness: Readiness, shutdown: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "telemetry listener failed to accept");
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let (registry, readiness) = (registry.clone(), readiness.clone());
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let response = respond(request.uri().path(), &registry, &readiness);
+            async move { Ok::<_, Infallible>(response) }
+        });
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = connection => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn respond(path: &str, registry: &Registry, readiness: &Readiness) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match path {
+        "/metrics" => {
+            let mut text = String::new();
+            match prometheus_client::encoding::text::encode(&mut text, registry) {
+                Ok(()) => (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", text),
+                Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "cannot encode metrics\n".into()),
+            }
+        }
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" if readiness.is_ready() => (StatusCode::OK, "text/plain", "ready\n".into()),
+        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: starting\n".into()),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /healthz or /readyz\n".into()),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("a static response is valid")
+}
