@@ -77,7 +77,9 @@ impl Drop for AckToken {
 
 impl std::fmt::Debug for AckToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AckToken").field("acked", &self.acked).finish()
+        f.debug_struct("AckToken")
+            .field("acked", &self.acked)
+            .finish()
     }
 }
 
@@ -89,7 +91,12 @@ mod tests {
     fn counted() -> (AckToken, Arc<AtomicUsize>) {
         let runs = Arc::new(AtomicUsize::new(0));
         let counter = runs.clone();
-        (AckToken::new(move || { counter.fetch_add(1, Ordering::SeqCst); }), runs)
+        (
+            AckToken::new(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }),
+            runs,
+        )
     }
 
     #[test]

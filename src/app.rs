@@ -57,7 +57,11 @@ pub fn load_index(config: &Config) -> anyhow::Result<EndpointIndex> {
 }
 
 /// Runs the pipeline until its sources end (`once`, or standard input closing) or `shutdown`.
-pub async fn run(config: Config, options: RunOptions, shutdown: CancellationToken) -> anyhow::Result<RunReport> {
+pub async fn run(
+    config: Config,
+    options: RunOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunReport> {
     let index = Arc::new(load_index(&config)?);
     let mut registry = Registry::with_prefix("threatflow");
     let source_metrics = SourceMetrics::register(registry.sub_registry_with_prefix("source"));
@@ -73,14 +77,21 @@ pub async fn run(config: Config, options: RunOptions, shutdown: CancellationToke
             .await
             .with_context(|| format!("cannot listen on telemetry.listen_addr {addr}"))?;
         tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
-        tasks.spawn(telemetry::serve(listener, registry.clone(), readiness.clone(), telemetry_stop.clone()));
+        tasks.spawn(telemetry::serve(
+            listener,
+            registry.clone(),
+            readiness.clone(),
+            telemetry_stop.clone(),
+        ));
     }
 
     let mut dead_letter = match &config.dead_letter {
-        Some(dead_letter) => Some(
-            DeadLetter::open(&dead_letter.path)
-                .with_context(|| format!("cannot open dead_letter.path {}", dead_letter.path.display()))?,
-        ),
+        Some(dead_letter) => Some(DeadLetter::open(&dead_letter.path).with_context(|| {
+            format!(
+                "cannot open dead_letter.path {}",
+                dead_letter.path.display()
+            )
+        })?),
         None => None,
     };
 
@@ -92,18 +103,26 @@ pub async fn run(config: Config, options: RunOptions, shutdown: CancellationToke
         let sink = Sink::new(sink_config, &config);
         let (sender, receiver) = mpsc::channel::<Batch>(config.pipeline.queue_batches);
         sink_queues.push(sender);
-        sink_tasks.push(tokio::spawn(sink.run(receiver, sink_metrics.clone(), shutdown.clone(), drain_timeout)));
+        sink_tasks.push(tokio::spawn(sink.run(
+            receiver,
+            sink_metrics.clone(),
+            shutdown.clone(),
+            drain_timeout,
+        )));
     }
 
     // The processor thread.
-    let (source_sender, mut source_receiver) = mpsc::channel::<SourceBatch>(config.pipeline.queue_batches);
+    let (source_sender, mut source_receiver) =
+        mpsc::channel::<SourceBatch>(config.pipeline.queue_batches);
     let max_line_bytes: std::collections::HashMap<Arc<str>, usize> = config
         .sources
         .iter()
         .map(|source| (Arc::from(source.name.as_str()), source.max_line_bytes))
         .collect();
     let processor = Processor {
-        enricher: Enricher { node_name: config.node_name().map(Arc::from) },
+        enricher: Enricher {
+            node_name: config.node_name().map(Arc::from),
+        },
         index,
     };
     let processor_thread = std::thread::Builder::new()

@@ -15,7 +15,11 @@ use threatflow::flow::FlowFormat;
 use threatflow::telemetry;
 
 #[derive(Parser)]
-#[command(name = "threatflow", version, about = "Kubernetes flow logs, enriched with workload identity, into your SIEM as CEF.")]
+#[command(
+    name = "threatflow",
+    version,
+    about = "Kubernetes flow logs, enriched with workload identity, into your SIEM as CEF."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -98,8 +102,23 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config, once } => run(config, once),
-        Command::Enrich { input_format, inventory, output_format, config, cluster_name, max_line_bytes, strict } => {
-            let result = enrich(input_format, inventory, output_format, config, cluster_name, max_line_bytes);
+        Command::Enrich {
+            input_format,
+            inventory,
+            output_format,
+            config,
+            cluster_name,
+            max_line_bytes,
+            strict,
+        } => {
+            let result = enrich(
+                input_format,
+                inventory,
+                output_format,
+                config,
+                cluster_name,
+                max_line_bytes,
+            );
             match result {
                 Ok(summary) => {
                     eprintln!("{summary}");
@@ -127,7 +146,10 @@ fn run(config_path: PathBuf, once: bool) -> ExitCode {
         }
     };
     telemetry::init_logging(&config.telemetry);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -141,11 +163,18 @@ fn run(config_path: PathBuf, once: bool) -> ExitCode {
     });
     match result {
         Ok(report) if report.undelivered == 0 => {
-            tracing::info!(records = report.records, rejected = report.rejected.total(), "stopped");
+            tracing::info!(
+                records = report.records,
+                rejected = report.rejected.total(),
+                "stopped"
+            );
             ExitCode::SUCCESS
         }
         Ok(report) => {
-            tracing::error!(undelivered = report.undelivered, "stopped with undelivered records");
+            tracing::error!(
+                undelivered = report.undelivered,
+                "stopped with undelivered records"
+            );
             ExitCode::FAILURE
         }
         Err(error) => {
@@ -159,7 +188,10 @@ fn run(config_path: PathBuf, once: bool) -> ExitCode {
 /// SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once.
 async fn wait_for_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return;
     };
@@ -169,7 +201,9 @@ async fn wait_for_signals(shutdown: CancellationToken) {
             _ = interrupt.recv() => {}
         }
         if attempt == 0 {
-            tracing::info!("shutting down: draining in-flight records (signal again to exit at once)");
+            tracing::info!(
+                "shutting down: draining in-flight records (signal again to exit at once)"
+            );
             shutdown.cancel();
         }
     }
@@ -187,7 +221,8 @@ fn enrich(
 ) -> anyhow::Result<cli::enrich::EnrichSummary> {
     let mut config = match &config_path {
         Some(path) => Config::load_valid(path)?,
-        None => Config::from_yaml("{sources: [], sinks: []}").map_err(|problem| anyhow::anyhow!("{problem}"))?,
+        None => Config::from_yaml("{sources: [], sinks: []}")
+            .map_err(|problem| anyhow::anyhow!("{problem}"))?,
     };
     if cluster_name.is_some() {
         config.cluster_name = cluster_name;
@@ -211,6 +246,11 @@ fn enrich(
         config: &config,
         index,
     };
-    let summary = cli::enrich::run(options, std::io::stdin().lock(), std::io::stdout().lock(), std::io::stderr().lock())?;
+    let summary = cli::enrich::run(
+        options,
+        std::io::stdin().lock(),
+        std::io::stdout().lock(),
+        std::io::stderr().lock(),
+    )?;
     Ok(summary)
 }

@@ -27,7 +27,12 @@ pub struct Processor {
 }
 
 impl Processor {
-    pub fn process(&self, format: FlowFormat, line: Line<'_>, max_line_bytes: usize) -> Result<EnrichedRecord, Rejection> {
+    pub fn process(
+        &self,
+        format: FlowFormat,
+        line: Line<'_>,
+        max_line_bytes: usize,
+    ) -> Result<EnrichedRecord, Rejection> {
         match line {
             Line::Complete(bytes) => format
                 .parse(bytes)
@@ -62,20 +67,45 @@ pub struct FlowMetrics {
 impl FlowMetrics {
     pub fn register(registry: &mut Registry) -> FlowMetrics {
         let metrics = FlowMetrics::default();
-        registry.register("records", "Lines parsed into flow records", metrics.records.clone());
-        registry.register("rejected", "Lines rejected, by reason", metrics.rejected.clone());
-        registry.register("enriched_endpoints", "Endpoints that gained cluster context from the index", metrics.enriched_endpoints.clone());
+        registry.register(
+            "records",
+            "Lines parsed into flow records",
+            metrics.records.clone(),
+        );
+        registry.register(
+            "rejected",
+            "Lines rejected, by reason",
+            metrics.rejected.clone(),
+        );
+        registry.register(
+            "enriched_endpoints",
+            "Endpoints that gained cluster context from the index",
+            metrics.enriched_endpoints.clone(),
+        );
         metrics
     }
 
-    pub fn batch_processed(&self, source: &str, records: usize, enriched_endpoints: usize, rejected: &crate::flow::RejectCounts) {
-        let labels = FlowLabels { source: source.to_owned() };
+    pub fn batch_processed(
+        &self,
+        source: &str,
+        records: usize,
+        enriched_endpoints: usize,
+        rejected: &crate::flow::RejectCounts,
+    ) {
+        let labels = FlowLabels {
+            source: source.to_owned(),
+        };
         self.records.get_or_create(&labels).inc_by(records as u64);
-        self.enriched_endpoints.get_or_create(&labels).inc_by(enriched_endpoints as u64);
+        self.enriched_endpoints
+            .get_or_create(&labels)
+            .inc_by(enriched_endpoints as u64);
         for reason in RejectReason::ALL {
             let count = rejected.get(reason);
             if count > 0 {
-                let labels = RejectLabels { source: source.to_owned(), reason: reason.as_str() };
+                let labels = RejectLabels {
+                    source: source.to_owned(),
+                    reason: reason.as_str(),
+                };
                 self.rejected.get_or_create(&labels).inc_by(count);
             }
         }
@@ -105,13 +135,21 @@ struct DeadLetterEntry<'a> {
 
 impl DeadLetter {
     pub fn open(path: &Path) -> std::io::Result<DeadLetter> {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
         Ok(DeadLetter {
             writer: std::io::BufWriter::new(file),
         })
     }
 
-    pub fn write(&mut self, source: &str, line: Line<'_>, rejection: &Rejection) -> std::io::Result<()> {
+    pub fn write(
+        &mut self,
+        source: &str,
+        line: Line<'_>,
+        rejection: &Rejection,
+    ) -> std::io::Result<()> {
         use base64::Engine;
         let (bytes, line_len) = match line {
             Line::Complete(bytes) => (bytes, None),

@@ -49,7 +49,12 @@ impl Readiness {
 }
 
 /// Serves the telemetry endpoints on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>, readiness: Readiness, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) {
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -68,7 +73,8 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>, readiness: Re
         });
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 _ = connection => {}
                 _ = shutdown.cancelled() => {}
@@ -82,14 +88,30 @@ fn respond(path: &str, registry: &Registry, readiness: &Readiness) -> Response<F
         "/metrics" => {
             let mut text = String::new();
             match prometheus_client::encoding::text::encode(&mut text, registry) {
-                Ok(()) => (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", text),
-                Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "cannot encode metrics\n".into()),
+                Ok(()) => (
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    text,
+                ),
+                Err(_) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    "cannot encode metrics\n".into(),
+                ),
             }
         }
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" if readiness.is_ready() => (StatusCode::OK, "text/plain", "ready\n".into()),
-        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: starting\n".into()),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /healthz or /readyz\n".into()),
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready: starting\n".into(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics, /healthz or /readyz\n".into(),
+        ),
     };
     Response::builder()
         .status(status)

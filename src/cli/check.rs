@@ -8,19 +8,28 @@ use crate::enrich::Inventory;
 /// Checks a config file. `Ok` holds the one-line summary; `Err` the full report to print.
 pub fn check(path: &Path) -> Result<String, String> {
     let config = Config::load(path).map_err(|error| match error {
-        ConfigError::Parse { .. } => format!("{error}\n(fix this first: the rest of the file is checked once it parses)"),
+        ConfigError::Parse { .. } => {
+            format!("{error}\n(fix this first: the rest of the file is checked once it parses)")
+        }
         other => format!("{:#}", anyhow::Error::from(other)),
     })?;
     let mut problems: Problems = config.validate();
     // Beyond the pure checks: the files the run would read must be usable.
     if let Some(inventory) = &config.enrichment.inventory_path {
         if let Err(error) = Inventory::load(inventory) {
-            problems.push("enrichment.inventory_path", format!("{:#}", anyhow::Error::from(error)));
+            problems.push(
+                "enrichment.inventory_path",
+                format!("{:#}", anyhow::Error::from(error)),
+            );
         }
     }
     if problems.is_empty() {
         Ok(format!("config OK: {}", config.summary()))
     } else {
-        Err(format!("{} has {} problem(s):\n{problems}", path.display(), problems.len()))
+        Err(format!(
+            "{} has {} problem(s):\n{problems}",
+            path.display(),
+            problems.len()
+        ))
     }
 }

@@ -6,7 +6,7 @@ use std::io::{BufWriter, Read, Write};
 
 use crate::config::{Config, OutputFormat};
 use crate::enrich::EndpointIndex;
-use crate::flow::lines::{LineBatch, LineSplitter};
+use crate::flow::lines::{Line, LineSplitter};
 use crate::flow::{FlowFormat, RejectCounts};
 use crate::pipeline::Processor;
 use crate::sink::Encoder;
@@ -24,12 +24,21 @@ pub struct EnrichSummary {
 
 impl std::fmt::Display for EnrichSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} records, {} rejected", self.records, self.rejected.total())?;
+        write!(
+            f,
+            "{} records, {} rejected",
+            self.records,
+            self.rejected.total()
+        )?;
         if self.rejected.total() > 0 {
             write!(f, ": {}", self.rejected)?;
         }
         if self.truncated_fields > 0 {
-            write!(f, "; {} field values shortened to their CEF key's limit", self.truncated_fields)?;
+            write!(
+                f,
+                "; {} field values shortened to their CEF key's limit",
+                self.truncated_fields
+            )?;
         }
         Ok(())
     }
@@ -47,52 +56,66 @@ pub struct EnrichOptions<'a> {
 
 /// Reads `input` to its end and writes one encoded record per accepted line to `output`.
 /// Rejected lines are reported on `errors` with their line number and reason.
-pub fn run(options: EnrichOptions<'_>, mut input: impl Read, output: impl Write, mut errors: impl Write) -> std::io::Result<EnrichSummary> {
+pub fn run(
+    options: EnrichOptions<'_>,
+    mut input: impl Read,
+    output: impl Write,
+    mut errors: impl Write,
+) -> std::io::Result<EnrichSummary> {
     let processor = Processor {
-        enricher: crate::enrich::Enricher { node_name: options.config.node_name().map(Into::into) },
+        enricher: crate::enrich::Enricher {
+            node_name: options.config.node_name().map(Into::into),
+        },
         index: options.index.into(),
     };
     let encoder = Encoder::new(options.output, options.config);
     let mut output = BufWriter::with_capacity(CHUNK_BYTES, output);
     let mut splitter = LineSplitter::new(options.max_line_bytes);
-    let mut batch = LineBatch::default();
     let mut chunk = vec![0u8; CHUNK_BYTES];
     let mut summary = EnrichSummary::default();
     let mut line_number = 0u64;
     let mut encoded = Vec::with_capacity(4096);
+    let mut write_error = None;
+    let mut handle = |line: Line<'_>| {
+        if write_error.is_some() {
+            return;
+        }
+        line_number += 1;
+        let result = match processor.process(options.format, line, options.max_line_bytes) {
+            Ok(record) => {
+                encoded.clear();
+                summary.truncated_fields +=
+                    u64::from(encoder.encode(&record, &mut encoded).truncated_fields);
+                encoded.push(b'\n');
+                summary.records += 1;
+                output.write_all(&encoded)
+            }
+            Err(rejection) => {
+                summary.rejected.add(rejection.reason);
+                writeln!(
+                    errors,
+                    "record {line_number}: rejected ({}): {}",
+                    rejection.reason, rejection.detail
+                )
+            }
+        };
+        if let Err(error) = result {
+            write_error = Some(error);
+        }
+    };
     loop {
-        let read = match input.read(&mut chunk) {
+        match input.read(&mut chunk) {
             Ok(0) => {
-                splitter.finish(&mut batch);
-                0
+                splitter.finish_with(&mut handle);
+                break;
             }
-            Ok(read) => {
-                splitter.push(&chunk[..read], &mut batch);
-                read
-            }
+            Ok(read) => splitter.split(&chunk[..read], &mut handle),
             Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(error) => return Err(error),
-        };
-        for line in batch.iter() {
-            line_number += 1;
-            match processor.process(options.format, line, options.max_line_bytes) {
-                Ok(record) => {
-                    encoded.clear();
-                    summary.truncated_fields += u64::from(encoder.encode(&record, &mut encoded).truncated_fields);
-                    encoded.push(b'\n');
-                    output.write_all(&encoded)?;
-                    summary.records += 1;
-                }
-                Err(rejection) => {
-                    summary.rejected.add(rejection.reason);
-                    writeln!(errors, "record {line_number}: rejected ({}): {}", rejection.reason, rejection.detail)?;
-                }
-            }
         }
-        batch.clear();
-        if read == 0 {
-            break;
-        }
+    }
+    if let Some(error) = write_error {
+        return Err(error);
     }
     output.flush()?;
     Ok(summary)

@@ -313,7 +313,11 @@ impl Config {
         serde_path_to_error::deserialize(deserializer).map_err(|error| {
             let path = error.path().to_string();
             Problem {
-                path: if path == "." { "(top level)".into() } else { path },
+                path: if path == "." {
+                    "(top level)".into()
+                } else {
+                    path
+                },
                 message: error.into_inner().to_string(),
             }
         })
@@ -343,27 +347,47 @@ impl Config {
         let mut stdin_sources = 0;
         for (i, source) in self.sources.iter().enumerate() {
             let path = format!("sources[{i}]");
-            check_name(&format!("{path}.name"), &source.name, &mut names, &mut problems);
+            check_name(
+                &format!("{path}.name"),
+                &source.name,
+                &mut names,
+                &mut problems,
+            );
             if !(1024..=16 * 1024 * 1024).contains(&source.max_line_bytes) {
-                problems.push(format!("{path}.max_line_bytes"), "must be between 1024 and 16777216");
+                problems.push(
+                    format!("{path}.max_line_bytes"),
+                    "must be between 1024 and 16777216",
+                );
             }
             match (source.kind, &source.file) {
-                (SourceKind::File, None) => problems.push(format!("{path}.file"), "a `file` source needs a `file:` section with a `path`"),
+                (SourceKind::File, None) => problems.push(
+                    format!("{path}.file"),
+                    "a `file` source needs a `file:` section with a `path`",
+                ),
                 (SourceKind::File, Some(file)) => {
                     if file.path.as_os_str().is_empty() {
                         problems.push(format!("{path}.file.path"), "must not be empty");
                     }
                     if file.poll_interval_ms == 0 || file.poll_interval_ms > 60_000 {
-                        problems.push(format!("{path}.file.poll_interval_ms"), "must be between 1 and 60000");
+                        problems.push(
+                            format!("{path}.file.poll_interval_ms"),
+                            "must be between 1 and 60000",
+                        );
                     }
                     if file.checkpoint_path.as_deref() == Some(file.path.as_path()) {
-                        problems.push(format!("{path}.file.checkpoint_path"), "must not be the file being read");
+                        problems.push(
+                            format!("{path}.file.checkpoint_path"),
+                            "must not be the file being read",
+                        );
                     }
                 }
                 (SourceKind::Stdin, file) => {
                     stdin_sources += 1;
                     if file.is_some() {
-                        problems.push(format!("{path}.file"), "only a `file` source takes a `file:` section");
+                        problems.push(
+                            format!("{path}.file"),
+                            "only a `file` source takes a `file:` section",
+                        );
                     }
                 }
             }
@@ -378,14 +402,28 @@ impl Config {
         let mut names = HashSet::new();
         for (i, sink) in self.sinks.iter().enumerate() {
             let path = format!("sinks[{i}]");
-            check_name(&format!("{path}.name"), &sink.name, &mut names, &mut problems);
-            let sections = [("file", sink.file.is_some(), SinkKind::File), ("syslog", sink.syslog.is_some(), SinkKind::Syslog)];
+            check_name(
+                &format!("{path}.name"),
+                &sink.name,
+                &mut names,
+                &mut problems,
+            );
+            let sections = [
+                ("file", sink.file.is_some(), SinkKind::File),
+                ("syslog", sink.syslog.is_some(), SinkKind::Syslog),
+            ];
             for (section, present, kind) in sections {
                 if present && sink.kind != kind {
-                    problems.push(format!("{path}.{section}"), format!("only a `{section}` sink takes a `{section}:` section"));
+                    problems.push(
+                        format!("{path}.{section}"),
+                        format!("only a `{section}` sink takes a `{section}:` section"),
+                    );
                 }
                 if !present && sink.kind == kind {
-                    problems.push(format!("{path}.{section}"), format!("a `{section}` sink needs a `{section}:` section"));
+                    problems.push(
+                        format!("{path}.{section}"),
+                        format!("a `{section}` sink needs a `{section}:` section"),
+                    );
                 }
             }
             if let Some(file) = &sink.file {
@@ -400,8 +438,14 @@ impl Config {
 
         self.cef.validate("cef", &mut problems);
         if let Some(cluster_name) = &self.cluster_name {
-            if cluster_name.is_empty() || cluster_name.len() > 255 || cluster_name.chars().any(char::is_control) {
-                problems.push("cluster_name", "must be 1 to 255 characters without control characters");
+            if cluster_name.is_empty()
+                || cluster_name.len() > 255
+                || cluster_name.chars().any(char::is_control)
+            {
+                problems.push(
+                    "cluster_name",
+                    "must be 1 to 255 characters without control characters",
+                );
             }
         }
         if let Some(dead_letter) = &self.dead_letter {
@@ -417,16 +461,24 @@ impl Config {
             problems.push("pipeline.queue_batches", "must be between 1 and 10000");
         }
         if tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level).is_err() {
-            problems.push("telemetry.log_level", format!("`{}` is not a log filter (try `info` or `threatflow=debug`)", self.telemetry.log_level));
+            problems.push(
+                "telemetry.log_level",
+                format!(
+                    "`{}` is not a log filter (try `info` or `threatflow=debug`)",
+                    self.telemetry.log_level
+                ),
+            );
         }
         problems
     }
 
     /// The node name from the config, else from the `NODE_NAME` environment variable.
     pub fn node_name(&self) -> Option<String> {
-        self.node_name
-            .clone()
-            .or_else(|| std::env::var("NODE_NAME").ok().filter(|name| !name.is_empty()))
+        self.node_name.clone().or_else(|| {
+            std::env::var("NODE_NAME")
+                .ok()
+                .filter(|name| !name.is_empty())
+        })
     }
 
     /// One line saying what would run.
@@ -435,7 +487,12 @@ impl Config {
             .sources
             .iter()
             .map(|source| match &source.file {
-                Some(file) => format!("{} ({} file {})", source.name, source.format.as_str(), file.path.display()),
+                Some(file) => format!(
+                    "{} ({} file {})",
+                    source.name,
+                    source.format.as_str(),
+                    file.path.display()
+                ),
                 None => format!("{} ({} stdin)", source.name, source.format.as_str()),
             })
             .collect();
@@ -470,9 +527,14 @@ impl Config {
 fn check_name<'a>(path: &str, name: &'a str, seen: &mut HashSet<&'a str>, problems: &mut Problems) {
     let valid = !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if !valid {
-        problems.push(path, format!("`{name}` must be 1 to 63 letters, digits, `-` or `_`"));
+        problems.push(
+            path,
+            format!("`{name}` must be 1 to 63 letters, digits, `-` or `_`"),
+        );
     } else if !seen.insert(name) {
         problems.push(path, format!("`{name}` is used twice"));
     }
@@ -498,8 +560,14 @@ mod tests {
         };
         let sources = "sources: [{name: a, type: stdin}]\n";
         check(&format!("{sources}sinks:\n  - {{name: a, type: stdout}}\n  - {{name: b, type: syslog, syslog: {{host: x, port: nope}}}}\n"), "sinks[1].syslog.port");
-        check(&format!("{sources}sinks: [{{name: a, type: stdout, colour: red}}]\n"), "sinks[0].colour");
-        check(&format!("{sources}sinks: [{{name: a, type: pigeon}}]\n"), "sinks[0].type");
+        check(
+            &format!("{sources}sinks: [{{name: a, type: stdout, colour: red}}]\n"),
+            "sinks[0].colour",
+        );
+        check(
+            &format!("{sources}sinks: [{{name: a, type: pigeon}}]\n"),
+            "sinks[0].type",
+        );
         check("sinks: []\n", "(top level)");
     }
 
@@ -522,7 +590,10 @@ telemetry: {log_level: "[[["}
 "#;
         let config = Config::from_yaml(yaml).unwrap();
         let problems = config.validate();
-        let paths: Vec<&str> = problems.iter().map(|problem| problem.path.as_str()).collect();
+        let paths: Vec<&str> = problems
+            .iter()
+            .map(|problem| problem.path.as_str())
+            .collect();
         assert_eq!(
             paths,
             [
@@ -546,13 +617,20 @@ telemetry: {log_level: "[[["}
 
     #[test]
     fn the_quickstart_config_is_valid() {
-        let config = Config::load_valid(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/local/threatflow.yaml"))).unwrap();
+        let config = Config::load_valid(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/local/threatflow.yaml"
+        )))
+        .unwrap();
         assert!(config.summary().contains("calico file"));
     }
 
     #[test]
     fn the_committed_schema_is_fresh() {
-        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/config.schema.json"));
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/schemas/config.schema.json"
+        ));
         let schema = json_schema();
         if std::env::var_os("THREATFLOW_UPDATE_SCHEMAS").is_some() {
             std::fs::write(path, &schema).unwrap();

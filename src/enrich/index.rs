@@ -7,6 +7,8 @@
 //! valid at every time.
 
 use std::collections::{BTreeMap, HashMap};
+
+use crate::flow::record::Text;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -18,16 +20,17 @@ use super::workload;
 pub struct EndpointInfo {
     pub kind: EndpointInfoKind,
     /// Pod name, or node name for a node.
-    pub name: Box<str>,
-    pub namespace: Option<Box<str>>,
+    pub name: Text,
+    pub namespace: Option<Text>,
     /// `key=value`, sorted by key.
-    pub labels: Vec<Box<str>>,
+    pub labels: Vec<Text>,
     /// The namespace's labels, `key=value`, sorted by key; shared by every pod in the namespace.
-    pub namespace_labels: Arc<[Box<str>]>,
+    pub namespace_labels: Arc<[Text]>,
     /// The owning workload as `Kind/name` (`Deployment/web`).
-    pub workload: Option<Box<str>>,
-    /// The node the pod runs on (for a node: itself).
-    pub node: Option<Box<str>>,
+    pub workload: Option<Text>,
+    /// The node the pod runs on (for a node: itself). Shared, since enrichment hands it on as
+    /// the reporting node of every record this endpoint reports.
+    pub node: Option<Arc<str>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,15 +42,15 @@ pub enum EndpointInfoKind {
 /// A Kubernetes service reached by its cluster or load-balancer IP.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceInfo {
-    pub namespace: Box<str>,
-    pub name: Box<str>,
+    pub namespace: Text,
+    pub name: Text,
 }
 
 /// IP -> endpoint and IP -> service, for one point-in-time view of the cluster.
 #[derive(Debug, Default)]
 pub struct EndpointIndex {
-    endpoints: HashMap<IpAddr, Arc<EndpointInfo>>,
-    services: HashMap<IpAddr, Arc<ServiceInfo>>,
+    endpoints: HashMap<IpAddr, Arc<EndpointInfo>, foldhash::fast::RandomState>,
+    services: HashMap<IpAddr, Arc<ServiceInfo>, foldhash::fast::RandomState>,
 }
 
 impl EndpointIndex {
@@ -55,12 +58,17 @@ impl EndpointIndex {
     /// host-network pod's IP resolves to its node), and terminated pods hold no IP.
     pub fn from_inventory(inventory: &Inventory) -> EndpointIndex {
         let mut index = EndpointIndex::default();
-        let namespace_labels: HashMap<&str, Arc<[Box<str>]>> = inventory
+        let namespace_labels: HashMap<&str, Arc<[Text]>> = inventory
             .namespaces
             .iter()
-            .map(|namespace| (namespace.name.as_str(), label_list(&namespace.labels).into()))
+            .map(|namespace| {
+                (
+                    namespace.name.as_str(),
+                    label_list(&namespace.labels).into(),
+                )
+            })
             .collect();
-        let no_labels: Arc<[Box<str>]> = Arc::from(Vec::new());
+        let no_labels: Arc<[Text]> = Arc::from(Vec::<Text>::new());
 
         for node in &inventory.nodes {
             let info = Arc::new(EndpointInfo {
@@ -70,7 +78,7 @@ impl EndpointIndex {
                 labels: label_list(&node.labels),
                 namespace_labels: no_labels.clone(),
                 workload: None,
-                node: Some(node.name.as_str().into()),
+                node: Some(Arc::from(node.name.as_str())),
             });
             for ip in &node.internal_ips {
                 index.endpoints.insert(*ip, info.clone());
@@ -121,7 +129,7 @@ impl EndpointIndex {
     }
 }
 
-fn pod_info(pod: &PodInfo, namespace_labels: Arc<[Box<str>]>) -> EndpointInfo {
+fn pod_info(pod: &PodInfo, namespace_labels: Arc<[Text]>) -> EndpointInfo {
     let workload = pod
         .owner
         .as_ref()
@@ -133,14 +141,14 @@ fn pod_info(pod: &PodInfo, namespace_labels: Arc<[Box<str>]>) -> EndpointInfo {
         labels: label_list(&pod.labels),
         namespace_labels,
         workload: workload.map(Into::into),
-        node: pod.node.as_deref().map(Into::into),
+        node: pod.node.as_deref().map(Arc::from),
     }
 }
 
-fn label_list(labels: &BTreeMap<String, String>) -> Vec<Box<str>> {
+fn label_list(labels: &BTreeMap<String, String>) -> Vec<Text> {
     labels
         .iter()
-        .map(|(key, value)| format!("{key}={value}").into_boxed_str())
+        .map(|(key, value)| compact_str::format_compact!("{key}={value}"))
         .collect()
 }
 
@@ -160,7 +168,11 @@ mod tests {
                 PodInfo {
                     name: "web-5bdcdd9c97-x2k4l".into(),
                     namespace: "shop".into(),
-                    labels: [("app".into(), "web".into()), ("pod-template-hash".into(), "5bdcdd9c97".into())].into(),
+                    labels: [
+                        ("app".into(), "web".into()),
+                        ("pod-template-hash".into(), "5bdcdd9c97".into()),
+                    ]
+                    .into(),
                     node: Some("node-a".into()),
                     owner: Some(("ReplicaSet".into(), "web-5bdcdd9c97".into())),
                     ips: vec![ip("10.244.1.5"), ip("fd00::5")],
@@ -181,17 +193,37 @@ mod tests {
                     ..Default::default()
                 },
             ],
-            services: vec![Svc { name: "web".into(), namespace: "shop".into(), ips: vec![ip("10.96.0.20")] }],
-            nodes: vec![NodeInfo { name: "node-a".into(), labels: BTreeMap::new(), internal_ips: vec![ip("192.168.0.10")] }],
-            namespaces: vec![NamespaceInfo { name: "shop".into(), labels: [("team".into(), "payments".into())].into() }],
+            services: vec![Svc {
+                name: "web".into(),
+                namespace: "shop".into(),
+                ips: vec![ip("10.96.0.20")],
+            }],
+            nodes: vec![NodeInfo {
+                name: "node-a".into(),
+                labels: BTreeMap::new(),
+                internal_ips: vec![ip("192.168.0.10")],
+            }],
+            namespaces: vec![NamespaceInfo {
+                name: "shop".into(),
+                labels: [("team".into(), "payments".into())].into(),
+            }],
         };
         let index = EndpointIndex::from_inventory(&inventory);
         let web = index.endpoint(ip("fd00::5"), 0).unwrap();
         assert_eq!(&*web.name, "web-5bdcdd9c97-x2k4l");
         assert_eq!(web.workload.as_deref(), Some("Deployment/web"));
-        assert_eq!(web.labels, vec!["app=web".into(), "pod-template-hash=5bdcdd9c97".into()]);
-        assert_eq!(&*web.namespace_labels, &["team=payments".into()]);
-        assert!(index.endpoint(ip("10.244.1.6"), 0).is_none(), "terminated pods hold no IP");
+        assert_eq!(
+            web.labels,
+            vec![
+                Text::from("app=web"),
+                Text::from("pod-template-hash=5bdcdd9c97")
+            ]
+        );
+        assert_eq!(&*web.namespace_labels, &[Text::from("team=payments")]);
+        assert!(
+            index.endpoint(ip("10.244.1.6"), 0).is_none(),
+            "terminated pods hold no IP"
+        );
         let node = index.endpoint(ip("192.168.0.10"), 0).unwrap();
         assert_eq!((node.kind, &*node.name), (EndpointInfoKind::Node, "node-a"));
         assert_eq!(&*index.service(ip("10.96.0.20")).unwrap().name, "web");

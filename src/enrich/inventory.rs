@@ -253,7 +253,14 @@ impl From<KubeService> for ServiceInfo {
             .chain(service.spec.cluster_ip.iter())
             .filter_map(|text| text.parse().ok())
             .collect();
-        ips.extend(service.status.load_balancer.ingress.iter().filter_map(|ingress| ingress.ip));
+        ips.extend(
+            service
+                .status
+                .load_balancer
+                .ingress
+                .iter()
+                .filter_map(|ingress| ingress.ip),
+        );
         ips.sort();
         ips.dedup();
         ServiceInfo {
@@ -325,17 +332,27 @@ mod tests {
         assert_eq!(inventory.pods.len(), 1);
         let pod = &inventory.pods[0];
         assert_eq!(pod.ips.len(), 2);
-        assert_eq!(pod.owner, Some(("ReplicaSet".into(), "web-5bdcdd9c97".into())));
+        assert_eq!(
+            pod.owner,
+            Some(("ReplicaSet".into(), "web-5bdcdd9c97".into()))
+        );
         assert_eq!(pod.node.as_deref(), Some("node-a"));
-        assert_eq!(inventory.services[0].ips, vec!["10.96.0.20".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            inventory.services[0].ips,
+            vec!["10.96.0.20".parse::<IpAddr>().unwrap()]
+        );
         assert!(inventory.services[1].ips.is_empty());
-        assert_eq!(inventory.nodes[0].internal_ips, vec!["192.168.0.10".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            inventory.nodes[0].internal_ips,
+            vec!["192.168.0.10".parse::<IpAddr>().unwrap()]
+        );
         assert_eq!(inventory.namespaces[0].labels["team"], "payments");
     }
 
     #[test]
     fn reports_where_the_file_is_wrong() {
-        let (at, _) = Inventory::from_json(br#"{"items":[{"kind":"Pod","metadata":{"name":1}}]}"#).unwrap_err();
+        let (at, _) = Inventory::from_json(br#"{"items":[{"kind":"Pod","metadata":{"name":1}}]}"#)
+            .unwrap_err();
         assert!(at.starts_with("items[0]"), "{at}");
     }
 }

@@ -12,7 +12,7 @@ pub mod workload;
 
 use std::sync::Arc;
 
-use crate::flow::record::{Endpoint, EndpointKind, Reporter};
+use crate::flow::record::{Endpoint, EndpointKind, Reporter, Text};
 use crate::flow::FlowRecord;
 pub use index::{EndpointIndex, EndpointInfo, EndpointInfoKind, ServiceInfo};
 pub use inventory::Inventory;
@@ -57,12 +57,11 @@ impl Enricher {
             Reporter::Forward => None,
         };
         let reporting_node = match &flow.host {
-            Some(host) => Some(Arc::from(&**host)),
-            None => self.node_name.clone().or_else(|| {
-                reporter_info
-                    .and_then(|info| info.node.as_deref())
-                    .map(Arc::from)
-            }),
+            Some(host) => Some(Arc::from(host.as_str())),
+            None => self
+                .node_name
+                .clone()
+                .or_else(|| reporter_info.and_then(|info| info.node.clone())),
         };
         EnrichedRecord {
             flow,
@@ -142,14 +141,14 @@ impl<'a> EndpointView<'a> {
             .or(self.info.and_then(|info| info.namespace.as_deref()))
     }
 
-    pub fn labels(&self) -> Option<&'a [Box<str>]> {
+    pub fn labels(&self) -> Option<&'a [Text]> {
         self.flow
             .labels
             .as_deref()
             .or(self.info.map(|info| &*info.labels))
     }
 
-    pub fn namespace_labels(&self) -> Option<&'a [Box<str>]> {
+    pub fn namespace_labels(&self) -> Option<&'a [Text]> {
         self.info.map(|info| &*info.namespace_labels)
     }
 
@@ -159,7 +158,11 @@ impl<'a> EndpointView<'a> {
         if let Some(workload) = self.info.and_then(|info| info.workload.as_deref()) {
             return Some(workload.into());
         }
-        let name = self.flow.name.as_deref().or(self.flow.name_aggr.as_deref())?;
+        let name = self
+            .flow
+            .name
+            .as_deref()
+            .or(self.flow.name_aggr.as_deref())?;
         let labels = self.flow.labels.as_deref()?;
         workload::from_labels(name, labels.iter().map(|label| &**label)).map(Into::into)
     }
@@ -175,7 +178,8 @@ mod tests {
     use crate::flow::calico;
 
     fn index() -> EndpointIndex {
-        let inventory = Inventory::from_json(include_bytes!("../../deploy/local/inventory.json")).unwrap();
+        let inventory =
+            Inventory::from_json(include_bytes!("../../deploy/local/inventory.json")).unwrap();
         EndpointIndex::from_inventory(&inventory)
     }
 
@@ -185,19 +189,26 @@ mod tests {
 
     #[test]
     fn fills_gaps_from_the_index() {
-        let enriched = record(r#"{"start_time":1,"end_time":2,"proto":"tcp","action":"allow","reporter":"src","source_ip":"10.244.1.5","dest_ip":"10.96.0.10","dest_port":53,"source_name":"-","dest_name":"-"}"#);
+        let enriched = record(
+            r#"{"start_time":1,"end_time":2,"proto":"tcp","action":"allow","reporter":"src","source_ip":"10.244.1.5","dest_ip":"10.96.0.10","dest_port":53,"source_name":"-","dest_name":"-"}"#,
+        );
         let source = enriched.side(Side::Source);
         assert_eq!(source.pod_name(), Some("frontend-7d9f8c6b5d-x2k4l"));
         assert_eq!(source.namespace(), Some("web"));
         assert_eq!(source.workload().as_deref(), Some("Deployment/frontend"));
         assert_eq!(source.node(), Some("node-a"));
         assert_eq!(enriched.reporting_node.as_deref(), Some("node-a"));
-        assert_eq!(enriched.dest_service_name(), Some((Some("kube-system"), "kube-dns")));
+        assert_eq!(
+            enriched.dest_service_name(),
+            Some((Some("kube-system"), "kube-dns"))
+        );
     }
 
     #[test]
     fn record_values_win_and_aggregates_get_no_pod() {
-        let enriched = record(r#"{"start_time":1,"end_time":2,"proto":"tcp","action":"allow","reporter":"src","host":"node-z","source_ip":"10.244.1.5","source_name":"renamed","source_namespace":"elsewhere","dest_ip":null,"dest_name":"-","dest_name_aggr":"db-*","dest_namespace":"data"}"#);
+        let enriched = record(
+            r#"{"start_time":1,"end_time":2,"proto":"tcp","action":"allow","reporter":"src","host":"node-z","source_ip":"10.244.1.5","source_name":"renamed","source_namespace":"elsewhere","dest_ip":null,"dest_name":"-","dest_name_aggr":"db-*","dest_namespace":"data"}"#,
+        );
         let source = enriched.side(Side::Source);
         assert_eq!(source.pod_name(), Some("renamed"));
         assert_eq!(source.namespace(), Some("elsewhere"));

@@ -66,28 +66,63 @@ mod tests {
 
     #[test]
     fn owners() {
-        let hash: BTreeMap<String, String> = [("pod-template-hash".into(), "5bdcdd9c97".into())].into();
+        let hash: BTreeMap<String, String> =
+            [("pod-template-hash".into(), "5bdcdd9c97".into())].into();
         let check = |kind: &str, name: &str, labels: &BTreeMap<String, String>, expected: &str| {
             assert_eq!(from_owner(kind, name, labels), expected);
         };
         check("ReplicaSet", "web-5bdcdd9c97", &hash, "Deployment/web");
         check("ReplicaSet", "web-other", &hash, "ReplicaSet/web-other");
-        check("ReplicaSet", "web-5bdcdd9c97", &BTreeMap::new(), "ReplicaSet/web-5bdcdd9c97");
+        check(
+            "ReplicaSet",
+            "web-5bdcdd9c97",
+            &BTreeMap::new(),
+            "ReplicaSet/web-5bdcdd9c97",
+        );
         check("StatefulSet", "db", &BTreeMap::new(), "StatefulSet/db");
-        check("DaemonSet", "calico-node", &BTreeMap::new(), "DaemonSet/calico-node");
+        check(
+            "DaemonSet",
+            "calico-node",
+            &BTreeMap::new(),
+            "DaemonSet/calico-node",
+        );
     }
 
     #[test]
     fn labels() {
         let check = |name: &str, labels: &[&str], expected: Option<&str>| {
-            assert_eq!(from_labels(name, labels.iter().copied()).as_deref(), expected, "{name} {labels:?}");
+            assert_eq!(
+                from_labels(name, labels.iter().copied()).as_deref(),
+                expected,
+                "{name} {labels:?}"
+            );
         };
-        check("web-5bdcdd9c97-*", &["app=web", "pod-template-hash=5bdcdd9c97"], Some("Deployment/web"));
-        check("web-5bdcdd9c97-x2k4l", &["pod-template-hash=5bdcdd9c97"], Some("Deployment/web"));
-        check("my-api-7f9c-abcde", &["pod-template-hash=7f9c"], Some("Deployment/my-api"));
+        check(
+            "web-5bdcdd9c97-*",
+            &["app=web", "pod-template-hash=5bdcdd9c97"],
+            Some("Deployment/web"),
+        );
+        check(
+            "web-5bdcdd9c97-x2k4l",
+            &["pod-template-hash=5bdcdd9c97"],
+            Some("Deployment/web"),
+        );
+        check(
+            "my-api-7f9c-abcde",
+            &["pod-template-hash=7f9c"],
+            Some("Deployment/my-api"),
+        );
         check("web-x2k4l", &["pod-template-hash=5bdcdd9c97"], None);
-        check("backup-28123-xk2p", &["job-name=backup-28123"], Some("Job/backup-28123"));
-        check("db-0", &["statefulset.kubernetes.io/pod-name=db-0"], Some("StatefulSet/db"));
+        check(
+            "backup-28123-xk2p",
+            &["job-name=backup-28123"],
+            Some("Job/backup-28123"),
+        );
+        check(
+            "db-0",
+            &["statefulset.kubernetes.io/pod-name=db-0"],
+            Some("StatefulSet/db"),
+        );
         check("web-x2k4l", &["app=web"], None);
     }
 }

@@ -13,8 +13,9 @@ use serde::Deserialize;
 
 use super::record::{
     Action, Counters, Endpoint, EndpointKind, FlowRecord, Process, Protocol, Reporter, ServiceRef,
+    Text,
 };
-use super::{Rejection, RejectReason};
+use super::{RejectReason, Rejection};
 
 /// Parses one Calico flow-log line (without its line terminator).
 pub fn parse_line(line: &[u8]) -> Result<FlowRecord, Rejection> {
@@ -54,7 +55,7 @@ struct RawFlow<'a> {
     start_time: Option<i64>,
     end_time: Option<i64>,
     #[serde(borrow)]
-    proto: Option<Text<'a>>,
+    proto: Option<StrOrNum<'a>>,
     #[serde(borrow)]
     action: Option<Cow<'a, str>>,
     #[serde(borrow)]
@@ -93,7 +94,7 @@ struct RawFlow<'a> {
     #[serde(borrow)]
     dest_service_name: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    dest_service_port: Option<Text<'a>>,
+    dest_service_port: Option<StrOrNum<'a>>,
     dest_service_port_num: Option<u32>,
     #[serde(default, borrow)]
     dest_domains: Option<Vec<Cow<'a, str>>>,
@@ -112,7 +113,7 @@ struct RawFlow<'a> {
     #[serde(borrow)]
     process_name: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    process_id: Option<Text<'a>>,
+    process_id: Option<StrOrNum<'a>>,
     #[serde(default, borrow)]
     process_args: Option<Vec<Cow<'a, str>>>,
 
@@ -247,7 +248,7 @@ fn port_field(value: Option<u32>, field: &str) -> Result<Option<u16>, Rejection>
 }
 
 /// Calico writes `-` for "aggregated or not applicable" and `*` for "several values".
-fn present(value: Option<Cow<'_, str>>) -> Option<Box<str>> {
+fn present(value: Option<Cow<'_, str>>) -> Option<Text> {
     match value.as_deref() {
         None | Some("") | Some("-") | Some("*") | Some("null") => None,
         Some(text) => Some(text.into()),
@@ -255,14 +256,14 @@ fn present(value: Option<Cow<'_, str>>) -> Option<Box<str>> {
 }
 
 /// Aggregated names additionally use `pub` and `pvt` for addresses outside any known set.
-fn present_aggr(value: Option<Cow<'_, str>>) -> Option<Box<str>> {
+fn present_aggr(value: Option<Cow<'_, str>>) -> Option<Text> {
     match value.as_deref() {
         Some("pub") | Some("pvt") => None,
         _ => present(value),
     }
 }
 
-fn strings(values: Option<Vec<Cow<'_, str>>>) -> Vec<Box<str>> {
+fn strings(values: Option<Vec<Cow<'_, str>>>) -> Vec<Text> {
     values
         .unwrap_or_default()
         .into_iter()
@@ -283,30 +284,30 @@ fn endpoint_kind(text: &str) -> Option<EndpointKind> {
 
 /// A value Calico writes as a string in some versions and as a number in others
 /// (`proto`, `process_id`, `dest_service_port`).
-struct Text<'a>(Cow<'a, str>);
+struct StrOrNum<'a>(Cow<'a, str>);
 
-impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+impl<'de: 'a, 'a> Deserialize<'de> for StrOrNum<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct TextVisitor;
-        impl<'de> Visitor<'de> for TextVisitor {
-            type Value = Text<'de>;
+        struct StrOrNumVisitor;
+        impl<'de> Visitor<'de> for StrOrNumVisitor {
+            type Value = StrOrNum<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a string or a number")
             }
             fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Borrowed(v)))
+                Ok(StrOrNum(Cow::Borrowed(v)))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Owned(v.to_owned())))
+                Ok(StrOrNum(Cow::Owned(v.to_owned())))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Owned(v.to_string())))
+                Ok(StrOrNum(Cow::Owned(v.to_string())))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Owned(v.to_string())))
+                Ok(StrOrNum(Cow::Owned(v.to_string())))
             }
         }
-        deserializer.deserialize_any(TextVisitor)
+        deserializer.deserialize_any(StrOrNumVisitor)
     }
 }
 
@@ -315,7 +316,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
 struct RawLabels<'a>(Option<Vec<Cow<'a, str>>>);
 
 impl RawLabels<'_> {
-    fn into_labels(self) -> Option<Vec<Box<str>>> {
+    fn into_labels(self) -> Option<Vec<Text>> {
         self.0
             .map(|labels| labels.into_iter().map(|label| label.into()).collect())
     }
@@ -342,7 +343,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawLabels<'a> {
                 let mut labels = None;
                 while let Some(key) = map.next_key::<Cow<'de, str>>()? {
                     if key == "labels" {
-                        labels = map.next_value::<Option<LabelList<'de>>>()?.map(|list| list.0);
+                        labels = map
+                            .next_value::<Option<LabelList<'de>>>()?
+                            .map(|list| list.0);
                     } else {
                         map.next_value::<IgnoredAny>()?;
                     }
@@ -407,14 +410,20 @@ mod tests {
         assert_eq!(record.source.namespace.as_deref(), Some("shop"));
         assert_eq!(
             record.source.labels,
-            Some(vec!["app=web".into(), "pod-template-hash=5bdcdd9c97".into()])
+            Some(vec![
+                "app=web".into(),
+                "pod-template-hash=5bdcdd9c97".into()
+            ])
         );
         assert_eq!(record.dest.name_aggr, None, "`pub` is a sentinel");
         assert_eq!(record.dest.namespace, None, "`-` is a sentinel");
         assert_eq!(record.dest.labels, None);
         assert_eq!(record.dest.port, Some(443));
         assert_eq!(record.dest_service, None);
-        assert_eq!(record.policies, vec!["0|security|security.allow-egress|allow|2".into()]);
+        assert_eq!(
+            record.policies,
+            vec![Text::from("0|security|security.allow-egress|allow|2")]
+        );
         assert_eq!(record.counters.bytes_in, 4288);
         assert_eq!(record.counters.num_flows, 41);
         assert_eq!(record.process, Process::default());
@@ -424,7 +433,13 @@ mod tests {
     fn rejections_by_reason() {
         let check = |line: &[u8], reason: RejectReason| {
             let rejection = parse_line(line).expect_err(&String::from_utf8_lossy(line));
-            assert_eq!(rejection.reason, reason, "{}: {}", String::from_utf8_lossy(line), rejection.detail);
+            assert_eq!(
+                rejection.reason,
+                reason,
+                "{}: {}",
+                String::from_utf8_lossy(line),
+                rejection.detail
+            );
         };
         let base = r#""start_time":1,"end_time":2,"proto":"tcp","action":"allow","reporter":"src""#;
         check(b"\xff\xfe{}", RejectReason::InvalidUtf8);
@@ -432,16 +447,46 @@ mod tests {
         check(b"[1,2,3,4,5]", RejectReason::InvalidJson);
         check(b"42", RejectReason::InvalidJson);
         check(b"{\"start_time\":1", RejectReason::InvalidJson);
-        check(br#"{"end_time":2,"proto":"tcp","action":"allow","reporter":"src"}"#, RejectReason::MissingField);
-        check(br#"{"start_time":1,"end_time":2,"action":"allow","reporter":"src"}"#, RejectReason::MissingField);
-        check(br#"{"start_time":1,"end_time":2,"proto":"tcp","reporter":"src"}"#, RejectReason::MissingField);
-        check(br#"{"start_time":1,"end_time":2,"proto":"tcp","action":"allow"}"#, RejectReason::MissingField);
-        check(br#"{"start_time":"1","end_time":2,"proto":"tcp","action":"allow","reporter":"src"}"#, RejectReason::InvalidField);
-        check(format!(r#"{{{base},"source_ip":"10.0.0.300"}}"#).as_bytes(), RejectReason::InvalidField);
-        check(format!(r#"{{{base},"dest_port":70000}}"#).as_bytes(), RejectReason::InvalidField);
-        check(format!(r#"{{{base},"source_labels":"app=web"}}"#).as_bytes(), RejectReason::InvalidField);
-        check(br#"{"start_time":1,"end_time":2,"proto":"tcp","action":"maybe","reporter":"src"}"#, RejectReason::InvalidField);
-        check(br#"{"start_time":1,"end_time":2,"proto":"warp","action":"allow","reporter":"src"}"#, RejectReason::InvalidField);
+        check(
+            br#"{"end_time":2,"proto":"tcp","action":"allow","reporter":"src"}"#,
+            RejectReason::MissingField,
+        );
+        check(
+            br#"{"start_time":1,"end_time":2,"action":"allow","reporter":"src"}"#,
+            RejectReason::MissingField,
+        );
+        check(
+            br#"{"start_time":1,"end_time":2,"proto":"tcp","reporter":"src"}"#,
+            RejectReason::MissingField,
+        );
+        check(
+            br#"{"start_time":1,"end_time":2,"proto":"tcp","action":"allow"}"#,
+            RejectReason::MissingField,
+        );
+        check(
+            br#"{"start_time":"1","end_time":2,"proto":"tcp","action":"allow","reporter":"src"}"#,
+            RejectReason::InvalidField,
+        );
+        check(
+            format!(r#"{{{base},"source_ip":"10.0.0.300"}}"#).as_bytes(),
+            RejectReason::InvalidField,
+        );
+        check(
+            format!(r#"{{{base},"dest_port":70000}}"#).as_bytes(),
+            RejectReason::InvalidField,
+        );
+        check(
+            format!(r#"{{{base},"source_labels":"app=web"}}"#).as_bytes(),
+            RejectReason::InvalidField,
+        );
+        check(
+            br#"{"start_time":1,"end_time":2,"proto":"tcp","action":"maybe","reporter":"src"}"#,
+            RejectReason::InvalidField,
+        );
+        check(
+            br#"{"start_time":1,"end_time":2,"proto":"warp","action":"allow","reporter":"src"}"#,
+            RejectReason::InvalidField,
+        );
     }
 
     #[test]
@@ -454,7 +499,13 @@ mod tests {
         assert_eq!(record.process.id.as_deref(), Some("1234"));
         assert_eq!(record.source.labels, Some(vec!["k=vé".into()]));
         let service = record.dest_service.unwrap();
-        assert_eq!((&*service.name, service.namespace.as_deref()), ("dns", Some("kube-system")));
-        assert_eq!((service.port_name.as_deref(), service.port), (Some("dns"), Some(53)));
+        assert_eq!(
+            (&*service.name, service.namespace.as_deref()),
+            ("dns", Some("kube-system"))
+        );
+        assert_eq!(
+            (service.port_name.as_deref(), service.port),
+            (Some("dns"), Some(53))
+        );
     }
 }

@@ -7,7 +7,8 @@
 
 use std::ops::Range;
 
-/// A batch of complete lines, stored back to back in one buffer.
+/// A batch of complete lines, stored back to back in one owned buffer (so a batch can cross
+/// threads).
 #[derive(Debug, Default)]
 pub struct LineBatch {
     data: Vec<u8>,
@@ -18,7 +19,10 @@ pub struct LineBatch {
 enum Span {
     Line(Range<usize>),
     /// `prefix` is at most the cap; `len` is the line's full length.
-    TooLong { prefix: Range<usize>, len: u64 },
+    TooLong {
+        prefix: Range<usize>,
+        len: u64,
+    },
 }
 
 /// One item of a batch.
@@ -57,28 +61,22 @@ impl LineBatch {
         self.spans.clear();
     }
 
-    fn push_line(&mut self, parts: [&[u8]; 2]) {
+    /// Copies `line` into the batch.
+    pub fn push(&mut self, line: Line<'_>) {
         let start = self.data.len();
-        self.data.extend_from_slice(parts[0]);
-        self.data.extend_from_slice(parts[1]);
-        let mut end = self.data.len();
-        if end > start && self.data[end - 1] == b'\r' {
-            end -= 1;
+        match line {
+            Line::Complete(bytes) => {
+                self.data.extend_from_slice(bytes);
+                self.spans.push(Span::Line(start..self.data.len()));
+            }
+            Line::TooLong { prefix, len } => {
+                self.data.extend_from_slice(prefix);
+                self.spans.push(Span::TooLong {
+                    prefix: start..self.data.len(),
+                    len,
+                });
+            }
         }
-        if self.data[start..end].iter().all(u8::is_ascii_whitespace) {
-            self.data.truncate(start);
-            return;
-        }
-        self.spans.push(Span::Line(start..end));
-    }
-
-    fn push_too_long(&mut self, prefix: &[u8], len: u64) {
-        let start = self.data.len();
-        self.data.extend_from_slice(prefix);
-        self.spans.push(Span::TooLong {
-            prefix: start..self.data.len(),
-            len,
-        });
     }
 }
 
@@ -86,10 +84,13 @@ impl LineBatch {
 #[derive(Debug)]
 pub struct LineSplitter {
     max_line_bytes: usize,
-    /// The start of the unfinished line (at most `max_line_bytes` of it).
+    /// The start of the unfinished line (at most `max_line_bytes + 1` bytes of it: enough to
+    /// tell a line that is one byte too long, CR aside).
     partial: Vec<u8>,
     /// Length of the unfinished line so far, including bytes not kept.
     partial_len: u64,
+    /// Whether the unfinished line so far ends with CR.
+    partial_ends_with_cr: bool,
 }
 
 impl LineSplitter {
@@ -98,10 +99,11 @@ impl LineSplitter {
             max_line_bytes,
             partial: Vec::new(),
             partial_len: 0,
+            partial_ends_with_cr: false,
         }
     }
 
-    /// Bytes of the current unfinished line: consumed from the input but not yet in a batch.
+    /// Bytes of the current unfinished line: consumed from the input but not yet emitted.
     pub fn pending_bytes(&self) -> u64 {
         self.partial_len
     }
@@ -110,50 +112,93 @@ impl LineSplitter {
     pub fn reset(&mut self) {
         self.partial.clear();
         self.partial_len = 0;
+        self.partial_ends_with_cr = false;
     }
 
     /// Appends every line completed by `chunk` to `batch`.
-    pub fn push(&mut self, mut chunk: &[u8], batch: &mut LineBatch) {
+    pub fn push(&mut self, chunk: &[u8], batch: &mut LineBatch) {
+        self.split(chunk, |line| batch.push(line));
+    }
+
+    /// Ends the input: an unfinished last line (no final newline) is appended as a line.
+    pub fn finish(&mut self, batch: &mut LineBatch) {
+        self.finish_with(|line| batch.push(line));
+    }
+
+    /// Calls `emit` with every line completed by `chunk`, in order. Lines that lie wholly in
+    /// `chunk` are lent out without copying.
+    pub fn split(&mut self, mut chunk: &[u8], mut emit: impl FnMut(Line<'_>)) {
         while let Some(newline) = memchr::memchr(b'\n', chunk) {
             let (head, rest) = (&chunk[..newline], &chunk[newline + 1..]);
-            self.complete(head, batch);
+            if self.partial_len == 0 {
+                self.emit_line(
+                    head,
+                    head.len() as u64,
+                    head.last() == Some(&b'\r'),
+                    &mut emit,
+                );
+            } else {
+                self.extend_partial(head);
+                let partial = std::mem::take(&mut self.partial);
+                self.emit_line(
+                    &partial,
+                    self.partial_len,
+                    self.partial_ends_with_cr,
+                    &mut emit,
+                );
+                self.partial = partial;
+                self.reset();
+            }
             chunk = rest;
         }
         self.extend_partial(chunk);
     }
 
-    /// Ends the input: an unfinished last line (no final newline) is emitted as a line.
-    pub fn finish(&mut self, batch: &mut LineBatch) {
+    /// Ends the input, emitting an unfinished last line.
+    pub fn finish_with(&mut self, mut emit: impl FnMut(Line<'_>)) {
         if self.partial_len > 0 {
-            self.complete(&[], batch);
+            let partial = std::mem::take(&mut self.partial);
+            self.emit_line(
+                &partial,
+                self.partial_len,
+                self.partial_ends_with_cr,
+                &mut emit,
+            );
+            self.partial = partial;
+            self.reset();
         }
     }
 
-    fn complete(&mut self, head: &[u8], batch: &mut LineBatch) {
-        let len = self.partial_len + head.len() as u64;
-        // A trailing CR does not count against the cap.
-        let content_len = if head.last() == Some(&b'\r') || (head.is_empty() && self.partial.last() == Some(&b'\r')) {
-            len - 1
-        } else {
-            len
+    /// Emits one line: `kept` is its start (all of it unless it is too long), `len` its full
+    /// length. A trailing CR is dropped; blank lines are skipped.
+    fn emit_line(
+        &self,
+        kept: &[u8],
+        len: u64,
+        ends_with_cr: bool,
+        emit: &mut impl FnMut(Line<'_>),
+    ) {
+        let (kept, len) = match (ends_with_cr, len as usize == kept.len()) {
+            (true, true) => (&kept[..kept.len() - 1], len - 1),
+            (true, false) => (kept, len - 1),
+            (false, _) => (kept, len),
         };
-        if content_len > self.max_line_bytes as u64 {
-            let keep = self.max_line_bytes.saturating_sub(self.partial.len()).min(head.len());
-            self.partial.extend_from_slice(&head[..keep]);
-            self.partial.truncate(self.max_line_bytes);
-            batch.push_too_long(&self.partial, content_len);
-            self.partial.clear();
-        } else {
-            batch.push_line([&self.partial, head]);
-            self.partial.clear();
+        if len > self.max_line_bytes as u64 {
+            let prefix = &kept[..kept.len().min(self.max_line_bytes)];
+            emit(Line::TooLong { prefix, len });
+        } else if !kept.iter().all(u8::is_ascii_whitespace) {
+            emit(Line::Complete(kept));
         }
-        self.partial_len = 0;
     }
 
     fn extend_partial(&mut self, tail: &[u8]) {
-        let room = (self.max_line_bytes + 1).saturating_sub(self.partial.len());
-        self.partial.extend_from_slice(&tail[..room.min(tail.len())]);
+        let room = (self.max_line_bytes + 2).saturating_sub(self.partial.len());
+        self.partial
+            .extend_from_slice(&tail[..room.min(tail.len())]);
         self.partial_len += tail.len() as u64;
+        if let Some(&last) = tail.last() {
+            self.partial_ends_with_cr = last == b'\r';
+        }
     }
 }
 
@@ -189,9 +234,15 @@ mod tests {
         check(&[b"a\r\n\r\n  \nb"], 10, &["a", "b"]);
         check(&[b"no newline at end"], 100, &["no newline at end"]);
         check(&[b"12345\n123456\n"], 5, &["12345", "TOO_LONG(6):12345"]);
-        check(&[b"1234", b"5678", b"9\nok\n"], 5, &["TOO_LONG(9):12345", "ok"]);
+        check(
+            &[b"1234", b"5678", b"9\nok\n"],
+            5,
+            &["TOO_LONG(9):12345", "ok"],
+        );
         check(&[b"12345\r\n"], 5, &["12345"]);
         check(&[b"123", b"45", b"\r", b"\n"], 5, &["12345"]);
+        check(&[b"123", b"456\r", b"\n"], 5, &["TOO_LONG(6):12345"]);
+        check(&[b"1234567", b"89\r\n"], 5, &["TOO_LONG(9):12345"]);
     }
 
     #[test]

@@ -63,7 +63,17 @@ impl Rejection {
 }
 
 /// The collector format of a source's lines.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum FlowFormat {
     /// Calico Enterprise flow logs (`flows.log`): one JSON object per line.

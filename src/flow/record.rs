@@ -7,6 +7,10 @@
 use std::fmt;
 use std::net::IpAddr;
 
+/// A string of the record: up to 24 bytes are stored inline, so most names, namespaces and
+/// labels cost no allocation.
+pub type Text = compact_str::CompactString;
+
 /// One flow (or one aggregate of flows) between a source and a destination endpoint.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FlowRecord {
@@ -22,13 +26,13 @@ pub struct FlowRecord {
     /// The Kubernetes service the destination was reached through, when the collector knew it.
     pub dest_service: Option<ServiceRef>,
     /// Domain names seen for the destination IP (external destinations only).
-    pub dest_domains: Vec<Box<str>>,
+    pub dest_domains: Vec<Text>,
     /// The enforced policy trace, each entry `<idx>|<tier>|<policy>|<action>|<rule>`.
-    pub policies: Vec<Box<str>>,
+    pub policies: Vec<Text>,
     pub counters: Counters,
     pub process: Process,
     /// The node that reported the flow, when the log shipper recorded it.
-    pub host: Option<Box<str>>,
+    pub host: Option<Text>,
 }
 
 /// One side of a flow.
@@ -39,12 +43,12 @@ pub struct Endpoint {
     /// `None` when aggregated, and for protocols without ports.
     pub port: Option<u16>,
     /// Pod (or host endpoint) name; `None` when aggregated or not a pod.
-    pub name: Option<Box<str>>,
+    pub name: Option<Text>,
     /// Aggregated name: `<prefix>-*` for pods of one controller, or a network set's name.
-    pub name_aggr: Option<Box<str>>,
-    pub namespace: Option<Box<str>>,
+    pub name_aggr: Option<Text>,
+    pub namespace: Option<Text>,
     /// Labels as `key=value` strings, in the collector's order. `None` when not reported.
-    pub labels: Option<Vec<Box<str>>>,
+    pub labels: Option<Vec<Text>>,
     pub kind: Option<EndpointKind>,
 }
 
@@ -75,10 +79,10 @@ impl EndpointKind {
 /// A Kubernetes service reference as reported by the collector.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ServiceRef {
-    pub namespace: Option<Box<str>>,
-    pub name: Box<str>,
+    pub namespace: Option<Text>,
+    pub name: Text,
     /// The service port's name.
-    pub port_name: Option<Box<str>>,
+    pub port_name: Option<Text>,
     pub port: Option<u16>,
 }
 
@@ -97,9 +101,9 @@ pub struct Counters {
 /// The process behind the flow on the reporting node, when collected.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Process {
-    pub name: Option<Box<str>>,
-    pub id: Option<Box<str>>,
-    pub args: Vec<Box<str>>,
+    pub name: Option<Text>,
+    pub id: Option<Text>,
+    pub args: Vec<Text>,
 }
 
 /// The policy verdict.
@@ -187,10 +191,11 @@ impl Protocol {
     }
 }
 
-impl fmt::Display for Protocol {
-    /// Upper-case names, as CEF's `proto` key expects (`TCP`, `UDP`, ...).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = match self {
+impl Protocol {
+    /// The upper-case name CEF's `proto` key expects (`TCP`, `UDP`, ...), or `None` for a
+    /// protocol known only by number.
+    pub fn name(self) -> Option<&'static str> {
+        Some(match self {
             Protocol::Tcp => "TCP",
             Protocol::Udp => "UDP",
             Protocol::Icmp => "ICMP",
@@ -198,9 +203,18 @@ impl fmt::Display for Protocol {
             Protocol::Sctp => "SCTP",
             Protocol::Ipip => "IPIP",
             Protocol::Esp => "ESP",
-            Protocol::Number(number) => return write!(f, "{number}"),
-        };
-        f.write_str(name)
+            Protocol::Number(_) => return None,
+        })
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.name(), self) {
+            (Some(name), _) => f.write_str(name),
+            (None, Protocol::Number(number)) => write!(f, "{number}"),
+            (None, _) => unreachable!("every other protocol has a name"),
+        }
     }
 }
 

@@ -83,14 +83,28 @@ impl SourceMetrics {
     pub fn register(registry: &mut Registry) -> SourceMetrics {
         let metrics = SourceMetrics::default();
         registry.register("bytes", "Bytes read", metrics.bytes.clone());
-        registry.register("lines", "Lines read (before parsing)", metrics.lines.clone());
-        registry.register("rotations", "Files followed through a rename rotation", metrics.rotations.clone());
-        registry.register("truncations", "Files that shrank (copy-truncate) and were read again from the start", metrics.truncations.clone());
+        registry.register(
+            "lines",
+            "Lines read (before parsing)",
+            metrics.lines.clone(),
+        );
+        registry.register(
+            "rotations",
+            "Files followed through a rename rotation",
+            metrics.rotations.clone(),
+        );
+        registry.register(
+            "truncations",
+            "Files that shrank (copy-truncate) and were read again from the start",
+            metrics.truncations.clone(),
+        );
         metrics
     }
 
     fn labels(source: &str) -> SourceLabels {
-        SourceLabels { source: source.to_owned() }
+        SourceLabels {
+            source: source.to_owned(),
+        }
     }
 
     fn batch_read(&self, source: &str, lines: usize, bytes: u64) {
@@ -154,7 +168,10 @@ impl CheckpointStore {
             return Ok(());
         }
         let temporary = self.path.with_extension("tmp");
-        std::fs::write(&temporary, serde_json::to_vec(&latest).expect("a position serializes"))?;
+        std::fs::write(
+            &temporary,
+            serde_json::to_vec(&latest).expect("a position serializes"),
+        )?;
         std::fs::rename(&temporary, &self.path)?;
         *saved = latest;
         Ok(())
@@ -215,7 +232,11 @@ impl Emitter {
             return true;
         }
         let lines = std::mem::take(&mut self.batch);
-        self.context.metrics.batch_read(&self.context.name, lines.len(), std::mem::take(&mut self.batch_bytes));
+        self.context.metrics.batch_read(
+            &self.context.name,
+            lines.len(),
+            std::mem::take(&mut self.batch_bytes),
+        );
         let batch = SourceBatch {
             source: self.context.name.clone(),
             format: self.context.format,
@@ -227,7 +248,10 @@ impl Emitter {
 }
 
 /// Reads standard input (or any reader) to its end.
-pub async fn run_reader(mut reader: impl AsyncRead + Unpin, context: SourceContext) -> Result<(), SourceError> {
+pub async fn run_reader(
+    mut reader: impl AsyncRead + Unpin,
+    context: SourceContext,
+) -> Result<(), SourceError> {
     let mut splitter = LineSplitter::new(context.max_line_bytes);
     let shutdown = context.shutdown.clone();
     let mut emitter = Emitter::new(context);
@@ -263,7 +287,10 @@ pub async fn run_file(
     let metrics = context.metrics.clone();
     let poll = Duration::from_millis(settings.poll_interval_ms);
     let path = settings.path.clone();
-    let read_error = |source| SourceError::Read { path: path.display().to_string(), source };
+    let read_error = |source| SourceError::Read {
+        path: path.display().to_string(),
+        source,
+    };
 
     // Files to read in order: a rotated file to finish first (after a restart), then the file.
     let mut files: VecDeque<OpenFile> = VecDeque::new();
@@ -273,19 +300,31 @@ pub async fn run_file(
         match std::fs::metadata(&path) {
             Ok(metadata) => {
                 match &saved {
-                    Some(position) if (position.dev, position.ino) == (metadata.dev(), metadata.ino()) => {
+                    Some(position)
+                        if (position.dev, position.ino) == (metadata.dev(), metadata.ino()) =>
+                    {
                         if metadata.len() < position.offset {
                             tracing::warn!(source = %name, "the file is shorter than its checkpoint (truncated while stopped); reading it from the start");
                         }
-                        files.push_back(OpenFile::open(&path, position.offset).await.map_err(read_error)?);
+                        files.push_back(
+                            OpenFile::open(&path, position.offset)
+                                .await
+                                .map_err(read_error)?,
+                        );
                     }
                     Some(position) => {
                         match find_rotated(&path, position) {
                             Some(rotated) => {
                                 tracing::info!(source = %name, rotated = %rotated.display(), "finishing the rotated file named in the checkpoint first");
-                                files.push_back(OpenFile::open(&rotated, position.offset).await.map_err(read_error)?);
+                                files.push_back(
+                                    OpenFile::open(&rotated, position.offset)
+                                        .await
+                                        .map_err(read_error)?,
+                                );
                             }
-                            None => tracing::warn!(source = %name, "the checkpointed file is gone; lines written to it after the checkpoint cannot be read"),
+                            None => {
+                                tracing::warn!(source = %name, "the checkpointed file is gone; lines written to it after the checkpoint cannot be read")
+                            }
                         }
                         files.push_back(OpenFile::open(&path, 0).await.map_err(read_error)?);
                     }
@@ -359,7 +398,10 @@ pub async fn run_file(
             if !emitter.emit(ack).await {
                 return Ok(());
             }
-            metrics.rotations.get_or_create(&SourceMetrics::labels(&name)).inc();
+            metrics
+                .rotations
+                .get_or_create(&SourceMetrics::labels(&name))
+                .inc();
             continue;
         }
         if once {
@@ -382,14 +424,23 @@ pub async fn run_file(
                         files.push_back(new_file);
                         continue;
                     }
-                    Err(error) => tracing::warn!(source = %name, %error, "cannot open the new file yet; retrying"),
+                    Err(error) => {
+                        tracing::warn!(source = %name, %error, "cannot open the new file yet; retrying")
+                    }
                 }
             }
             Ok(metadata) if metadata.len() < active.offset => {
                 tracing::warn!(source = %name, size = metadata.len(), offset = active.offset, "file truncated (copy-truncate); reading it again from the start");
-                metrics.truncations.get_or_create(&SourceMetrics::labels(&name)).inc();
+                metrics
+                    .truncations
+                    .get_or_create(&SourceMetrics::labels(&name))
+                    .inc();
                 splitter.reset();
-                active.file.seek(std::io::SeekFrom::Start(0)).await.map_err(read_error)?;
+                active
+                    .file
+                    .seek(std::io::SeekFrom::Start(0))
+                    .await
+                    .map_err(read_error)?;
                 active.offset = 0;
                 continue;
             }
@@ -411,14 +462,17 @@ pub async fn run_file(
 /// A file in the same directory with the checkpoint's device and inode: where a rotation
 /// moved the file that was being read.
 fn find_rotated(path: &Path, position: &Position) -> Option<PathBuf> {
-    let directory = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let directory = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::read_dir(directory)
         .ok()?
         .filter_map(Result::ok)
         .find(|entry| {
-            entry
-                .metadata()
-                .is_ok_and(|metadata| (metadata.dev(), metadata.ino()) == (position.dev, position.ino))
+            entry.metadata().is_ok_and(|metadata| {
+                (metadata.dev(), metadata.ino()) == (position.dev, position.ino)
+            })
         })
         .map(|entry| entry.path())
 }

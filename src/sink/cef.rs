@@ -14,6 +14,7 @@ use super::field::{FlowField, Value, ValueKind};
 use crate::config::Problems;
 use crate::enrich::EnrichedRecord;
 use crate::flow::record::Action;
+use crate::flow::record::Text;
 
 /// How records are written as CEF.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -198,8 +199,21 @@ const DICTIONARY: &[(&str, KeyKind)] = &[
 
 /// Keys that only a consumer (an ArcSight connector) may set.
 const CONSUMER_ONLY: &[&str] = &[
-    "agt", "ahost", "aid", "amac", "art", "at", "atz", "av", "cfp1Label", "dlat", "dlong",
-    "eventId", "rawEvent", "slat", "slong",
+    "agt",
+    "ahost",
+    "aid",
+    "amac",
+    "art",
+    "at",
+    "atz",
+    "av",
+    "cfp1Label",
+    "dlat",
+    "dlong",
+    "eventId",
+    "rawEvent",
+    "slat",
+    "slong",
 ];
 
 /// Custom slots: the key kind and the maximum label length.
@@ -272,10 +286,18 @@ impl CefConfig {
             ("flow_denied", &self.classes.flow_denied),
         ] {
             let class_path = format!("{path}.classes.{name}");
-            check_header_field(&format!("{class_path}.signature_id"), &class.signature_id, 1023, problems);
+            check_header_field(
+                &format!("{class_path}.signature_id"),
+                &class.signature_id,
+                1023,
+                problems,
+            );
             check_header_field(&format!("{class_path}.name"), &class.name, 512, problems);
             if class.severity > 10 {
-                problems.push(format!("{class_path}.severity"), "must be an integer from 0 to 10");
+                problems.push(
+                    format!("{class_path}.severity"),
+                    "must be an integer from 0 to 10",
+                );
             }
         }
         let mut seen = std::collections::HashSet::new();
@@ -283,7 +305,10 @@ impl CefConfig {
             let field_path = format!("{path}.fields[{i}]");
             let key = field.key.as_str();
             if !is_alphanumeric(key) {
-                problems.push(format!("{field_path}.key"), format!("`{key}` is not a valid CEF key: keys are letters and digits only"));
+                problems.push(
+                    format!("{field_path}.key"),
+                    format!("`{key}` is not a valid CEF key: keys are letters and digits only"),
+                );
                 continue;
             }
             if key.ends_with("Label") || CONSUMER_ONLY.contains(&key) {
@@ -291,13 +316,23 @@ impl CefConfig {
                 continue;
             }
             if !seen.insert(key) {
-                problems.push(format!("{field_path}.key"), format!("`{key}` is mapped more than once"));
+                problems.push(
+                    format!("{field_path}.key"),
+                    format!("`{key}` is mapped more than once"),
+                );
             }
             let (kind, label_max) = key_kind(key);
             if !accepts(kind, field.field.kind()) {
                 problems.push(
                     format!("{field_path}.field"),
-                    format!("`{key}` holds {kind:?} values and cannot carry `{}` ({:?})", serde_json::to_value(field.field).unwrap_or_default().as_str().unwrap_or("?"), field.field.kind()),
+                    format!(
+                        "`{key}` holds {kind:?} values and cannot carry `{}` ({:?})",
+                        serde_json::to_value(field.field)
+                            .unwrap_or_default()
+                            .as_str()
+                            .unwrap_or("?"),
+                        field.field.kind()
+                    ),
                 );
             }
             match (label_max, &field.label) {
@@ -323,7 +358,13 @@ fn check_header_field(path: &str, value: &str, max: usize, problems: &mut Proble
     let mut escaped = Vec::new();
     escape_header(value, &mut escaped);
     if escaped.len() > max {
-        problems.push(path, format!("is {} bytes after escaping; CEF allows {max}", escaped.len()));
+        problems.push(
+            path,
+            format!(
+                "is {} bytes after escaping; CEF allows {max}",
+                escaped.len()
+            ),
+        );
     }
 }
 
@@ -343,7 +384,7 @@ pub struct CefEncoder {
     allowed_header: Vec<u8>,
     denied_header: Vec<u8>,
     fields: Vec<Compiled>,
-    cluster_name: Option<Box<str>>,
+    cluster_name: Option<Text>,
 }
 
 /// What encoding one record did besides writing it.
@@ -359,7 +400,13 @@ impl CefEncoder {
     pub fn new(config: &CefConfig, cluster_name: Option<&str>) -> CefEncoder {
         let header = |class: &EventClass| {
             let mut out = b"CEF:0|".to_vec();
-            for value in [&config.vendor, &config.product, &config.device_version, &class.signature_id, &class.name] {
+            for value in [
+                &config.vendor,
+                &config.product,
+                &config.device_version,
+                &class.signature_id,
+                &class.name,
+            ] {
                 escape_header(value, &mut out);
                 out.push(b'|');
             }
@@ -419,12 +466,16 @@ impl CefEncoder {
             out.extend_from_slice(&compiled.prefix);
             let start = out.len();
             match value {
-                Value::Integer(number) => out.extend_from_slice(itoa::Buffer::new().format(number).as_bytes()),
-                Value::Ip(ip) => {
-                    use std::io::Write;
-                    let _ = write!(out, "{ip}");
+                Value::Integer(number) => {
+                    out.extend_from_slice(itoa::Buffer::new().format(number).as_bytes())
                 }
+                Value::Ip(ip) => write_ip(ip, out),
                 Value::Text(text) => escape_value(&text, out),
+                Value::Path(namespace, name) => {
+                    escape_value(namespace, out);
+                    out.push(b'/');
+                    escape_value(name, out);
+                }
                 Value::List(items, separator) => {
                     for (i, item) in items.iter().enumerate() {
                         if i > 0 {
@@ -445,6 +496,25 @@ impl CefEncoder {
             }
         }
         stats
+    }
+}
+
+/// Writes an address; IPv4 without the formatting machinery, as it is on every record.
+fn write_ip(ip: std::net::IpAddr, out: &mut Vec<u8>) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(digits.format(octet).as_bytes());
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -494,7 +564,11 @@ fn truncate_escaped(out: &mut Vec<u8>, start: usize, max: usize) {
         while end > start && (out[end] & 0xC0) == 0x80 {
             end -= 1;
         }
-        let backslashes = out[start..end].iter().rev().take_while(|&&b| b == b'\\').count();
+        let backslashes = out[start..end]
+            .iter()
+            .rev()
+            .take_while(|&&b| b == b'\\')
+            .count();
         if backslashes % 2 == 1 {
             end -= 1;
             continue;
@@ -511,10 +585,17 @@ mod tests {
     use crate::flow::calico;
 
     fn encode_line(line: &str) -> String {
-        let inventory = Inventory::from_json(include_bytes!("../../deploy/local/inventory.json")).unwrap();
+        let inventory =
+            Inventory::from_json(include_bytes!("../../deploy/local/inventory.json")).unwrap();
         let index = EndpointIndex::from_inventory(&inventory);
         let record = Enricher::default().enrich(calico::parse_str(line).unwrap(), &index);
-        let encoder = CefEncoder::new(&CefConfig { device_version: "1.0".into(), ..CefConfig::default() }, Some("prod-eu-1"));
+        let encoder = CefEncoder::new(
+            &CefConfig {
+                device_version: "1.0".into(),
+                ..CefConfig::default()
+            },
+            Some("prod-eu-1"),
+        );
         let mut out = Vec::new();
         encoder.encode(&record, &mut out);
         String::from_utf8(out).unwrap()
@@ -551,7 +632,11 @@ mod tests {
         check(escape_header, "line\r\nbreak", "line  break");
         check(escape_value, r"a|b\c=d", r"a|b\\c\=d");
         check(escape_value, "x\r\ny\0z", r"x\r\ny z");
-        check(escape_value, "CEF:0|evil|x|1|1|n|10|dst=1.2.3.4", r"CEF:0|evil|x|1|1|n|10|dst\=1.2.3.4");
+        check(
+            escape_value,
+            "CEF:0|evil|x|1|1|n|10|dst=1.2.3.4",
+            r"CEF:0|evil|x|1|1|n|10|dst\=1.2.3.4",
+        );
     }
 
     #[test]
@@ -559,7 +644,11 @@ mod tests {
         let check = |escaped: &str, max: usize, expected: &str| {
             let mut out = escaped.as_bytes().to_vec();
             truncate_escaped(&mut out, 0, max);
-            assert_eq!(String::from_utf8(out).unwrap(), expected, "{escaped:?} at {max}");
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                expected,
+                "{escaped:?} at {max}"
+            );
         };
         check(r"abc\=def", 4, "abc");
         check(r"abc\\def", 4, "abc");
@@ -574,17 +663,48 @@ mod tests {
         config.vendor = "x".repeat(70);
         config.classes.flow_denied.severity = 11;
         config.fields = vec![
-            CefField { key: "cs1".into(), field: FlowField::SourceNamespace, label: None },
-            CefField { key: "src".into(), field: FlowField::SourceName, label: None },
-            CefField { key: "bad key".into(), field: FlowField::Proto, label: None },
-            CefField { key: "spt".into(), field: FlowField::SourcePort, label: Some("x".into()) },
-            CefField { key: "cs2".into(), field: FlowField::DestNamespace, label: Some("has space".into()) },
-            CefField { key: "spt".into(), field: FlowField::DestPort, label: None },
-            CefField { key: "rawEvent".into(), field: FlowField::Proto, label: None },
+            CefField {
+                key: "cs1".into(),
+                field: FlowField::SourceNamespace,
+                label: None,
+            },
+            CefField {
+                key: "src".into(),
+                field: FlowField::SourceName,
+                label: None,
+            },
+            CefField {
+                key: "bad key".into(),
+                field: FlowField::Proto,
+                label: None,
+            },
+            CefField {
+                key: "spt".into(),
+                field: FlowField::SourcePort,
+                label: Some("x".into()),
+            },
+            CefField {
+                key: "cs2".into(),
+                field: FlowField::DestNamespace,
+                label: Some("has space".into()),
+            },
+            CefField {
+                key: "spt".into(),
+                field: FlowField::DestPort,
+                label: None,
+            },
+            CefField {
+                key: "rawEvent".into(),
+                field: FlowField::Proto,
+                label: None,
+            },
         ];
         let mut problems = Problems::default();
         config.validate("cef", &mut problems);
-        let paths: Vec<&str> = problems.iter().map(|problem| problem.path.as_str()).collect();
+        let paths: Vec<&str> = problems
+            .iter()
+            .map(|problem| problem.path.as_str())
+            .collect();
         assert_eq!(
             paths,
             [

@@ -12,7 +12,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::enrich::{EnrichedRecord, Side};
-use crate::flow::record::Reporter as FlowReporter;
+use crate::flow::record::Text;
+use crate::flow::record::{Protocol, Reporter as FlowReporter};
 
 /// A value of an enriched record, by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
@@ -101,7 +102,9 @@ pub enum Value<'a> {
     Ip(IpAddr),
     Text(Cow<'a, str>),
     /// Several strings, written joined by the separator.
-    List(&'a [Box<str>], &'static str),
+    List(&'a [Text], &'static str),
+    /// `namespace/name`.
+    Path(&'a str, &'a str),
 }
 
 impl FlowField {
@@ -118,12 +121,18 @@ impl FlowField {
     }
 
     /// The field's value in `record`, or `None` when the record has none.
-    pub fn value<'a>(self, record: &'a EnrichedRecord, cluster_name: Option<&'a str>) -> Option<Value<'a>> {
+    pub fn value<'a>(
+        self,
+        record: &'a EnrichedRecord,
+        cluster_name: Option<&'a str>,
+    ) -> Option<Value<'a>> {
         use FlowField::*;
         let flow = &record.flow;
         let text = |value: Option<&'a str>| value.map(|text| Value::Text(Cow::Borrowed(text)));
-        let list = |values: Option<&'a [Box<str>]>, separator| {
-            values.filter(|values| !values.is_empty()).map(|values| Value::List(values, separator))
+        let list = |values: Option<&'a [Text]>, separator| {
+            values
+                .filter(|values| !values.is_empty())
+                .map(|values| Value::List(values, separator))
         };
         let int = |value: u64| Some(Value::Integer(i64::try_from(value).unwrap_or(i64::MAX)));
         let (source, dest) = (record.side(Side::Source), record.side(Side::Dest));
@@ -136,7 +145,11 @@ impl FlowField {
             DestIpv6 => flow.dest.ip.filter(IpAddr::is_ipv6).map(Value::Ip),
             SourcePort => flow.source.port.map(|port| Value::Integer(port.into())),
             DestPort => flow.dest.port.map(|port| Value::Integer(port.into())),
-            Proto => Some(Value::Text(Cow::Owned(flow.proto.to_string()))),
+            Proto => Some(match (flow.proto.name(), flow.proto) {
+                (Some(name), _) => Value::Text(Cow::Borrowed(name)),
+                (None, Protocol::Number(number)) => Value::Integer(number.into()),
+                (None, _) => unreachable!("every other protocol has a name"),
+            }),
             Action => text(Some(flow.action.as_str())),
             BytesIn => int(flow.counters.bytes_in),
             BytesOut => int(flow.counters.bytes_out),
@@ -155,10 +168,12 @@ impl FlowField {
             DestWorkload => dest.workload().map(Value::Text),
             SourceNode => text(source.node()),
             DestNode => text(dest.node()),
-            DestService => record.dest_service_name().map(|(namespace, name)| match namespace {
-                Some(namespace) => Value::Text(Cow::Owned(format!("{namespace}/{name}"))),
-                None => Value::Text(Cow::Borrowed(name)),
-            }),
+            DestService => record
+                .dest_service_name()
+                .map(|(namespace, name)| match namespace {
+                    Some(namespace) => Value::Path(namespace, name),
+                    None => Value::Text(Cow::Borrowed(name)),
+                }),
             DestDomains => list(Some(&flow.dest_domains), ","),
             Policies => list(Some(&flow.policies), ";"),
             ProcessName => text(flow.process.name.as_deref()),

@@ -4,11 +4,12 @@
 use serde::Serialize;
 
 use crate::enrich::{EndpointView, EnrichedRecord, Side};
+use crate::flow::record::Text;
 
 /// Encodes enriched records as single-line JSON objects.
 #[derive(Debug, Default)]
 pub struct JsonEncoder {
-    cluster_name: Option<Box<str>>,
+    cluster_name: Option<Text>,
 }
 
 impl JsonEncoder {
@@ -29,12 +30,17 @@ impl JsonEncoder {
             reporter: flow.reporter.as_str(),
             source: JsonEndpoint::new(record.side(Side::Source)),
             dest: JsonEndpoint::new(record.side(Side::Dest)),
-            dest_service: record.dest_service_name().map(|(namespace, name)| JsonService {
-                namespace,
-                name,
-                port_name: flow.dest_service.as_ref().and_then(|service| service.port_name.as_deref()),
-                port: flow.dest_service.as_ref().and_then(|service| service.port),
-            }),
+            dest_service: record
+                .dest_service_name()
+                .map(|(namespace, name)| JsonService {
+                    namespace,
+                    name,
+                    port_name: flow
+                        .dest_service
+                        .as_ref()
+                        .and_then(|service| service.port_name.as_deref()),
+                    port: flow.dest_service.as_ref().and_then(|service| service.port),
+                }),
             dest_domains: &flow.dest_domains,
             policies: &flow.policies,
             bytes_in: flow.counters.bytes_in,
@@ -66,9 +72,9 @@ struct JsonRecord<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     dest_service: Option<JsonService<'a>>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    dest_domains: &'a [Box<str>],
+    dest_domains: &'a [Text],
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    policies: &'a [Box<str>],
+    policies: &'a [Text],
     bytes_in: u64,
     bytes_out: u64,
     packets_in: u64,
@@ -81,7 +87,7 @@ struct JsonRecord<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     process_id: Option<&'a str>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    process_args: &'a [Box<str>],
+    process_args: &'a [Text],
     #[serde(skip_serializing_if = "Option::is_none")]
     reporting_node: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -106,9 +112,9 @@ struct JsonEndpoint<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     namespace: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    labels: Option<&'a [Box<str>]>,
+    labels: Option<&'a [Text]>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    namespace_labels: Option<&'a [Box<str>]>,
+    namespace_labels: Option<&'a [Text]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     workload: Option<std::borrow::Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -152,7 +158,8 @@ mod tests {
 
     #[test]
     fn golden_json() {
-        let inventory = Inventory::from_json(include_bytes!("../../deploy/local/inventory.json")).unwrap();
+        let inventory =
+            Inventory::from_json(include_bytes!("../../deploy/local/inventory.json")).unwrap();
         let index = EndpointIndex::from_inventory(&inventory);
         let line = r#"{"start_time":1,"end_time":2,"source_ip":"10.244.1.5","source_port":40000,"source_type":"wep","dest_ip":"10.96.0.10","dest_port":53,"dest_type":"net","proto":"udp","action":"allow","reporter":"src","process_name":"a\nb"}"#;
         let record = Enricher::default().enrich(calico::parse_str(line).unwrap(), &index);

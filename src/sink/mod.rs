@@ -79,7 +79,10 @@ enum Framing {
 #[derive(Debug)]
 enum Transport {
     Stdout(tokio::io::Stdout),
-    File { path: PathBuf, file: Option<tokio::fs::File> },
+    File {
+        path: PathBuf,
+        file: Option<tokio::fs::File>,
+    },
     Syslog(SyslogTcp),
 }
 
@@ -92,7 +95,12 @@ struct WriteError {
 
 impl Transport {
     async fn write(&mut self, bytes: &[u8]) -> Result<(), WriteError> {
-        let io = |kind: &'static str| move |error: std::io::Error| WriteError { kind, error: error.into() };
+        let io = |kind: &'static str| {
+            move |error: std::io::Error| WriteError {
+                kind,
+                error: error.into(),
+            }
+        };
         match self {
             Transport::Stdout(stdout) => {
                 stdout.write_all(bytes).await.map_err(io("write"))?;
@@ -107,7 +115,8 @@ impl Transport {
                         .await
                         .map_err(|error| WriteError {
                             kind: "open",
-                            error: anyhow::Error::new(error).context(format!("cannot open {}", path.display())),
+                            error: anyhow::Error::new(error)
+                                .context(format!("cannot open {}", path.display())),
                         })?;
                     *file = Some(opened);
                 }
@@ -169,17 +178,43 @@ pub struct SinkMetrics {
 impl SinkMetrics {
     pub fn register(registry: &mut Registry) -> SinkMetrics {
         let metrics = SinkMetrics::default();
-        registry.register("records", "Records written and acknowledged", metrics.records.clone());
-        registry.register("bytes", "Bytes written, framing included", metrics.bytes.clone());
-        registry.register("batches", "Batches written and acknowledged", metrics.batches.clone());
-        registry.register("errors", "Failed writes by error kind (each is retried)", metrics.errors.clone());
-        registry.register("dropped_records", "Records given up on, by reason", metrics.dropped.clone());
-        registry.register("truncated_fields", "Field values shortened to their key's maximum length", metrics.truncated_fields.clone());
+        registry.register(
+            "records",
+            "Records written and acknowledged",
+            metrics.records.clone(),
+        );
+        registry.register(
+            "bytes",
+            "Bytes written, framing included",
+            metrics.bytes.clone(),
+        );
+        registry.register(
+            "batches",
+            "Batches written and acknowledged",
+            metrics.batches.clone(),
+        );
+        registry.register(
+            "errors",
+            "Failed writes by error kind (each is retried)",
+            metrics.errors.clone(),
+        );
+        registry.register(
+            "dropped_records",
+            "Records given up on, by reason",
+            metrics.dropped.clone(),
+        );
+        registry.register(
+            "truncated_fields",
+            "Field values shortened to their key's maximum length",
+            metrics.truncated_fields.clone(),
+        );
         metrics
     }
 
     fn labels(sink: &str) -> SinkLabels {
-        SinkLabels { sink: sink.to_owned() }
+        SinkLabels {
+            sink: sink.to_owned(),
+        }
     }
 
     fn batch_sent(&self, sink: &str, records: usize, bytes: usize, truncated_fields: u64) {
@@ -188,17 +223,25 @@ impl SinkMetrics {
         self.bytes.get_or_create(&labels).inc_by(bytes as u64);
         self.batches.get_or_create(&labels).inc();
         if truncated_fields > 0 {
-            self.truncated_fields.get_or_create(&labels).inc_by(truncated_fields);
+            self.truncated_fields
+                .get_or_create(&labels)
+                .inc_by(truncated_fields);
         }
     }
 
     fn write_failed(&self, sink: &str, kind: &str) {
-        let labels = SinkReasonLabels { sink: sink.to_owned(), reason: kind.to_owned() };
+        let labels = SinkReasonLabels {
+            sink: sink.to_owned(),
+            reason: kind.to_owned(),
+        };
         self.errors.get_or_create(&labels).inc();
     }
 
     fn dropped(&self, sink: &str, reason: &str, records: usize) {
-        let labels = SinkReasonLabels { sink: sink.to_owned(), reason: reason.to_owned() };
+        let labels = SinkReasonLabels {
+            sink: sink.to_owned(),
+            reason: reason.to_owned(),
+        };
         self.dropped.get_or_create(&labels).inc_by(records as u64);
     }
 }
@@ -218,7 +261,10 @@ impl Sink {
         let (framing, transport) = match (sink.kind, &sink.file, &sink.syslog) {
             (SinkKind::File, Some(file), _) => (
                 Framing::Lines,
-                Transport::File { path: file.path.clone(), file: None },
+                Transport::File {
+                    path: file.path.clone(),
+                    file: None,
+                },
             ),
             (SinkKind::Syslog, _, Some(syslog)) => {
                 let hostname = syslog
@@ -246,7 +292,12 @@ impl Sink {
     }
 
     /// Encodes and frames `records` into `out`; returns the number of shortened fields.
-    fn encode_batch(&self, records: &[EnrichedRecord], out: &mut Vec<u8>, message: &mut Vec<u8>) -> u64 {
+    fn encode_batch(
+        &self,
+        records: &[EnrichedRecord],
+        out: &mut Vec<u8>,
+        message: &mut Vec<u8>,
+    ) -> u64 {
         let mut truncated = 0u64;
         match &self.framing {
             Framing::Lines => {

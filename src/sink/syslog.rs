@@ -105,16 +105,28 @@ impl SyslogConfig {
         }
         if let Some(hostname) = &self.hostname {
             if !is_header_token(hostname, 255) {
-                problems.push(format!("{path}.hostname"), "must be 1 to 255 printable ASCII characters without spaces");
+                problems.push(
+                    format!("{path}.hostname"),
+                    "must be 1 to 255 printable ASCII characters without spaces",
+                );
             }
         }
         if !is_header_token(&self.app_name, 48) {
-            problems.push(format!("{path}.app_name"), "must be 1 to 48 printable ASCII characters without spaces");
+            problems.push(
+                format!("{path}.app_name"),
+                "must be 1 to 48 printable ASCII characters without spaces",
+            );
         }
         if !is_header_token(&self.msgid, 32) {
-            problems.push(format!("{path}.msgid"), "must be 1 to 32 printable ASCII characters without spaces");
+            problems.push(
+                format!("{path}.msgid"),
+                "must be 1 to 32 printable ASCII characters without spaces",
+            );
         }
-        for (name, value) in [("connect_timeout_ms", self.connect_timeout_ms), ("write_timeout_ms", self.write_timeout_ms)] {
+        for (name, value) in [
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("write_timeout_ms", self.write_timeout_ms),
+        ] {
             if !(1..=600_000).contains(&value) {
                 problems.push(format!("{path}.{name}"), "must be between 1 and 600000");
             }
@@ -133,10 +145,22 @@ pub struct SyslogFramer {
 impl SyslogFramer {
     /// `hostname` falls back to `-` (the RFC's nil value) if it is not a valid header token.
     pub fn new(config: &SyslogConfig, hostname: &str) -> SyslogFramer {
-        let token = |value: &str, max| if is_header_token(value, max) { value.to_owned() } else { "-".to_owned() };
+        let token = |value: &str, max| {
+            if is_header_token(value, max) {
+                value.to_owned()
+            } else {
+                "-".to_owned()
+            }
+        };
         SyslogFramer {
             facility: config.facility as u8,
-            header_tail: format!(" {} {} - {} - ", token(hostname, 255), token(&config.app_name, 48), token(&config.msgid, 32)).into_bytes(),
+            header_tail: format!(
+                " {} {} - {} - ",
+                token(hostname, 255),
+                token(&config.app_name, 48),
+                token(&config.msgid, 32)
+            )
+            .into_bytes(),
         }
     }
 
@@ -239,7 +263,9 @@ impl SyslogTcp {
             let connect = TcpStream::connect((self.host.as_str(), self.port));
             let stream = tokio::time::timeout(self.connect_timeout, connect)
                 .await
-                .map_err(|_| SyslogError::ConnectTimeout { target: target.clone() })?
+                .map_err(|_| SyslogError::ConnectTimeout {
+                    target: target.clone(),
+                })?
                 .map_err(|source| SyslogError::Connect { target, source })?;
             let _ = stream.set_nodelay(true);
             self.stream = Some(stream);
@@ -251,8 +277,13 @@ impl SyslogTcp {
         };
         let result = match tokio::time::timeout(self.write_timeout, write).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(source)) => Err(SyslogError::Write { target: self.target(), source }),
-            Err(_) => Err(SyslogError::WriteTimeout { target: self.target() }),
+            Ok(Err(source)) => Err(SyslogError::Write {
+                target: self.target(),
+                source,
+            }),
+            Err(_) => Err(SyslogError::WriteTimeout {
+                target: self.target(),
+            }),
         };
         if result.is_err() {
             self.stream = None;
@@ -279,7 +310,10 @@ mod tests {
         let config: SyslogConfig = serde_yaml::from_str("{host: h, port: 514}").unwrap();
         let framer = SyslogFramer::new(&config, "node-a");
         let record = Enricher::default().enrich(
-            calico::parse_str(r#"{"start_time":1,"end_time":2,"proto":"tcp","action":"deny","reporter":"src"}"#).unwrap(),
+            calico::parse_str(
+                r#"{"start_time":1,"end_time":2,"proto":"tcp","action":"deny","reporter":"src"}"#,
+            )
+            .unwrap(),
             &EndpointIndex::default(),
         );
         let mut message = Vec::new();
@@ -287,11 +321,17 @@ mod tests {
         message.extend_from_slice("CEF:0|x|é".as_bytes());
         let mut out = Vec::new();
         SyslogFramer::frame(&message, &mut out);
-        assert_eq!(String::from_utf8(out).unwrap(), "69 <133>1 2025-01-15T10:22:33.123Z node-a threatflow - flow - CEF:0|x|é");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "69 <133>1 2025-01-15T10:22:33.123Z node-a threatflow - flow - CEF:0|x|é"
+        );
         assert_eq!(message.len(), 69);
         let framer = SyslogFramer::new(&config, "has space");
         let mut message = Vec::new();
         framer.header(&record, "T", &mut message);
-        assert_eq!(String::from_utf8(message).unwrap(), "<133>1 T - threatflow - flow - ");
+        assert_eq!(
+            String::from_utf8(message).unwrap(),
+            "<133>1 T - threatflow - flow - "
+        );
     }
 }
