@@ -312,14 +312,19 @@ impl Config {
         let deserializer = serde_yaml::Deserializer::from_str(text);
         serde_path_to_error::deserialize(deserializer).map_err(|error| {
             let path = error.path().to_string();
-            Problem {
-                path: if path == "." {
-                    "(top level)".into()
-                } else {
-                    path
-                },
-                message: error.into_inner().to_string(),
+            let path = if path == "." {
+                "(top level)".to_owned()
+            } else {
+                path
+            };
+            let mut message = error.into_inner().to_string();
+            // serde_yaml starts some messages with its own, shorter path; ours is exact.
+            if let Some((prefix, rest)) = message.split_once(": ") {
+                if !prefix.contains(' ') && path.starts_with(prefix) {
+                    message = rest.to_owned();
+                }
             }
+            Problem { path, message }
         })
     }
 

@@ -1,0 +1,216 @@
+//! Black-box tests of the `threatflow` binary: the quickstart, `enrich` on fixtures in Calico's
+//! exact format, and `check`. Every CEF line is read back with the independent parser in
+//! `common`.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use common::{binary, parse_cef, root, Cef};
+
+fn run(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(binary())
+        .args(args)
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn cef_lines(output: &Output) -> Vec<Cef> {
+    String::from_utf8(output.stdout.clone())
+        .expect("stdout is UTF-8")
+        .lines()
+        .map(|line| parse_cef(line).unwrap_or_else(|error| panic!("{error}: {line}")))
+        .collect()
+}
+
+#[test]
+fn quickstart_prints_enriched_cef_for_every_sample_record() {
+    let output = run(
+        &["run", "--once", "--config", "deploy/local/threatflow.yaml"],
+        b"",
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let events = cef_lines(&output);
+    let samples = std::fs::read_to_string(root().join("deploy/local/flows.log")).unwrap();
+    assert_eq!(events.len(), samples.lines().count());
+
+    // The first sample: a denied level-0 flow between two pods the inventory knows.
+    let denied = &events[0];
+    assert_eq!(denied.header[4], "flow-denied");
+    assert_eq!(denied.get("src"), Some("10.244.1.5"));
+    assert_eq!(
+        denied.get("shost"),
+        Some("frontend-7d9f8c6b5d-x2k4l"),
+        "pod name from the inventory"
+    );
+    assert_eq!(denied.get("dhost"), Some("checkout-6c8f9d7b4-m2n3p"));
+    assert_eq!(denied.labelled("srcWorkload"), Some("Deployment/frontend"));
+    assert_eq!(denied.labelled("dstNamespace"), Some("shop"));
+    assert_eq!(
+        denied.labelled("policy"),
+        Some("0|security|security.shop-isolation|deny|0")
+    );
+    assert_eq!(denied.get("deviceExternalId"), Some("quickstart"));
+    assert_eq!(
+        denied.get("rt"),
+        Some("1764230700000"),
+        "epoch milliseconds"
+    );
+
+    // An aggregated record: no IPs, so no invented pod.
+    let aggregated = events
+        .iter()
+        .find(|event| event.get("cnt") == Some("37"))
+        .unwrap();
+    assert_eq!(aggregated.get("src"), None);
+    assert_eq!(aggregated.get("shost"), Some("checkout-6c8f9d7b4-*"));
+    assert_eq!(
+        aggregated.labelled("srcWorkload"),
+        Some("Deployment/checkout")
+    );
+
+    // IPv6 endpoints use c6a2/c6a3.
+    let ipv6 = events
+        .iter()
+        .find(|event| event.labelled("sourceIPv6").is_some())
+        .unwrap();
+    assert_eq!(ipv6.labelled("destinationIPv6"), Some("fd00:10:244:1::5"));
+    assert_eq!(ipv6.get("destinationServiceName"), Some("web/frontend"));
+}
+
+#[test]
+fn enrich_keeps_hostile_values_inside_their_fields() {
+    let input = std::fs::read(root().join("tests/fixtures/calico-hostile.log")).unwrap();
+    let output = run(
+        &[
+            "enrich",
+            "--inventory",
+            "deploy/local/inventory.json",
+            "--cluster-name",
+            "c|1=x",
+        ],
+        &input,
+    );
+    assert!(output.status.success());
+    let events = cef_lines(&output);
+    assert_eq!(events.len(), 2);
+    assert_eq!(
+        events[0].get("sproc"),
+        Some("evil|name=x\\y\r\nCEF:0|fake|header|1|1|injected|10|src=6.6.6.6")
+    );
+    assert_eq!(
+        events[0].get("src"),
+        Some("10.244.1.5"),
+        "the injected src did not replace the real one"
+    );
+    assert_eq!(
+        events[0]
+            .pairs
+            .iter()
+            .filter(|(key, _)| key == "src")
+            .count(),
+        1
+    );
+    assert_eq!(events[0].get("deviceExternalId"), Some("c|1=x"));
+    assert_eq!(events[1].get("shost"), Some("pod\\name"));
+    assert_eq!(
+        events[1].labelled("srcLabels"),
+        Some("app=checkout,inject=a b dst\\=1.2.3.4 act=allow,nl=x\ny")
+    );
+    assert_eq!(events[1].get("act"), Some("allow"));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr).trim(),
+        "2 records, 0 rejected"
+    );
+
+    // The same input as JSON: the free-text fields the default CEF mapping leaves out survive.
+    let output = run(&["enrich", "--output-format", "json"], &input);
+    let first: serde_json::Value =
+        serde_json::from_slice(output.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(first["process_args"][3], "new\nline");
+    assert_eq!(first["dest_domains"][4], "CEF:0|x|y|1|2|3|4|dst=1.1.1.1");
+}
+
+#[test]
+fn enrich_rejects_bad_lines_with_reasons_and_keeps_order() {
+    let input = std::fs::read(root().join("tests/fixtures/calico-mixed.log")).unwrap();
+    let output = run(&["enrich"], &input);
+    assert!(output.status.success());
+    let events = cef_lines(&output);
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].get("spt"), Some("51234"), "input order");
+    assert_eq!(events[1].get("spt"), Some("40112"));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("record 2: rejected (invalid_utf8)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("record 7: rejected (too_long)"), "{stderr}");
+    assert_eq!(
+        stderr.lines().last().unwrap(),
+        "2 records, 6 rejected: invalid_utf8=1 invalid_json=2 too_long=1 missing_field=1 invalid_field=1"
+    );
+    let strict = run(&["enrich", "--strict"], &input);
+    assert_eq!(strict.status.code(), Some(1));
+}
+
+#[test]
+fn check_reports_every_problem_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.yaml");
+    std::fs::write(
+        &config,
+        "sources:\n  - {name: a, type: file}\nsinks:\n  - {name: s, type: syslog, syslog: {host: '', port: 0}}\ncef:\n  fields:\n    - {key: cs1, field: source_namespace}\nenrichment: {inventory_path: /nonexistent/inventory.json}\n",
+    )
+    .unwrap();
+    let output = run(&["check", "--config", config.to_str().unwrap()], b"");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    for path in [
+        "sources[0].file",
+        "sinks[0].syslog.host",
+        "sinks[0].syslog.port",
+        "cef.fields[0].label",
+        "enrichment.inventory_path",
+    ] {
+        assert!(
+            stderr.contains(&format!("  {path}: ")),
+            "{path} missing from:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("has 5 problem(s)"), "{stderr}");
+
+    std::fs::write(
+        &config,
+        "sources: []\nsinks:\n  - {name: s, type: stdout, colour: red}\n",
+    )
+    .unwrap();
+    let output = run(&["check", "--config", config.to_str().unwrap()], b"");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("sinks[0].colour: unknown field `colour`")
+    );
+
+    let output = run(&["check", "--config", "deploy/local/threatflow.yaml"], b"");
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("config OK: sources: calico-flows"));
+}
+
+#[test]
+fn run_refuses_an_invalid_config_before_starting() {
+    let output = run(&["run", "--config", "/nonexistent.yaml"], b"");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr)
+        .contains("cannot read config file /nonexistent.yaml"));
+}

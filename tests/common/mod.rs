@@ -1,0 +1,165 @@
+//! Shared test helpers: an independent, strict CEF parser, and helpers for running the binary.
+//!
+//! The parser is written from the CEF standard, not from the encoder: it splits the header on
+//! unescaped `|`, accepts only `\|` and `\\` escapes there, and in the extension accepts only
+//! `\\`, `\=`, `\n` and `\r` escapes and refuses a raw `=`, CR or LF inside a value. A pair
+//! ends where a space is followed by `key=`.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// A parsed CEF line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cef {
+    /// Version, vendor, product, device version, signature id, name, severity.
+    pub header: Vec<String>,
+    /// Extension pairs in order.
+    pub pairs: Vec<(String, String)>,
+}
+
+impl Cef {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn map(&self) -> BTreeMap<String, String> {
+        self.pairs.iter().cloned().collect()
+    }
+
+    /// The value of a custom slot found by its label (`cs1Label=srcNamespace cs1=...`).
+    pub fn labelled(&self, label: &str) -> Option<&str> {
+        let (label_key, _) = self
+            .pairs
+            .iter()
+            .find(|(k, v)| k.ends_with("Label") && v == label)?;
+        self.get(label_key.trim_end_matches("Label"))
+    }
+}
+
+pub fn parse_cef(line: &str) -> Result<Cef, String> {
+    if line.contains('\n') || line.contains('\r') {
+        return Err("raw line break".into());
+    }
+    let rest = line.strip_prefix("CEF:").ok_or("no CEF: prefix")?;
+    let mut header = Vec::new();
+    let mut current = String::new();
+    let mut chars = rest.chars();
+    // Seven fields, each ended by an unescaped `|`: version ... severity.
+    while header.len() < 7 {
+        match chars.next() {
+            None => return Err(format!("header has only {} fields", header.len())),
+            Some('\\') => match chars.next() {
+                Some(c @ ('|' | '\\')) => current.push(c),
+                other => return Err(format!("bad header escape \\{other:?}")),
+            },
+            Some('|') => header.push(std::mem::take(&mut current)),
+            Some(c) => current.push(c),
+        }
+    }
+    header[0] = format!("CEF:{}", header[0]);
+    let extension: String = chars.collect();
+    Ok(Cef {
+        header,
+        pairs: parse_extension(&extension)?,
+    })
+}
+
+fn is_key_char(c: char) -> bool {
+    c.is_ascii_alphanumeric()
+}
+
+/// Splits `k1=v1 k2=v2 ...` strictly.
+pub fn parse_extension(text: &str) -> Result<Vec<(String, String)>, String> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut pairs = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let key_start = i;
+        while i < chars.len() && is_key_char(chars[i]) {
+            i += 1;
+        }
+        if i == key_start || i >= chars.len() || chars[i] != '=' {
+            return Err(format!("expected a key at {key_start}: {:?}", &text[..]));
+        }
+        let key: String = chars[key_start..i].iter().collect();
+        i += 1;
+        let mut value = String::new();
+        loop {
+            if i >= chars.len() {
+                break;
+            }
+            match chars[i] {
+                '\\' => {
+                    let escaped = match chars.get(i + 1) {
+                        Some('\\') => '\\',
+                        Some('=') => '=',
+                        Some('n') => '\n',
+                        Some('r') => '\r',
+                        other => return Err(format!("bad extension escape \\{other:?} in {key}")),
+                    };
+                    value.push(escaped);
+                    i += 2;
+                }
+                '=' => return Err(format!("raw `=` in the value of {key}")),
+                ' ' => {
+                    // Does a new key start after this space?
+                    let mut j = i + 1;
+                    while j < chars.len() && is_key_char(chars[j]) {
+                        j += 1;
+                    }
+                    if j > i + 1 && j < chars.len() && chars[j] == '=' {
+                        i += 1;
+                        break;
+                    }
+                    value.push(' ');
+                    i += 1;
+                }
+                c => {
+                    value.push(c);
+                    i += 1;
+                }
+            }
+        }
+        pairs.push((key, value));
+    }
+    Ok(pairs)
+}
+
+/// The threatflow binary built for these tests.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_threatflow"))
+}
+
+/// The repository root (tests run with it as the working directory).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn the_parser_itself() {
+    let cef =
+        parse_cef(r"CEF:0|a\|b|p|1|sig|name \\ x|5|k1=v 1 k2=a\=b\nc cs1Label=x cs1=y").unwrap();
+    assert_eq!(
+        cef.header,
+        ["CEF:0", "a|b", "p", "1", "sig", r"name \ x", "5"]
+    );
+    assert_eq!(
+        cef.pairs,
+        [
+            ("k1".into(), "v 1".into()),
+            ("k2".into(), "a=b\nc".into()),
+            ("cs1Label".into(), "x".into()),
+            ("cs1".into(), "y".into())
+        ]
+    );
+    assert_eq!(cef.labelled("x"), Some("y"));
+    assert!(parse_cef("CEF:0|a|b|c|d|e|5|k=a=b").is_err());
+    assert!(parse_cef("CEF:0|a|b|c|d|e|5|k=a\nb").is_err());
+    assert!(parse_cef("CEF:0|a|b|c|d|e|k=v").is_err());
+    assert!(parse_cef(r"CEF:0|a|b|c|d|e|5|k=a\|b").is_err());
+}
