@@ -158,6 +158,6 @@ proptest! {
         let sproc = cef.get("sproc").unwrap();
         prop_assert!(process.starts_with(sproc), "a shortened value is a prefix of the original");
         let escaped_len = sproc.len() + sproc.matches(['=', '\\']).count();
-        prop_assert!(escaped_len <= 1023 && escaped_len >= 1022);
+        prop_assert!((1022..=1023).contains(&escaped_len));
     }
 }

@@ -659,8 +659,10 @@ mod tests {
 
     #[test]
     fn validation_reports_every_problem() {
-        let mut config = CefConfig::default();
-        config.vendor = "x".repeat(70);
+        let mut config = CefConfig {
+            vendor: "x".repeat(70),
+            ..CefConfig::default()
+        };
         config.classes.flow_denied.severity = 11;
         config.fields = vec![
             CefField {

@@ -382,16 +382,10 @@ pub struct SinkReport {
     pub undelivered: u64,
 }
 
-/// Exponential backoff with full jitter, from 100 ms up to 5 s.
-#[derive(Debug)]
+/// Exponential backoff with jitter, from 100 ms up to 5 s.
+#[derive(Debug, Default)]
 struct Backoff {
     attempt: u32,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff { attempt: 0 }
-    }
 }
 
 impl Backoff {

@@ -258,6 +258,15 @@ impl SyslogTcp {
     /// Writes and flushes `bytes`. After an error the connection is closed, and the next call
     /// opens a new one.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), SyslogError> {
+        // A receiver that closed the connection (a restart) leaves it readable at end of file.
+        // Writing to it would appear to succeed while the data is lost, so reconnect first.
+        // Syslog receivers send nothing, so any readable state means the connection is done.
+        if let Some(stream) = &self.stream {
+            match stream.try_read(&mut [0u8; 1]) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                _ => self.stream = None,
+            }
+        }
         if self.stream.is_none() {
             let target = self.target();
             let connect = TcpStream::connect((self.host.as_str(), self.port));

@@ -84,7 +84,7 @@ pub fn parse_extension(text: &str) -> Result<Vec<(String, String)>, String> {
             i += 1;
         }
         if i == key_start || i >= chars.len() || chars[i] != '=' {
-            return Err(format!("expected a key at {key_start}: {:?}", &text[..]));
+            return Err(format!("expected a key at {key_start}: {text:?}"));
         }
         let key: String = chars[key_start..i].iter().collect();
         i += 1;
