@@ -139,6 +139,48 @@ pub fn default_fields() -> Vec<CefField> {
     ]
 }
 
+/// The default mapping as a Markdown table, committed as `schemas/cef-fields.md`. Field
+/// descriptions come from [`FlowField`]'s documentation.
+pub fn mapping_table() -> String {
+    let schema =
+        serde_json::to_value(schemars::schema_for!(FlowField)).expect("a schema serializes");
+    let describe = |field: FlowField| -> String {
+        let name = serde_json::to_value(field).expect("a field serializes");
+        schema["oneOf"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|variant| variant["const"] == name)
+            .and_then(|variant| variant["description"].as_str())
+            .unwrap_or("")
+            .replace('|', "\\|")
+    };
+    let mut table = String::from(
+        "# Default CEF field mapping\n\n\
+         Generated from the code (`threatflow::sink::cef::default_fields`); a test fails when this file is stale.\n\
+         Change the mapping with the `cef.fields` list in the config file (see `config.schema.json`).\n\
+         Extension fields are written in this order; a field without a value in a record is left out,\n\
+         together with its label. Header: `CEF:0|threatflow|threatflow|<version>|<signature id>|<name>|<severity>|`,\n\
+         with `flow-allowed` (severity 1) and `flow-denied` (severity 5) by default.\n\n\
+         | CEF key | label | record field | value |\n|---|---|---|---|\n",
+    );
+    for field in default_fields() {
+        let name = serde_json::to_value(field.field).expect("a field serializes");
+        let label = field
+            .label
+            .as_deref()
+            .map(|label| format!("`{}Label={label}`", field.key))
+            .unwrap_or_default();
+        table.push_str(&format!(
+            "| `{}` | {label} | `{}` | {} |\n",
+            field.key,
+            name.as_str().unwrap_or_default(),
+            describe(field.field)
+        ));
+    }
+    table
+}
+
 /// What a CEF key accepts, from the CEF implementation standard's extension dictionary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum KeyKind {
@@ -655,6 +697,20 @@ mod tests {
         check(r"ab\\\=d", 5, r"ab\\");
         check("aéb", 2, "a");
         check("abc", 3, "abc");
+    }
+
+    #[test]
+    fn the_committed_mapping_table_is_fresh() {
+        let path = std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/schemas/cef-fields.md"
+        ));
+        let table = mapping_table();
+        if std::env::var_os("THREATFLOW_UPDATE_SCHEMAS").is_some() {
+            std::fs::write(path, &table).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(committed == table, "schemas/cef-fields.md is stale: run `THREATFLOW_UPDATE_SCHEMAS=1 cargo test --lib` and commit the result");
     }
 
     #[test]

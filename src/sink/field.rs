@@ -31,15 +31,21 @@ pub enum FlowField {
     SourceIpv6,
     /// Destination IP, when it is IPv6.
     DestIpv6,
+    /// Source port; absent when the collector aggregated ports.
     SourcePort,
+    /// Destination port.
     DestPort,
     /// Transport protocol, upper case (`TCP`, `UDP`, `ICMP`, or a number).
     Proto,
     /// Policy verdict: `allow` or `deny`.
     Action,
+    /// Bytes received by the reporting endpoint in the window.
     BytesIn,
+    /// Bytes sent by the reporting endpoint in the window.
     BytesOut,
+    /// Packets received by the reporting endpoint in the window.
     PacketsIn,
+    /// Packets sent by the reporting endpoint in the window.
     PacketsOut,
     /// Number of flows the record aggregates.
     NumFlows,
@@ -47,7 +53,9 @@ pub enum FlowField {
     SourceName,
     /// Destination pod name (node name for host endpoints, set name for network sets).
     DestName,
+    /// Namespace of the source (from the record, else from the inventory).
     SourceNamespace,
+    /// Namespace of the destination (from the record, else from the inventory).
     DestNamespace,
     /// Source labels, `k=v` comma-joined.
     SourceLabels,
@@ -71,7 +79,9 @@ pub enum FlowField {
     DestDomains,
     /// Enforced policy trace, entries joined with `;`.
     Policies,
+    /// Name of the process behind the flow on the reporting node, when collected.
     ProcessName,
+    /// Its process id.
     ProcessId,
     /// Process arguments, space-joined.
     ProcessArgs,
