@@ -580,13 +580,15 @@ pub fn escape_value(value: &str, out: &mut Vec<u8>) {
     let bytes = value.as_bytes();
     let mut run_start = 0;
     for (i, &byte) in bytes.iter().enumerate() {
+        if !NEEDS_ESCAPE[usize::from(byte)] {
+            continue;
+        }
         let replacement: &[u8] = match byte {
             b'\\' => b"\\\\",
             b'=' => b"\\=",
             b'\n' => b"\\n",
             b'\r' => b"\\r",
-            0..=0x1f | 0x7f => b" ",
-            _ => continue,
+            _ => b" ",
         };
         out.extend_from_slice(&bytes[run_start..i]);
         out.extend_from_slice(replacement);
@@ -594,6 +596,20 @@ pub fn escape_value(value: &str, out: &mut Vec<u8>) {
     }
     out.extend_from_slice(&bytes[run_start..]);
 }
+
+/// The bytes [`escape_value`] rewrites: `\`, `=`, and ASCII control characters.
+const NEEDS_ESCAPE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        table[byte] = true;
+        byte += 1;
+    }
+    table[0x7f] = true;
+    table[b'\\' as usize] = true;
+    table[b'=' as usize] = true;
+    table
+};
 
 /// Shortens the escaped value at `out[start..]` to at most `max` bytes, at a UTF-8 character
 /// boundary and never between a backslash and the character it escapes.
