@@ -67,6 +67,13 @@ pub async fn run(
     let source_metrics = SourceMetrics::register(registry.sub_registry_with_prefix("source"));
     let flow_metrics = FlowMetrics::register(registry.sub_registry_with_prefix("flow"));
     let sink_metrics = SinkMetrics::register(registry.sub_registry_with_prefix("sink"));
+    for source in &config.sources {
+        source_metrics.init_source(&source.name);
+        flow_metrics.init_source(&source.name);
+    }
+    for sink in &config.sinks {
+        sink_metrics.init_sink(&sink.name);
+    }
     let registry = Arc::new(registry);
     let readiness = Readiness::default();
     let telemetry_stop = CancellationToken::new();

@@ -85,6 +85,22 @@ impl FlowMetrics {
         metrics
     }
 
+    /// Creates the series of `source` at zero, so that "nothing rejected" reads as 0 rather
+    /// than as missing.
+    pub fn init_source(&self, source: &str) {
+        let labels = FlowLabels {
+            source: source.to_owned(),
+        };
+        drop(self.records.get_or_create(&labels));
+        drop(self.enriched_endpoints.get_or_create(&labels));
+        for reason in RejectReason::ALL {
+            drop(self.rejected.get_or_create(&RejectLabels {
+                source: source.to_owned(),
+                reason: reason.as_str(),
+            }));
+        }
+    }
+
     pub fn batch_processed(
         &self,
         source: &str,

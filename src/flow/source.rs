@@ -101,6 +101,14 @@ impl SourceMetrics {
         metrics
     }
 
+    /// Creates the series of `source` at zero.
+    pub fn init_source(&self, source: &str) {
+        let labels = Self::labels(source);
+        for family in [&self.bytes, &self.lines, &self.rotations, &self.truncations] {
+            drop(family.get_or_create(&labels));
+        }
+    }
+
     fn labels(source: &str) -> SourceLabels {
         SourceLabels {
             source: source.to_owned(),

@@ -211,6 +211,24 @@ impl SinkMetrics {
         metrics
     }
 
+    /// Creates the series of `sink` at zero, so that "nothing dropped" reads as 0 rather than
+    /// as missing.
+    pub fn init_sink(&self, sink: &str) {
+        let labels = Self::labels(sink);
+        for family in [
+            &self.records,
+            &self.bytes,
+            &self.batches,
+            &self.truncated_fields,
+        ] {
+            drop(family.get_or_create(&labels));
+        }
+        drop(self.dropped.get_or_create(&SinkReasonLabels {
+            sink: sink.to_owned(),
+            reason: "shutdown_undelivered".to_owned(),
+        }));
+    }
+
     fn labels(sink: &str) -> SinkLabels {
         SinkLabels {
             sink: sink.to_owned(),
