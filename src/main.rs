@@ -245,6 +245,7 @@ fn enrich(
         max_line_bytes,
         config: &config,
         index,
+        show_progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let summary = cli::enrich::run(
         options,

@@ -175,7 +175,8 @@ impl CheckpointStore {
         if latest.is_none() || *saved == latest {
             return Ok(());
         }
-        let temporary = self.path.with_extension("tmp");
+        let mut temporary = self.path.clone().into_os_string();
+        temporary.push(".tmp");
         std::fs::write(
             &temporary,
             serde_json::to_vec(&latest).expect("a position serializes"),
