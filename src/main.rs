@@ -41,32 +41,35 @@ enum Command {
         config: PathBuf,
     },
     /// Enrich flow records from standard input onto standard output, in input order.
-    Enrich {
-        /// The collector format of the input.
-        #[arg(long, value_enum, default_value = "calico")]
-        input_format: InputFormat,
-        /// A `kubectl get pods,services,namespaces,nodes -A -o json` file.
-        #[arg(long, value_name = "FILE")]
-        inventory: Option<PathBuf>,
-        #[arg(long, value_enum, default_value = "cef")]
-        output_format: OutputFormatArg,
-        /// Take CEF settings and the cluster name from this config file.
-        #[arg(long, short, value_name = "FILE")]
-        config: Option<PathBuf>,
-        /// Sent as the cluster name (CEF deviceExternalId); overrides the config's.
-        #[arg(long)]
-        cluster_name: Option<String>,
-        /// Lines longer than this are rejected.
-        #[arg(long, default_value_t = 64 * 1024)]
-        max_line_bytes: usize,
-        /// Exit with status 1 if any line was rejected.
-        #[arg(long)]
-        strict: bool,
-    },
+    Enrich(EnrichArgs),
     /// Print the JSON Schema of the config file.
     Schema,
     /// Print the version.
     Version,
+}
+
+#[derive(clap::Args)]
+struct EnrichArgs {
+    /// The collector format of the input.
+    #[arg(long, value_enum, default_value = "calico")]
+    input_format: InputFormat,
+    /// A `kubectl get pods,services,namespaces,nodes -A -o json` file.
+    #[arg(long, value_name = "FILE")]
+    inventory: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "cef")]
+    output_format: OutputFormatArg,
+    /// Take CEF settings and the cluster name from this config file.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Sent as the cluster name (CEF deviceExternalId); overrides the config's.
+    #[arg(long)]
+    cluster_name: Option<String>,
+    /// Lines longer than this are rejected.
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_line_bytes: usize,
+    /// Exit with status 1 if any line was rejected.
+    #[arg(long)]
+    strict: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -102,24 +105,9 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config, once } => run(config, once),
-        Command::Enrich {
-            input_format,
-            inventory,
-            output_format,
-            config,
-            cluster_name,
-            max_line_bytes,
-            strict,
-        } => {
-            let result = enrich(
-                input_format,
-                inventory,
-                output_format,
-                config,
-                cluster_name,
-                max_line_bytes,
-            );
-            match result {
+        Command::Enrich(args) => {
+            let strict = args.strict;
+            match enrich(args) {
                 Ok(summary) => {
                     eprintln!("{summary}");
                     if strict && summary.rejected.total() > 0 {
@@ -211,38 +199,31 @@ async fn wait_for_signals(shutdown: CancellationToken) {
     std::process::exit(130);
 }
 
-fn enrich(
-    input_format: InputFormat,
-    inventory: Option<PathBuf>,
-    output_format: OutputFormatArg,
-    config_path: Option<PathBuf>,
-    cluster_name: Option<String>,
-    max_line_bytes: usize,
-) -> anyhow::Result<cli::enrich::EnrichSummary> {
-    let mut config = match &config_path {
+fn enrich(args: EnrichArgs) -> anyhow::Result<cli::enrich::EnrichSummary> {
+    let mut config = match &args.config {
         Some(path) => Config::load_valid(path)?,
         None => Config::from_yaml("{sources: [], sinks: []}")
             .map_err(|problem| anyhow::anyhow!("{problem}"))?,
     };
-    if cluster_name.is_some() {
-        config.cluster_name = cluster_name;
+    if args.cluster_name.is_some() {
+        config.cluster_name = args.cluster_name;
     }
-    let index = match &inventory {
+    let index = match &args.inventory {
         Some(path) => EndpointIndex::from_inventory(&Inventory::load(path)?),
         None => EndpointIndex::default(),
     };
-    if max_line_bytes == 0 {
+    if args.max_line_bytes == 0 {
         anyhow::bail!("--max-line-bytes must be at least 1");
     }
     let options = cli::enrich::EnrichOptions {
-        format: match input_format {
+        format: match args.input_format {
             InputFormat::Calico => FlowFormat::Calico,
         },
-        output: match output_format {
+        output: match args.output_format {
             OutputFormatArg::Cef => OutputFormat::Cef,
             OutputFormatArg::Json => OutputFormat::Json,
         },
-        max_line_bytes,
+        max_line_bytes: args.max_line_bytes,
         config: &config,
         index,
         show_progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),

@@ -139,15 +139,7 @@ impl LineSplitter {
                 );
             } else {
                 self.extend_partial(head);
-                let partial = std::mem::take(&mut self.partial);
-                self.emit_line(
-                    &partial,
-                    self.partial_len,
-                    self.partial_ends_with_cr,
-                    &mut emit,
-                );
-                self.partial = partial;
-                self.reset();
+                self.emit_partial(&mut emit);
             }
             chunk = rest;
         }
@@ -157,16 +149,16 @@ impl LineSplitter {
     /// Ends the input, emitting an unfinished last line.
     pub fn finish_with(&mut self, mut emit: impl FnMut(Line<'_>)) {
         if self.partial_len > 0 {
-            let partial = std::mem::take(&mut self.partial);
-            self.emit_line(
-                &partial,
-                self.partial_len,
-                self.partial_ends_with_cr,
-                &mut emit,
-            );
-            self.partial = partial;
-            self.reset();
+            self.emit_partial(&mut emit);
         }
+    }
+
+    /// Emits the line collected in `partial` and starts a new one.
+    fn emit_partial(&mut self, emit: &mut impl FnMut(Line<'_>)) {
+        let partial = std::mem::take(&mut self.partial);
+        self.emit_line(&partial, self.partial_len, self.partial_ends_with_cr, emit);
+        self.partial = partial;
+        self.reset();
     }
 
     /// Emits one line: `kept` is its start (all of it unless it is too long), `len` its full

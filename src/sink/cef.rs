@@ -717,16 +717,7 @@ mod tests {
 
     #[test]
     fn the_committed_mapping_table_is_fresh() {
-        let path = std::path::Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/schemas/cef-fields.md"
-        ));
-        let table = mapping_table();
-        if std::env::var_os("THREATFLOW_UPDATE_SCHEMAS").is_some() {
-            std::fs::write(path, &table).unwrap();
-        }
-        let committed = std::fs::read_to_string(path).unwrap_or_default();
-        assert!(committed == table, "schemas/cef-fields.md is stale: run `THREATFLOW_UPDATE_SCHEMAS=1 cargo test --lib` and commit the result");
+        crate::config::assert_generated_file_is_fresh("schemas/cef-fields.md", &mapping_table());
     }
 
     #[test]
