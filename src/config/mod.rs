@@ -553,6 +553,21 @@ pub fn json_schema() -> String {
     text
 }
 
+/// Fails when a committed generated file differs from what the code generates now; with
+/// `THREATFLOW_UPDATE_SCHEMAS` set, rewrites it first.
+#[cfg(test)]
+pub(crate) fn assert_generated_file_is_fresh(relative_path: &str, generated: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative_path);
+    if std::env::var_os("THREATFLOW_UPDATE_SCHEMAS").is_some() {
+        std::fs::write(&path, generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "{relative_path} is stale: run `THREATFLOW_UPDATE_SCHEMAS=1 cargo test --lib` and commit the result"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -634,19 +649,4 @@ telemetry: {log_level: "[[["}
     fn the_committed_schema_is_fresh() {
         assert_generated_file_is_fresh("schemas/config.schema.json", &json_schema());
     }
-}
-
-/// Fails when a committed generated file differs from what the code generates now; with
-/// `THREATFLOW_UPDATE_SCHEMAS` set, rewrites it first.
-#[cfg(test)]
-pub(crate) fn assert_generated_file_is_fresh(relative_path: &str, generated: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative_path);
-    if std::env::var_os("THREATFLOW_UPDATE_SCHEMAS").is_some() {
-        std::fs::write(&path, generated).unwrap();
-    }
-    let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        committed == generated,
-        "{relative_path} is stale: run `THREATFLOW_UPDATE_SCHEMAS=1 cargo test --lib` and commit the result"
-    );
 }
