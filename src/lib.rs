@@ -9,6 +9,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod enrich;
+pub mod feeds;
 pub mod flow;
 pub mod pipeline;
 pub mod sink;

@@ -11,6 +11,7 @@ use threatflow::app::{self, RunOptions};
 use threatflow::cli;
 use threatflow::config::{Config, OutputFormat};
 use threatflow::enrich::{EndpointIndex, Inventory};
+use threatflow::feeds;
 use threatflow::flow::FlowFormat;
 use threatflow::telemetry;
 
@@ -42,10 +43,60 @@ enum Command {
     },
     /// Enrich flow records from standard input onto standard output, in input order.
     Enrich(EnrichArgs),
+    /// Work with threat feeds.
+    Feed {
+        #[command(subcommand)]
+        command: FeedCommand,
+    },
     /// Print the JSON Schema of the config file.
     Schema,
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum FeedCommand {
+    /// Print a feed's normalized CIDRs: host bits masked, deduplicated, merged to the minimal
+    /// cover, IPv4 then IPv6, ascending. Only the guards given as flags apply.
+    Normalize(NormalizeArgs),
+}
+
+#[derive(clap::Args)]
+struct NormalizeArgs {
+    /// The feed file, or `-` for standard input.
+    #[arg(value_name = "FILE|-")]
+    input: PathBuf,
+    #[arg(long, value_enum, default_value = "newline")]
+    format: FeedFormatArg,
+    /// csv: the address column, by 1-based index or header name.
+    #[arg(long, value_name = "N|NAME")]
+    csv_column: Option<feeds::format::Column>,
+    /// csv: the field delimiter.
+    #[arg(long, value_name = "CHAR")]
+    csv_delimiter: Option<char>,
+    /// json: dot-separated path to the array.
+    #[arg(long, value_name = "PATH")]
+    json_path: Option<String>,
+    /// json, jsonl: the object field holding the address.
+    #[arg(long, value_name = "NAME")]
+    json_field: Option<String>,
+    /// Never output these addresses (subtracted from the feed); repeatable.
+    #[arg(long, value_name = "CIDR")]
+    never_block: Vec<ipnet::IpNet>,
+    /// Drop IPv4 entries broader than this prefix length.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=32))]
+    min_prefix_v4: Option<u8>,
+    /// Drop IPv6 entries broader than this prefix length.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=128))]
+    min_prefix_v6: Option<u8>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FeedFormatArg {
+    Newline,
+    Csv,
+    Json,
+    Jsonl,
 }
 
 #[derive(clap::Args)]
@@ -105,6 +156,18 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config, once } => run(config, once),
+        Command::Feed {
+            command: FeedCommand::Normalize(args),
+        } => match feed_normalize(args) {
+            Ok(summary) => {
+                eprintln!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::Enrich(args) => {
             let strict = args.strict;
             match enrich(args) {
@@ -235,4 +298,40 @@ fn enrich(args: EnrichArgs) -> anyhow::Result<cli::enrich::EnrichSummary> {
         std::io::stderr().lock(),
     )?;
     Ok(summary)
+}
+
+fn feed_normalize(args: NormalizeArgs) -> anyhow::Result<cli::feed::NormalizeSummary> {
+    use feeds::format::{FeedFormat, FormatKind};
+    let format = FeedFormat {
+        kind: match args.format {
+            FeedFormatArg::Newline => FormatKind::Newline,
+            FeedFormatArg::Csv => FormatKind::Csv,
+            FeedFormatArg::Json => FormatKind::Json,
+            FeedFormatArg::Jsonl => FormatKind::Jsonl,
+        },
+        column: args.csv_column,
+        delimiter: args.csv_delimiter,
+        path: args.json_path,
+        field: args.json_field,
+        ..FeedFormat::default()
+    };
+    let mut problems = threatflow::config::Problems::default();
+    format.validate("--format", &mut problems);
+    if !problems.is_empty() {
+        anyhow::bail!("the format options do not fit:\n{problems}");
+    }
+    let guards = feeds::normalize::Guards {
+        never_block: feeds::netset::NetSet::from_nets(&args.never_block),
+        min_prefix_v4: args.min_prefix_v4,
+        min_prefix_v6: args.min_prefix_v6,
+        max_entries: None,
+    };
+    let stdout = std::io::stdout().lock();
+    if args.input.as_os_str() == "-" {
+        cli::feed::normalize(&format, &guards, std::io::stdin().lock(), stdout)
+    } else {
+        let file = std::fs::File::open(&args.input)
+            .map_err(|error| anyhow::anyhow!("cannot read {}: {error}", args.input.display()))?;
+        cli::feed::normalize(&format, &guards, file, stdout)
+    }
 }
