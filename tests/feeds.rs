@@ -1,0 +1,249 @@
+//! Threat feeds: every preset in `connectors/feeds/` reads its sample in the publisher's exact
+//! layout, and `threatflow feed normalize` works as a command.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use threatflow::feeds::format::{self, FeedFormat};
+use threatflow::feeds::netset::NetSet;
+
+/// The shape of a preset file.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Preset {
+    name: String,
+    url: String,
+    period_secs: u64,
+    format: FeedFormat,
+    labels: BTreeMap<String, String>,
+}
+
+fn cidrs(content: &[u8], format: &FeedFormat) -> (Vec<String>, String) {
+    let feed = format::parse(format, content).unwrap();
+    let rejected = feed.rejected_summary();
+    let set = NetSet::from_ranges(feed.v4, feed.v6);
+    (set.cidrs().map(|net| net.to_string()).collect(), rejected)
+}
+
+#[test]
+fn every_preset_reads_its_sample() {
+    let dir = common::root().join("connectors/feeds");
+    let fixtures: BTreeMap<String, std::path::PathBuf> = std::fs::read_dir(dir.join("fixtures"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .map(|path| {
+            (
+                path.file_stem().unwrap().to_string_lossy().into_owned(),
+                path,
+            )
+        })
+        .collect();
+    let expected: BTreeMap<&str, (usize, &str)> = [
+        ("spamhaus-drop", (5, "missing_field=1")),
+        ("spamhaus-dropv6", (3, "missing_field=1")),
+        ("spamhaus-drop-txt", (5, "")),
+        ("firehol-level1", (11, "")),
+        ("feodo", (5, "")),
+        ("feodo-csv", (3, "")),
+        ("et-compromised", (5, "")),
+        ("tor-exits", (4, "")),
+        ("fortigate-external", (12, "")),
+    ]
+    .into();
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|extension| extension != "yaml") {
+            continue;
+        }
+        let preset: Preset = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+        let mut problems = threatflow::config::Problems::default();
+        preset.format.validate("format", &mut problems);
+        assert!(problems.is_empty(), "{}: {problems}", preset.name);
+        assert!(preset.url.starts_with("https://"), "{}", preset.name);
+        assert!(preset.period_secs >= 300, "{}", preset.name);
+        let fixture = &fixtures[&preset.name];
+        let (nets, rejected) = cidrs(&std::fs::read(fixture).unwrap(), &preset.format);
+        let (count, expected_rejected) = expected[preset.name.as_str()];
+        assert_eq!(
+            (nets.len(), rejected.as_str()),
+            (count, expected_rejected),
+            "{}: {nets:?}",
+            preset.name
+        );
+        seen.push(preset.name);
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        expected.keys().copied().collect::<Vec<_>>(),
+        "a preset without a test, or a test without a preset"
+    );
+}
+
+#[test]
+fn the_legacy_spamhaus_layout_reads_the_same_as_the_json_one() {
+    let text =
+        std::fs::read(common::root().join("connectors/feeds/fixtures/spamhaus-drop-txt.txt"))
+            .unwrap();
+    let json = std::fs::read(common::root().join("connectors/feeds/fixtures/spamhaus-drop.jsonl"))
+        .unwrap();
+    let jsonl: FeedFormat = serde_yaml::from_str("{type: jsonl, field: cidr}").unwrap();
+    assert_eq!(
+        cidrs(&text, &FeedFormat::default()).0,
+        cidrs(&json, &jsonl).0
+    );
+    assert_eq!(cidrs(&text, &FeedFormat::default()).0[0], "1.10.16.0/20");
+}
+
+fn normalize(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(common::binary())
+        .arg("feed")
+        .arg("normalize")
+        .args(args)
+        .current_dir(common::root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn lines(output: &Output) -> Vec<String> {
+    String::from_utf8(output.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn normalize_applies_only_the_guards_given() {
+    let firehol = "connectors/feeds/fixtures/firehol-level1.netset";
+    let output = normalize(&[firehol], b"");
+    assert!(output.status.success());
+    assert_eq!(lines(&output).len(), 11, "no guard given: bogons stay");
+
+    let output = normalize(
+        &[
+            firehol,
+            "--never-block",
+            "10.0.0.0/8",
+            "--never-block",
+            "192.168.0.0/16",
+            "--never-block",
+            "127.0.0.0/8",
+            "--never-block",
+            "169.254.0.0/16",
+            "--never-block",
+            "100.64.0.0/10",
+            "--min-prefix-v4",
+            "8",
+        ],
+        b"",
+    );
+    assert!(output.status.success());
+    assert_eq!(
+        lines(&output),
+        [
+            "0.0.0.0/8",
+            "1.10.16.0/20",
+            "1.19.0.0/16",
+            "2.56.192.0/22",
+            "5.42.92.0/24",
+            "223.254.0.0/16"
+        ]
+    );
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(
+        stderr.trim(),
+        "11 entries -> 6 CIDRs (6 IPv4, 0 IPv6); removed by guards: never_block=5"
+    );
+}
+
+#[test]
+fn normalize_refuses_a_poisoned_entry_and_masks_host_bits() {
+    let feed = b"0.0.0.0/0\n::/0\n10.1.2.3/8\n1.2.3.4\n1.2.3.5\n2001:db8::1/64\n#comment\n";
+    let output = normalize(
+        &["--min-prefix-v4", "8", "--min-prefix-v6", "16", "-"],
+        feed,
+    );
+    assert_eq!(
+        lines(&output),
+        ["1.2.3.4/31", "10.0.0.0/8", "2001:db8::/64"]
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("removed by guards: prefix_too_short=2")
+    );
+}
+
+#[test]
+fn normalize_reads_csv_and_json_layouts() {
+    let output = normalize(
+        &[
+            "--format",
+            "csv",
+            "--csv-column",
+            "dst_ip",
+            "connectors/feeds/fixtures/feodo-csv.csv",
+        ],
+        b"",
+    );
+    assert_eq!(
+        lines(&output),
+        ["51.178.161.32/32", "91.121.222.89/32", "162.243.103.246/32"]
+    );
+    let output = normalize(
+        &[
+            "--format",
+            "csv",
+            "--csv-column",
+            "2",
+            "--csv-delimiter",
+            ";",
+            "-",
+        ],
+        b"x;10.0.0.1;y\nz;bogus\n",
+    );
+    assert_eq!(lines(&output), ["10.0.0.1/32"]);
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("rejected line 2: invalid_entry: \"bogus\""),
+        "{stderr}"
+    );
+    let output = normalize(
+        &[
+            "--format",
+            "json",
+            "--json-path",
+            "data",
+            "--json-field",
+            "ip",
+            "-",
+        ],
+        br#"{"data":[{"ip":"fd00::1"},{"ip":"9.9.9.9"}]}"#,
+    );
+    assert_eq!(lines(&output), ["9.9.9.9/32", "fd00::1/128"]);
+}
+
+#[test]
+fn normalize_reports_what_to_fix() {
+    let output = normalize(&["--format", "csv", "-"], b"");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("a csv feed needs a column"));
+    let output = normalize(&["/nonexistent/feed.txt"], b"");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read /nonexistent/feed.txt"));
+    let output = normalize(&["--format", "json", "-"], b"[1, 2");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("the feed is not valid JSON"));
+    let output = normalize(&["--min-prefix-v4", "33", "-"], b"");
+    assert_eq!(output.status.code(), Some(2));
+}
