@@ -5,6 +5,7 @@
 //! `normalize` applies the guards. Fetching feeds over HTTP and publishing them to the cluster
 //! build on these and live elsewhere.
 
+pub mod fetch;
 pub mod format;
 pub mod netset;
 pub mod normalize;
