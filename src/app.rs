@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! sources (tokio tasks) --SourceBatch--> processor (thread) --Batch--> one task per sink
+//! feeds (one tokio task each): pull -> normalize -> publish, on their own schedules
 //! ```
 //!
 //! Shutdown drains front to back: sources stop reading and close their queue, the processor
@@ -20,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, SourceKind};
 use crate::enrich::{EndpointIndex, Enricher, Inventory};
+use crate::feeds::sync::{self, FeedMetrics, FeedRunner, StatusBoard};
 use crate::flow::source::{self, CheckpointStore, SourceBatch, SourceContext, SourceMetrics};
 use crate::flow::RejectCounts;
 use crate::pipeline::{DeadLetter, FlowMetrics, Processor};
@@ -67,6 +69,7 @@ pub async fn run(
     let source_metrics = SourceMetrics::register(registry.sub_registry_with_prefix("source"));
     let flow_metrics = FlowMetrics::register(registry.sub_registry_with_prefix("flow"));
     let sink_metrics = SinkMetrics::register(registry.sub_registry_with_prefix("sink"));
+    let feed_metrics = FeedMetrics::register(registry.sub_registry_with_prefix("feed"));
     for source in &config.sources {
         source_metrics.init_source(&source.name);
         flow_metrics.init_source(&source.name);
@@ -79,15 +82,43 @@ pub async fn run(
     let telemetry_stop = CancellationToken::new();
     let tasks = TaskTracker::new();
 
+    // Feeds: each keeps itself in sync on its own schedule.
+    let feed_board = StatusBoard::default();
+    let mut feed_tasks = Vec::new();
+    if !config.feeds.is_empty() {
+        let fetcher = sync::fetcher(&config.feed_settings)?;
+        for feed in &config.feeds {
+            let runner = FeedRunner::new(
+                feed.clone(),
+                &config.feed_settings,
+                fetcher.clone(),
+                feed_metrics.clone(),
+                feed_board.clone(),
+            )?;
+            feed_tasks.push(tokio::spawn(runner.run(options.once, shutdown.clone())));
+        }
+    }
+
     if let Some(addr) = config.telemetry.listen_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on telemetry.listen_addr {addr}"))?;
-        tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+        tracing::info!(%addr, "serving /metrics, /healthz, /readyz and /status");
+        let board = feed_board.clone();
+        let status: telemetry::StatusSource = Arc::new(move || {
+            let feeds: Vec<_> = board
+                .lock()
+                .expect("status lock")
+                .values()
+                .cloned()
+                .collect();
+            serde_json::json!({ "feeds": feeds }).to_string()
+        });
         tasks.spawn(telemetry::serve(
             listener,
             registry.clone(),
             readiness.clone(),
+            status,
             telemetry_stop.clone(),
         ));
     }
@@ -227,6 +258,13 @@ pub async fn run(
     readiness.set_ready(true);
     tracing::info!(summary = %config.summary(), once = options.once, "running");
 
+    // Without sources, a daemon runs its feeds until it is told to stop.
+    if config.sources.is_empty() && !options.once {
+        shutdown.cancelled().await;
+    }
+    for task in feed_tasks {
+        task.await.context("feed task")?;
+    }
     let mut failures = Vec::new();
     for (name, task) in source_tasks {
         match task.await {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod enrich;
 pub mod feeds;
 pub mod flow;
+pub mod k8s;
 pub mod pipeline;
 pub mod sink;
 pub mod telemetry;

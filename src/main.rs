@@ -48,6 +48,15 @@ enum Command {
         #[command(subcommand)]
         command: FeedCommand,
     },
+    /// Show the status of a running instance's feeds (from its telemetry listener).
+    Status {
+        /// The instance's `telemetry.listen_addr`.
+        #[arg(long, default_value = "127.0.0.1:9898")]
+        addr: String,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the JSON Schema of the config file.
     Schema,
     /// Print the version.
@@ -59,6 +68,15 @@ enum FeedCommand {
     /// Print a feed's normalized CIDRs: host bits masked, deduplicated, merged to the minimal
     /// cover, IPv4 then IPv6, ascending. Only the guards given as flags apply.
     Normalize(NormalizeArgs),
+    /// Pull a configured feed now and print the GlobalNetworkSets (and policy) a sync would
+    /// apply, as YAML, without applying them.
+    Render {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// The feed's name in the config.
+        #[arg(long, value_name = "NAME")]
+        feed: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -156,6 +174,28 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config, once } => run(config, once),
+        Command::Feed {
+            command: FeedCommand::Render { config, feed },
+        } => match block_on(cli::feed::render(&config, &feed)) {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Status { addr, json } => match block_on(cli::feed::status(&addr, json)) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::Feed {
             command: FeedCommand::Normalize(args),
         } => match feed_normalize(args) {
@@ -334,4 +374,12 @@ fn feed_normalize(args: NormalizeArgs) -> anyhow::Result<cli::feed::NormalizeSum
             .map_err(|error| anyhow::anyhow!("cannot read {}: {error}", args.input.display()))?;
         cli::feed::normalize(&format, &guards, file, stdout)
     }
+}
+
+/// Runs a future to completion on a small runtime, for one-shot commands.
+fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(future)
 }

@@ -1,5 +1,5 @@
 //! Telemetry: logging setup, the metrics registry, and the HTTP listener serving `/metrics`,
-//! `/healthz` and `/readyz`.
+//! `/healthz`, `/readyz` and `/status` (feed status as JSON).
 //!
 //! Stages register their own metrics under a prefix; this module only serves them. It never
 //! touches records.
@@ -25,6 +25,8 @@ pub fn init_logging(config: &TelemetryConfig) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour only for a person at a terminal, never in shipped logs.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match config.log_format {
         LogFormat::Text => builder.try_init(),
@@ -48,11 +50,15 @@ impl Readiness {
     }
 }
 
+/// Produces the JSON served on `/status`.
+pub type StatusSource = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// Serves the telemetry endpoints on `listener` until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
     readiness: Readiness,
+    status: StatusSource,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -66,9 +72,9 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => return,
         };
-        let (registry, readiness) = (registry.clone(), readiness.clone());
+        let (registry, readiness, status) = (registry.clone(), readiness.clone(), status.clone());
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let response = respond(request.uri().path(), &registry, &readiness);
+            let response = respond(request.uri().path(), &registry, &readiness, &status);
             async move { Ok::<_, Infallible>(response) }
         });
         let shutdown = shutdown.clone();
@@ -83,7 +89,12 @@ pub async fn serve(
     }
 }
 
-fn respond(path: &str, registry: &Registry, readiness: &Readiness) -> Response<Full<Bytes>> {
+fn respond(
+    path: &str,
+    registry: &Registry,
+    readiness: &Readiness,
+    status: &StatusSource,
+) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match path {
         "/metrics" => {
             let mut text = String::new();
@@ -101,6 +112,7 @@ fn respond(path: &str, registry: &Registry, readiness: &Readiness) -> Response<F
             }
         }
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".into()),
+        "/status" => (StatusCode::OK, "application/json", status()),
         "/readyz" if readiness.is_ready() => (StatusCode::OK, "text/plain", "ready\n".into()),
         "/readyz" => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -110,7 +122,7 @@ fn respond(path: &str, registry: &Registry, readiness: &Readiness) -> Response<F
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics, /healthz or /readyz\n".into(),
+            "not found: try /metrics, /healthz, /readyz or /status\n".into(),
         ),
     };
     Response::builder()

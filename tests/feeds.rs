@@ -247,3 +247,241 @@ fn normalize_reports_what_to_fix() {
     let output = normalize(&["--min-prefix-v4", "33", "-"], b"");
     assert_eq!(output.status.code(), Some(2));
 }
+
+/// A feeds-only config publishing `feed` (a file) into `out`.
+fn feeds_config(
+    dir: &std::path::Path,
+    feed: &std::path::Path,
+    out: &std::path::Path,
+    extra: &str,
+) -> std::path::PathBuf {
+    let config = dir.join("threatflow.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "feeds:\n  - {{name: test, url: 'file://{}', labels: {{security-action: block}}}}\nfeed_settings:\n  never_block: [10.0.0.0/8]\n  publish: {{type: directory, directory: {{path: '{}'}}}}\n{extra}telemetry: {{log_level: info}}\n",
+            feed.display(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn run_once(config: &std::path::Path) -> String {
+    let output = Command::new(common::binary())
+        .args(["run", "--once", "--config", config.to_str().unwrap()])
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    let logs = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{logs}");
+    logs
+}
+
+fn snapshot(dir: &std::path::Path) -> BTreeMap<String, (usize, std::time::SystemTime)> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap())
+        .map(|entry| {
+            let metadata = entry.metadata().unwrap();
+            (
+                entry.file_name().to_string_lossy().into_owned(),
+                (metadata.len() as usize, metadata.modified().unwrap()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_million_entry_feed_publishes_in_shards_and_an_unchanged_resync_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (feed, out) = (dir.path().join("feed.txt"), dir.path().join("calico"));
+    // One million distinct /32s in 11.0.0.0/8 and up, none adjacent, plus a poisoned entry and
+    // a cluster range that must not be published.
+    let mut content = String::with_capacity(16 * 1_000_000);
+    content.push_str("0.0.0.0/0\n10.1.2.3\n");
+    for i in 0..1_000_000u32 {
+        let address = std::net::Ipv4Addr::from(0x0b00_0000 + 2 * i);
+        content.push_str(&format!("{address}\n"));
+    }
+    std::fs::write(&feed, content).unwrap();
+    let config = feeds_config(dir.path(), &feed, &out, "");
+    let logs = run_once(&config);
+    assert!(logs.contains("outcome=\"applied\""), "{logs}");
+    let files = snapshot(&out);
+    assert!(files.len() >= 100, "{} shards", files.len());
+    let mut total = 0;
+    for name in files.keys() {
+        let set: threatflow::k8s::GlobalNetworkSet =
+            serde_yaml::from_str(&std::fs::read_to_string(out.join(name)).unwrap()).unwrap();
+        assert!(set.spec.nets.len() <= 10_000);
+        assert!(
+            serde_json::to_vec(&set).unwrap().len() < 1_500_000,
+            "{name} is too large for etcd"
+        );
+        assert!(!set
+            .spec
+            .nets
+            .iter()
+            .any(|net| net == "0.0.0.0/0" || net.starts_with("10.")));
+        total += set.spec.nets.len();
+    }
+    assert_eq!(total, 1_000_000);
+
+    // The same feed again: nothing is written.
+    let logs = run_once(&config);
+    assert!(logs.contains("outcome=\"unchanged\""), "{logs}");
+    assert_eq!(snapshot(&out), files);
+}
+
+#[test]
+fn shrunk_and_empty_feeds_are_refused_and_the_last_good_set_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let (feed, out) = (dir.path().join("feed.txt"), dir.path().join("calico"));
+    let lines = |count: u32| {
+        (0..count)
+            .map(|i| format!("{}\n", std::net::Ipv4Addr::from(0x0b00_0000 + 2 * i)))
+            .collect::<String>()
+    };
+    std::fs::write(&feed, lines(100)).unwrap();
+    let config = feeds_config(dir.path(), &feed, &out, "");
+    run_once(&config);
+    let good = snapshot(&out);
+
+    // A truncated download: 10 % of the entries.
+    std::fs::write(&feed, lines(10)).unwrap();
+    let logs = run_once(&config);
+    assert!(
+        logs.contains("the feed shrank from 100 to 10 CIDRs"),
+        "{logs}"
+    );
+    assert_eq!(snapshot(&out), good);
+
+    std::fs::write(&feed, "# nothing today\n").unwrap();
+    let logs = run_once(&config);
+    assert!(logs.contains("the feed is empty"), "{logs}");
+    assert_eq!(snapshot(&out), good);
+
+    // With allow_shrink the operator accepts it.
+    let config = feeds_config(dir.path(), &feed, &out, "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "labels: {security-action: block}",
+        "labels: {security-action: block}, allow_shrink: true",
+    );
+    std::fs::write(&config, text).unwrap();
+    run_once(&config);
+    let set: threatflow::k8s::GlobalNetworkSet =
+        serde_yaml::from_str(&std::fs::read_to_string(out.join("threatfeed.test.yaml")).unwrap())
+            .unwrap();
+    assert!(set.spec.nets.is_empty());
+}
+
+#[test]
+fn status_and_render_show_the_feed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (feed, out) = (dir.path().join("feed.txt"), dir.path().join("calico"));
+    std::fs::write(&feed, "1.2.3.4\n5.6.7.0/24\nbogus\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = feeds_config(dir.path(), &feed, &out, "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "telemetry: {log_level: info}",
+        &format!("telemetry: {{log_level: info, listen_addr: '127.0.0.1:{port}'}}"),
+    );
+    std::fs::write(
+        &config,
+        text.replace("  publish:", "  policy: {tier: security}\n  publish:"),
+    )
+    .unwrap();
+
+    let rendered = Command::new(common::binary())
+        .args([
+            "feed",
+            "render",
+            "--config",
+            config.to_str().unwrap(),
+            "--feed",
+            "test",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let yaml = String::from_utf8(rendered.stdout).unwrap();
+    let documents: Vec<serde_yaml::Value> = yaml
+        .split("---\n")
+        .filter(|doc| !doc.trim().is_empty())
+        .map(|doc| serde_yaml::from_str(doc).unwrap())
+        .collect();
+    assert_eq!(documents.len(), 2);
+    assert_eq!(
+        documents[0]["spec"]["nets"],
+        serde_yaml::from_str::<serde_yaml::Value>("[1.2.3.4/32, 5.6.7.0/24]").unwrap()
+    );
+    assert_eq!(documents[1]["kind"], "GlobalNetworkPolicy");
+    assert!(!out.exists(), "render publishes nothing");
+    let missing = Command::new(common::binary())
+        .args([
+            "feed",
+            "render",
+            "--config",
+            config.to_str().unwrap(),
+            "--feed",
+            "nope",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("has no feed `nope` (it has: test)"));
+
+    let mut daemon = Command::new(common::binary())
+        .args(["run", "--config", config.to_str().unwrap()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = || {
+        Command::new(common::binary())
+            .args(["status", "--addr", &format!("127.0.0.1:{port}")])
+            .output()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let table = loop {
+        let output = status();
+        let table = String::from_utf8_lossy(&output.stdout).into_owned();
+        if table.contains("applied") {
+            break table;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no applied sync: {table}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let row = table
+        .lines()
+        .find(|line| line.starts_with("test "))
+        .unwrap();
+    assert!(
+        row.split_whitespace().collect::<Vec<_>>()[..4] == ["test", "enforce", "2", "1"],
+        "{table}"
+    );
+    let json = Command::new(common::binary())
+        .args(["status", "--json", "--addr", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json["feeds"][0]["rejected_lines"]["invalid_entry"], 1);
+    assert!(json["feeds"][0]["last_successful_apply"].is_string());
+    Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(daemon.wait().unwrap().success());
+}

@@ -1,5 +1,7 @@
 //! `threatflow feed normalize`: a feed file in, its normalized CIDRs out, one per line, always
 //! with a prefix length, IPv4 first then IPv6, each ascending. Only the guards given apply.
+//! `threatflow feed render`: what a configured feed would publish now. `threatflow status`: the
+//! feeds of a running instance.
 
 use std::io::{BufWriter, Read, Write};
 use std::net::IpAddr;
@@ -94,4 +96,89 @@ fn write_net(net: IpNet, out: &mut Vec<u8>) {
     }
     out.push(b'/');
     out.extend_from_slice(digits.format(net.prefix_len()).as_bytes());
+}
+
+/// Pulls the feed named `feed` from the config at `config_path` and renders it as YAML
+/// documents.
+pub async fn render(config_path: &std::path::Path, feed: &str) -> anyhow::Result<String> {
+    use crate::feeds::sync::{self, FeedMetrics, FeedRunner, StatusBoard};
+    let config = crate::config::Config::load_valid(config_path)?;
+    let Some(feed_config) = config.feeds.iter().find(|candidate| candidate.name == feed) else {
+        let names: Vec<&str> = config.feeds.iter().map(|feed| feed.name.as_str()).collect();
+        anyhow::bail!(
+            "{} has no feed `{feed}` (it has: {})",
+            config_path.display(),
+            names.join(", ")
+        );
+    };
+    let fetcher = sync::fetcher(&config.feed_settings)?;
+    let runner = FeedRunner::new(
+        feed_config.clone(),
+        &config.feed_settings,
+        fetcher,
+        FeedMetrics::default(),
+        StatusBoard::default(),
+    )?;
+    let rendered = runner
+        .render_now()
+        .await
+        .map_err(|error| anyhow::anyhow!(sync::error_chain(&error)))?;
+    let mut yaml = String::new();
+    for set in &rendered.sets {
+        yaml.push_str("---\n");
+        yaml.push_str(&serde_yaml::to_string(set)?);
+    }
+    if let Some(policy) = &rendered.policy {
+        yaml.push_str("---\n");
+        yaml.push_str(&serde_yaml::to_string(policy)?);
+    }
+    Ok(yaml)
+}
+
+/// Reads `/status` from a running instance at `addr`: a table, or the JSON itself.
+pub async fn status(addr: &str, json: bool) -> anyhow::Result<String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let url = format!("http://{addr}/status");
+    let body = reqwest::get(&url)
+        .await
+        .and_then(|response| response.error_for_status())
+        .map_err(|error| anyhow::anyhow!("cannot read {url}: {error} (is threatflow running with telemetry.listen_addr {addr}?)"))?
+        .text()
+        .await?;
+    if json {
+        return Ok(body + "\n");
+    }
+    let status: serde_json::Value = serde_json::from_str(&body)?;
+    let row = |cells: [String; 8]| {
+        format!(
+            "{:<24} {:<8} {:>9} {:>6}  {:<20}  {:<20}  {:<14} {}\n",
+            cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6], cells[7]
+        )
+    };
+    let mut table = row([
+        "FEED",
+        "MODE",
+        "ENTRIES",
+        "SHARDS",
+        "LAST FETCH",
+        "LAST APPLY",
+        "OUTCOME",
+        "ERROR",
+    ]
+    .map(str::to_owned));
+    for feed in status["feeds"].as_array().into_iter().flatten() {
+        let text = |key: &str| feed[key].as_str().unwrap_or("-").to_owned();
+        let number = |key: &str| feed[key].as_u64().unwrap_or(0).to_string();
+        table.push_str(&row([
+            text("name"),
+            text("mode"),
+            number("entries"),
+            number("shards"),
+            text("last_fetch"),
+            text("last_successful_apply"),
+            text("last_outcome"),
+            text("last_error"),
+        ]));
+    }
+    Ok(table)
 }

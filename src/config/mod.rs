@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::feeds::config::{FeedConfig, FeedSettings};
 use crate::flow::FlowFormat;
 use crate::sink::cef::CefConfig;
 use crate::sink::syslog::SyslogConfig;
@@ -32,12 +33,20 @@ pub struct Config {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
     /// Where flow records come from.
+    #[serde(default)]
     pub sources: Vec<SourceConfig>,
     /// Where cluster context comes from.
     #[serde(default)]
     pub enrichment: EnrichmentConfig,
     /// Where enriched records go. Every record goes to every sink.
+    #[serde(default)]
     pub sinks: Vec<SinkConfig>,
+    /// Threat feeds to pull, normalize and publish as GlobalNetworkSets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feeds: Vec<FeedConfig>,
+    /// Guards, sharding and the publish target, for every feed.
+    #[serde(default)]
+    pub feed_settings: FeedSettings,
     /// How records are written as CEF, for sinks with `format: cef`.
     #[serde(default)]
     pub cef: CefConfig,
@@ -345,8 +354,18 @@ impl Config {
     /// Every semantic problem, with its path. Pure: touches no file or network.
     pub fn validate(&self) -> Problems {
         let mut problems = Problems::default();
-        if self.sources.is_empty() {
-            problems.push("sources", "at least one source is needed");
+        match (
+            self.sources.is_empty(),
+            self.sinks.is_empty(),
+            self.feeds.is_empty(),
+        ) {
+            (true, true, true) => problems.push(
+                "(top level)",
+                "nothing to do: configure sources and sinks, or feeds",
+            ),
+            (false, true, _) => problems.push("sinks", "sources need at least one sink"),
+            (true, false, _) => problems.push("sources", "sinks need at least one source"),
+            _ => {}
         }
         let mut names = HashSet::new();
         let mut stdin_sources = 0;
@@ -401,9 +420,6 @@ impl Config {
             problems.push("sources", "only one source can read standard input");
         }
 
-        if self.sinks.is_empty() {
-            problems.push("sinks", "at least one sink is needed");
-        }
         let mut names = HashSet::new();
         for (i, sink) in self.sinks.iter().enumerate() {
             let path = format!("sinks[{i}]");
@@ -441,6 +457,7 @@ impl Config {
             }
         }
 
+        crate::feeds::config::validate(&self.feeds, &self.feed_settings, &mut problems);
         self.cef.validate("cef", &mut problems);
         if let Some(cluster_name) = &self.cluster_name {
             if cluster_name.is_empty()
@@ -521,10 +538,36 @@ impl Config {
             Some(addr) => format!("http://{addr}/metrics"),
             None => "off".into(),
         };
+        let feeds: Vec<String> = self
+            .feeds
+            .iter()
+            .map(|feed| {
+                format!(
+                    "{} ({:?}, every {} s)",
+                    feed.name, feed.mode, feed.period_secs
+                )
+                .to_lowercase()
+            })
+            .collect();
+        let publish = match &self.feed_settings.publish {
+            Some(publish) => match &publish.directory {
+                Some(directory) => format!(" to directory {}", directory.path.display()),
+                None => String::new(),
+            },
+            None => String::new(),
+        };
+        let or_none = |items: Vec<String>| {
+            if items.is_empty() {
+                "none".to_owned()
+            } else {
+                items.join(", ")
+            }
+        };
         format!(
-            "sources: {}; enrichment: {enrichment}; sinks: {}; metrics: {telemetry}",
-            sources.join(", "),
-            sinks.join(", ")
+            "sources: {}; enrichment: {enrichment}; sinks: {}; feeds: {}{publish}; metrics: {telemetry}",
+            or_none(sources),
+            or_none(sinks),
+            or_none(feeds),
         )
     }
 }
@@ -588,7 +631,7 @@ mod tests {
             &format!("{sources}sinks: [{{name: a, type: pigeon}}]\n"),
             "sinks[0].type",
         );
-        check("sinks: []\n", "(top level)");
+        check("- a list, not a map\n", "(top level)");
     }
 
     #[test]

@@ -164,7 +164,7 @@ impl Fetcher {
         let headers = request_headers(headers, validators)?;
         let mut attempt = 0;
         loop {
-            let result = self.attempt(url, headers.clone()).await;
+            let result = self.attempt(url, &redact_url(url), headers.clone()).await;
             match result {
                 Err((error, retry_after))
                     if error.is_transient() && attempt < self.settings.retries =>
@@ -172,7 +172,7 @@ impl Fetcher {
                     let delay = retry_after
                         .unwrap_or_else(|| self.backoff(attempt))
                         .min(self.settings.max_backoff);
-                    tracing::warn!(%url, error = %error, attempt = attempt + 1, retry_in_ms = delay.as_millis() as u64, "feed fetch failed; retrying");
+                    tracing::warn!(url = %redact_url(url), error = %error, attempt = attempt + 1, retry_in_ms = delay.as_millis() as u64, "feed fetch failed; retrying");
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
@@ -195,9 +195,10 @@ impl Fetcher {
     async fn attempt(
         &self,
         url: &str,
+        shown: &str,
         headers: HeaderMap,
     ) -> Result<Fetched, (FetchError, Option<Duration>)> {
-        let url_text = || url.to_owned();
+        let url_text = || shown.to_owned();
         let response = self
             .client
             .get(url)
@@ -319,6 +320,23 @@ impl Fetcher {
     }
 }
 
+/// A URL as it may appear in logs and status: without user information or query string, which
+/// can carry credentials.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let redacted_query = if url.contains('?') { "?…" } else { "" };
+    if scheme.is_empty() {
+        format!("{host}/{path}{redacted_query}")
+    } else {
+        format!("{scheme}://{host}/{path}{redacted_query}")
+    }
+}
+
 fn request_headers(
     headers: &[(String, String)],
     validators: &Validators,
@@ -377,6 +395,22 @@ fn httpdate(value: &str) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("https://user:pass@feeds.example.com/list.txt?key=s3cret"),
+            "https://feeds.example.com/list.txt?…"
+        );
+        assert_eq!(
+            redact_url("https://feeds.example.com/list.txt"),
+            "https://feeds.example.com/list.txt"
+        );
+        assert_eq!(
+            redact_url("https://feeds.example.com"),
+            "https://feeds.example.com/"
+        );
+    }
 
     #[test]
     fn retry_after_forms() {

@@ -5,7 +5,11 @@
 //! `normalize` applies the guards. Fetching feeds over HTTP and publishing them to the cluster
 //! build on these and live elsewhere.
 
+pub mod config;
 pub mod fetch;
 pub mod format;
 pub mod netset;
 pub mod normalize;
+pub mod publish;
+pub mod render;
+pub mod sync;

@@ -1,0 +1,420 @@
+//! The `feeds` and `feed_settings` config sections, and their validation.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::format::FeedFormat;
+use crate::config::Problems;
+
+/// A threat feed to pull and publish.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FeedConfig {
+    /// A unique name: lower-case letters, digits and `-`. The sets are named
+    /// `threatfeed.<name>` and labelled `threatflow.io/feed: <name>`.
+    pub name: String,
+    /// Where to pull the feed: `https://...`, `file:///...`, or `http://...` with `allow_http`.
+    pub url: String,
+    /// How often to pull, in seconds (at least 300 unless `allow_short_period`). A feed is
+    /// never pulled more often, failures included.
+    #[serde(default = "default_period_secs")]
+    pub period_secs: u64,
+    /// Allow `period_secs` below 300 (down to 10), for feeds you run yourself.
+    #[serde(default)]
+    pub allow_short_period: bool,
+    /// Allow an unencrypted `http://` URL.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Request headers, such as an API token; values come from the environment or a mounted
+    /// Secret file and are never logged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderConfig>,
+    /// How the feed's content is laid out.
+    #[serde(default)]
+    pub format: FeedFormat,
+    /// Labels for the feed's sets, for policies to select on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// CIDRs never published from this feed, in addition to `feed_settings.never_block`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub never_block: Vec<String>,
+    /// `enforce` publishes the sets; `monitor` only pulls and normalizes (nothing is written to
+    /// the cluster).
+    #[serde(default)]
+    pub mode: FeedMode,
+    /// Refuse an update that normalizes to more CIDRs than this.
+    #[serde(default = "default_max_entries")]
+    pub max_entries: usize,
+    /// Refuse an update smaller than this fraction of the last applied set, or empty.
+    #[serde(default = "default_min_shrink_fraction")]
+    pub min_shrink_fraction: f64,
+    /// Accept shrinking and empty updates.
+    #[serde(default)]
+    pub allow_shrink: bool,
+}
+
+fn default_period_secs() -> u64 {
+    3600
+}
+fn default_max_entries() -> usize {
+    1_000_000
+}
+fn default_min_shrink_fraction() -> f64 {
+    0.5
+}
+
+/// One request header; exactly one of `value_from_env` and `value_from_file`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderConfig {
+    pub name: String,
+    /// An environment variable holding the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from_env: Option<String>,
+    /// A file holding the value (a mounted Secret); surrounding whitespace is trimmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FeedMode {
+    #[default]
+    Enforce,
+    Monitor,
+}
+
+/// Settings shared by every feed.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedSettings {
+    /// CIDRs never published from any feed: your cluster's pod, service and node CIDRs, and
+    /// anything else that must stay reachable. Loopback and link-local ranges are always added.
+    pub never_block: Vec<String>,
+    /// IPv4 entries broader than this prefix length are removed (a poisoned `0.0.0.0/0`).
+    pub min_prefix_v4: u8,
+    /// IPv6 entries broader than this prefix length are removed.
+    pub min_prefix_v6: u8,
+    /// Most CIDRs in one GlobalNetworkSet; larger feeds are sharded.
+    pub shard_max_nets: usize,
+    /// Object names start with this.
+    pub name_prefix: String,
+    /// Also write a GlobalNetworkPolicy per feed that denies traffic to and from its sets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyConfig>,
+    /// Where `enforce` feeds are published. Required when any feed enforces.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish: Option<PublishConfig>,
+    /// Connection timeout for pulls.
+    pub connect_timeout_secs: u64,
+    /// Limit for one pull attempt, body included.
+    pub timeout_secs: u64,
+    /// Largest feed accepted, after decompression.
+    pub max_body_bytes: u64,
+    /// Retries of a failed pull (timeouts, connection failures, 429, 5xx) before the sync
+    /// fails.
+    pub retries: u32,
+}
+
+impl Default for FeedSettings {
+    fn default() -> Self {
+        FeedSettings {
+            never_block: Vec::new(),
+            min_prefix_v4: 8,
+            min_prefix_v6: 16,
+            shard_max_nets: 10_000,
+            name_prefix: "threatfeed.".into(),
+            policy: None,
+            publish: None,
+            connect_timeout_secs: 10,
+            timeout_secs: 60,
+            max_body_bytes: 64 * 1024 * 1024,
+            retries: 3,
+        }
+    }
+}
+
+/// The deny policy written per feed.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// The Calico tier (it must exist); put it before your application tiers.
+    pub tier: String,
+    /// Order within the tier; lower runs first.
+    #[serde(default)]
+    pub order: f64,
+}
+
+/// Where feeds are published.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishConfig {
+    /// `directory` writes the objects as YAML files (for GitOps and the quickstart).
+    #[serde(rename = "type")]
+    pub kind: PublishKind,
+    /// Settings of a `directory` target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<DirectoryConfig>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishKind {
+    Directory,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryConfig {
+    pub path: PathBuf,
+}
+
+/// Ranges no feed may ever publish.
+pub const ALWAYS_NEVER_BLOCK: &[&str] = &["127.0.0.0/8", "169.254.0.0/16", "::1/128", "fe80::/10"];
+
+/// Labels threatflow sets itself; a feed's labels may not override them.
+const RESERVED_LABELS: &[&str] = &[crate::k8s::MANAGED_BY_LABEL, crate::k8s::FEED_LABEL];
+
+/// Adds every problem of the feed sections to `problems`.
+pub fn validate(feeds: &[FeedConfig], settings: &FeedSettings, problems: &mut Problems) {
+    let mut names = HashSet::new();
+    for (i, feed) in feeds.iter().enumerate() {
+        let path = format!("feeds[{i}]");
+        let name_ok = !feed.name.is_empty()
+            && feed.name.len() <= 40
+            && feed
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !feed.name.starts_with('-')
+            && !feed.name.ends_with('-');
+        if !name_ok {
+            problems.push(format!("{path}.name"), format!("`{}` must be 1 to 40 lower-case letters, digits or `-` (it names Kubernetes objects)", feed.name));
+        } else if !names.insert(feed.name.as_str()) {
+            problems.push(
+                format!("{path}.name"),
+                format!("`{}` is used twice", feed.name),
+            );
+        }
+        match feed.url.split_once("://").map(|(scheme, _)| scheme) {
+            Some("https" | "file") => {}
+            Some("http") if feed.allow_http => {}
+            Some("http") => problems.push(
+                format!("{path}.url"),
+                "is plain http: use https, or set allow_http: true",
+            ),
+            _ => problems.push(
+                format!("{path}.url"),
+                format!("`{}` is not an https, http or file URL", feed.url),
+            ),
+        }
+        let min_period = if feed.allow_short_period { 10 } else { 300 };
+        if feed.period_secs < min_period {
+            problems.push(format!("{path}.period_secs"), format!("must be at least {min_period} (feed providers rate-limit pulls; allow_short_period lowers the floor to 10)"));
+        }
+        for (j, header) in feed.headers.iter().enumerate() {
+            let header_path = format!("{path}.headers[{j}]");
+            if reqwest::header::HeaderName::from_bytes(header.name.as_bytes()).is_err() {
+                problems.push(
+                    format!("{header_path}.name"),
+                    format!("`{}` is not a valid HTTP header name", header.name),
+                );
+            }
+            if header.value_from_env.is_some() == header.value_from_file.is_some() {
+                problems.push(
+                    header_path,
+                    "needs exactly one of value_from_env and value_from_file",
+                );
+            }
+        }
+        feed.format.validate(&format!("{path}.format"), problems);
+        for (key, value) in &feed.labels {
+            if let Err(message) = check_label(key, value) {
+                problems.push(format!("{path}.labels.{key}"), message);
+            }
+        }
+        check_cidrs(&format!("{path}.never_block"), &feed.never_block, problems);
+        if !(0.0..=1.0).contains(&feed.min_shrink_fraction) {
+            problems.push(
+                format!("{path}.min_shrink_fraction"),
+                "must be between 0 and 1",
+            );
+        }
+        if feed.max_entries == 0 {
+            problems.push(format!("{path}.max_entries"), "must be at least 1");
+        }
+    }
+    check_cidrs("feed_settings.never_block", &settings.never_block, problems);
+    if settings.min_prefix_v4 > 32 {
+        problems.push("feed_settings.min_prefix_v4", "must be between 0 and 32");
+    }
+    if settings.min_prefix_v6 > 128 {
+        problems.push("feed_settings.min_prefix_v6", "must be between 0 and 128");
+    }
+    if !(1..=50_000).contains(&settings.shard_max_nets) {
+        problems.push(
+            "feed_settings.shard_max_nets",
+            "must be between 1 and 50000",
+        );
+    }
+    let prefix_ok = settings
+        .name_prefix
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && settings.name_prefix.len() <= 40;
+    if !prefix_ok {
+        problems.push(
+            "feed_settings.name_prefix",
+            "must be up to 40 lower-case letters, digits, `-` or `.`",
+        );
+    }
+    if let Some(policy) = &settings.policy {
+        if policy.tier.is_empty()
+            || !policy
+                .tier
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            problems.push(
+                "feed_settings.policy.tier",
+                "must be a tier name: lower-case letters, digits and `-`",
+            );
+        }
+    }
+    match &settings.publish {
+        Some(PublishConfig {
+            kind: PublishKind::Directory,
+            directory: None,
+        }) => problems.push(
+            "feed_settings.publish.directory",
+            "a `directory` target needs a `directory:` section with a `path`",
+        ),
+        None if feeds.iter().any(|feed| feed.mode == FeedMode::Enforce) => problems.push(
+            "feed_settings.publish",
+            "feeds in `enforce` mode need a publish target (or set their mode to `monitor`)",
+        ),
+        _ => {}
+    }
+    for (name, value, max) in [
+        ("timeout_secs", settings.timeout_secs, 3600),
+        ("connect_timeout_secs", settings.connect_timeout_secs, 600),
+    ] {
+        if !(1..=max).contains(&value) {
+            problems.push(
+                format!("feed_settings.{name}"),
+                format!("must be between 1 and {max}"),
+            );
+        }
+    }
+    if settings.max_body_bytes < 1024 {
+        problems.push("feed_settings.max_body_bytes", "must be at least 1024");
+    }
+}
+
+fn check_cidrs(path: &str, cidrs: &[String], problems: &mut Problems) {
+    for (i, cidr) in cidrs.iter().enumerate() {
+        if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
+            problems.push(
+                format!("{path}[{i}]"),
+                format!("`{cidr}` is not a CIDR or an IP address"),
+            );
+        }
+    }
+}
+
+/// Kubernetes label rules: an optional DNS-subdomain prefix and `/`, a name of up to 63
+/// characters, and a value of up to 63 characters.
+fn check_label(key: &str, value: &str) -> Result<(), String> {
+    if RESERVED_LABELS.contains(&key) {
+        return Err(format!("`{key}` is set by threatflow"));
+    }
+    let segment_ok = |text: &str, max: usize, allow_empty: bool| {
+        (allow_empty && text.is_empty())
+            || (text.len() <= max
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                && text
+                    .bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_alphanumeric())
+                && text
+                    .bytes()
+                    .last()
+                    .is_some_and(|b| b.is_ascii_alphanumeric()))
+    };
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let prefix_ok = prefix.is_none_or(|prefix| {
+        prefix.len() <= 253 && prefix.split('.').all(|part| segment_ok(part, 63, false))
+    });
+    if !prefix_ok || !segment_ok(name, 63, false) {
+        return Err(format!("`{key}` is not a valid label key"));
+    }
+    if !segment_ok(value, 63, true) {
+        return Err(format!("`{value}` is not a valid label value"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feed_problems_have_paths() {
+        let feeds: Vec<FeedConfig> = serde_yaml::from_str(
+            r#"
+- {name: feodo, url: "https://example.com/x", labels: {security-action: block}}
+- {name: feodo, url: "http://example.com/x", period_secs: 60}
+- {name: Bad_Name, url: "ftp://x", headers: [{name: "bad header"}], labels: {"threatflow.io/feed": x, "ok": "bad value!"}, never_block: ["10.0.0.0/33"], min_shrink_fraction: 2}
+"#,
+        )
+        .unwrap();
+        let mut problems = Problems::default();
+        validate(
+            &feeds,
+            &FeedSettings {
+                publish: None,
+                ..FeedSettings::default()
+            },
+            &mut problems,
+        );
+        let paths: Vec<&str> = problems
+            .iter()
+            .map(|problem| problem.path.as_str())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "feeds[1].name",
+                "feeds[1].url",
+                "feeds[1].period_secs",
+                "feeds[2].name",
+                "feeds[2].url",
+                "feeds[2].headers[0].name",
+                "feeds[2].headers[0]",
+                "feeds[2].labels.ok",
+                "feeds[2].labels.threatflow.io/feed",
+                "feeds[2].never_block[0]",
+                "feeds[2].min_shrink_fraction",
+                "feed_settings.publish",
+            ],
+            "{problems}"
+        );
+    }
+
+    #[test]
+    fn labels() {
+        assert!(check_label("security-action", "block").is_ok());
+        assert!(check_label("example.com/tier", "").is_ok());
+        assert!(check_label("a/b/c", "x").is_err());
+        assert!(check_label(&"x".repeat(64), "x").is_err());
+        assert!(check_label("k", "-starts-with-dash").is_err());
+    }
+}

@@ -1,0 +1,525 @@
+//! Keeping one feed in sync: pull on schedule, normalize under the guards, and publish only
+//! what changed, with the outcome in status and metrics.
+//!
+//! A refused or failed sync leaves the last good set in force. `last_successful_apply` is set
+//! only after the publication succeeded. A feed is never pulled more often than its period.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::config::{
+    FeedConfig, FeedMode, FeedSettings, HeaderConfig, PublishKind, ALWAYS_NEVER_BLOCK,
+};
+use super::fetch::{FetchError, FetchSettings, Fetched, Fetcher, Validators};
+use super::format::{self, FormatError};
+use super::netset::NetSet;
+use super::normalize::{self, check_shrink, Guards, Refusal};
+use super::publish::{DirectoryTarget, PublishError, PublishReport};
+use super::render::{render, PolicySettings, RenderSettings, Rendered};
+
+/// A sync did not complete; `kind()` is the metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("pull failed")]
+    Fetch(#[from] FetchError),
+    #[error("the feed could not be read")]
+    Format(#[from] FormatError),
+    #[error("update refused by a guard")]
+    Refused(#[from] Refusal),
+    #[error("publishing failed")]
+    Publish(#[from] PublishError),
+}
+
+impl SyncError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SyncError::Fetch(error) => error.kind(),
+            SyncError::Format(_) => "format",
+            SyncError::Refused(refusal) => refusal.kind(),
+            SyncError::Publish(_) => "publish",
+        }
+    }
+}
+
+/// A feed could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("feed {feed}: header {header}: environment variable {variable} is not set")]
+    MissingEnv {
+        feed: String,
+        header: String,
+        variable: String,
+    },
+    #[error("feed {feed}: header {header}: cannot read {path}")]
+    SecretFile {
+        feed: String,
+        header: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot build the HTTP client for feeds")]
+    Client(#[source] FetchError),
+}
+
+/// What the last syncs of a feed did, as served on `/status` and shown by `threatflow status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct FeedStatus {
+    pub name: String,
+    pub mode: &'static str,
+    pub url: String,
+    /// Last pull that got an answer (content or not-modified), RFC 3339.
+    pub last_fetch: Option<String>,
+    /// Last time the set was published (enforce) or accepted (monitor), RFC 3339.
+    pub last_successful_apply: Option<String>,
+    /// CIDRs in the set in force.
+    pub entries: usize,
+    pub shards: usize,
+    pub content_hash: Option<String>,
+    /// Of the last pull with content.
+    pub rejected_lines: BTreeMap<String, u64>,
+    pub removed_by_guards: BTreeMap<String, u64>,
+    pub last_outcome: String,
+    pub last_error: Option<String>,
+}
+
+/// Every feed's status, shared with the HTTP listener.
+pub type StatusBoard = Arc<Mutex<BTreeMap<String, FeedStatus>>>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FeedLabels {
+    feed: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FeedReasonLabels {
+    feed: String,
+    reason: String,
+}
+
+/// Per-feed metrics.
+#[derive(Clone, Debug, Default)]
+pub struct FeedMetrics {
+    entries: Family<FeedLabels, Gauge>,
+    shards: Family<FeedLabels, Gauge>,
+    last_fetch: Family<FeedLabels, Gauge>,
+    last_apply: Family<FeedLabels, Gauge>,
+    syncs: Family<FeedReasonLabels, Counter>,
+    rejected: Family<FeedReasonLabels, Counter>,
+    removed: Family<FeedReasonLabels, Counter>,
+}
+
+impl FeedMetrics {
+    pub fn register(registry: &mut Registry) -> FeedMetrics {
+        let metrics = FeedMetrics::default();
+        registry.register(
+            "entries",
+            "CIDRs in the set in force",
+            metrics.entries.clone(),
+        );
+        registry.register(
+            "shards",
+            "GlobalNetworkSets the feed is published as",
+            metrics.shards.clone(),
+        );
+        registry.register(
+            "last_fetch_timestamp_seconds",
+            "Last pull that got an answer",
+            metrics.last_fetch.clone(),
+        );
+        registry.register(
+            "last_apply_timestamp_seconds",
+            "Last successful publication",
+            metrics.last_apply.clone(),
+        );
+        registry.register(
+            "syncs",
+            "Syncs by outcome (applied, unchanged, not_modified, or the error kind)",
+            metrics.syncs.clone(),
+        );
+        registry.register(
+            "rejected_lines",
+            "Feed lines rejected, by reason",
+            metrics.rejected.clone(),
+        );
+        registry.register(
+            "removed_entries",
+            "Entries removed by a guard, by guard",
+            metrics.removed.clone(),
+        );
+        metrics
+    }
+
+    fn labels(feed: &str) -> FeedLabels {
+        FeedLabels {
+            feed: feed.to_owned(),
+        }
+    }
+
+    fn count(family: &Family<FeedReasonLabels, Counter>, feed: &str, reason: &str, value: u64) {
+        family
+            .get_or_create(&FeedReasonLabels {
+                feed: feed.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc_by(value);
+    }
+}
+
+/// Keeps one feed in sync.
+pub struct FeedRunner {
+    feed: FeedConfig,
+    headers: Vec<(String, String)>,
+    guards: Guards,
+    render: RenderSettings,
+    fetcher: Fetcher,
+    target: Option<DirectoryTarget>,
+    metrics: FeedMetrics,
+    board: StatusBoard,
+    validators: Validators,
+    last_applied: Option<usize>,
+}
+
+/// The HTTP client settings for feeds.
+pub fn fetcher(settings: &FeedSettings) -> Result<Fetcher, SetupError> {
+    Fetcher::new(FetchSettings {
+        connect_timeout: Duration::from_secs(settings.connect_timeout_secs),
+        timeout: Duration::from_secs(settings.timeout_secs),
+        max_body_bytes: settings.max_body_bytes,
+        retries: settings.retries,
+        ..FetchSettings::default()
+    })
+    .map_err(SetupError::Client)
+}
+
+impl FeedRunner {
+    /// Prepares a feed: reads its secret header values and builds its guards. Validation has
+    /// already checked the config.
+    pub fn new(
+        feed: FeedConfig,
+        settings: &FeedSettings,
+        fetcher: Fetcher,
+        metrics: FeedMetrics,
+        board: StatusBoard,
+    ) -> Result<FeedRunner, SetupError> {
+        let headers = feed
+            .headers
+            .iter()
+            .map(|header| Ok((header.name.clone(), secret_value(&feed.name, header)?)))
+            .collect::<Result<Vec<_>, SetupError>>()?;
+        let never_block: Vec<ipnet::IpNet> = ALWAYS_NEVER_BLOCK
+            .iter()
+            .map(|cidr| cidr.to_string())
+            .chain(settings.never_block.iter().cloned())
+            .chain(feed.never_block.iter().cloned())
+            .filter_map(|cidr| {
+                cidr.parse::<ipnet::IpNet>().ok().or_else(|| {
+                    cidr.parse::<std::net::IpAddr>()
+                        .ok()
+                        .map(ipnet::IpNet::from)
+                })
+            })
+            .collect();
+        let guards = Guards {
+            never_block: NetSet::from_nets(&never_block),
+            min_prefix_v4: Some(settings.min_prefix_v4),
+            min_prefix_v6: Some(settings.min_prefix_v6),
+            max_entries: Some(feed.max_entries),
+        };
+        let render = RenderSettings {
+            name_prefix: settings.name_prefix.clone(),
+            shard_max_nets: settings.shard_max_nets,
+            policy: settings.policy.as_ref().map(|policy| PolicySettings {
+                tier: policy.tier.clone(),
+                order: policy.order,
+            }),
+        };
+        let target = match (&settings.publish, feed.mode) {
+            (Some(publish), FeedMode::Enforce) => match publish.kind {
+                PublishKind::Directory => publish
+                    .directory
+                    .as_ref()
+                    .map(|directory| DirectoryTarget::new(directory.path.clone())),
+            },
+            _ => None,
+        };
+        let last_applied = target
+            .as_ref()
+            .map(|target| target.published_nets(&feed.name))
+            .filter(|&nets| nets > 0);
+        board.lock().expect("status lock").insert(
+            feed.name.clone(),
+            FeedStatus {
+                name: feed.name.clone(),
+                mode: match feed.mode {
+                    FeedMode::Enforce => "enforce",
+                    FeedMode::Monitor => "monitor",
+                },
+                url: super::fetch::redact_url(&feed.url),
+                entries: last_applied.unwrap_or(0),
+                last_outcome: "pending".into(),
+                ..FeedStatus::default()
+            },
+        );
+        Ok(FeedRunner {
+            feed,
+            headers,
+            guards,
+            render,
+            fetcher,
+            target,
+            metrics,
+            board,
+            validators: Validators::default(),
+            last_applied,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.feed.name
+    }
+
+    /// Syncs now, then every period until `shutdown`; with `once`, syncs once.
+    pub async fn run(mut self, once: bool, shutdown: CancellationToken) {
+        let period = Duration::from_secs(self.feed.period_secs);
+        loop {
+            let span = tracing::info_span!("feed_sync", feed = %self.feed.name);
+            let _ = self.sync().instrument(span).await;
+            if once {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// One sync; the outcome goes to logs, metrics and status.
+    pub async fn sync(&mut self) -> Result<&'static str, ()> {
+        let result = self.try_sync().await;
+        let name = self.feed.name.clone();
+        let outcome = match &result {
+            Ok(outcome) => *outcome,
+            Err(error) => error.kind(),
+        };
+        FeedMetrics::count(&self.metrics.syncs, &name, outcome, 1);
+        let mut board = self.board.lock().expect("status lock");
+        let status = board.entry(name.clone()).or_default();
+        status.last_outcome = outcome.to_owned();
+        match &result {
+            Ok(outcome) => {
+                status.last_error = None;
+                tracing::info!(feed = %name, outcome, entries = status.entries, shards = status.shards, "feed synced");
+            }
+            Err(error) => {
+                let chain = error_chain(error);
+                tracing::error!(feed = %name, error = %chain, "feed sync failed; the last good set stays in force");
+                status.last_error = Some(chain);
+            }
+        }
+        result.map_err(drop)
+    }
+
+    async fn try_sync(&mut self) -> Result<&'static str, SyncError> {
+        let name = self.feed.name.clone();
+        let fetched = self
+            .fetcher
+            .fetch(&self.feed.url, &self.headers, &self.validators)
+            .await?;
+        let now = SystemTime::now();
+        self.metrics
+            .last_fetch
+            .get_or_create(&FeedMetrics::labels(&name))
+            .set(unix_seconds(now));
+        self.with_status(|status| status.last_fetch = Some(rfc3339(now)));
+        let (body, validators) = match fetched {
+            Fetched::NotModified => return Ok("not_modified"),
+            Fetched::Content { body, validators } => (body, validators),
+        };
+        let (normalized, rejected, removed) = self.normalize(&body)?;
+        drop(body);
+
+        for (reason, count) in &rejected {
+            FeedMetrics::count(&self.metrics.rejected, &name, reason, *count);
+        }
+        for (reason, count) in &removed {
+            FeedMetrics::count(&self.metrics.removed, &name, reason, *count);
+        }
+        self.with_status(|status| {
+            status.rejected_lines = rejected;
+            status.removed_by_guards = removed;
+        });
+        if let Some(previous) = self.last_applied {
+            check_shrink(
+                previous,
+                normalized.cidrs,
+                self.feed.min_shrink_fraction,
+                self.feed.allow_shrink,
+            )?;
+        }
+        let rendered = render(&name, &self.feed.labels, &normalized.set, &self.render);
+        let report = match &self.target {
+            Some(target) => target.apply(&name, &rendered)?,
+            None => PublishReport::default(),
+        };
+        // Only now, with the publication done, does the new set count as applied.
+        self.validators = validators;
+        self.last_applied = Some(normalized.cidrs);
+        let applied = SystemTime::now();
+        let labels = FeedMetrics::labels(&name);
+        self.metrics
+            .entries
+            .get_or_create(&labels)
+            .set(normalized.cidrs as i64);
+        self.metrics
+            .shards
+            .get_or_create(&labels)
+            .set(rendered.sets.len() as i64);
+        self.metrics
+            .last_apply
+            .get_or_create(&labels)
+            .set(unix_seconds(applied));
+        self.with_status(|status| {
+            status.entries = normalized.cidrs;
+            status.shards = rendered.sets.len();
+            status.content_hash = Some(content_hash(&rendered));
+            status.last_successful_apply = Some(rfc3339(applied));
+        });
+        Ok(if report.written + report.deleted > 0 {
+            "applied"
+        } else {
+            "unchanged"
+        })
+    }
+
+    /// Parses and normalizes a pulled feed; also the rejected lines and guard removals by reason.
+    #[allow(clippy::type_complexity)]
+    fn normalize(
+        &self,
+        body: &[u8],
+    ) -> Result<
+        (
+            normalize::Normalized,
+            BTreeMap<String, u64>,
+            BTreeMap<String, u64>,
+        ),
+        SyncError,
+    > {
+        let parsed = format::parse(&self.feed.format, body)?;
+        let rejected = parsed
+            .rejected
+            .iter()
+            .map(|(reason, count)| (reason.as_str().to_owned(), *count))
+            .collect();
+        if !parsed.examples.is_empty() {
+            tracing::warn!(feed = %self.feed.name, rejected = %parsed.rejected_summary(), first = %parsed.examples.join("; "), "feed lines rejected");
+        }
+        let normalized = normalize::normalize(parsed, &self.guards)?;
+        let removed = normalized
+            .removed
+            .iter()
+            .map(|(reason, count)| (reason.as_str().to_owned(), *count))
+            .collect();
+        Ok((normalized, rejected, removed))
+    }
+
+    /// Pulls the feed now and renders what a sync would publish, without publishing it.
+    pub async fn render_now(&self) -> Result<Rendered, SyncError> {
+        let Fetched::Content { body, .. } = self
+            .fetcher
+            .fetch(&self.feed.url, &self.headers, &Validators::default())
+            .await?
+        else {
+            unreachable!("an unconditional request is never answered 304")
+        };
+        let (normalized, _, _) = self.normalize(&body)?;
+        Ok(render(
+            &self.feed.name,
+            &self.feed.labels,
+            &normalized.set,
+            &self.render,
+        ))
+    }
+
+    fn with_status(&self, change: impl FnOnce(&mut FeedStatus)) {
+        if let Some(status) = self
+            .board
+            .lock()
+            .expect("status lock")
+            .get_mut(&self.feed.name)
+        {
+            change(status);
+        }
+    }
+}
+
+/// An error and its sources, `outer: inner: innermost`.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+fn secret_value(feed: &str, header: &HeaderConfig) -> Result<String, SetupError> {
+    match (&header.value_from_env, &header.value_from_file) {
+        (Some(variable), _) => std::env::var(variable).map_err(|_| SetupError::MissingEnv {
+            feed: feed.to_owned(),
+            header: header.name.clone(),
+            variable: variable.clone(),
+        }),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(|value| value.trim().to_owned())
+            .map_err(|source| SetupError::SecretFile {
+                feed: feed.to_owned(),
+                header: header.name.clone(),
+                path: path.display().to_string(),
+                source,
+            }),
+        (None, None) => Ok(String::new()),
+    }
+}
+
+/// A short hash over every shard's content hash.
+fn content_hash(rendered: &Rendered) -> String {
+    let joined: Vec<&str> = rendered
+        .sets
+        .iter()
+        .filter_map(|set| {
+            set.metadata
+                .annotations
+                .get(crate::k8s::CONTENT_HASH_ANNOTATION)
+                .map(String::as_str)
+        })
+        .collect();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in joined.join(",").bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+fn unix_seconds(time: SystemTime) -> i64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs() as i64)
+}
