@@ -87,11 +87,13 @@ pub async fn run(
     let mut feed_tasks = Vec::new();
     if !config.feeds.is_empty() {
         let fetcher = sync::fetcher(&config.feed_settings)?;
+        let kubernetes = sync::kubernetes_client(&config.feeds, &config.feed_settings).await?;
         for feed in &config.feeds {
             let runner = FeedRunner::new(
                 feed.clone(),
                 &config.feed_settings,
                 fetcher.clone(),
+                kubernetes.clone(),
                 feed_metrics.clone(),
                 feed_board.clone(),
             )?;

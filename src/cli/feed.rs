@@ -116,6 +116,7 @@ pub async fn render(config_path: &std::path::Path, feed: &str) -> anyhow::Result
         feed_config.clone(),
         &config.feed_settings,
         fetcher,
+        None,
         FeedMetrics::default(),
         StatusBoard::default(),
     )?;

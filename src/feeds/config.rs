@@ -152,7 +152,9 @@ pub struct PolicyConfig {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishConfig {
-    /// `directory` writes the objects as YAML files (for GitOps and the quickstart).
+    /// `kubernetes` applies the objects through the Kubernetes API (in-cluster credentials, or
+    /// the `KUBECONFIG` file); `directory` writes them as YAML files (for GitOps and the
+    /// quickstart).
     #[serde(rename = "type")]
     pub kind: PublishKind,
     /// Settings of a `directory` target.
@@ -163,6 +165,7 @@ pub struct PublishConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PublishKind {
+    Kubernetes,
     Directory,
 }
 
@@ -291,6 +294,13 @@ pub fn validate(feeds: &[FeedConfig], settings: &FeedSettings, problems: &mut Pr
         }) => problems.push(
             "feed_settings.publish.directory",
             "a `directory` target needs a `directory:` section with a `path`",
+        ),
+        Some(PublishConfig {
+            kind: PublishKind::Kubernetes,
+            directory: Some(_),
+        }) => problems.push(
+            "feed_settings.publish.directory",
+            "only a `directory` target takes a `directory:` section",
         ),
         None if feeds.iter().any(|feed| feed.mode == FeedMode::Enforce) => problems.push(
             "feed_settings.publish",

@@ -1,7 +1,11 @@
-//! Publishing rendered feeds. The `directory` target writes each object as `<name>.yaml`, for
-//! GitOps repositories and the quickstart: a file is rewritten only when its content changed
-//! (atomically, through a temporary file), and a file is deleted only when its labels say
-//! threatflow owns it for this feed and the feed no longer renders it.
+//! Publishing rendered feeds.
+//!
+//! The `kubernetes` target server-side-applies each object (field manager `threatflow`) and
+//! deletes the feed's objects it no longer renders; an object whose content hash and labels are
+//! unchanged is not written at all. The `directory` target writes each object as
+//! `<name>.yaml`, for GitOps repositories and the quickstart: a file is rewritten only when its
+//! content changed (atomically), and deleted only when the feed no longer renders it. Either
+//! target touches only objects whose labels say threatflow owns them for this feed.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -9,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::render::Rendered;
-use crate::k8s::{FEED_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::k8s::{CONTENT_HASH_ANNOTATION, FEED_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 
 /// What one publication changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,6 +38,170 @@ pub enum PublishError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the Kubernetes API refused to {operation} {name}")]
+    Kubernetes {
+        operation: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Where a feed is published.
+pub enum Target {
+    Directory(DirectoryTarget),
+    /// Boxed: the API handles are large, and there is one target per feed.
+    Kubernetes(Box<KubernetesTarget>),
+}
+
+impl Target {
+    /// How many nets the target holds for `feed` now (the last applied set, after a restart).
+    pub async fn published_nets(&self, feed: &str) -> Result<usize, PublishError> {
+        match self {
+            Target::Directory(target) => Ok(target.published_nets(feed)),
+            Target::Kubernetes(target) => target.published_nets(feed).await,
+        }
+    }
+
+    pub async fn apply(
+        &self,
+        feed: &str,
+        rendered: &Rendered,
+    ) -> Result<PublishReport, PublishError> {
+        match self {
+            Target::Directory(target) => target.apply(feed, rendered),
+            Target::Kubernetes(target) => target.apply(feed, rendered).await,
+        }
+    }
+}
+
+/// GlobalNetworkSets and GlobalNetworkPolicies through the Kubernetes API.
+#[derive(Clone)]
+pub struct KubernetesTarget {
+    sets: kube::Api<kube::api::DynamicObject>,
+    policies: kube::Api<kube::api::DynamicObject>,
+}
+
+const FIELD_MANAGER: &str = "threatflow";
+
+fn calico_resource(kind: &str, plural: &str) -> kube::api::ApiResource {
+    kube::api::ApiResource {
+        group: "projectcalico.org".into(),
+        version: "v3".into(),
+        api_version: crate::k8s::CALICO_API_VERSION.into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+impl KubernetesTarget {
+    pub fn new(client: kube::Client) -> KubernetesTarget {
+        KubernetesTarget {
+            sets: kube::Api::all_with(
+                client.clone(),
+                &calico_resource("GlobalNetworkSet", "globalnetworksets"),
+            ),
+            policies: kube::Api::all_with(
+                client,
+                &calico_resource("GlobalNetworkPolicy", "globalnetworkpolicies"),
+            ),
+        }
+    }
+
+    async fn owned(
+        api: &kube::Api<kube::api::DynamicObject>,
+        feed: &str,
+    ) -> Result<Vec<kube::api::DynamicObject>, PublishError> {
+        let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{FEED_LABEL}={feed}");
+        let list = api
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await
+            .map_err(|source| PublishError::Kubernetes {
+                operation: "list",
+                name: selector,
+                source,
+            })?;
+        Ok(list.items)
+    }
+
+    pub async fn published_nets(&self, feed: &str) -> Result<usize, PublishError> {
+        let sets = Self::owned(&self.sets, feed).await?;
+        Ok(sets
+            .iter()
+            .map(|set| set.data["spec"]["nets"].as_array().map_or(0, Vec::len))
+            .sum())
+    }
+
+    pub async fn apply(
+        &self,
+        feed: &str,
+        rendered: &Rendered,
+    ) -> Result<PublishReport, PublishError> {
+        let mut report = PublishReport::default();
+        let sets = rendered
+            .sets
+            .iter()
+            .map(|set| (&set.metadata, serde_json::to_value(set)));
+        let policies = rendered
+            .policy
+            .iter()
+            .map(|policy| (&policy.metadata, serde_json::to_value(policy)));
+        for (api, desired) in [
+            (&self.sets, sets.collect::<Vec<_>>()),
+            (&self.policies, policies.collect()),
+        ] {
+            let existing = Self::owned(api, feed).await?;
+            let mut wanted = BTreeSet::new();
+            for (metadata, object) in desired {
+                let object = object.expect("Calico objects serialize");
+                wanted.insert(metadata.name.clone());
+                let current = existing
+                    .iter()
+                    .find(|candidate| candidate.metadata.name.as_deref() == Some(&metadata.name));
+                let unchanged = current.is_some_and(|current| {
+                    let hash = current
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|annotations| annotations.get(CONTENT_HASH_ANNOTATION));
+                    hash.is_some()
+                        && hash == metadata.annotations.get(CONTENT_HASH_ANNOTATION)
+                        && current.metadata.labels.as_ref() == Some(&metadata.labels)
+                });
+                if unchanged {
+                    report.unchanged += 1;
+                    continue;
+                }
+                api.patch(
+                    &metadata.name,
+                    &kube::api::PatchParams::apply(FIELD_MANAGER).force(),
+                    &kube::api::Patch::Apply(&object),
+                )
+                .await
+                .map_err(|source| PublishError::Kubernetes {
+                    operation: "apply",
+                    name: metadata.name.clone(),
+                    source,
+                })?;
+                report.written += 1;
+            }
+            for stale in existing
+                .iter()
+                .filter_map(|object| object.metadata.name.as_ref())
+                .filter(|name| !wanted.contains(*name))
+            {
+                api.delete(stale, &kube::api::DeleteParams::default())
+                    .await
+                    .map_err(|source| PublishError::Kubernetes {
+                        operation: "delete",
+                        name: stale.clone(),
+                        source,
+                    })?;
+                report.deleted += 1;
+            }
+        }
+        Ok(report)
+    }
 }
 
 /// A directory of YAML manifests.

@@ -109,10 +109,15 @@ pub fn render(
             }
         })
         .collect();
-    let policy = settings
-        .policy
-        .as_ref()
-        .map(|policy| deny_policy(feed, &settings.name_prefix, policy));
+    let policy = settings.policy.as_ref().map(|policy| {
+        let mut policy = deny_policy(feed, &settings.name_prefix, policy);
+        let spec = serde_json::to_vec(&policy.spec).expect("a policy serializes");
+        policy.metadata.annotations.insert(
+            CONTENT_HASH_ANNOTATION.to_owned(),
+            format!("{:016x}", fnv1a(&spec)),
+        );
+        policy
+    });
     Rendered { sets, policy }
 }
 

@@ -24,7 +24,7 @@ use super::fetch::{FetchError, FetchSettings, Fetched, Fetcher, Validators};
 use super::format::{self, FormatError};
 use super::netset::NetSet;
 use super::normalize::{self, check_shrink, Guards, Refusal};
-use super::publish::{DirectoryTarget, PublishError, PublishReport};
+use super::publish::{DirectoryTarget, KubernetesTarget, PublishError, PublishReport, Target};
 use super::render::{render, PolicySettings, RenderSettings, Rendered};
 
 /// A sync did not complete; `kind()` is the metric label.
@@ -70,6 +70,8 @@ pub enum SetupError {
     },
     #[error("cannot build the HTTP client for feeds")]
     Client(#[source] FetchError),
+    #[error("cannot connect to the Kubernetes API (in-cluster credentials or KUBECONFIG)")]
+    Kubernetes(#[source] kube::Error),
 }
 
 /// What the last syncs of a feed did, as served on `/status` and shown by `threatflow status`.
@@ -183,11 +185,31 @@ pub struct FeedRunner {
     guards: Guards,
     render: RenderSettings,
     fetcher: Fetcher,
-    target: Option<DirectoryTarget>,
+    target: Option<Target>,
     metrics: FeedMetrics,
     board: StatusBoard,
     validators: Validators,
-    last_applied: Option<usize>,
+    /// Size of the set in force; read from the target on the first sync.
+    last_applied: Option<Option<usize>>,
+}
+
+/// The Kubernetes client, when some enforcing feed publishes to the Kubernetes API.
+pub async fn kubernetes_client(
+    feeds: &[FeedConfig],
+    settings: &FeedSettings,
+) -> Result<Option<kube::Client>, SetupError> {
+    let needed = feeds.iter().any(|feed| feed.mode == FeedMode::Enforce)
+        && settings
+            .publish
+            .as_ref()
+            .is_some_and(|publish| publish.kind == PublishKind::Kubernetes);
+    if !needed {
+        return Ok(None);
+    }
+    kube::Client::try_default()
+        .await
+        .map(Some)
+        .map_err(SetupError::Kubernetes)
 }
 
 /// The HTTP client settings for feeds.
@@ -205,10 +227,13 @@ pub fn fetcher(settings: &FeedSettings) -> Result<Fetcher, SetupError> {
 impl FeedRunner {
     /// Prepares a feed: reads its secret header values and builds its guards. Validation has
     /// already checked the config.
+    /// `kubernetes` is the API client for a `kubernetes` publish target; without it (as for
+    /// `feed render`) nothing is published.
     pub fn new(
         feed: FeedConfig,
         settings: &FeedSettings,
         fetcher: Fetcher,
+        kubernetes: Option<kube::Client>,
         metrics: FeedMetrics,
         board: StatusBoard,
     ) -> Result<FeedRunner, SetupError> {
@@ -246,17 +271,14 @@ impl FeedRunner {
         };
         let target = match (&settings.publish, feed.mode) {
             (Some(publish), FeedMode::Enforce) => match publish.kind {
-                PublishKind::Directory => publish
-                    .directory
-                    .as_ref()
-                    .map(|directory| DirectoryTarget::new(directory.path.clone())),
+                PublishKind::Directory => publish.directory.as_ref().map(|directory| {
+                    Target::Directory(DirectoryTarget::new(directory.path.clone()))
+                }),
+                PublishKind::Kubernetes => kubernetes
+                    .map(|client| Target::Kubernetes(Box::new(KubernetesTarget::new(client)))),
             },
             _ => None,
         };
-        let last_applied = target
-            .as_ref()
-            .map(|target| target.published_nets(&feed.name))
-            .filter(|&nets| nets > 0);
         board.lock().expect("status lock").insert(
             feed.name.clone(),
             FeedStatus {
@@ -266,7 +288,6 @@ impl FeedRunner {
                     FeedMode::Monitor => "monitor",
                 },
                 url: super::fetch::redact_url(&feed.url),
-                entries: last_applied.unwrap_or(0),
                 last_outcome: "pending".into(),
                 ..FeedStatus::default()
             },
@@ -281,7 +302,7 @@ impl FeedRunner {
             metrics,
             board,
             validators: Validators::default(),
-            last_applied,
+            last_applied: None,
         })
     }
 
@@ -360,7 +381,15 @@ impl FeedRunner {
             status.rejected_lines = rejected;
             status.removed_by_guards = removed;
         });
-        if let Some(previous) = self.last_applied {
+        let previous = match (self.last_applied, &self.target) {
+            (Some(previous), _) => previous,
+            (None, Some(target)) => {
+                Some(target.published_nets(&name).await?).filter(|&nets| nets > 0)
+            }
+            (None, None) => None,
+        };
+        self.last_applied = Some(previous);
+        if let Some(previous) = previous {
             check_shrink(
                 previous,
                 normalized.cidrs,
@@ -370,12 +399,12 @@ impl FeedRunner {
         }
         let rendered = render(&name, &self.feed.labels, &normalized.set, &self.render);
         let report = match &self.target {
-            Some(target) => target.apply(&name, &rendered)?,
+            Some(target) => target.apply(&name, &rendered).await?,
             None => PublishReport::default(),
         };
         // Only now, with the publication done, does the new set count as applied.
         self.validators = validators;
-        self.last_applied = Some(normalized.cidrs);
+        self.last_applied = Some(Some(normalized.cidrs));
         let applied = SystemTime::now();
         let labels = FeedMetrics::labels(&name);
         self.metrics
