@@ -552,3 +552,42 @@ fn unix_seconds(time: SystemTime) -> i64 {
     time.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs() as i64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(env: Option<&str>, file: Option<&std::path::Path>) -> HeaderConfig {
+        HeaderConfig {
+            name: "Authorization".into(),
+            value_from_env: env.map(Into::into),
+            value_from_file: file.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn secret_header_values_come_from_the_environment_or_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "Bearer from-file\n").unwrap();
+        assert_eq!(
+            secret_value("f", &header(None, Some(&file))).unwrap(),
+            "Bearer from-file"
+        );
+
+        std::env::set_var("THREATFLOW_TEST_FEED_TOKEN", "Bearer from-env");
+        assert_eq!(
+            secret_value("f", &header(Some("THREATFLOW_TEST_FEED_TOKEN"), None)).unwrap(),
+            "Bearer from-env"
+        );
+
+        let missing =
+            secret_value("f", &header(Some("THREATFLOW_TEST_UNSET_VARIABLE"), None)).unwrap_err();
+        assert_eq!(missing.to_string(), "feed f: header Authorization: environment variable THREATFLOW_TEST_UNSET_VARIABLE is not set");
+        let unreadable =
+            secret_value("f", &header(None, Some(&dir.path().join("absent")))).unwrap_err();
+        assert!(unreadable
+            .to_string()
+            .starts_with("feed f: header Authorization: cannot read "));
+    }
+}
