@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, SourceKind};
-use crate::enrich::{EndpointIndex, Enricher, Inventory};
+use crate::enrich::{EndpointIndex, Enricher, Inventory, ThreatMatcher};
 use crate::feeds::sync::{self, FeedMetrics, FeedRunner, StatusBoard};
 use crate::flow::source::{self, CheckpointStore, SourceBatch, SourceContext, SourceMetrics};
 use crate::flow::RejectCounts;
@@ -84,6 +84,7 @@ pub async fn run(
 
     // Feeds: each keeps itself in sync on its own schedule.
     let feed_board = StatusBoard::default();
+    let threats = ThreatMatcher::default();
     let mut feed_tasks = Vec::new();
     if !config.feeds.is_empty() {
         let fetcher = sync::fetcher(&config.feed_settings)?;
@@ -94,6 +95,7 @@ pub async fn run(
                 &config.feed_settings,
                 fetcher.clone(),
                 kubernetes.clone(),
+                Some(threats.clone()),
                 feed_metrics.clone(),
                 feed_board.clone(),
             )?;
@@ -162,6 +164,7 @@ pub async fn run(
     let processor = Processor {
         enricher: Enricher {
             node_name: config.node_name().map(Arc::from),
+            threats,
         },
         index,
     };
@@ -199,7 +202,8 @@ pub async fn run(
                         }
                     }
                 }
-                flow_metrics.batch_processed(&batch.source, records.len(), enriched_endpoints, &rejected);
+                                flow_metrics.batch_processed(&batch.source, records.len(), enriched_endpoints, &rejected);
+                flow_metrics.threats_matched(&records);
                 records_total += records.len() as u64;
                 rejected_total.merge(&rejected);
                 let records = Arc::new(records);
@@ -214,6 +218,14 @@ pub async fn run(
             (records_total, rejected_total)
         })
         .context("cannot start the processor thread")?;
+
+    // A batch run matches flows against the feeds as they are now: sync them first. A daemon
+    // starts its flows at once rather than holding them on a feed server.
+    if options.once {
+        for task in feed_tasks.drain(..) {
+            task.await.context("feed task")?;
+        }
+    }
 
     // Sources.
     let mut checkpoint_stores = Vec::new();

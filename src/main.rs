@@ -139,6 +139,10 @@ struct EnrichArgs {
     /// Exit with status 1 if any line was rejected.
     #[arg(long)]
     strict: bool,
+    /// Match flows against a threat feed file (newline format: addresses, CIDRs, ranges);
+    /// repeatable. Matches switch the event to the threat class and fill CEF `cs6`.
+    #[arg(long, value_name = "NAME=FILE")]
+    feed: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -330,6 +334,7 @@ fn enrich(args: EnrichArgs) -> anyhow::Result<cli::enrich::EnrichSummary> {
         config: &config,
         index,
         show_progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        threats: threat_feeds(&args.feed)?,
     };
     let summary = cli::enrich::run(
         options,
@@ -382,4 +387,35 @@ fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> 
         .enable_all()
         .build()?
         .block_on(future)
+}
+
+/// `--feed NAME=FILE` arguments as a threat matcher.
+fn threat_feeds(arguments: &[String]) -> anyhow::Result<threatflow::enrich::ThreatMatcher> {
+    use threatflow::enrich::ThreatFeed;
+    use threatflow::feeds::format::{self, FeedFormat};
+    use threatflow::feeds::netset::NetSet;
+    let matcher = threatflow::enrich::ThreatMatcher::default();
+    for argument in arguments {
+        let Some((name, path)) = argument
+            .split_once('=')
+            .filter(|(name, path)| !name.is_empty() && !path.is_empty())
+        else {
+            anyhow::bail!("--feed `{argument}` must be NAME=FILE");
+        };
+        let content = std::fs::read(path)
+            .map_err(|error| anyhow::anyhow!("cannot read feed {name} from {path}: {error}"))?;
+        let parsed = format::parse(&FeedFormat::default(), &content)?;
+        if !parsed.rejected.is_empty() {
+            eprintln!("feed {name}: rejected {}", parsed.rejected_summary());
+        }
+        let set = NetSet::from_ranges(parsed.v4, parsed.v6);
+        matcher.update(
+            ThreatFeed {
+                name: name.into(),
+                severity: None,
+            },
+            std::sync::Arc::new(set),
+        );
+    }
+    Ok(matcher)
 }

@@ -62,6 +62,12 @@ pub struct FlowMetrics {
     records: Family<FlowLabels, Counter>,
     rejected: Family<RejectLabels, Counter>,
     enriched_endpoints: Family<FlowLabels, Counter>,
+    threat_matches: Family<ThreatLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ThreatLabels {
+    feed: String,
 }
 
 impl FlowMetrics {
@@ -82,6 +88,11 @@ impl FlowMetrics {
             "Endpoints that gained cluster context from the index",
             metrics.enriched_endpoints.clone(),
         );
+        registry.register(
+            "threat_matches",
+            "Records whose source or destination a threat feed lists, per feed",
+            metrics.threat_matches.clone(),
+        );
         metrics
     }
 
@@ -98,6 +109,21 @@ impl FlowMetrics {
                 source: source.to_owned(),
                 reason: reason.as_str(),
             }));
+        }
+    }
+
+    /// Counts the threat matches of a batch of records.
+    pub fn threats_matched(&self, records: &[EnrichedRecord]) {
+        let mut counts: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+        for feed in records.iter().flat_map(|record| &record.threat_feeds) {
+            *counts.entry(&feed.name).or_default() += 1;
+        }
+        for (feed, count) in counts {
+            self.threat_matches
+                .get_or_create(&ThreatLabels {
+                    feed: feed.to_owned(),
+                })
+                .inc_by(count);
         }
     }
 

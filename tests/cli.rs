@@ -80,6 +80,31 @@ fn quickstart_prints_enriched_cef_for_every_sample_record() {
         Some("Deployment/checkout")
     );
 
+    // The SOC blocklist (monitor mode) tags the flows to and from its addresses.
+    let threats: Vec<&Cef> = events
+        .iter()
+        .filter(|event| event.header[4] == "threat-match")
+        .collect();
+    assert_eq!(threats.len(), 3);
+    assert!(threats
+        .iter()
+        .all(|event| event.header[6] == "9"
+            && event.labelled("threatFeeds") == Some("soc-blocklist")));
+    let published = std::fs::read_to_string(
+        root().join("target/quickstart/calico/threatfeed.firehol-level1.yaml"),
+    )
+    .unwrap();
+    assert!(
+        published.contains("1.10.16.0/20") && !published.contains("10.244.0.0"),
+        "the enforce feed is published without the cluster's ranges"
+    );
+    assert!(
+        !root()
+            .join("target/quickstart/calico/threatfeed.soc-blocklist.yaml")
+            .exists(),
+        "monitor feeds publish nothing"
+    );
+
     // IPv6 endpoints use c6a2/c6a3.
     let ipv6 = events
         .iter()
@@ -163,6 +188,45 @@ fn enrich_rejects_bad_lines_with_reasons_and_keeps_order() {
     );
     let strict = run(&["enrich", "--strict"], &input);
     assert_eq!(strict.status.code(), Some(1));
+}
+
+#[test]
+fn enrich_matches_flows_against_feed_files() {
+    let input = std::fs::read(root().join("deploy/local/flows.log")).unwrap();
+    let output = run(
+        &[
+            "enrich",
+            "--feed",
+            "incident=deploy/local/blocklist.txt",
+            "--feed",
+            "pods=tests/fixtures/no-such-file",
+        ],
+        &input,
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr)
+        .contains("cannot read feed pods from tests/fixtures/no-such-file"));
+    let output = run(
+        &[
+            "enrich",
+            "--feed",
+            "incident=deploy/local/blocklist.txt",
+            "--output-format",
+            "json",
+        ],
+        &input,
+    );
+    assert!(output.status.success());
+    let tagged: Vec<serde_json::Value> = output
+        .stdout
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| serde_json::from_slice::<serde_json::Value>(line).unwrap())
+        .filter(|record| record["threat_feeds"] == serde_json::json!(["incident"]))
+        .collect();
+    assert_eq!(tagged.len(), 3);
+    let output = run(&["enrich", "--feed", "no-equals-sign"], &input);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("must be NAME=FILE"));
 }
 
 #[test]

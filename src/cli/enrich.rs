@@ -54,6 +54,8 @@ pub struct EnrichOptions<'a> {
     pub index: EndpointIndex,
     /// Report progress on standard error every few seconds (for a terminal).
     pub show_progress: bool,
+    /// Threat feeds to match flows against.
+    pub threats: crate::enrich::ThreatMatcher,
 }
 
 /// Progress lines for long runs: `... 12000000 records read (2.4M/s)`.
@@ -95,6 +97,7 @@ pub fn run(
     let processor = Processor {
         enricher: crate::enrich::Enricher {
             node_name: options.config.node_name().map(Into::into),
+            threats: options.threats,
         },
         index: options.index.into(),
     };

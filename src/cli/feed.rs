@@ -117,6 +117,7 @@ pub async fn render(config_path: &std::path::Path, feed: &str) -> anyhow::Result
         &config.feed_settings,
         fetcher,
         None,
+        None,
         FeedMetrics::default(),
         StatusBoard::default(),
     )?;

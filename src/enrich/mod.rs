@@ -8,6 +8,7 @@
 
 pub mod index;
 pub mod inventory;
+pub mod threat;
 pub mod workload;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::flow::record::{Endpoint, EndpointKind, Reporter, Text};
 use crate::flow::FlowRecord;
 pub use index::{EndpointIndex, EndpointInfo, EndpointInfoKind, ServiceInfo};
 pub use inventory::Inventory;
+pub use threat::{Matches, ThreatFeed, ThreatMatcher};
 
 /// A flow record with the context the index had for its endpoints.
 #[derive(Clone, Debug)]
@@ -27,6 +29,8 @@ pub struct EnrichedRecord {
     pub dest_service: Option<Arc<ServiceInfo>>,
     /// The node that reported the flow.
     pub reporting_node: Option<Arc<str>>,
+    /// The threat feeds that list the source or destination address.
+    pub threat_feeds: Vec<ThreatFeed>,
 }
 
 /// Static settings of the enrichment stage.
@@ -35,6 +39,8 @@ pub struct Enricher {
     /// The node this instance runs on: the reporting node of records that do not name one
     /// (a DaemonSet tailing its own node's flow log).
     pub node_name: Option<Arc<str>>,
+    /// The threat feeds flows are matched against.
+    pub threats: ThreatMatcher,
 }
 
 impl Enricher {
@@ -63,12 +69,23 @@ impl Enricher {
                 .clone()
                 .or_else(|| reporter_info.and_then(|info| info.node.clone())),
         };
+        let threats = self.threats.load();
+        let threat_feeds = if threats.is_empty() {
+            Vec::new()
+        } else {
+            let matches = [flow.source.ip, flow.dest.ip]
+                .into_iter()
+                .flatten()
+                .fold(0, |mask, ip| mask | threats.lookup(ip).0);
+            threats.feeds(Matches(matches)).cloned().collect()
+        };
         EnrichedRecord {
             flow,
             source,
             dest,
             dest_service,
             reporting_node,
+            threat_feeds,
         }
     }
 }

@@ -54,6 +54,9 @@ pub struct FeedConfig {
     /// Accept shrinking and empty updates.
     #[serde(default)]
     pub allow_shrink: bool,
+    /// CEF severity (0 to 10) of a flow matching this feed; default: the `threat_match` class's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<u8>,
 }
 
 fn default_period_secs() -> u64 {
@@ -244,6 +247,12 @@ pub fn validate(feeds: &[FeedConfig], settings: &FeedSettings, problems: &mut Pr
             problems.push(
                 format!("{path}.min_shrink_fraction"),
                 "must be between 0 and 1",
+            );
+        }
+        if feed.severity.is_some_and(|severity| severity > 10) {
+            problems.push(
+                format!("{path}.severity"),
+                "must be an integer from 0 to 10",
             );
         }
         if feed.max_entries == 0 {

@@ -47,6 +47,16 @@ impl NetSet {
         self.v4.is_empty() && self.v6.is_empty()
     }
 
+    /// The IPv4 ranges: sorted, disjoint, never adjacent.
+    pub fn ranges4(&self) -> &[Range4] {
+        &self.v4
+    }
+
+    /// The IPv6 ranges: sorted, disjoint, never adjacent.
+    pub fn ranges6(&self) -> &[Range6] {
+        &self.v6
+    }
+
     /// Addresses in `self` but not in `other`.
     pub fn subtract(&self, other: &NetSet) -> NetSet {
         NetSet {

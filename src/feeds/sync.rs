@@ -1,5 +1,5 @@
-//! Keeping one feed in sync: pull on schedule, normalize under the guards, and publish only
-//! what changed, with the outcome in status and metrics.
+//! Keeping one feed in sync: pull on schedule, normalize under the guards, publish only what
+//! changed, and hand the set in force to flow matching, with the outcome in status and metrics.
 //!
 //! A refused or failed sync leaves the last good set in force. `last_successful_apply` is set
 //! only after the publication succeeded. A feed is never pulled more often than its period.
@@ -26,6 +26,7 @@ use super::netset::NetSet;
 use super::normalize::{self, check_shrink, Guards, Refusal};
 use super::publish::{DirectoryTarget, KubernetesTarget, PublishError, PublishReport, Target};
 use super::render::{render, PolicySettings, RenderSettings, Rendered};
+use crate::enrich::threat::{ThreatFeed, ThreatMatcher};
 
 /// A sync did not complete; `kind()` is the metric label.
 #[derive(Debug, thiserror::Error)]
@@ -191,6 +192,8 @@ pub struct FeedRunner {
     validators: Validators,
     /// Size of the set in force; read from the target on the first sync.
     last_applied: Option<Option<usize>>,
+    /// Where the set in force goes for matching flows.
+    threats: Option<ThreatMatcher>,
 }
 
 /// The Kubernetes client, when some enforcing feed publishes to the Kubernetes API.
@@ -234,6 +237,7 @@ impl FeedRunner {
         settings: &FeedSettings,
         fetcher: Fetcher,
         kubernetes: Option<kube::Client>,
+        threats: Option<ThreatMatcher>,
         metrics: FeedMetrics,
         board: StatusBoard,
     ) -> Result<FeedRunner, SetupError> {
@@ -303,6 +307,7 @@ impl FeedRunner {
             board,
             validators: Validators::default(),
             last_applied: None,
+            threats,
         })
     }
 
@@ -425,6 +430,15 @@ impl FeedRunner {
             status.content_hash = Some(content_hash(&rendered));
             status.last_successful_apply = Some(rfc3339(applied));
         });
+        if let Some(threats) = &self.threats {
+            threats.update(
+                ThreatFeed {
+                    name: Arc::from(name.as_str()),
+                    severity: self.feed.severity,
+                },
+                Arc::new(normalized.set),
+            );
+        }
         Ok(if report.written + report.deleted > 0 {
             "applied"
         } else {

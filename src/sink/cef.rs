@@ -43,6 +43,9 @@ pub struct EventClasses {
     pub flow_allowed: EventClass,
     /// A flow that policy denied.
     pub flow_denied: EventClass,
+    /// A flow to or from an address listed by a threat feed, allowed or denied. Its severity
+    /// is the highest `severity` of the matching feeds, or this class's.
+    pub threat_match: EventClass,
 }
 
 /// The CEF header fields that identify one kind of event.
@@ -95,6 +98,11 @@ impl Default for EventClasses {
                 name: "Flow denied by policy".into(),
                 severity: 5,
             },
+            threat_match: EventClass {
+                signature_id: "threat-match".into(),
+                name: "Flow matched a threat feed".into(),
+                severity: 8,
+            },
         }
     }
 }
@@ -130,6 +138,7 @@ pub fn default_fields() -> Vec<CefField> {
         field("cs3", SourceLabels, Some("srcLabels")),
         field("cs4", DestLabels, Some("dstLabels")),
         field("cs5", Policies, Some("policy")),
+        field("cs6", ThreatFeeds, Some("threatFeeds")),
         field("flexString1", SourceWorkload, Some("srcWorkload")),
         field("flexString2", DestWorkload, Some("dstWorkload")),
         field("destinationServiceName", DestService, None),
@@ -161,7 +170,8 @@ pub fn mapping_table() -> String {
          Change the mapping with the `cef.fields` list in the config file (see `config.schema.json`).\n\
          Extension fields are written in this order; a field without a value in a record is left out,\n\
          together with its label. Header: `CEF:0|threatflow|threatflow|<version>|<signature id>|<name>|<severity>|`,\n\
-         with `flow-allowed` (severity 1) and `flow-denied` (severity 5) by default.\n\n\
+         with `flow-allowed` (severity 1), `flow-denied` (severity 5) and `threat-match` (severity 8, or the\n\
+         highest `severity` of the matching feeds) by default.\n\n\
          | CEF key | label | record field | value |\n|---|---|---|---|\n",
     );
     for field in default_fields() {
@@ -326,6 +336,7 @@ impl CefConfig {
         for (name, class) in [
             ("flow_allowed", &self.classes.flow_allowed),
             ("flow_denied", &self.classes.flow_denied),
+            ("threat_match", &self.classes.threat_match),
         ] {
             let class_path = format!("{path}.classes.{name}");
             check_header_field(
@@ -425,6 +436,9 @@ struct Compiled {
 pub struct CefEncoder {
     allowed_header: Vec<u8>,
     denied_header: Vec<u8>,
+    /// Up to and including the name's `|`: the severity follows per record.
+    threat_header: Vec<u8>,
+    threat_severity: u8,
     fields: Vec<Compiled>,
     cluster_name: Option<Text>,
 }
@@ -440,7 +454,7 @@ impl CefEncoder {
     /// Builds an encoder. The configuration is expected to have passed [`CefConfig::validate`];
     /// should it not have, values are still escaped and never break the format.
     pub fn new(config: &CefConfig, cluster_name: Option<&str>) -> CefEncoder {
-        let header = |class: &EventClass| {
+        let header_prefix = |class: &EventClass| {
             let mut out = b"CEF:0|".to_vec();
             for value in [
                 &config.vendor,
@@ -452,6 +466,10 @@ impl CefEncoder {
                 escape_header(value, &mut out);
                 out.push(b'|');
             }
+            out
+        };
+        let header = |class: &EventClass| {
+            let mut out = header_prefix(class);
             out.extend_from_slice(class.severity.min(10).to_string().as_bytes());
             out.push(b'|');
             out
@@ -484,6 +502,8 @@ impl CefEncoder {
         CefEncoder {
             allowed_header: header(&config.classes.flow_allowed),
             denied_header: header(&config.classes.flow_denied),
+            threat_header: header_prefix(&config.classes.threat_match),
+            threat_severity: config.classes.threat_match.severity.min(10),
             fields,
             cluster_name: cluster_name.map(Into::into),
         }
@@ -492,10 +512,22 @@ impl CefEncoder {
     /// Appends one CEF line for `record` to `out`, without a line terminator.
     pub fn encode(&self, record: &EnrichedRecord, out: &mut Vec<u8>) -> EncodeStats {
         let mut stats = EncodeStats::default();
-        out.extend_from_slice(match record.flow.action {
-            Action::Allow => &self.allowed_header,
-            Action::Deny => &self.denied_header,
-        });
+        if record.threat_feeds.is_empty() {
+            out.extend_from_slice(match record.flow.action {
+                Action::Allow => &self.allowed_header,
+                Action::Deny => &self.denied_header,
+            });
+        } else {
+            let severity = record
+                .threat_feeds
+                .iter()
+                .filter_map(|feed| feed.severity)
+                .max()
+                .unwrap_or(self.threat_severity);
+            out.extend_from_slice(&self.threat_header);
+            out.extend_from_slice(itoa::Buffer::new().format(severity.min(10)).as_bytes());
+            out.push(b'|');
+        }
         let mut first = true;
         for compiled in &self.fields {
             let Some(value) = compiled.field.value(record, self.cluster_name.as_deref()) else {
@@ -676,6 +708,62 @@ mod tests {
         check(
             r#"{"start_time":1,"end_time":2,"source_ip":"fd00:10:244:1::5","dest_ip":"2001:db8::1","dest_port":443,"proto":"tcp","action":"allow","reporter":"src","process_name":"curl"}"#,
             "CEF:0|threatflow|threatflow|1.0|flow-allowed|Flow allowed|1|rt=2000 start=1000 end=2000 c6a2Label=sourceIPv6 c6a2=fd00:10:244:1::5 c6a3Label=destinationIPv6 c6a3=2001:db8::1 dpt=443 proto=TCP act=allow deviceDirection=1 in=0 out=0 cnt=0 shost=frontend-7d9f8c6b5d-x2k4l cs1Label=srcNamespace cs1=web cs3Label=srcLabels cs3=app\\=frontend,pod-template-hash\\=7d9f8c6b5d flexString1Label=srcWorkload flexString1=Deployment/frontend sproc=curl dvchost=node-a deviceExternalId=prod-eu-1",
+        );
+    }
+
+    #[test]
+    fn threat_matches_switch_the_class_and_fill_cs6() {
+        use crate::enrich::{ThreatFeed, ThreatMatcher};
+        let threats = ThreatMatcher::default();
+        let nets = |text: &str| {
+            std::sync::Arc::new(crate::feeds::netset::NetSet::from_nets(&[text
+                .parse()
+                .unwrap()]))
+        };
+        threats.update(
+            ThreatFeed {
+                name: "feodo".into(),
+                severity: None,
+            },
+            nets("203.0.113.0/24"),
+        );
+        threats.update(
+            ThreatFeed {
+                name: "soc".into(),
+                severity: Some(10),
+            },
+            nets("203.0.113.66/32"),
+        );
+        let enricher = Enricher {
+            threats,
+            ..Enricher::default()
+        };
+        let line = r#"{"start_time":1,"end_time":2,"source_ip":"10.244.1.8","dest_ip":"203.0.113.66","dest_port":443,"proto":"tcp","action":"allow","reporter":"src"}"#;
+        let record = enricher.enrich(calico::parse_str(line).unwrap(), &EndpointIndex::default());
+        let mut out = Vec::new();
+        CefEncoder::new(
+            &CefConfig {
+                device_version: "1.0".into(),
+                ..CefConfig::default()
+            },
+            None,
+        )
+        .encode(&record, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "CEF:0|threatflow|threatflow|1.0|threat-match|Flow matched a threat feed|10|rt=2000 start=1000 end=2000 src=10.244.1.8 dst=203.0.113.66 dpt=443 proto=TCP act=allow deviceDirection=1 in=0 out=0 cnt=0 cs6Label=threatFeeds cs6=feodo,soc"
+        );
+        let other = enricher.enrich(
+            calico::parse_str(&line.replace("203.0.113.66", "203.0.113.7")).unwrap(),
+            &EndpointIndex::default(),
+        );
+        let mut out = Vec::new();
+        CefEncoder::new(&CefConfig::default(), None).encode(&other, &mut out);
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains("|threat-match|Flow matched a threat feed|8|"),
+            "the class severity when no feed sets one"
         );
     }
 

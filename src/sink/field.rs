@@ -93,6 +93,8 @@ pub enum FlowField {
     ReportingNode,
     /// The configured cluster name.
     ClusterName,
+    /// Names of the threat feeds that list the source or destination address, comma-joined.
+    ThreatFeeds,
 }
 
 /// The type of a field's value, for checking it against a key's declared type.
@@ -197,6 +199,17 @@ impl FlowField {
             Reporter => text(Some(flow.reporter.as_str())),
             ReportingNode => text(record.reporting_node.as_deref()),
             ClusterName => text(cluster_name),
+            ThreatFeeds => match record.threat_feeds.as_slice() {
+                [] => None,
+                [feed] => Some(Value::Text(Cow::Borrowed(&feed.name))),
+                feeds => Some(Value::Text(Cow::Owned(
+                    feeds
+                        .iter()
+                        .map(|feed| &*feed.name)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ))),
+            },
         }
     }
 }

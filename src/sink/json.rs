@@ -55,6 +55,7 @@ impl JsonEncoder {
             process_args: &flow.process.args,
             reporting_node: record.reporting_node.as_deref(),
             cluster: self.cluster_name.as_deref(),
+            threat_feeds: record.threat_feeds.iter().map(|feed| &*feed.name).collect(),
         };
         serde_json::to_writer(out, &view).expect("serializing to a Vec cannot fail");
     }
@@ -92,6 +93,8 @@ struct JsonRecord<'a> {
     reporting_node: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cluster: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    threat_feeds: Vec<&'a str>,
 }
 
 #[derive(Serialize)]
