@@ -4,8 +4,11 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
+use std::sync::Arc;
 use threatflow::config::Config;
-use threatflow::enrich::{EndpointIndex, Enricher, Inventory};
+
+use threatflow::enrich::{EndpointIndex, Enricher, Inventory, ThreatFeed, ThreatMatcher};
+use threatflow::feeds::netset::NetSet;
 use threatflow::flow::lines::{LineBatch, LineSplitter};
 use threatflow::flow::FlowFormat;
 use threatflow::pipeline::Processor;
@@ -46,6 +49,44 @@ fn pipeline(c: &mut Criterion) {
             let mut splitter = LineSplitter::new(64 * 1024);
             splitter.split(&input, |line| {
                 let record = processor
+                    .process(FlowFormat::Calico, line, 64 * 1024)
+                    .expect("generated lines are valid");
+                cef.encode(&record, &mut out);
+                out.push(b'\n');
+            });
+            out.len()
+        })
+    });
+    // The same path with three threat feeds totalling 1M entries loaded; some sample
+    // addresses are listed, so matching records take the threat class.
+    let threats = ThreatMatcher::default();
+    for (feed, count, base) in [
+        ("feed-a", 600_000u32, 0x0b00_0000u32),
+        ("feed-b", 300_000, 0x2d00_0000),
+        ("feed-c", 100_000, 0xc633_6400),
+    ] {
+        let ranges = (0..count).map(|i| (base + 2 * i, base + 2 * i)).collect();
+        threats.update(
+            ThreatFeed {
+                name: feed.into(),
+                severity: None,
+            },
+            Arc::new(NetSet::from_ranges(ranges, vec![])),
+        );
+    }
+    let with_threats = Processor {
+        enricher: Enricher {
+            threats,
+            ..Enricher::default()
+        },
+        index: processor.index.clone(),
+    };
+    group.bench_function("split+parse+enrich+cef, 3 feeds / 1M entries", |b| {
+        b.iter(|| {
+            out.clear();
+            let mut splitter = LineSplitter::new(64 * 1024);
+            splitter.split(&input, |line| {
+                let record = with_threats
                     .process(FlowFormat::Calico, line, 64 * 1024)
                     .expect("generated lines are valid");
                 cef.encode(&record, &mut out);
