@@ -2,9 +2,9 @@
 //!
 //! Built from an [`Inventory`], whichever way that was filled (a file offline, watches in the
 //! cluster). Lookups are hash-map reads returning shared, immutable context, so enriching a
-//! record copies two pointers and never calls the API server. Lookups take the flow's time so
-//! that a time-aware history can answer them; an inventory is one snapshot, so its entries are
-//! valid at every time.
+//! record copies two pointers and never calls the API server. Endpoints live in an
+//! [`IpHistory`], so lookups take the flow's time; an inventory is one snapshot, so its entries
+//! hold from the beginning of time.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -12,6 +12,7 @@ use crate::flow::record::Text;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use super::history::IpHistory;
 use super::inventory::{Inventory, PodInfo};
 use super::workload;
 
@@ -49,7 +50,7 @@ pub struct ServiceInfo {
 /// IP -> endpoint and IP -> service, for one point-in-time view of the cluster.
 #[derive(Debug, Default)]
 pub struct EndpointIndex {
-    endpoints: HashMap<IpAddr, Arc<EndpointInfo>, foldhash::fast::RandomState>,
+    endpoints: IpHistory,
     services: HashMap<IpAddr, Arc<ServiceInfo>, foldhash::fast::RandomState>,
 }
 
@@ -80,8 +81,11 @@ impl EndpointIndex {
                 workload: None,
                 node: Some(Arc::from(node.name.as_str())),
             });
+            let key: Arc<str> = format!("node/{}", node.name).into();
             for ip in &node.internal_ips {
-                index.endpoints.insert(*ip, info.clone());
+                index
+                    .endpoints
+                    .assign(*ip, key.clone(), info.clone(), i64::MIN);
             }
         }
         for pod in &inventory.pods {
@@ -93,8 +97,11 @@ impl EndpointIndex {
                 .cloned()
                 .unwrap_or_else(|| no_labels.clone());
             let info = Arc::new(pod_info(pod, labels));
+            let key: Arc<str> = format!("pod/{}/{}", pod.namespace, pod.name).into();
             for ip in &pod.ips {
-                index.endpoints.insert(*ip, info.clone());
+                index
+                    .endpoints
+                    .assign(*ip, key.clone(), info.clone(), i64::MIN);
             }
         }
         for service in &inventory.services {
@@ -109,9 +116,9 @@ impl EndpointIndex {
         index
     }
 
-    /// The pod or node that held `ip` at `_at_ms` (Unix epoch milliseconds).
-    pub fn endpoint(&self, ip: IpAddr, _at_ms: i64) -> Option<&Arc<EndpointInfo>> {
-        self.endpoints.get(&ip)
+    /// The pod or node that held `ip` at `at_ms` (Unix epoch milliseconds).
+    pub fn endpoint(&self, ip: IpAddr, at_ms: i64) -> Option<&Arc<EndpointInfo>> {
+        self.endpoints.lookup(ip, at_ms)
     }
 
     /// The service whose cluster or load-balancer IP is `ip`.
@@ -121,7 +128,7 @@ impl EndpointIndex {
 
     /// Number of IPs that resolve to an endpoint, and to a service.
     pub fn len(&self) -> (usize, usize) {
-        (self.endpoints.len(), self.services.len())
+        (self.endpoints.len().0, self.services.len())
     }
 
     pub fn is_empty(&self) -> bool {

@@ -6,6 +6,7 @@
 //! cluster). What the collector already said wins: enrichment only fills gaps, and a record
 //! without an IP (aggregated by the collector) is never given a pod.
 
+pub mod history;
 pub mod index;
 pub mod inventory;
 pub mod threat;
@@ -45,10 +46,16 @@ pub struct Enricher {
 
 impl Enricher {
     pub fn enrich(&self, flow: FlowRecord, index: &EndpointIndex) -> EnrichedRecord {
+        // The owner at the end of the reporting window, else at its start (a pod deleted
+        // during the window).
         let lookup = |endpoint: &Endpoint| {
             endpoint
                 .ip
-                .and_then(|ip| index.endpoint(ip, flow.end_ms))
+                .and_then(|ip| {
+                    index
+                        .endpoint(ip, flow.end_ms)
+                        .or_else(|| index.endpoint(ip, flow.start_ms))
+                })
                 .cloned()
         };
         let source = lookup(&flow.source);

@@ -1,0 +1,128 @@
+//! The endpoint index at cluster scale: 100k pods (two IPs each for a quarter of them: dual
+//! stack) in 100 namespaces on 500 nodes, and 20k services. Prints the heap bytes per pod the
+//! index holds (a counting allocator measures building it), then criterion measures lookups.
+//! Run with `cargo bench --bench index`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use threatflow::enrich::inventory::{NamespaceInfo, NodeInfo, PodInfo, ServiceInfo};
+use threatflow::enrich::{EndpointIndex, Inventory};
+
+struct Counting;
+
+static ALLOCATED: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATED.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        ALLOCATED.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const PODS: u32 = 100_000;
+
+fn pod_ip(i: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(0x0af4_0000 + i))
+}
+
+fn inventory() -> Inventory {
+    let labels = |pairs: &[(&str, String)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let pods = (0..PODS)
+        .map(|i| {
+            let deployment = format!("app-{}", i / 10);
+            let mut ips = vec![pod_ip(i)];
+            if i % 4 == 0 {
+                ips.push(IpAddr::V6(Ipv6Addr::from(
+                    0xfd00_0000_0000_0000_0000_0000_0000_0000u128 + u128::from(i),
+                )));
+            }
+            PodInfo {
+                name: format!("{deployment}-7d9f8c6b5d-{i:05x}"),
+                namespace: format!("ns-{}", i % 100),
+                labels: labels(&[
+                    ("app", deployment.clone()),
+                    ("pod-template-hash", "7d9f8c6b5d".into()),
+                ]),
+                node: Some(format!("node-{}", i % 500)),
+                owner: Some(("ReplicaSet".into(), format!("{deployment}-7d9f8c6b5d"))),
+                ips,
+                ..PodInfo::default()
+            }
+        })
+        .collect();
+    let services = (0..20_000u32)
+        .map(|i| ServiceInfo {
+            name: format!("svc-{i}"),
+            namespace: format!("ns-{}", i % 100),
+            ips: vec![IpAddr::V4(Ipv4Addr::from(0x0a60_0000 + i))],
+        })
+        .collect();
+    let nodes = (0..500u32)
+        .map(|i| NodeInfo {
+            name: format!("node-{i}"),
+            labels: BTreeMap::new(),
+            internal_ips: vec![IpAddr::V4(Ipv4Addr::from(0xc0a8_0000 + i))],
+        })
+        .collect();
+    let namespaces = (0..100)
+        .map(|i| NamespaceInfo {
+            name: format!("ns-{i}"),
+            labels: labels(&[("team", format!("team-{i}"))]),
+        })
+        .collect();
+    Inventory {
+        pods,
+        services,
+        nodes,
+        namespaces,
+    }
+}
+
+fn index(c: &mut Criterion) {
+    let inventory = inventory();
+    let before = ALLOCATED.load(Ordering::Relaxed);
+    let index = EndpointIndex::from_inventory(&inventory);
+    let bytes = ALLOCATED.load(Ordering::Relaxed) - before;
+    // Label vectors: two `key=value` entries per pod, 24 bytes each (short ones are inline).
+    let label_bytes = PODS as isize * 2 * 24;
+    println!(
+        "index for {PODS} pods and 20000 services: {:.1} MiB heap, {} bytes per pod ({} without label vectors)",
+        bytes as f64 / (1024.0 * 1024.0),
+        bytes / PODS as isize,
+        (bytes - label_bytes) / PODS as isize
+    );
+
+    let probes: Vec<IpAddr> = (0..1_000_000u32)
+        .map(|i| pod_ip((i.wrapping_mul(2_654_435_761)) % (PODS * 11 / 10)))
+        .collect();
+    let mut group = c.benchmark_group("endpoint_index");
+    group.throughput(Throughput::Elements(probes.len() as u64));
+    group.bench_function("lookup (91% hits)", |b| {
+        b.iter(|| {
+            probes
+                .iter()
+                .filter(|&&ip| index.endpoint(ip, 1_764_230_700_000).is_some())
+                .count()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, index);
+criterion_main!(benches);
