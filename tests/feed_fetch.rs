@@ -73,6 +73,8 @@ impl FeedServer {
                             }
                         }
                         "/missing" => respond("404 Not Found", "", b"no such feed"),
+                        "/moved" => respond("301 Moved Permanently", "Location: /gzip\r\n", b""),
+                        "/loop" => respond("302 Found", "Location: /loop\r\n", b""),
                         "/broken" => respond("500 Internal Server Error", "", b"oops"),
                         "/busy" if count < 3 => {
                             respond("503 Service Unavailable", "Retry-After: 0\r\n", b"busy")
@@ -256,6 +258,21 @@ async fn gzip_html_and_garbage() {
         .await
         .unwrap();
     assert_eq!(entries(&fetched), 5);
+
+    let fetched = fetcher()
+        .fetch(&server.url("/moved"), &[], &Validators::default())
+        .await
+        .unwrap();
+    assert_eq!(entries(&fetched), 5, "a redirect is followed");
+    let error = fetcher()
+        .fetch(&server.url("/loop"), &[], &Validators::default())
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), "request", "{error:?}");
+    assert!(
+        server.hits("/loop") <= 6 * 4,
+        "redirect loops are cut short"
+    );
 
     let error = fetcher()
         .fetch(&server.url("/html"), &[], &Validators::default())

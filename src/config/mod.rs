@@ -276,6 +276,11 @@ impl Problems {
     pub fn iter(&self) -> impl Iterator<Item = &Problem> {
         self.0.iter()
     }
+
+    /// The paths of the problems, in order.
+    pub fn paths(&self) -> Vec<&str> {
+        self.0.iter().map(|problem| problem.path.as_str()).collect()
+    }
 }
 
 impl fmt::Display for Problems {
@@ -653,10 +658,7 @@ telemetry: {log_level: "[[["}
 "#;
         let config = Config::from_yaml(yaml).unwrap();
         let problems = config.validate();
-        let paths: Vec<&str> = problems
-            .iter()
-            .map(|problem| problem.path.as_str())
-            .collect();
+        let paths = problems.paths();
         assert_eq!(
             paths,
             [

@@ -404,10 +404,7 @@ mod tests {
             },
             &mut problems,
         );
-        let paths: Vec<&str> = problems
-            .iter()
-            .map(|problem| problem.path.as_str())
-            .collect();
+        let paths = problems.paths();
         assert_eq!(
             paths,
             [

@@ -563,10 +563,7 @@ mod tests {
             ..FeedFormat::default()
         }
         .validate("h", &mut problems);
-        let paths: Vec<&str> = problems
-            .iter()
-            .map(|problem| problem.path.as_str())
-            .collect();
+        let paths = problems.paths();
         assert_eq!(paths, ["f.column", "g.path", "g.field", "h.column"]);
     }
 }

@@ -174,7 +174,7 @@ fn deny_policy(feed: &str, prefix: &str, settings: &PolicySettings) -> GlobalNet
 
 /// FNV-1a: a stable hash (the same on every version and platform), for shard placement and
 /// content hashes.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for &byte in bytes {
         hash ^= u64::from(byte);

@@ -320,7 +320,12 @@ impl FeedRunner {
         let period = Duration::from_secs(self.feed.period_secs);
         loop {
             let span = tracing::info_span!("feed_sync", feed = %self.feed.name);
-            let _ = self.sync().instrument(span).await;
+            // A sync waiting on a slow feed server must not hold up shutdown; what it left
+            // half-applied is reconciled (by content hash) on the next start.
+            tokio::select! {
+                _ = self.sync().instrument(span) => {}
+                _ = shutdown.cancelled() => return,
+            }
             if once {
                 return;
             }
@@ -550,12 +555,7 @@ fn content_hash(rendered: &Rendered) -> String {
                 .map(String::as_str)
         })
         .collect();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in joined.join(",").bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{hash:016x}")
+    format!("{:016x}", super::render::fnv1a(joined.join(",").as_bytes()))
 }
 
 fn rfc3339(time: SystemTime) -> String {

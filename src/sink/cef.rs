@@ -854,10 +854,7 @@ mod tests {
         ];
         let mut problems = Problems::default();
         config.validate("cef", &mut problems);
-        let paths: Vec<&str> = problems
-            .iter()
-            .map(|problem| problem.path.as_str())
-            .collect();
+        let paths = problems.paths();
         assert_eq!(
             paths,
             [
