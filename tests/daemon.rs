@@ -431,3 +431,27 @@ fn rejected_lines_go_to_the_dead_letter_file_with_their_reason() {
         "only the first max_line_bytes are kept"
     );
 }
+
+#[test]
+fn records_from_an_idle_stdin_are_not_held_back_waiting_for_a_full_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let config = dir.path().join("threatflow.yaml");
+    std::fs::write(
+        &config,
+        format!("sources:\n  - {{name: input, type: stdin}}\nsinks:\n  - {{name: out, type: file, format: json, file: {{path: {}}}}}\npipeline: {{batch_max_records: 50}}\n", out.display()),
+    )
+    .unwrap();
+    let mut daemon = start(&config, Stdio::piped());
+    let mut stdin = daemon.stdin.take().unwrap();
+    for id in 0..7 {
+        stdin.write_all(flow_line(id).as_bytes()).unwrap();
+    }
+    stdin.flush().unwrap();
+    // Input stays open: the seven records must still arrive.
+    wait_for("a partial batch from an idle input", || {
+        delivered(&out).len() == 7
+    });
+    drop(stdin);
+    assert!(daemon.wait().unwrap().success());
+}

@@ -30,6 +30,8 @@ use crate::config::{FileSourceConfig, StartAt};
 const READ_CHUNK_BYTES: usize = 256 * 1024;
 /// A batch is handed on once it holds this many bytes, whatever its line count.
 const BATCH_MAX_BYTES: usize = 4 * 1024 * 1024;
+/// A partial batch is handed on after input has been idle this long.
+const IDLE_FLUSH: Duration = Duration::from_millis(100);
 
 /// Lines from one source, with the acknowledgement that saves their position once delivered.
 #[derive(Debug)]
@@ -266,8 +268,17 @@ pub async fn run_reader(
     let mut emitter = Emitter::new(context);
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     loop {
+        // A partial batch goes on once input pauses, so records never wait for more input.
+        // (`read` is cancel-safe: data is not lost when the flush wins the race.)
+        let pending = !emitter.batch.is_empty();
         let read = tokio::select! {
             read = reader.read(&mut chunk) => read.map_err(SourceError::Stdin)?,
+            _ = tokio::time::sleep(IDLE_FLUSH), if pending => {
+                if !emitter.emit(AckToken::none()).await {
+                    return Ok(());
+                }
+                continue;
+            }
             _ = shutdown.cancelled() => break,
         };
         if read == 0 {
