@@ -1,5 +1,6 @@
 //! A Kubernetes API server test double, speaking the real REST protocol for the resources
-//! threatflow uses (`projectcalico.org/v3` GlobalNetworkSets and GlobalNetworkPolicies):
+//! threatflow uses (`projectcalico.org/v3` GlobalNetworkSets and GlobalNetworkPolicies, and the
+//! core `pods`, `namespaces`, `services` and `nodes`):
 //!
 //! - `GET` a collection, with `labelSelector` (`k=v`, `k==v`, `k!=v`, `k`, `!k`, comma-joined),
 //!   and `GET` an object; `404 NotFound` for a missing one;
@@ -13,32 +14,111 @@
 //! - limits: a request body over 3 MiB gets `413`, an object over etcd's 1.5 MiB gets
 //!   `500 etcdserver: request is too large`.
 //!
-//! Every request is recorded, so a test can assert what was (not) written. Watches are the
-//! next thing to add here, for the enrichment work.
+//! - watches (`?watch=true`): the events after the given `resourceVersion`, then live
+//!   `ADDED`/`MODIFIED`/`DELETED` events as objects change, `BOOKMARK`s every
+//!   `bookmark_interval` when `allowWatchBookmarks=true`, the stream ending after
+//!   `timeoutSeconds` (at most `max_watch`), and an `ERROR` event with a `410 Expired` status
+//!   for a `resourceVersion` older than the last [`KubeApi::compact`].
+//!
+//! Every request is recorded, so a test can assert what was (not) written.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
-const GROUP_PATH: &str = "/apis/projectcalico.org/v3/";
-const RESOURCES: &[(&str, &str)] = &[
-    ("globalnetworksets", "GlobalNetworkSet"),
-    ("globalnetworkpolicies", "GlobalNetworkPolicy"),
+/// Served resources: (path prefix, plural, kind, apiVersion).
+const RESOURCES: &[(&str, &str, &str, &str)] = &[
+    (
+        "/apis/projectcalico.org/v3/",
+        "globalnetworksets",
+        "GlobalNetworkSet",
+        "projectcalico.org/v3",
+    ),
+    (
+        "/apis/projectcalico.org/v3/",
+        "globalnetworkpolicies",
+        "GlobalNetworkPolicy",
+        "projectcalico.org/v3",
+    ),
+    ("/api/v1/", "pods", "Pod", "v1"),
+    ("/api/v1/", "namespaces", "Namespace", "v1"),
+    ("/api/v1/", "services", "Service", "v1"),
+    ("/api/v1/", "nodes", "Node", "v1"),
 ];
 const MAX_REQUEST_BYTES: usize = 3 * 1024 * 1024;
 const MAX_OBJECT_BYTES: usize = 1536 * 1024;
 
-#[derive(Default)]
+type Body = BoxBody<Bytes, Infallible>;
+
+/// One change, as watches see it.
+#[derive(Clone, Debug)]
+struct Event {
+    resource_version: u64,
+    plural: String,
+    kind: &'static str,
+    object: Value,
+}
+
 struct State {
     resource_version: u64,
     objects: BTreeMap<(String, String), Value>,
     requests: Vec<(String, String)>,
+    events: Vec<Event>,
+    /// Watches from before this version get 410 Gone.
+    compacted: u64,
+    live: tokio::sync::broadcast::Sender<Event>,
+    bookmark_interval: std::time::Duration,
+    max_watch: std::time::Duration,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            resource_version: 0,
+            objects: BTreeMap::new(),
+            requests: Vec::new(),
+            events: Vec::new(),
+            compacted: 0,
+            live: tokio::sync::broadcast::channel(4096).0,
+            bookmark_interval: std::time::Duration::from_millis(200),
+            max_watch: std::time::Duration::from_secs(300),
+        }
+    }
+}
+
+impl State {
+    /// Stores `object` (or deletes it, for `DELETED`) under a new resource version and tells
+    /// the watches.
+    fn change(&mut self, plural: &str, kind: &'static str, mut object: Value) -> Value {
+        self.resource_version += 1;
+        object["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let key = (plural.to_owned(), name);
+        if kind == "DELETED" {
+            self.objects.remove(&key);
+        } else {
+            self.objects.insert(key, object.clone());
+        }
+        let event = Event {
+            resource_version: self.resource_version,
+            plural: plural.to_owned(),
+            kind,
+            object: object.clone(),
+        };
+        self.events.push(event.clone());
+        let _ = self.live.send(event);
+        object
+    }
 }
 
 /// A running API server double.
@@ -98,14 +178,46 @@ impl KubeApi {
         kube::Client::try_from(kube::Config::new(self.url().parse().unwrap())).unwrap()
     }
 
-    /// Stores an object as if another client had created it.
+    /// Stores an object as if another client had created or changed it; watches see it.
     pub fn seed(&self, plural: &str, object: Value) {
         let mut state = self.state.lock().unwrap();
-        state.resource_version += 1;
-        let mut object = object;
-        object["metadata"]["resourceVersion"] = json!(state.resource_version.to_string());
         let name = object["metadata"]["name"].as_str().unwrap().to_owned();
-        state.objects.insert((plural.to_owned(), name), object);
+        let kind = if state.objects.contains_key(&(plural.to_owned(), name)) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        state.change(plural, kind, object);
+    }
+
+    /// Deletes an object as if another client had; watches see it.
+    pub fn remove(&self, plural: &str, name: &str) {
+        let mut state = self.state.lock().unwrap();
+        if let Some(object) = state
+            .objects
+            .get(&(plural.to_owned(), name.to_owned()))
+            .cloned()
+        {
+            state.change(plural, "DELETED", object);
+        }
+    }
+
+    /// Forgets the event history: watches resuming from before now get `410 Gone`.
+    pub fn compact(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.events.clear();
+        state.compacted = state.resource_version;
+    }
+
+    /// How often watches that asked for them get bookmarks, and how long any watch may last.
+    pub fn set_watch_timing(
+        &self,
+        bookmark_interval: std::time::Duration,
+        max_watch: std::time::Duration,
+    ) {
+        let mut state = self.state.lock().unwrap();
+        state.bookmark_interval = bookmark_interval;
+        state.max_watch = max_watch;
     }
 
     pub fn get(&self, plural: &str, name: &str) -> Option<Value> {
@@ -139,16 +251,114 @@ impl KubeApi {
     }
 }
 
-fn status(code: StatusCode, reason: &str, message: String) -> Response<Full<Bytes>> {
+fn status(code: StatusCode, reason: &str, message: String) -> Response<Body> {
     let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code.as_u16()});
     respond(code, &body)
 }
 
-fn respond(code: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+fn respond(code: StatusCode, body: &Value) -> Response<Body> {
     Response::builder()
         .status(code)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
+        .body(Full::new(Bytes::from(body.to_string())).boxed())
+        .unwrap()
+}
+
+/// A watch: history after `since`, then live events, bookmarks, and the end after `timeout`.
+fn watch(
+    state: &Mutex<State>,
+    plural: String,
+    selector: String,
+    since: Option<u64>,
+    bookmarks: bool,
+    timeout: std::time::Duration,
+) -> Response<Body> {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(1024);
+    let line = |kind: &str, object: &Value| {
+        Bytes::from(format!("{}\n", json!({"type": kind, "object": object})))
+    };
+    let (history, mut live, bookmark_interval, timeout, current, compacted) = {
+        let state = state.lock().unwrap();
+        let since = since.unwrap_or(0);
+        let history: Vec<Event> = if since == 0 {
+            // resourceVersion 0 or unset: the current objects, as ADDED.
+            state
+                .objects
+                .iter()
+                .filter(|((p, _), _)| *p == plural)
+                .map(|(_, object)| Event {
+                    resource_version: 0,
+                    plural: plural.clone(),
+                    kind: "ADDED",
+                    object: object.clone(),
+                })
+                .collect()
+        } else {
+            state
+                .events
+                .iter()
+                .filter(|event| event.resource_version > since && event.plural == plural)
+                .cloned()
+                .collect()
+        };
+        (
+            history,
+            state.live.subscribe(),
+            state.bookmark_interval,
+            timeout.min(state.max_watch),
+            state.resource_version,
+            (since != 0 && since < state.compacted).then_some(state.compacted),
+        )
+    };
+    tokio::spawn(async move {
+        if compacted.is_some() {
+            let gone = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": "too old resource version", "reason": "Expired", "code": 410});
+            let _ = sender.send(line("ERROR", &gone)).await;
+            return;
+        }
+        let mut last = current;
+        for event in history
+            .iter()
+            .filter(|event| selects(&selector, &event.object["metadata"]["labels"]))
+        {
+            if sender.send(line(event.kind, &event.object)).await.is_err() {
+                return;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut ticker = tokio::time::interval(bookmark_interval);
+        loop {
+            tokio::select! {
+                event = live.recv() => match event {
+                    Ok(event) if event.plural == plural && event.resource_version > last && selects(&selector, &event.object["metadata"]["labels"]) => {
+                        last = event.resource_version;
+                        if sender.send(line(event.kind, &event.object)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(event) => last = last.max(event.resource_version),
+                    Err(_) => return,
+                },
+                _ = ticker.tick(), if bookmarks => {
+                    let bookmark = json!({"kind": "Bookmark", "apiVersion": "v1", "metadata": {"resourceVersion": last.to_string()}});
+                    if sender.send(line("BOOKMARK", &bookmark)).await.is_err() {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver
+            .recv()
+            .await
+            .map(|bytes| (Ok::<_, Infallible>(Frame::data(bytes)), receiver))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(StreamBody::new(stream).boxed())
         .unwrap()
 }
 
@@ -216,7 +426,7 @@ fn selects(selector: &str, labels: &Value) -> bool {
         })
 }
 
-async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Body> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     state
@@ -224,25 +434,51 @@ async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Fu
         .unwrap()
         .requests
         .push((method.to_string(), path.clone()));
-    let Some(rest) = path.strip_prefix(GROUP_PATH) else {
+    let resource = RESOURCES
+        .iter()
+        .find_map(|&(prefix, plural, kind, api_version)| {
+            let rest = path.strip_prefix(prefix)?;
+            let (found, name) = rest
+                .split_once('/')
+                .map_or((rest, None), |(found, name)| (found, Some(name.to_owned())));
+            (found == plural && name.as_deref().is_none_or(|name| !name.contains('/')))
+                .then(|| (plural.to_owned(), name, kind, api_version))
+        });
+    let Some((plural, name, kind, api_version)) = resource else {
         return status(
             StatusCode::NOT_FOUND,
             "NotFound",
             format!("the server could not find the requested resource ({path})"),
         );
     };
-    let (plural, name) = match rest.split_once('/') {
-        Some((plural, name)) => (plural.to_owned(), Some(name.to_owned())),
-        None => (rest.to_owned(), None),
-    };
-    let Some(&(_, kind)) = RESOURCES.iter().find(|(candidate, _)| *candidate == plural) else {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!("the server could not find the requested resource ({plural})"),
-        );
-    };
     let params = query(&request);
+    if method == Method::GET
+        && name.is_none()
+        && params
+            .get("watch")
+            .is_some_and(|watch| watch == "true" || watch == "1")
+    {
+        let since = params
+            .get("resourceVersion")
+            .and_then(|version| version.parse().ok());
+        let timeout = std::time::Duration::from_secs(
+            params
+                .get("timeoutSeconds")
+                .and_then(|seconds| seconds.parse().ok())
+                .unwrap_or(300),
+        );
+        let bookmarks = params
+            .get("allowWatchBookmarks")
+            .is_some_and(|allow| allow == "true");
+        return watch(
+            state,
+            plural,
+            params.get("labelSelector").cloned().unwrap_or_default(),
+            since,
+            bookmarks,
+            timeout,
+        );
+    }
     let content_type = request
         .headers()
         .get("content-type")
@@ -274,7 +510,7 @@ async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Fu
                 .collect();
             respond(
                 StatusCode::OK,
-                &json!({"apiVersion": "projectcalico.org/v3", "kind": format!("{kind}List"), "metadata": {"resourceVersion": state.resource_version.to_string()}, "items": items}),
+                &json!({"apiVersion": api_version, "kind": format!("{kind}List"), "metadata": {"resourceVersion": state.resource_version.to_string()}, "items": items}),
             )
         }
         (Method::GET, Some(name)) => match state.objects.get(&(plural.clone(), name.clone())) {
@@ -285,21 +521,22 @@ async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Fu
                 format!("{plural}.projectcalico.org \"{name}\" not found"),
             ),
         },
-        (Method::DELETE, Some(name)) => match state.objects.remove(&(plural.clone(), name.clone()))
-        {
-            Some(_) => {
-                state.resource_version += 1;
-                respond(
-                    StatusCode::OK,
-                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": {"name": name, "group": "projectcalico.org", "kind": plural}}),
-                )
+        (Method::DELETE, Some(name)) => {
+            match state.objects.get(&(plural.clone(), name.clone())).cloned() {
+                Some(object) => {
+                    state.change(&plural, "DELETED", object);
+                    respond(
+                        StatusCode::OK,
+                        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": {"name": name, "group": "projectcalico.org", "kind": plural}}),
+                    )
+                }
+                None => status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("{plural}.projectcalico.org \"{name}\" not found"),
+                ),
             }
-            None => status(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                format!("{plural}.projectcalico.org \"{name}\" not found"),
-            ),
-        },
+        }
         (Method::PATCH, Some(name)) => {
             if !content_type.starts_with("application/apply-patch+yaml") {
                 return status(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/apply-patch+yaml (got {content_type})"));
@@ -327,7 +564,7 @@ async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Fu
             };
             if object["metadata"]["name"].as_str() != Some(name.as_str())
                 || object["kind"].as_str() != Some(kind)
-                || object["apiVersion"] != "projectcalico.org/v3"
+                || object["apiVersion"] != api_version
             {
                 return status(
                     StatusCode::BAD_REQUEST,
@@ -367,16 +604,11 @@ async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Fu
                     "etcdserver: request is too large".into(),
                 );
             }
-            state.resource_version += 1;
             let metadata = object["metadata"].as_object_mut().unwrap();
-            metadata.insert(
-                "resourceVersion".into(),
-                json!(state.resource_version.to_string()),
-            );
             metadata.insert(
                 "uid".into(),
                 existing.as_ref().map_or_else(
-                    || json!(format!("uid-{}", state.resource_version)),
+                    || json!(format!("uid-{}", state.resource_version + 1)),
                     |existing| existing["metadata"]["uid"].clone(),
                 ),
             );
@@ -387,13 +619,24 @@ async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Fu
                     |existing| existing["metadata"]["creationTimestamp"].clone(),
                 ),
             );
-            metadata.insert("managedFields".into(), json!([{"manager": manager, "operation": "Apply", "apiVersion": "projectcalico.org/v3"}]));
+            metadata.insert(
+                "managedFields".into(),
+                json!([{"manager": manager, "operation": "Apply", "apiVersion": api_version}]),
+            );
             let code = if existing.is_some() {
                 StatusCode::OK
             } else {
                 StatusCode::CREATED
             };
-            state.objects.insert(key, object.clone());
+            let object = state.change(
+                &plural,
+                if existing.is_some() {
+                    "MODIFIED"
+                } else {
+                    "ADDED"
+                },
+                object,
+            );
             respond(code, &object)
         }
         (method, _) => status(
