@@ -71,6 +71,7 @@ fn inventory() -> Inventory {
             name: format!("svc-{i}"),
             namespace: format!("ns-{}", i % 100),
             ips: vec![IpAddr::V4(Ipv4Addr::from(0x0a60_0000 + i))],
+            selector: labels(&[("app", format!("app-{}", i * 5))]),
         })
         .collect();
     let nodes = (0..500u32)

@@ -180,6 +180,7 @@ mod tests {
             namespace_labels: Arc::from(Vec::new()),
             workload: None,
             node: None,
+            services: Vec::new(),
         })
     }
 

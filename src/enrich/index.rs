@@ -32,6 +32,8 @@ pub struct EndpointInfo {
     /// The node the pod runs on (for a node: itself). Shared, since enrichment hands it on as
     /// the reporting node of every record this endpoint reports.
     pub node: Option<Arc<str>>,
+    /// `namespace/name` of the services whose selector matches the pod, sorted.
+    pub services: Vec<Text>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +72,18 @@ impl EndpointIndex {
             })
             .collect();
         let no_labels: Arc<[Text]> = Arc::from(Vec::<Text>::new());
+        // Services with a selector, by namespace, to name the services that select each pod.
+        let mut selecting: HashMap<&str, Vec<&super::inventory::ServiceInfo>> = HashMap::new();
+        for service in inventory
+            .services
+            .iter()
+            .filter(|service| !service.selector.is_empty())
+        {
+            selecting
+                .entry(service.namespace.as_str())
+                .or_default()
+                .push(service);
+        }
 
         for node in &inventory.nodes {
             let info = Arc::new(EndpointInfo {
@@ -80,6 +94,7 @@ impl EndpointIndex {
                 namespace_labels: no_labels.clone(),
                 workload: None,
                 node: Some(Arc::from(node.name.as_str())),
+                services: Vec::new(),
             });
             let key: Arc<str> = format!("node/{}", node.name).into();
             for ip in &node.internal_ips {
@@ -96,7 +111,22 @@ impl EndpointIndex {
                 .get(pod.namespace.as_str())
                 .cloned()
                 .unwrap_or_else(|| no_labels.clone());
-            let info = Arc::new(pod_info(pod, labels));
+            let mut services: Vec<Text> = selecting
+                .get(pod.namespace.as_str())
+                .into_iter()
+                .flatten()
+                .filter(|service| {
+                    service
+                        .selector
+                        .iter()
+                        .all(|(key, value)| pod.labels.get(key) == Some(value))
+                })
+                .map(|service| {
+                    compact_str::format_compact!("{}/{}", service.namespace, service.name)
+                })
+                .collect();
+            services.sort();
+            let info = Arc::new(pod_info(pod, labels, services));
             let key: Arc<str> = format!("pod/{}/{}", pod.namespace, pod.name).into();
             for ip in &pod.ips {
                 index
@@ -136,7 +166,7 @@ impl EndpointIndex {
     }
 }
 
-fn pod_info(pod: &PodInfo, namespace_labels: Arc<[Text]>) -> EndpointInfo {
+fn pod_info(pod: &PodInfo, namespace_labels: Arc<[Text]>, services: Vec<Text>) -> EndpointInfo {
     let workload = pod
         .owner
         .as_ref()
@@ -149,6 +179,7 @@ fn pod_info(pod: &PodInfo, namespace_labels: Arc<[Text]>) -> EndpointInfo {
         namespace_labels,
         workload: workload.map(Into::into),
         node: pod.node.as_deref().map(Arc::from),
+        services,
     }
 }
 
@@ -200,11 +231,26 @@ mod tests {
                     ..Default::default()
                 },
             ],
-            services: vec![Svc {
-                name: "web".into(),
-                namespace: "shop".into(),
-                ips: vec![ip("10.96.0.20")],
-            }],
+            services: vec![
+                Svc {
+                    name: "web".into(),
+                    namespace: "shop".into(),
+                    ips: vec![ip("10.96.0.20")],
+                    selector: [("app".into(), "web".into())].into(),
+                },
+                Svc {
+                    name: "all-tiers".into(),
+                    namespace: "shop".into(),
+                    ips: vec![],
+                    selector: [("app".into(), "web".into()), ("tier".into(), "x".into())].into(),
+                },
+                Svc {
+                    name: "elsewhere".into(),
+                    namespace: "other".into(),
+                    ips: vec![],
+                    selector: [("app".into(), "web".into())].into(),
+                },
+            ],
             nodes: vec![NodeInfo {
                 name: "node-a".into(),
                 labels: BTreeMap::new(),
@@ -227,6 +273,11 @@ mod tests {
             ]
         );
         assert_eq!(&*web.namespace_labels, &[Text::from("team=payments")]);
+        assert_eq!(
+            web.services,
+            [Text::from("shop/web")],
+            "only services in the pod's namespace whose whole selector matches"
+        );
         assert!(
             index.endpoint(ip("10.244.1.6"), 0).is_none(),
             "terminated pods hold no IP"

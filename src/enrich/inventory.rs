@@ -41,6 +41,8 @@ pub struct ServiceInfo {
     pub namespace: String,
     /// Cluster IPs and load-balancer ingress IPs.
     pub ips: Vec<IpAddr>,
+    /// The pod selector; empty for services without one (they select no pod).
+    pub selector: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -223,6 +225,8 @@ struct ServiceSpec {
     cluster_ip: Option<String>,
     #[serde(default, rename = "clusterIPs")]
     cluster_ips: Vec<String>,
+    #[serde(default)]
+    selector: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -267,6 +271,7 @@ impl From<KubeService> for ServiceInfo {
             name: service.metadata.name,
             namespace: service.metadata.namespace,
             ips,
+            selector: service.spec.selector.unwrap_or_default(),
         }
     }
 }

@@ -194,6 +194,13 @@ impl<'a> EndpointView<'a> {
     pub fn node(&self) -> Option<&'a str> {
         self.info.and_then(|info| info.node.as_deref())
     }
+
+    /// `namespace/name` of the services that select the pod.
+    pub fn services(&self) -> Option<&'a [Text]> {
+        self.info
+            .map(|info| &*info.services)
+            .filter(|services| !services.is_empty())
+    }
 }
 
 #[cfg(test)]

@@ -768,6 +768,31 @@ mod tests {
     }
 
     #[test]
+    fn services_selecting_a_pod_through_a_custom_key() {
+        let inventory =
+            Inventory::from_json(include_bytes!("../../deploy/local/inventory.json")).unwrap();
+        let index = EndpointIndex::from_inventory(&inventory);
+        let line = r#"{"start_time":1,"end_time":2,"source_ip":"10.244.1.5","dest_ip":"10.244.1.8","dest_port":8443,"proto":"tcp","action":"deny","reporter":"dst"}"#;
+        let record = Enricher::default().enrich(calico::parse_str(line).unwrap(), &index);
+        let config = CefConfig {
+            fields: vec![CefField {
+                key: "threatflowDstServices".into(),
+                field: FlowField::DestServices,
+                label: None,
+            }],
+            ..CefConfig::default()
+        };
+        let mut problems = Problems::default();
+        config.validate("cef", &mut problems);
+        assert!(problems.is_empty(), "{problems}");
+        let mut out = Vec::new();
+        CefEncoder::new(&config, None).encode(&record, &mut out);
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .ends_with("|5|threatflowDstServices=shop/checkout"));
+    }
+
+    #[test]
     fn escaping() {
         let check = |escape: fn(&str, &mut Vec<u8>), input: &str, expected: &str| {
             let mut out = Vec::new();

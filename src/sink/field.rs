@@ -75,6 +75,10 @@ pub enum FlowField {
     DestNode,
     /// Destination service, `namespace/name`.
     DestService,
+    /// Services whose selector matches the source pod, `namespace/name` comma-joined.
+    SourceServices,
+    /// Services whose selector matches the destination pod, `namespace/name` comma-joined.
+    DestServices,
     /// Domains seen for the destination, comma-joined.
     DestDomains,
     /// Enforced policy trace, entries joined with `;`.
@@ -187,6 +191,8 @@ impl FlowField {
                     None => Value::Text(Cow::Borrowed(name)),
                 }),
             DestDomains => list(Some(&flow.dest_domains), ","),
+            SourceServices => list(source.services(), ","),
+            DestServices => list(dest.services(), ","),
             Policies => list(Some(&flow.policies), ";"),
             ProcessName => text(flow.process.name.as_deref()),
             ProcessId => text(flow.process.id.as_deref()),
