@@ -49,7 +49,7 @@ pub fn load_index(config: &Config) -> anyhow::Result<EndpointIndex> {
     match &config.enrichment.inventory_path {
         Some(path) => {
             let inventory = Inventory::load(path)?;
-            let index = EndpointIndex::from_inventory(&inventory);
+            let index = EndpointIndex::build(&inventory, &config.enrichment.labels);
             let (endpoints, services) = index.len();
             tracing::info!(path = %path.display(), pods = inventory.pods.len(), endpoints, services, "loaded inventory");
             Ok(index)
@@ -165,6 +165,7 @@ pub async fn run(
         enricher: Enricher {
             node_name: config.node_name().map(Arc::from),
             threats,
+            labels: config.enrichment.labels.clone(),
         },
         index,
     };

@@ -316,7 +316,7 @@ fn enrich(args: EnrichArgs) -> anyhow::Result<cli::enrich::EnrichSummary> {
         config.cluster_name = args.cluster_name;
     }
     let index = match &args.inventory {
-        Some(path) => EndpointIndex::from_inventory(&Inventory::load(path)?),
+        Some(path) => EndpointIndex::build(&Inventory::load(path)?, &config.enrichment.labels),
         None => EndpointIndex::default(),
     };
     if args.max_line_bytes == 0 {

@@ -302,3 +302,54 @@ fn the_test_cef_parser_itself() {
     assert!(parse_cef("CEF:0|a|b|c|d|e|k=v").is_err());
     assert!(parse_cef(r"CEF:0|a|b|c|d|e|5|k=a\|b").is_err());
 }
+
+#[test]
+fn label_filters_apply_to_both_label_sources_and_the_daemon_and_the_cli_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("threatflow.yaml");
+    std::fs::write(
+        &config,
+        "cluster_name: demo\nsources:\n  - {name: flows, type: file, file: {path: deploy/local/flows.log}}\nenrichment:\n  inventory_path: deploy/local/inventory.json\n  labels: {exclude: ['*-hash', 'statefulset.kubernetes.io/*']}\nsinks:\n  - {name: out, type: stdout}\ntelemetry: {log_level: error}\n",
+    )
+    .unwrap();
+    let daemon = run(
+        &["run", "--once", "--config", config.to_str().unwrap()],
+        b"",
+    );
+    assert!(
+        daemon.status.success(),
+        "{}",
+        String::from_utf8_lossy(&daemon.stderr)
+    );
+    let input = std::fs::read(root().join("deploy/local/flows.log")).unwrap();
+    let offline = run(
+        &[
+            "enrich",
+            "--config",
+            config.to_str().unwrap(),
+            "--inventory",
+            "deploy/local/inventory.json",
+        ],
+        &input,
+    );
+    assert!(offline.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&daemon.stdout),
+        String::from_utf8_lossy(&offline.stdout),
+        "the daemon and the offline CLI agree"
+    );
+    let text = String::from_utf8(offline.stdout).unwrap();
+    assert!(
+        !text.contains("hash") && !text.contains("statefulset.kubernetes.io"),
+        "{text}"
+    );
+    assert!(text.contains("cs3=app\\=frontend"), "other labels stay");
+    // Workloads are still resolved: the filter applies to what is shown, not to what is known.
+    assert!(text.contains("flexString1=Deployment/frontend"));
+    assert!(text.contains("shost=checkout-6c8f9d7b4-* cs1Label=srcNamespace cs1=shop cs3Label=srcLabels cs3=app\\=checkout,tier\\=backend cs5Label=policy"), "{text}");
+    let aggregated = text.lines().find(|line| line.contains(" cnt=37 ")).unwrap();
+    assert!(
+        aggregated.contains("flexString1=Deployment/checkout"),
+        "an aggregated record's workload survives the filter: {aggregated}"
+    );
+}

@@ -98,6 +98,7 @@ pub fn run(
         enricher: crate::enrich::Enricher {
             node_name: options.config.node_name().map(Into::into),
             threats: options.threats,
+            labels: options.config.enrichment.labels.clone(),
         },
         index: options.index.into(),
     };

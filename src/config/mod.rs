@@ -133,6 +133,9 @@ pub struct EnrichmentConfig {
     /// records are forwarded with only the context they carry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inventory_path: Option<PathBuf>,
+    /// Which labels are passed on, from the inventory and from the records themselves.
+    #[serde(default)]
+    pub labels: crate::enrich::LabelFilter,
 }
 
 /// A destination for enriched records.
@@ -462,6 +465,9 @@ impl Config {
             }
         }
 
+        self.enrichment
+            .labels
+            .validate("enrichment.labels", &mut problems);
         crate::feeds::config::validate(&self.feeds, &self.feed_settings, &mut problems);
         self.cef.validate("cef", &mut problems);
         if let Some(cluster_name) = &self.cluster_name {

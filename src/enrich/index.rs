@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use super::history::IpHistory;
 use super::inventory::{Inventory, PodInfo};
+use super::labels::LabelFilter;
 use super::workload;
 
 /// Cluster context of one endpoint: a pod, or a node (host endpoints, host-network pods).
@@ -60,6 +61,12 @@ impl EndpointIndex {
     /// Builds the index. Where two objects claim an IP, a running pod wins over a node (a
     /// host-network pod's IP resolves to its node), and terminated pods hold no IP.
     pub fn from_inventory(inventory: &Inventory) -> EndpointIndex {
+        EndpointIndex::build(inventory, &LabelFilter::default())
+    }
+
+    /// Builds the index, keeping only the labels `filter` passes.
+    pub fn build(inventory: &Inventory, filter: &LabelFilter) -> EndpointIndex {
+        let label_list = |labels: &BTreeMap<String, String>| label_list(labels, filter);
         let mut index = EndpointIndex::default();
         let namespace_labels: HashMap<&str, Arc<[Text]>> = inventory
             .namespaces
@@ -126,7 +133,7 @@ impl EndpointIndex {
                 })
                 .collect();
             services.sort();
-            let info = Arc::new(pod_info(pod, labels, services));
+            let info = Arc::new(pod_info(pod, labels, label_list(&pod.labels), services));
             let key: Arc<str> = format!("pod/{}/{}", pod.namespace, pod.name).into();
             for ip in &pod.ips {
                 index
@@ -166,7 +173,12 @@ impl EndpointIndex {
     }
 }
 
-fn pod_info(pod: &PodInfo, namespace_labels: Arc<[Text]>, services: Vec<Text>) -> EndpointInfo {
+fn pod_info(
+    pod: &PodInfo,
+    namespace_labels: Arc<[Text]>,
+    labels: Vec<Text>,
+    services: Vec<Text>,
+) -> EndpointInfo {
     let workload = pod
         .owner
         .as_ref()
@@ -175,7 +187,7 @@ fn pod_info(pod: &PodInfo, namespace_labels: Arc<[Text]>, services: Vec<Text>) -
         kind: EndpointInfoKind::Pod,
         name: pod.name.as_str().into(),
         namespace: Some(pod.namespace.as_str().into()),
-        labels: label_list(&pod.labels),
+        labels,
         namespace_labels,
         workload: workload.map(Into::into),
         node: pod.node.as_deref().map(Arc::from),
@@ -183,9 +195,10 @@ fn pod_info(pod: &PodInfo, namespace_labels: Arc<[Text]>, services: Vec<Text>) -
     }
 }
 
-fn label_list(labels: &BTreeMap<String, String>) -> Vec<Text> {
+fn label_list(labels: &BTreeMap<String, String>, filter: &LabelFilter) -> Vec<Text> {
     labels
         .iter()
+        .filter(|(key, _)| filter.keeps(key))
         .map(|(key, value)| compact_str::format_compact!("{key}={value}"))
         .collect()
 }

@@ -9,6 +9,7 @@
 pub mod history;
 pub mod index;
 pub mod inventory;
+pub mod labels;
 pub mod threat;
 pub mod workload;
 
@@ -18,6 +19,7 @@ use crate::flow::record::{Endpoint, EndpointKind, Reporter, Text};
 use crate::flow::FlowRecord;
 pub use index::{EndpointIndex, EndpointInfo, EndpointInfoKind, ServiceInfo};
 pub use inventory::Inventory;
+pub use labels::LabelFilter;
 pub use threat::{Matches, ThreatFeed, ThreatMatcher};
 
 /// A flow record with the context the index had for its endpoints.
@@ -32,6 +34,9 @@ pub struct EnrichedRecord {
     pub reporting_node: Option<Arc<str>>,
     /// The threat feeds that list the source or destination address.
     pub threat_feeds: Vec<ThreatFeed>,
+    /// Source and destination workloads derived from the record's own labels before a label
+    /// filter removed the labels that name them (`pod-template-hash`).
+    pub label_workloads: [Option<Text>; 2],
 }
 
 /// Static settings of the enrichment stage.
@@ -42,10 +47,24 @@ pub struct Enricher {
     pub node_name: Option<Arc<str>>,
     /// The threat feeds flows are matched against.
     pub threats: ThreatMatcher,
+    /// Which of the record's own labels are passed on (the index's are filtered when built).
+    pub labels: LabelFilter,
 }
 
 impl Enricher {
-    pub fn enrich(&self, flow: FlowRecord, index: &EndpointIndex) -> EnrichedRecord {
+    pub fn enrich(&self, mut flow: FlowRecord, index: &EndpointIndex) -> EnrichedRecord {
+        let mut label_workloads = [None, None];
+        if !self.labels.is_empty() {
+            // The filter changes what is shown, not what is known: name the workloads first.
+            label_workloads = [&flow.source, &flow.dest]
+                .map(|endpoint| workload_from_record(endpoint).map(Into::into));
+            for labels in [&mut flow.source.labels, &mut flow.dest.labels]
+                .into_iter()
+                .flatten()
+            {
+                labels.retain(|label| self.labels.keeps(label));
+            }
+        }
         // The owner at the end of the reporting window, else at its start (a pod deleted
         // during the window).
         let lookup = |endpoint: &Endpoint| {
@@ -93,6 +112,7 @@ impl Enricher {
             dest_service,
             reporting_node,
             threat_feeds,
+            label_workloads,
         }
     }
 }
@@ -110,6 +130,8 @@ pub enum Side {
 pub struct EndpointView<'a> {
     pub flow: &'a Endpoint,
     pub info: Option<&'a EndpointInfo>,
+    /// The workload named by labels a filter has since removed.
+    label_workload: Option<&'a str>,
 }
 
 impl EnrichedRecord {
@@ -118,10 +140,12 @@ impl EnrichedRecord {
             Side::Source => EndpointView {
                 flow: &self.flow.source,
                 info: self.source.as_deref(),
+                label_workload: self.label_workloads[0].as_deref(),
             },
             Side::Dest => EndpointView {
                 flow: &self.flow.dest,
                 info: self.dest.as_deref(),
+                label_workload: self.label_workloads[1].as_deref(),
             },
         }
     }
@@ -179,16 +203,14 @@ impl<'a> EndpointView<'a> {
     /// `Kind/name` of the owning workload, from the index, or from the record's own name and
     /// labels when the controller's labels say.
     pub fn workload(&self) -> Option<std::borrow::Cow<'a, str>> {
-        if let Some(workload) = self.info.and_then(|info| info.workload.as_deref()) {
+        if let Some(workload) = self
+            .info
+            .and_then(|info| info.workload.as_deref())
+            .or(self.label_workload)
+        {
             return Some(workload.into());
         }
-        let name = self
-            .flow
-            .name
-            .as_deref()
-            .or(self.flow.name_aggr.as_deref())?;
-        let labels = self.flow.labels.as_deref()?;
-        workload::from_labels(name, labels.iter().map(|label| &**label)).map(Into::into)
+        workload_from_record(self.flow).map(Into::into)
     }
 
     pub fn node(&self) -> Option<&'a str> {
@@ -201,6 +223,13 @@ impl<'a> EndpointView<'a> {
             .map(|info| &*info.services)
             .filter(|services| !services.is_empty())
     }
+}
+
+/// The workload named by an endpoint's own name and labels, if they say.
+fn workload_from_record(endpoint: &Endpoint) -> Option<String> {
+    let name = endpoint.name.as_deref().or(endpoint.name_aggr.as_deref())?;
+    let labels = endpoint.labels.as_deref()?;
+    workload::from_labels(name, labels.iter().map(|label| &**label))
 }
 
 #[cfg(test)]
