@@ -172,8 +172,9 @@ pub async fn run(
     let processor_thread = std::thread::Builder::new()
         .name("threatflow-processor".into())
         .spawn(move || {
-            let mut rejected_total = RejectCounts::default();
+                        let mut rejected_total = RejectCounts::default();
             let mut records_total = 0u64;
+            let mut refused = 0u64;
             while let Some(batch) = source_receiver.blocking_recv() {
                 let max_line = max_line_bytes.get(&batch.source).copied().unwrap_or(usize::MAX);
                 let mut records = Vec::with_capacity(batch.lines.len());
@@ -208,15 +209,17 @@ pub async fn run(
                 records_total += records.len() as u64;
                 rejected_total.merge(&rejected);
                 let records = Arc::new(records);
-                for queue in &sink_queues {
+                                for queue in &sink_queues {
                     let batch = Batch { records: records.clone(), ack: batch.ack.share() };
+                    // A sink that gave up (and said why) takes no more; its unacknowledged
+                    // share keeps these positions from being saved.
                     if queue.blocking_send(batch).is_err() {
-                        tracing::error!("a sink stopped early; its batch is not acknowledged");
+                        refused += records.len() as u64;
                     }
                 }
                 batch.ack.ack();
             }
-            (records_total, rejected_total)
+                        (records_total, rejected_total, refused)
         })
         .context("cannot start the processor thread")?;
 
@@ -285,7 +288,7 @@ pub async fn run(
         match task.await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
-                tracing::error!(source = %name, error = ?anyhow::Error::from(error), "source failed");
+                tracing::error!(source = %name, error = %format!("{:#}", anyhow::Error::from(error)), "source failed");
                 failures.push(name);
             }
             Err(join_error) => {
@@ -295,11 +298,11 @@ pub async fn run(
         }
     }
     readiness.set_ready(false);
-    let (records, rejected) = tokio::task::spawn_blocking(move || processor_thread.join())
+    let (records, rejected, refused) = tokio::task::spawn_blocking(move || processor_thread.join())
         .await
         .context("processor thread")?
         .map_err(|_| anyhow::anyhow!("the processor thread panicked"))?;
-    let mut undelivered = 0;
+    let mut undelivered = refused;
     for task in sink_tasks {
         undelivered += task.await.context("sink task")?.undelivered;
     }

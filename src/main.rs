@@ -273,7 +273,7 @@ fn run(config_path: PathBuf, once: bool) -> ExitCode {
             ExitCode::FAILURE
         }
         Err(error) => {
-            tracing::error!(error = ?error, "stopped");
+            tracing::error!(error = %format!("{error:#}"), "stopped");
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }

@@ -353,3 +353,59 @@ fn label_filters_apply_to_both_label_sources_and_the_daemon_and_the_cli_agree() 
         "an aggregated record's workload survives the filter: {aggregated}"
     );
 }
+
+/// Runs `args` on a large input, reads one line of output, then closes the output.
+fn run_and_close_output_early(args: &[&str], config_dir: &std::path::Path) -> Output {
+    use std::io::{BufRead, BufReader};
+    let sample = std::fs::read_to_string(root().join("deploy/local/flows.log")).unwrap();
+    let input = config_dir.join("flows.log");
+    std::fs::write(&input, sample.repeat(3000)).unwrap();
+    let mut child = Command::new(binary())
+        .args(args)
+        .arg(if args[0] == "enrich" {
+            "--max-line-bytes=65536"
+        } else {
+            "--once"
+        })
+        .current_dir(root())
+        .stdin(std::fs::File::open(&input).unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("CEF:0|"));
+    // The reader is gone now, like `| head -1`.
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_closed_output_ends_enrich_quietly_and_the_daemon_promptly() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run_and_close_output_early(&["enrich"], dir.path());
+    assert!(output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("before the output was closed"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let config = dir.path().join("threatflow.yaml");
+    std::fs::write(&config, format!("sources:\n  - {{name: flows, type: file, file: {{path: {}}}}}\nsinks:\n  - {{name: out, type: stdout}}\n", dir.path().join("flows.log").display())).unwrap();
+    let started = std::time::Instant::now();
+    let output =
+        run_and_close_output_early(&["run", "--config", config.to_str().unwrap()], dir.path());
+    assert_eq!(output.status.code(), Some(1), "records were not delivered");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("the output was closed"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "no endless retrying"
+    );
+}

@@ -20,6 +20,8 @@ pub struct EnrichSummary {
     pub rejected: RejectCounts,
     /// Field values shortened to their CEF key's maximum length.
     pub truncated_fields: u64,
+    /// Standard output was closed (`| head`) before the input ended.
+    pub output_closed: bool,
 }
 
 impl std::fmt::Display for EnrichSummary {
@@ -32,6 +34,9 @@ impl std::fmt::Display for EnrichSummary {
         )?;
         if self.rejected.total() > 0 {
             write!(f, ": {}", self.rejected)?;
+        }
+        if self.output_closed {
+            write!(f, " before the output was closed")?;
         }
         if self.truncated_fields > 0 {
             write!(
@@ -110,6 +115,8 @@ pub fn run(
     let mut line_number = 0u64;
     let mut encoded = Vec::with_capacity(4096);
     let mut write_error = None;
+    // Set on the first write error: reading stops there.
+    let stopped = std::cell::Cell::new(false);
     let progress = Progress::new(options.show_progress);
     let mut handle = |line: Line<'_>| {
         if write_error.is_some() {
@@ -139,9 +146,10 @@ pub fn run(
         };
         if let Err(error) = result {
             write_error = Some(error);
+            stopped.set(true);
         }
     };
-    loop {
+    while !stopped.get() {
         match input.read(&mut chunk) {
             Ok(0) => {
                 splitter.finish_with(&mut handle);
@@ -152,8 +160,14 @@ pub fn run(
             Err(error) => return Err(error),
         }
     }
-    if let Some(error) = write_error {
-        return Err(error);
+    match write_error {
+        // `threatflow enrich ... | head`: the reader has what it wanted.
+        Some(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {
+            summary.output_closed = true;
+            return Ok(summary);
+        }
+        Some(error) => return Err(error),
+        None => {}
     }
     output.flush()?;
     Ok(summary)

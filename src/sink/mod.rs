@@ -93,6 +93,13 @@ struct WriteError {
     error: anyhow::Error,
 }
 
+impl WriteError {
+    /// Retrying cannot help: standard output was closed (`| head`).
+    fn is_permanent(&self) -> bool {
+        self.kind == "output_closed"
+    }
+}
+
 impl Transport {
     async fn write(&mut self, bytes: &[u8]) -> Result<(), WriteError> {
         let io = |kind: &'static str| {
@@ -103,8 +110,16 @@ impl Transport {
         };
         match self {
             Transport::Stdout(stdout) => {
-                stdout.write_all(bytes).await.map_err(io("write"))?;
-                stdout.flush().await.map_err(io("write"))
+                let closed = |error: std::io::Error| WriteError {
+                    kind: if error.kind() == std::io::ErrorKind::BrokenPipe {
+                        "output_closed"
+                    } else {
+                        "write"
+                    },
+                    error: error.into(),
+                };
+                stdout.write_all(bytes).await.map_err(closed)?;
+                stdout.flush().await.map_err(closed)
             }
             Transport::File { path, file } => {
                 if file.is_none() {
@@ -359,33 +374,40 @@ impl Sink {
             let mut backoff = Backoff::default();
             let delivered = loop {
                 match self.transport.write(&out).await {
-                    Ok(()) => break true,
+                    Ok(()) => break Ok(()),
+                    Err(failure) if failure.is_permanent() => {
+                        metrics.write_failed(&self.name, failure.kind);
+                        break Err(("output_closed", "the output was closed; the remaining records are not delivered and their positions are not saved"));
+                    }
                     Err(failure) => {
                         metrics.write_failed(&self.name, failure.kind);
                         let delay = backoff.next_delay();
-                        tracing::warn!(sink = %self.name, error = ?failure.error, retry_in_ms = delay.as_millis() as u64, "write failed; retrying the batch");
+                        tracing::warn!(sink = %self.name, error = %format!("{:#}", failure.error), retry_in_ms = delay.as_millis() as u64, "write failed; retrying the batch");
                         tokio::select! {
                             _ = tokio::time::sleep(delay) => {}
-                            _ = &mut give_up => break false,
+                            _ = &mut give_up => break Err(("shutdown_undelivered", "gave up delivering at shutdown; their positions were not saved, so they are read again on restart")),
                         }
                     }
                 }
             };
-            if delivered {
-                metrics.batch_sent(&self.name, batch.records.len(), out.len(), truncated);
-                report.records += batch.records.len() as u64;
-                batch.ack.ack();
-            } else {
-                report.undelivered += batch.records.len() as u64;
-                metrics.dropped(&self.name, "shutdown_undelivered", batch.records.len());
-                // Every later batch is undelivered too; count them without trying.
-                batches.close();
-                while let Some(batch) = batches.recv().await {
-                    report.undelivered += batch.records.len() as u64;
-                    metrics.dropped(&self.name, "shutdown_undelivered", batch.records.len());
+            match delivered {
+                Ok(()) => {
+                    metrics.batch_sent(&self.name, batch.records.len(), out.len(), truncated);
+                    report.records += batch.records.len() as u64;
+                    batch.ack.ack();
                 }
-                tracing::error!(sink = %self.name, records = report.undelivered, "gave up delivering at shutdown; their positions were not saved, so they are read again on restart");
-                break;
+                Err((reason, message)) => {
+                    report.undelivered += batch.records.len() as u64;
+                    metrics.dropped(&self.name, reason, batch.records.len());
+                    // Every later batch is undelivered too; count them without trying.
+                    batches.close();
+                    while let Some(batch) = batches.recv().await {
+                        report.undelivered += batch.records.len() as u64;
+                        metrics.dropped(&self.name, reason, batch.records.len());
+                    }
+                    tracing::error!(sink = %self.name, records = report.undelivered, "{message}");
+                    break;
+                }
             }
         }
         self.transport.close().await;
