@@ -73,6 +73,9 @@ impl FeedServer {
                             }
                         }
                         "/missing" => respond("404 Not Found", "", b"no such feed"),
+                        "/always-304" => {
+                            b"HTTP/1.1 304 Not Modified\r\nConnection: close\r\n\r\n".to_vec()
+                        }
                         "/moved" => respond("301 Moved Permanently", "Location: /gzip\r\n", b""),
                         "/loop" => respond("302 Found", "Location: /loop\r\n", b""),
                         "/broken" => respond("500 Internal Server Error", "", b"oops"),
@@ -183,6 +186,15 @@ async fn conditional_requests_and_validators() {
         .await
         .unwrap();
     assert_eq!(again, Fetched::NotModified);
+    // A 304 to a request without validators is a broken server, not "no change".
+    let error = fetcher()
+        .fetch(&server.url("/always-304"), &[], &Validators::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, FetchError::Status { status, .. } if status.as_u16() == 304),
+        "{error:?}"
+    );
 }
 
 #[tokio::test]

@@ -175,7 +175,10 @@ impl Fetcher {
         let headers = request_headers(headers, validators)?;
         let mut attempt = 0;
         loop {
-            let result = self.attempt(url, &redact_url(url), headers.clone()).await;
+            let conditional = validators.etag.is_some() || validators.last_modified.is_some();
+            let result = self
+                .attempt(url, &redact_url(url), headers.clone(), conditional)
+                .await;
             match result {
                 Err((error, retry_after))
                     if error.is_transient() && attempt < self.settings.retries =>
@@ -208,6 +211,7 @@ impl Fetcher {
         url: &str,
         shown: &str,
         headers: HeaderMap,
+        conditional: bool,
     ) -> Result<Fetched, (FetchError, Option<Duration>)> {
         let url_text = || shown.to_owned();
         let response = self
@@ -228,7 +232,8 @@ impl Fetcher {
                 (error, None)
             })?;
         let status = response.status();
-        if status == StatusCode::NOT_MODIFIED {
+        // A 304 answers only a conditional request; to any other it is a broken server.
+        if status == StatusCode::NOT_MODIFIED && conditional {
             return Ok(Fetched::NotModified);
         }
         if !status.is_success() {
