@@ -95,6 +95,17 @@ impl NetSet {
     }
 }
 
+/// `count` IPv4 /32s from 11.0.0.0, every other address so that none merge (for tests).
+#[cfg(test)]
+pub(crate) fn spaced_v4(count: u32) -> NetSet {
+    NetSet::from_ranges(
+        (0..count)
+            .map(|i| (0x0b00_0000 + 2 * i, 0x0b00_0000 + 2 * i))
+            .collect(),
+        vec![],
+    )
+}
+
 pub fn range4(net: &Ipv4Net) -> Range4 {
     (u32::from(net.network()), u32::from(net.broadcast()))
 }

@@ -320,17 +320,7 @@ fn owned_by(object: &Owned, feed: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::feeds::netset::NetSet;
     use crate::feeds::render::{render, RenderSettings};
-
-    fn set_of(count: u32) -> NetSet {
-        NetSet::from_ranges(
-            (0..count)
-                .map(|i| (0x0b00_0000 + 2 * i, 0x0b00_0000 + 2 * i))
-                .collect(),
-            vec![],
-        )
-    }
 
     #[test]
     fn writes_only_changes_and_removes_only_its_own_stale_objects() {
@@ -340,7 +330,12 @@ mod tests {
             shard_max_nets: 100,
             ..RenderSettings::default()
         };
-        let big = render("f", &Default::default(), &set_of(1000), &settings);
+        let big = render(
+            "f",
+            &Default::default(),
+            &crate::feeds::netset::spaced_v4(1000),
+            &settings,
+        );
         let report = target.apply("f", &big).unwrap();
         assert_eq!(
             (report.written, report.unchanged, report.deleted),
@@ -352,7 +347,12 @@ mod tests {
             "metadata: {name: mine, labels: {team: x}}\n",
         )
         .unwrap();
-        let other = render("g", &Default::default(), &set_of(1), &settings);
+        let other = render(
+            "g",
+            &Default::default(),
+            &crate::feeds::netset::spaced_v4(1),
+            &settings,
+        );
         target.apply("g", &other).unwrap();
 
         assert_eq!(target.published_nets("f"), 1000);
@@ -363,7 +363,12 @@ mod tests {
             "an unchanged feed writes nothing"
         );
 
-        let small = render("f", &Default::default(), &set_of(10), &settings);
+        let small = render(
+            "f",
+            &Default::default(),
+            &crate::feeds::netset::spaced_v4(10),
+            &settings,
+        );
         let shrunk = target.apply("f", &small).unwrap();
         assert_eq!((shrunk.written, shrunk.deleted), (1, big.sets.len() - 1));
         let mut files: Vec<String> = std::fs::read_dir(dir.path())

@@ -188,16 +188,6 @@ mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
-    fn set_of(count: u32) -> NetSet {
-        // Every other address, so nothing merges: `count` /32s.
-        NetSet::from_ranges(
-            (0..count)
-                .map(|i| (0x0b00_0000 + 2 * i, 0x0b00_0000 + 2 * i))
-                .collect(),
-            vec![],
-        )
-    }
-
     fn settings(max: usize) -> RenderSettings {
         RenderSettings {
             shard_max_nets: max,
@@ -208,7 +198,12 @@ mod tests {
     #[test]
     fn small_feeds_are_one_object_named_like_calico_enterprise() {
         let labels = [("security-action".to_owned(), "block".to_owned())].into();
-        let rendered = render("feodo", &labels, &set_of(3), &settings(10_000));
+        let rendered = render(
+            "feodo",
+            &labels,
+            &crate::feeds::netset::spaced_v4(3),
+            &settings(10_000),
+        );
         assert_eq!(rendered.sets.len(), 1);
         let set = &rendered.sets[0];
         assert_eq!(set.metadata.name, "threatfeed.feodo");
@@ -221,7 +216,12 @@ mod tests {
 
     #[test]
     fn large_feeds_are_sharded_within_both_limits() {
-        let rendered = render("big", &BTreeMap::new(), &set_of(100_000), &settings(10_000));
+        let rendered = render(
+            "big",
+            &BTreeMap::new(),
+            &crate::feeds::netset::spaced_v4(100_000),
+            &settings(10_000),
+        );
         assert!(rendered.sets.len() >= 10);
         let total: usize = rendered.sets.iter().map(|set| set.spec.nets.len()).sum();
         assert_eq!(total, 100_000);
@@ -236,7 +236,7 @@ mod tests {
         let huge = render(
             "huge",
             &BTreeMap::new(),
-            &set_of(100_000),
+            &crate::feeds::netset::spaced_v4(100_000),
             &settings(1_000_000),
         );
         assert!(huge
@@ -247,7 +247,12 @@ mod tests {
 
     #[test]
     fn a_small_change_touches_one_shard() {
-        let before = render("f", &BTreeMap::new(), &set_of(50_000), &settings(10_000));
+        let before = render(
+            "f",
+            &BTreeMap::new(),
+            &crate::feeds::netset::spaced_v4(50_000),
+            &settings(10_000),
+        );
         let mut ranges: Vec<(u32, u32)> = (0..50_000)
             .map(|i| (0x0b00_0000 + 2 * i, 0x0b00_0000 + 2 * i))
             .collect();
@@ -270,7 +275,12 @@ mod tests {
         // And the same input renders the same objects.
         assert_eq!(
             before,
-            render("f", &BTreeMap::new(), &set_of(50_000), &settings(10_000))
+            render(
+                "f",
+                &BTreeMap::new(),
+                &crate::feeds::netset::spaced_v4(50_000),
+                &settings(10_000)
+            )
         );
     }
 
@@ -283,9 +293,14 @@ mod tests {
             }),
             ..RenderSettings::default()
         };
-        let policy = render("feodo", &BTreeMap::new(), &set_of(1), &settings)
-            .policy
-            .unwrap();
+        let policy = render(
+            "feodo",
+            &BTreeMap::new(),
+            &crate::feeds::netset::spaced_v4(1),
+            &settings,
+        )
+        .policy
+        .unwrap();
         assert_eq!(policy.metadata.name, "security.threatfeed-feodo");
         assert_eq!(
             policy.spec.ingress[0].source.as_ref().unwrap().selector,
