@@ -235,7 +235,7 @@ fn check_reports_every_problem_with_its_path() {
     let config = dir.path().join("bad.yaml");
     std::fs::write(
         &config,
-        "sources:\n  - {name: a, type: file}\nsinks:\n  - {name: s, type: syslog, syslog: {host: '', port: 0}}\ncef:\n  fields:\n    - {key: cs1, field: source_namespace}\nenrichment: {inventory_path: /nonexistent/inventory.json}\n",
+                "sources:\n  - {name: a, type: file}\nsinks:\n  - {name: s, type: syslog, syslog: {host: '', port: 0}}\ncef:\n  fields:\n    - {key: cs1, field: source_namespace}\nenrichment: {inventory_path: /nonexistent/inventory.json}\nfeeds:\n  - {name: local, url: 'file://no/such/feed.txt', mode: monitor}\n",
     )
     .unwrap();
     let output = run(&["check", "--config", config.to_str().unwrap()], b"");
@@ -247,13 +247,14 @@ fn check_reports_every_problem_with_its_path() {
         "sinks[0].syslog.port",
         "cef.fields[0].label",
         "enrichment.inventory_path",
+        "feeds[0].url",
     ] {
         assert!(
             stderr.contains(&format!("  {path}: ")),
             "{path} missing from:\n{stderr}"
         );
     }
-    assert!(stderr.contains("has 5 problem(s)"), "{stderr}");
+    assert!(stderr.contains("has 6 problem(s)"), "{stderr}");
 
     std::fs::write(
         &config,

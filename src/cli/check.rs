@@ -23,6 +23,13 @@ pub fn check(path: &Path) -> Result<String, String> {
             );
         }
     }
+    for (i, feed) in config.feeds.iter().enumerate() {
+        if let Some(path) = feed.url.strip_prefix("file://") {
+            if let Err(error) = std::fs::metadata(path) {
+                problems.push(format!("feeds[{i}].url"), format!("cannot read {path}: {error} (relative paths start at the working directory)"));
+            }
+        }
+    }
     if problems.is_empty() {
         Ok(format!("config OK: {}", config.summary()))
     } else {
