@@ -84,27 +84,11 @@ pub struct KubernetesTarget {
 
 const FIELD_MANAGER: &str = "threatflow";
 
-fn calico_resource(kind: &str, plural: &str) -> kube::api::ApiResource {
-    kube::api::ApiResource {
-        group: "projectcalico.org".into(),
-        version: "v3".into(),
-        api_version: crate::k8s::CALICO_API_VERSION.into(),
-        kind: kind.into(),
-        plural: plural.into(),
-    }
-}
-
 impl KubernetesTarget {
     pub fn new(client: kube::Client) -> KubernetesTarget {
         KubernetesTarget {
-            sets: kube::Api::all_with(
-                client.clone(),
-                &calico_resource("GlobalNetworkSet", "globalnetworksets"),
-            ),
-            policies: kube::Api::all_with(
-                client,
-                &calico_resource("GlobalNetworkPolicy", "globalnetworkpolicies"),
-            ),
+            sets: kube::Api::all_with(client.clone(), &crate::k8s::global_network_sets()),
+            policies: kube::Api::all_with(client, &crate::k8s::global_network_policies()),
         }
     }
 

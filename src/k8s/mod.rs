@@ -8,6 +8,26 @@ use serde::{Deserialize, Serialize};
 
 pub const CALICO_API_VERSION: &str = "projectcalico.org/v3";
 
+/// The API resource of `projectcalico.org/v3` GlobalNetworkSets, for kube's dynamic API.
+pub fn global_network_sets() -> kube::api::ApiResource {
+    calico_resource("GlobalNetworkSet", "globalnetworksets")
+}
+
+/// The API resource of `projectcalico.org/v3` GlobalNetworkPolicies.
+pub fn global_network_policies() -> kube::api::ApiResource {
+    calico_resource("GlobalNetworkPolicy", "globalnetworkpolicies")
+}
+
+fn calico_resource(kind: &str, plural: &str) -> kube::api::ApiResource {
+    kube::api::ApiResource {
+        group: "projectcalico.org".into(),
+        version: "v3".into(),
+        api_version: CALICO_API_VERSION.into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
 /// The label that marks objects threatflow owns; it never touches objects without it.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "threatflow";
