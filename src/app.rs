@@ -40,7 +40,8 @@ pub struct RunOptions {
 pub struct RunReport {
     pub records: u64,
     pub rejected: RejectCounts,
-    /// Records some sink could not deliver before giving up at shutdown.
+    /// Records some sink gave up on: at shutdown after the drain timeout, or because its output
+    /// was closed. Their positions were not saved.
     pub undelivered: u64,
 }
 
@@ -154,7 +155,7 @@ pub async fn run(
     }
 
     // The processor thread.
-    let (source_sender, mut source_receiver) =
+    let (source_sender, source_receiver) =
         mpsc::channel::<SourceBatch>(config.pipeline.queue_batches);
     let max_line_bytes: std::collections::HashMap<Arc<str>, usize> = config
         .sources
@@ -172,54 +173,13 @@ pub async fn run(
     let processor_thread = std::thread::Builder::new()
         .name("threatflow-processor".into())
         .spawn(move || {
-                        let mut rejected_total = RejectCounts::default();
-            let mut records_total = 0u64;
-            let mut refused = 0u64;
-            while let Some(batch) = source_receiver.blocking_recv() {
-                let max_line = max_line_bytes.get(&batch.source).copied().unwrap_or(usize::MAX);
-                let mut records = Vec::with_capacity(batch.lines.len());
-                let mut rejected = RejectCounts::default();
-                let mut enriched_endpoints = 0;
-                for line in batch.lines.iter() {
-                    match processor.process(batch.format, line, max_line) {
-                        Ok(record) => {
-                            enriched_endpoints += usize::from(record.source.is_some()) + usize::from(record.dest.is_some());
-                            records.push(record);
-                        }
-                        Err(rejection) => {
-                            rejected.add(rejection.reason);
-                            if let Some(dead_letter) = dead_letter.as_mut() {
-                                if let Err(error) = dead_letter.write(&batch.source, line, &rejection) {
-                                    tracing::error!(%error, "cannot write to the dead-letter file; the rejected line is only counted");
-                                }
-                            }
-                        }
-                    }
-                }
-                if rejected.total() > 0 {
-                    tracing::warn!(source = %batch.source, rejected = %rejected, "rejected lines");
-                    if let Some(dead_letter) = dead_letter.as_mut() {
-                        if let Err(error) = dead_letter.flush() {
-                            tracing::error!(%error, "cannot write to the dead-letter file; the rejected lines are only counted");
-                        }
-                    }
-                }
-                                flow_metrics.batch_processed(&batch.source, records.len(), enriched_endpoints, &rejected);
-                flow_metrics.threats_matched(&records);
-                records_total += records.len() as u64;
-                rejected_total.merge(&rejected);
-                let records = Arc::new(records);
-                                for queue in &sink_queues {
-                    let batch = Batch { records: records.clone(), ack: batch.ack.share() };
-                    // A sink that gave up (and said why) takes no more; its unacknowledged
-                    // share keeps these positions from being saved.
-                    if queue.blocking_send(batch).is_err() {
-                        refused += records.len() as u64;
-                    }
-                }
-                batch.ack.ack();
-            }
-                        (records_total, rejected_total, refused)
+            processor.run(
+                source_receiver,
+                &sink_queues,
+                &max_line_bytes,
+                dead_letter.as_mut(),
+                &flow_metrics,
+            )
         })
         .context("cannot start the processor thread")?;
 
@@ -298,11 +258,11 @@ pub async fn run(
         }
     }
     readiness.set_ready(false);
-    let (records, rejected, refused) = tokio::task::spawn_blocking(move || processor_thread.join())
+    let processed = tokio::task::spawn_blocking(move || processor_thread.join())
         .await
         .context("processor thread")?
         .map_err(|_| anyhow::anyhow!("the processor thread panicked"))?;
-    let mut undelivered = refused;
+    let mut undelivered = processed.refused;
     for task in sink_tasks {
         undelivered += task.await.context("sink task")?.undelivered;
     }
@@ -316,8 +276,8 @@ pub async fn run(
         anyhow::bail!("source(s) failed: {}", failures.join(", "));
     }
     Ok(RunReport {
-        records,
-        rejected,
+        records: processed.records,
+        rejected: processed.rejected,
         undelivered,
     })
 }

@@ -2,9 +2,10 @@
 //! dead-lettered.
 //!
 //! [`Processor`] is the one place a line becomes an [`EnrichedRecord`]; the daemon and the
-//! `enrich` command both use it. It is synchronous and CPU-bound, so the daemon runs it on its
-//! own thread between the sources' queue and the sinks' queues.
+//! `enrich` command both use it. It is synchronous and CPU-bound, so the daemon runs
+//! [`Processor::run`] on its own thread between the sources' queue and the sinks' queues.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -14,10 +15,13 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
+use tokio::sync::mpsc;
 
 use crate::enrich::{EndpointIndex, EnrichedRecord, Enricher};
 use crate::flow::lines::Line;
-use crate::flow::{FlowFormat, RejectReason, Rejection};
+use crate::flow::source::SourceBatch;
+use crate::flow::{FlowFormat, RejectCounts, RejectReason, Rejection};
+use crate::sink::Batch;
 
 /// Parses and enriches lines.
 #[derive(Debug)]
@@ -26,7 +30,81 @@ pub struct Processor {
     pub index: Arc<EndpointIndex>,
 }
 
+/// What the processing stage did over a run.
+#[derive(Clone, Debug, Default)]
+pub struct Processed {
+    pub records: u64,
+    pub rejected: RejectCounts,
+    /// Records a sink refused because it had already given up.
+    pub refused: u64,
+}
+
 impl Processor {
+    /// The daemon's processing stage: takes source batches until every source is done, and
+    /// shares each batch's records with every sink's queue. Blocking; runs on its own thread.
+    pub fn run(
+        &self,
+        mut batches: mpsc::Receiver<SourceBatch>,
+        sink_queues: &[mpsc::Sender<Batch>],
+        max_line_bytes: &HashMap<Arc<str>, usize>,
+        mut dead_letter: Option<&mut DeadLetter>,
+        metrics: &FlowMetrics,
+    ) -> Processed {
+        let mut processed = Processed::default();
+        while let Some(batch) = batches.blocking_recv() {
+            let max_line = max_line_bytes
+                .get(&batch.source)
+                .copied()
+                .unwrap_or(usize::MAX);
+            let mut records = Vec::with_capacity(batch.lines.len());
+            let mut rejected = RejectCounts::default();
+            let mut enriched_endpoints = 0;
+            for line in batch.lines.iter() {
+                match self.process(batch.format, line, max_line) {
+                    Ok(record) => {
+                        enriched_endpoints += usize::from(record.source.is_some())
+                            + usize::from(record.dest.is_some());
+                        records.push(record);
+                    }
+                    Err(rejection) => {
+                        rejected.add(rejection.reason);
+                        if let Some(dead_letter) = dead_letter.as_deref_mut() {
+                            if let Err(error) = dead_letter.write(&batch.source, line, &rejection) {
+                                tracing::error!(%error, "cannot write to the dead-letter file; the rejected line is only counted");
+                            }
+                        }
+                    }
+                }
+            }
+            if rejected.total() > 0 {
+                tracing::warn!(source = %batch.source, rejected = %rejected, "rejected lines");
+                if let Some(dead_letter) = dead_letter.as_deref_mut() {
+                    if let Err(error) = dead_letter.flush() {
+                        tracing::error!(%error, "cannot write to the dead-letter file; the rejected lines are only counted");
+                    }
+                }
+            }
+            metrics.batch_processed(&batch.source, records.len(), enriched_endpoints, &rejected);
+            metrics.threats_matched(&records);
+            processed.records += records.len() as u64;
+            processed.rejected.merge(&rejected);
+            let records = Arc::new(records);
+            for queue in sink_queues {
+                let share = Batch {
+                    records: records.clone(),
+                    ack: batch.ack.share(),
+                };
+                // A sink that gave up (and said why) takes no more; its unacknowledged share
+                // keeps these positions from being saved.
+                if queue.blocking_send(share).is_err() {
+                    processed.refused += records.len() as u64;
+                }
+            }
+            batch.ack.ack();
+        }
+        processed
+    }
+
     pub fn process(
         &self,
         format: FlowFormat,
