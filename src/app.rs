@@ -85,6 +85,8 @@ pub async fn run(
 
     // Feeds: each keeps itself in sync on its own schedule.
     let feed_board = StatusBoard::default();
+    // Feeds stop with the run: at shutdown, or when the sources have ended.
+    let feeds_stop = shutdown.child_token();
     let threats = ThreatMatcher::default();
     let mut feed_tasks = Vec::new();
     if !config.feeds.is_empty() {
@@ -100,7 +102,7 @@ pub async fn run(
                 feed_metrics.clone(),
                 feed_board.clone(),
             )?;
-            feed_tasks.push(tokio::spawn(runner.run(options.once, shutdown.clone())));
+            feed_tasks.push(tokio::spawn(runner.run(options.once, feeds_stop.clone())));
         }
     }
 
@@ -240,9 +242,6 @@ pub async fn run(
     if config.sources.is_empty() && !options.once {
         shutdown.cancelled().await;
     }
-    for task in feed_tasks {
-        task.await.context("feed task")?;
-    }
     let mut failures = Vec::new();
     for (name, task) in source_tasks {
         match task.await {
@@ -258,6 +257,10 @@ pub async fn run(
         }
     }
     readiness.set_ready(false);
+    feeds_stop.cancel();
+    for task in feed_tasks {
+        task.await.context("feed task")?;
+    }
     let processed = tokio::task::spawn_blocking(move || processor_thread.join())
         .await
         .context("processor thread")?

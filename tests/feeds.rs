@@ -485,3 +485,41 @@ fn status_and_render_show_the_feed() {
         .unwrap();
     assert!(daemon.wait().unwrap().success());
 }
+
+#[test]
+fn a_daemon_with_feeds_ends_when_its_input_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (feed, out) = (dir.path().join("feed.txt"), dir.path().join("calico"));
+    std::fs::write(&feed, "1.2.3.4\n").unwrap();
+    let config = dir.path().join("threatflow.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "sources:\n  - {{name: input, type: stdin}}\nsinks:\n  - {{name: out, type: file, file: {{path: '{}'}}}}\nfeeds:\n  - {{name: test, url: 'file://{}'}}\nfeed_settings:\n  publish: {{type: directory, directory: {{path: '{}'}}}}\n",
+            dir.path().join("records.cef").display(),
+            feed.display(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    let mut daemon = Command::new(common::binary())
+        .args(["run", "--config", config.to_str().unwrap()])
+        .current_dir(common::root())
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(daemon.stdin.take());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = daemon.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            daemon.kill().unwrap();
+            panic!("the daemon kept running after its only source ended");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success());
+}
