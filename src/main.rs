@@ -98,8 +98,9 @@ struct NormalizeArgs {
     /// json, jsonl: the object field holding the address.
     #[arg(long, value_name = "NAME")]
     json_field: Option<String>,
-    /// Never output these addresses (subtracted from the feed); repeatable.
-    #[arg(long, value_name = "CIDR")]
+    /// Never output these addresses (subtracted from the feed); a CIDR or an address;
+    /// repeatable.
+    #[arg(long, value_name = "CIDR", value_parser = never_block_entry)]
     never_block: Vec<ipnet::IpNet>,
     /// Drop IPv4 entries broader than this prefix length.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=32))]
@@ -418,4 +419,9 @@ fn threat_feeds(arguments: &[String]) -> anyhow::Result<threatflow::enrich::Thre
         );
     }
     Ok(matcher)
+}
+
+fn never_block_entry(text: &str) -> Result<ipnet::IpNet, String> {
+    feeds::netset::parse_cidr(text)
+        .ok_or_else(|| format!("`{text}` is not a CIDR or an IP address"))
 }

@@ -246,6 +246,10 @@ fn normalize_reports_what_to_fix() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("the feed is not valid JSON"));
     let output = normalize(&["--min-prefix-v4", "33", "-"], b"");
     assert_eq!(output.status.code(), Some(2));
+    let output = normalize(&["--never-block", "10.0.0.0/33", "-"], b"");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is not a CIDR or an IP address"));
+    let output = normalize(&["--never-block", "1.2.3.4", "-"], b"1.2.3.4\n1.2.3.5\n");
+    assert_eq!(lines(&output), ["1.2.3.5/32"], "a bare address is a /32");
 }
 
 /// A feeds-only config publishing `feed` (a file) into `out`.

@@ -335,7 +335,7 @@ pub fn validate(feeds: &[FeedConfig], settings: &FeedSettings, problems: &mut Pr
 
 fn check_cidrs(path: &str, cidrs: &[String], problems: &mut Problems) {
     for (i, cidr) in cidrs.iter().enumerate() {
-        if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
+        if super::netset::parse_cidr(cidr).is_none() {
             problems.push(
                 format!("{path}[{i}]"),
                 format!("`{cidr}` is not a CIDR or an IP address"),

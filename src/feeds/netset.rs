@@ -106,6 +106,13 @@ pub(crate) fn spaced_v4(count: u32) -> NetSet {
     )
 }
 
+/// A CIDR, or a bare address as a /32 or /128, as never-block lists accept them.
+pub fn parse_cidr(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
 pub fn range4(net: &Ipv4Net) -> Range4 {
     (u32::from(net.network()), u32::from(net.broadcast()))
 }

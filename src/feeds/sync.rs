@@ -230,8 +230,10 @@ pub fn fetcher(settings: &FeedSettings) -> Result<Fetcher, SetupError> {
 impl FeedRunner {
     /// Prepares a feed: reads its secret header values and builds its guards. Validation has
     /// already checked the config.
+    ///
     /// `kubernetes` is the API client for a `kubernetes` publish target; without it (as for
-    /// `feed render`) nothing is published.
+    /// `feed render`) nothing is published. `threats` receives the set in force after each
+    /// successful sync.
     pub fn new(
         feed: FeedConfig,
         settings: &FeedSettings,
@@ -251,13 +253,7 @@ impl FeedRunner {
             .map(|cidr| cidr.to_string())
             .chain(settings.never_block.iter().cloned())
             .chain(feed.never_block.iter().cloned())
-            .filter_map(|cidr| {
-                cidr.parse::<ipnet::IpNet>().ok().or_else(|| {
-                    cidr.parse::<std::net::IpAddr>()
-                        .ok()
-                        .map(ipnet::IpNet::from)
-                })
-            })
+            .filter_map(|cidr| super::netset::parse_cidr(&cidr))
             .collect();
         let guards = Guards {
             never_block: NetSet::from_nets(&never_block),
