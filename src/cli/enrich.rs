@@ -160,15 +160,17 @@ pub fn run(
             Err(error) => return Err(error),
         }
     }
-    match write_error {
+    let written = match write_error {
+        Some(error) => Err(error),
+        None => output.flush(),
+    };
+    match written {
+        Ok(()) => Ok(summary),
         // `threatflow enrich ... | head`: the reader has what it wanted.
-        Some(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {
             summary.output_closed = true;
-            return Ok(summary);
+            Ok(summary)
         }
-        Some(error) => return Err(error),
-        None => {}
+        Err(error) => Err(error),
     }
-    output.flush()?;
-    Ok(summary)
 }
