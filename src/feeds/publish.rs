@@ -92,25 +92,30 @@ impl KubernetesTarget {
         }
     }
 
-    async fn owned(
-        api: &kube::Api<kube::api::DynamicObject>,
-        feed: &str,
-    ) -> Result<Vec<kube::api::DynamicObject>, PublishError> {
-        let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{FEED_LABEL}={feed}");
-        let list = api
-            .list(&kube::api::ListParams::default().labels(&selector))
-            .await
-            .map_err(|source| PublishError::Kubernetes {
-                operation: "list",
-                name: selector,
-                source,
-            })?;
-        Ok(list.items)
+    /// The list parameters that select the feed's own objects.
+    fn owned_by_feed(feed: &str) -> kube::api::ListParams {
+        kube::api::ListParams::default().labels(&format!(
+            "{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{FEED_LABEL}={feed}"
+        ))
     }
 
+    fn list_error(feed: &str) -> impl FnOnce(kube::Error) -> PublishError + '_ {
+        move |source| PublishError::Kubernetes {
+            operation: "list",
+            name: format!("the objects of feed {feed}"),
+            source,
+        }
+    }
+
+    /// Reads the nets back (once, after a start): the size of the set in force.
     pub async fn published_nets(&self, feed: &str) -> Result<usize, PublishError> {
-        let sets = Self::owned(&self.sets, feed).await?;
+        let sets = self
+            .sets
+            .list(&Self::owned_by_feed(feed))
+            .await
+            .map_err(Self::list_error(feed))?;
         Ok(sets
+            .items
             .iter()
             .map(|set| set.data["spec"]["nets"].as_array().map_or(0, Vec::len))
             .sum())
@@ -134,23 +139,31 @@ impl KubernetesTarget {
             (&self.sets, sets.collect::<Vec<_>>()),
             (&self.policies, policies.collect()),
         ] {
-            let existing = Self::owned(api, feed).await?;
+            // Metadata only: the content hash says whether an object changed, so the nets are
+            // not fetched on every sync.
+            let existing: Vec<_> = api
+                .list_metadata(&Self::owned_by_feed(feed))
+                .await
+                .map_err(Self::list_error(feed))?
+                .items
+                .into_iter()
+                .map(|object| object.metadata)
+                .collect();
             let mut wanted = BTreeSet::new();
             for (metadata, object) in desired {
                 let object = object.expect("Calico objects serialize");
                 wanted.insert(metadata.name.clone());
                 let current = existing
                     .iter()
-                    .find(|candidate| candidate.metadata.name.as_deref() == Some(&metadata.name));
+                    .find(|candidate| candidate.name.as_deref() == Some(&metadata.name));
                 let unchanged = current.is_some_and(|current| {
                     let hash = current
-                        .metadata
                         .annotations
                         .as_ref()
                         .and_then(|annotations| annotations.get(CONTENT_HASH_ANNOTATION));
                     hash.is_some()
                         && hash == metadata.annotations.get(CONTENT_HASH_ANNOTATION)
-                        && current.metadata.labels.as_ref() == Some(&metadata.labels)
+                        && current.labels.as_ref() == Some(&metadata.labels)
                 });
                 if unchanged {
                     report.unchanged += 1;
@@ -171,7 +184,7 @@ impl KubernetesTarget {
             }
             for stale in existing
                 .iter()
-                .filter_map(|object| object.metadata.name.as_ref())
+                .filter_map(|object| object.name.as_ref())
                 .filter(|name| !wanted.contains(*name))
             {
                 api.delete(stale, &kube::api::DeleteParams::default())

@@ -3,7 +3,8 @@
 //! core `pods`, `namespaces`, `services` and `nodes`):
 //!
 //! - `GET` a collection, with `labelSelector` (`k=v`, `k==v`, `k!=v`, `k`, `!k`, comma-joined),
-//!   and `GET` an object; `404 NotFound` for a missing one;
+//!   whole or metadata only (`Accept: ...;as=PartialObjectMetadataList`, logged as
+//!   `<path> (metadata)`), and `GET` an object; `404 NotFound` for a missing one;
 //! - server-side apply: `PATCH` with `Content-Type: application/apply-patch+yaml` and a
 //!   `fieldManager`; creates (201) or updates (200); `409 Conflict` when another manager owns the
 //!   object and `force` is not set; `415` for other patch types; `400` without a field manager or
@@ -429,11 +430,22 @@ fn selects(selector: &str, labels: &Value) -> bool {
 async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Body> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    // `kube`'s `list_metadata` asks for metadata only, as `PartialObjectMetadataList`.
+    let metadata_only = request
+        .headers()
+        .get("accept")
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|accept| accept.contains("as=PartialObjectMetadataList"));
+    let logged = if metadata_only {
+        format!("{path} (metadata)")
+    } else {
+        path.clone()
+    };
     state
         .lock()
         .unwrap()
         .requests
-        .push((method.to_string(), path.clone()));
+        .push((method.to_string(), logged));
     let resource = RESOURCES
         .iter()
         .find_map(|&(prefix, plural, kind, api_version)| {
@@ -506,8 +518,15 @@ async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Bo
                 .filter(|((p, _), object)| {
                     *p == plural && selects(&selector, &object["metadata"]["labels"])
                 })
-                .map(|(_, object)| object.clone())
+                                .map(|(_, object)| match metadata_only {
+                    true => json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": object["metadata"]}),
+                    false => object.clone(),
+                })
                 .collect();
+            let (api_version, kind) = match metadata_only {
+                true => ("meta.k8s.io/v1", "PartialObjectMetadata"),
+                false => (api_version, kind),
+            };
             respond(
                 StatusCode::OK,
                 &json!({"apiVersion": api_version, "kind": format!("{kind}List"), "metadata": {"resourceVersion": state.resource_version.to_string()}, "items": items}),
