@@ -65,8 +65,11 @@ pub async fn serve(
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
-                Err(error) => {
+                                Err(error) => {
+                    // Such errors (out of file descriptors) persist for a while: pause rather
+                    // than spin.
                     tracing::warn!(%error, "telemetry listener failed to accept");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 }
             },
