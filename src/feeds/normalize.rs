@@ -125,7 +125,6 @@ pub fn normalize(feed: ParsedFeed, guards: &Guards) -> Result<Normalized, Refusa
         v6.retain(|&range| widest_prefix6(range) >= min);
         count(Removal::PrefixTooShort, before - v6.len());
     }
-    let mut set = NetSet::from_ranges(v4.clone(), v6.clone());
     if !guards.never_block.is_empty() {
         let overlapping = v4
             .iter()
@@ -135,9 +134,11 @@ pub fn normalize(feed: ParsedFeed, guards: &Guards) -> Result<Normalized, Refusa
                 .filter(|&&range| guards.never_block.overlaps6(range))
                 .count();
         count(Removal::NeverBlock, overlapping);
+    }
+    let mut set = NetSet::from_ranges(v4, v6);
+    if !guards.never_block.is_empty() {
         set = set.subtract(&guards.never_block);
     }
-    drop((v4, v6));
     let cidrs = set.cidrs().count();
     if let Some(max) = guards.max_entries {
         if cidrs > max {
