@@ -323,10 +323,15 @@ async fn files_and_bad_urls() {
         .unwrap_err();
     assert_eq!(error.kind(), "file");
     let error = fetcher()
-        .fetch("ftp://example.com/feed", &[], &Validators::default())
+        .fetch(
+            "ftp://user:s3cret@example.com/feed?key=s3cret",
+            &[],
+            &Validators::default(),
+        )
         .await
         .unwrap_err();
     assert_eq!(error.kind(), "url");
+    assert!(!error.to_string().contains("s3cret"), "{error}");
     // Nothing listens on a freshly closed port: a connection failure, retried, then reported.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -167,17 +167,16 @@ impl Fetcher {
         if let Some(path) = url.strip_prefix("file://") {
             return self.read_file(path).await;
         }
+        let shown = redact_url(url);
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(FetchError::Url {
-                url: url.to_owned(),
-            });
+            return Err(FetchError::Url { url: shown });
         }
         let headers = request_headers(headers, validators)?;
+        let conditional = validators.etag.is_some() || validators.last_modified.is_some();
         let mut attempt = 0;
         loop {
-            let conditional = validators.etag.is_some() || validators.last_modified.is_some();
             let result = self
-                .attempt(url, &redact_url(url), headers.clone(), conditional)
+                .attempt(url, &shown, headers.clone(), conditional)
                 .await;
             match result {
                 Err((error, retry_after))
@@ -186,7 +185,7 @@ impl Fetcher {
                     let delay = retry_after
                         .unwrap_or_else(|| self.backoff(attempt))
                         .min(self.settings.max_backoff);
-                    tracing::warn!(url = %redact_url(url), error = %error, attempt = attempt + 1, retry_in_ms = delay.as_millis() as u64, "feed fetch failed; retrying");
+                    tracing::warn!(url = %shown, error = %error, attempt = attempt + 1, retry_in_ms = delay.as_millis() as u64, "feed fetch failed; retrying");
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
