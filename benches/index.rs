@@ -1,7 +1,8 @@
 //! The endpoint index at cluster scale: 100k pods (two IPs each for a quarter of them: dual
-//! stack) in 100 namespaces on 500 nodes, and 20k services. Prints the heap bytes per pod the
-//! index holds (a counting allocator measures building it), then criterion measures lookups.
-//! Run with `cargo bench --bench index`.
+//! stack) in 100 namespaces on 500 nodes, and 20k services. Prints the heap bytes per pod that
+//! the index alone holds (offline) and that the cluster model and index hold together (what the
+//! daemon keeps while it watches), measured by a counting allocator; then criterion measures
+//! lookups. Run with `cargo bench --bench index`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
@@ -10,7 +11,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use threatflow::enrich::inventory::{NamespaceInfo, NodeInfo, PodInfo, ServiceInfo};
-use threatflow::enrich::{EndpointIndex, Inventory};
+use threatflow::enrich::{ClusterState, EndpointIndex, Inventory, LabelFilter};
 
 struct Counting;
 
@@ -53,6 +54,8 @@ fn inventory() -> Inventory {
                 )));
             }
             PodInfo {
+                uid: format!("{i:08x}-5f0e-4c1a-9b7d-3e2f1a0c9d8b"),
+                created_ms: Some(1_700_000_000_000),
                 name: format!("{deployment}-7d9f8c6b5d-{i:05x}"),
                 namespace: format!("ns-{}", i % 100),
                 labels: labels(&[
@@ -79,6 +82,7 @@ fn inventory() -> Inventory {
             name: format!("node-{i}"),
             labels: BTreeMap::new(),
             internal_ips: vec![IpAddr::V4(Ipv4Addr::from(0xc0a8_0000 + i))],
+            created_ms: Some(1_700_000_000_000),
         })
         .collect();
     let namespaces = (0..100)
@@ -92,22 +96,38 @@ fn inventory() -> Inventory {
         services,
         nodes,
         namespaces,
+        jobs: Vec::new(),
     }
 }
 
 fn index(c: &mut Criterion) {
     let inventory = inventory();
+    // Label strings: two `key=value` entries per pod in the index (24 bytes each; short ones
+    // are inline), and in the model the two keys and values (`app`, `app-N`,
+    // `pod-template-hash`, `7d9f8c6b5d`: 3 + 7 + 17 + 10 bytes).
+    let index_label_bytes = PODS as isize * 2 * 24;
+    let model_label_bytes = PODS as isize * (3 + 7 + 17 + 10);
+    let per_pod = |bytes: isize| bytes / PODS as isize;
+
     let before = ALLOCATED.load(Ordering::Relaxed);
     let index = EndpointIndex::from_inventory(&inventory);
-    let bytes = ALLOCATED.load(Ordering::Relaxed) - before;
-    // Label vectors: two `key=value` entries per pod, 24 bytes each (short ones are inline).
-    let label_bytes = PODS as isize * 2 * 24;
+    let index_bytes = ALLOCATED.load(Ordering::Relaxed) - before;
     println!(
-        "index for {PODS} pods and 20000 services: {:.1} MiB heap, {} bytes per pod ({} without label vectors)",
-        bytes as f64 / (1024.0 * 1024.0),
-        bytes / PODS as isize,
-        (bytes - label_bytes) / PODS as isize
+        "index for {PODS} pods and 20000 services: {:.1} MiB heap, {} bytes per pod ({} without label strings)",
+        index_bytes as f64 / (1024.0 * 1024.0),
+        per_pod(index_bytes),
+        per_pod(index_bytes - index_label_bytes)
     );
+    let before = ALLOCATED.load(Ordering::Relaxed);
+    let model = ClusterState::from_inventory(&inventory, &LabelFilter::default());
+    let model_bytes = ALLOCATED.load(Ordering::Relaxed) - before;
+    println!(
+        "cluster model + index (the daemon): {:.1} MiB heap, {} bytes per pod ({} without label strings)",
+        model_bytes as f64 / (1024.0 * 1024.0),
+        per_pod(model_bytes),
+        per_pod(model_bytes - index_label_bytes - model_label_bytes)
+    );
+    drop(model);
 
     let probes: Vec<IpAddr> = (0..1_000_000u32)
         .map(|i| pod_ip((i.wrapping_mul(2_654_435_761)) % (PODS * 11 / 10)))

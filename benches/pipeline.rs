@@ -24,10 +24,11 @@ fn pipeline(c: &mut Criterion) {
     let input = flowgen::flows(RECORDS);
     let inventory = Inventory::load("deploy/local/inventory.json".as_ref())
         .expect("run from the repository root");
-    let processor = Processor {
-        enricher: Enricher::default(),
-        index: EndpointIndex::from_inventory(&inventory).into(),
-    };
+    let processor = Processor::new(
+        Enricher::default(),
+        EndpointIndex::from_inventory(&inventory),
+    );
+    let index = processor.index.read().unwrap();
     let config =
         Config::load_valid("deploy/local/threatflow.yaml".as_ref()).expect("quickstart config");
     let cef = CefEncoder::new(&CefConfig::default(), config.cluster_name.as_deref());
@@ -49,7 +50,7 @@ fn pipeline(c: &mut Criterion) {
             let mut splitter = LineSplitter::new(64 * 1024);
             splitter.split(&input, |line| {
                 let record = processor
-                    .process(FlowFormat::Calico, line, 64 * 1024)
+                    .process(&index, FlowFormat::Calico, line, 64 * 1024)
                     .expect("generated lines are valid");
                 cef.encode(&record, &mut out);
                 out.push(b'\n');
@@ -74,20 +75,20 @@ fn pipeline(c: &mut Criterion) {
             Arc::new(NetSet::from_ranges(ranges, vec![])),
         );
     }
-    let with_threats = Processor {
-        enricher: Enricher {
+    let with_threats = Processor::new(
+        Enricher {
             threats,
             ..Enricher::default()
         },
-        index: processor.index.clone(),
-    };
+        EndpointIndex::from_inventory(&inventory),
+    );
     group.bench_function("split+parse+enrich+cef, 3 feeds / 1M entries", |b| {
         b.iter(|| {
             out.clear();
             let mut splitter = LineSplitter::new(64 * 1024);
             splitter.split(&input, |line| {
                 let record = with_threats
-                    .process(FlowFormat::Calico, line, 64 * 1024)
+                    .process(&index, FlowFormat::Calico, line, 64 * 1024)
                     .expect("generated lines are valid");
                 cef.encode(&record, &mut out);
                 out.push(b'\n');
@@ -101,7 +102,7 @@ fn pipeline(c: &mut Criterion) {
                 .iter()
                 .map(|line| {
                     processor
-                        .process(FlowFormat::Calico, line, 64 * 1024)
+                        .process(&index, FlowFormat::Calico, line, 64 * 1024)
                         .is_ok() as usize
                 })
                 .sum::<usize>()
@@ -111,7 +112,7 @@ fn pipeline(c: &mut Criterion) {
         .iter()
         .map(|line| {
             processor
-                .process(FlowFormat::Calico, line, 64 * 1024)
+                .process(&index, FlowFormat::Calico, line, 64 * 1024)
                 .expect("valid")
         })
         .collect();

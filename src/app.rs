@@ -20,10 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, SourceKind};
-use crate::enrich::{EndpointIndex, Enricher, Inventory, ThreatMatcher};
+use crate::enrich::{EndpointIndex, Enricher, Inventory, SyncGate, ThreatMatcher};
 use crate::feeds::sync::{self, FeedMetrics, FeedRunner, StatusBoard};
 use crate::flow::source::{self, CheckpointStore, SourceBatch, SourceContext, SourceMetrics};
 use crate::flow::RejectCounts;
+use crate::k8s::watch::{ClusterWatch, WatchMetrics};
 use crate::pipeline::{DeadLetter, FlowMetrics, Processor};
 use crate::sink::{Batch, Sink, SinkMetrics};
 use crate::telemetry::{self, Readiness};
@@ -51,8 +52,8 @@ pub fn load_index(config: &Config) -> anyhow::Result<EndpointIndex> {
         Some(path) => {
             let inventory = Inventory::load(path)?;
             let index = EndpointIndex::build(&inventory, &config.enrichment.labels);
-            let (endpoints, services) = index.len();
-            tracing::info!(path = %path.display(), pods = inventory.pods.len(), endpoints, services, "loaded inventory");
+            let size = index.size();
+            tracing::info!(path = %path.display(), pods = inventory.pods.len(), endpoints = size.endpoint_addresses, services = size.service_addresses, "loaded inventory");
             Ok(index)
         }
         None => Ok(EndpointIndex::default()),
@@ -65,12 +66,12 @@ pub async fn run(
     options: RunOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunReport> {
-    let index = Arc::new(load_index(&config)?);
     let mut registry = Registry::with_prefix("threatflow");
     let source_metrics = SourceMetrics::register(registry.sub_registry_with_prefix("source"));
     let flow_metrics = FlowMetrics::register(registry.sub_registry_with_prefix("flow"));
     let sink_metrics = SinkMetrics::register(registry.sub_registry_with_prefix("sink"));
     let feed_metrics = FeedMetrics::register(registry.sub_registry_with_prefix("feed"));
+    let watch_metrics = WatchMetrics::register(registry.sub_registry_with_prefix("kubernetes"));
     for source in &config.sources {
         source_metrics.init_source(&source.name);
         flow_metrics.init_source(&source.name);
@@ -85,6 +86,37 @@ pub async fn run(
 
     // Feeds: each keeps itself in sync on its own schedule.
     let feed_board = StatusBoard::default();
+
+    // Cluster context: watches in the cluster, or an inventory file.
+    let watch_stop = CancellationToken::new();
+    let (index, synced, cluster_watch) = match &config.enrichment.kubernetes {
+        Some(settings) => {
+            let client = kube::Client::try_default().await.context(
+                "enrichment.kubernetes needs the Kubernetes API: run in a pod with a service account, or set KUBECONFIG",
+            )?;
+            let watch = ClusterWatch::start(
+                client,
+                settings,
+                &config.enrichment.labels,
+                watch_metrics,
+                readiness.clone(),
+                watch_stop.clone(),
+            );
+            (watch.index.clone(), watch.gate.clone(), Some(watch))
+        }
+        None => (
+            Arc::new(load_index(&config)?.into()),
+            Arc::new(SyncGate::opened()),
+            None,
+        ),
+    };
+    let sync_timeout = Duration::from_secs(
+        config
+            .enrichment
+            .kubernetes
+            .as_ref()
+            .map_or(0, |kubernetes| kubernetes.sync_timeout_secs),
+    );
     // Feeds stop with the run: at shutdown, or when the sources have ended.
     let feeds_stop = shutdown.child_token();
     let threats = ThreatMatcher::default();
@@ -171,6 +203,8 @@ pub async fn run(
             labels: config.enrichment.labels.clone(),
         },
         index,
+        synced,
+        sync_timeout,
     };
     let processor_thread = std::thread::Builder::new()
         .name("threatflow-processor".into())
@@ -271,6 +305,10 @@ pub async fn run(
     }
     checkpoint_stop.cancel();
     persist(&checkpoint_stores);
+    watch_stop.cancel();
+    if let Some(watch) = cluster_watch {
+        watch.join().await;
+    }
     telemetry_stop.cancel();
     tasks.close();
     tasks.wait().await;

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -17,7 +18,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::enrich::{EndpointIndex, EnrichedRecord, Enricher};
+use crate::enrich::{EndpointIndex, EnrichedRecord, Enricher, Lookup, SharedIndex, SyncGate};
 use crate::flow::lines::Line;
 use crate::flow::source::SourceBatch;
 use crate::flow::{FlowFormat, RejectCounts, RejectReason, Rejection};
@@ -27,7 +28,12 @@ use crate::sink::Batch;
 #[derive(Debug)]
 pub struct Processor {
     pub enricher: Enricher,
-    pub index: Arc<EndpointIndex>,
+    pub index: SharedIndex,
+    /// Opens once the index holds the cluster's initial lists.
+    pub synced: Arc<SyncGate>,
+    /// How long the first records wait for `synced` before they go on with whatever context
+    /// the index has.
+    pub sync_timeout: Duration,
 }
 
 /// What the processing stage did over a run.
@@ -40,6 +46,16 @@ pub struct Processed {
 }
 
 impl Processor {
+    /// A processor over a fixed index (offline use).
+    pub fn new(enricher: Enricher, index: EndpointIndex) -> Processor {
+        Processor {
+            enricher,
+            index: Arc::new(index.into()),
+            synced: Arc::new(SyncGate::opened()),
+            sync_timeout: Duration::ZERO,
+        }
+    }
+
     /// The daemon's processing stage: takes source batches until every source is done, and
     /// shares each batch's records with every sink's queue. Blocking; runs on its own thread.
     pub fn run(
@@ -51,21 +67,23 @@ impl Processor {
         metrics: &FlowMetrics,
     ) -> Processed {
         let mut processed = Processed::default();
+        let mut waited = false;
         while let Some(batch) = batches.blocking_recv() {
+            if !waited {
+                waited = true;
+                self.wait_for_sync(metrics);
+            }
             let max_line = max_line_bytes
                 .get(&batch.source)
                 .copied()
                 .unwrap_or(usize::MAX);
             let mut records = Vec::with_capacity(batch.lines.len());
             let mut rejected = RejectCounts::default();
-            let mut enriched_endpoints = 0;
+            // Read once per batch; released before the batch waits on a sink's queue.
+            let index = self.index.read().expect("index lock");
             for line in batch.lines.iter() {
-                match self.process(batch.format, line, max_line) {
-                    Ok(record) => {
-                        enriched_endpoints += usize::from(record.source.is_some())
-                            + usize::from(record.dest.is_some());
-                        records.push(record);
-                    }
+                match self.process(&index, batch.format, line, max_line) {
+                    Ok(record) => records.push(record),
                     Err(rejection) => {
                         rejected.add(rejection.reason);
                         if let Some(dead_letter) = dead_letter.as_deref_mut() {
@@ -76,6 +94,7 @@ impl Processor {
                     }
                 }
             }
+            drop(index);
             if rejected.total() > 0 {
                 tracing::warn!(source = %batch.source, rejected = %rejected, "rejected lines");
                 if let Some(dead_letter) = dead_letter.as_deref_mut() {
@@ -84,8 +103,7 @@ impl Processor {
                     }
                 }
             }
-            metrics.batch_processed(&batch.source, records.len(), enriched_endpoints, &rejected);
-            metrics.threats_matched(&records);
+            metrics.batch_processed(&batch.source, &records, &rejected);
             processed.records += records.len() as u64;
             processed.rejected.merge(&rejected);
             let records = Arc::new(records);
@@ -105,8 +123,24 @@ impl Processor {
         processed
     }
 
+    /// Holds the first batch (and, through the bounded queue, the source) until the index
+    /// holds the cluster's initial lists, at most `sync_timeout`.
+    fn wait_for_sync(&self, metrics: &FlowMetrics) {
+        if self.synced.is_open() {
+            return;
+        }
+        tracing::info!(timeout = ?self.sync_timeout, "holding records until the Kubernetes lists are in the index");
+        if self.synced.wait(self.sync_timeout) {
+            tracing::info!("Kubernetes lists are in the index; enriching");
+        } else {
+            metrics.sync_timeouts.inc();
+            tracing::warn!(timeout = ?self.sync_timeout, "the Kubernetes lists are not in the index yet; records go on with the context it has (see /readyz)");
+        }
+    }
+
     pub fn process(
         &self,
+        index: &EndpointIndex,
         format: FlowFormat,
         line: Line<'_>,
         max_line_bytes: usize,
@@ -114,7 +148,7 @@ impl Processor {
         match line {
             Line::Complete(bytes) => format
                 .parse(bytes)
-                .map(|flow| self.enricher.enrich(flow, &self.index)),
+                .map(|flow| self.enricher.enrich(flow, index)),
             Line::TooLong { len, .. } => Err(Rejection::new(
                 RejectReason::TooLong,
                 format!("line of {len} bytes is longer than max_line_bytes ({max_line_bytes})"),
@@ -141,6 +175,13 @@ pub struct FlowMetrics {
     rejected: Family<RejectLabels, Counter>,
     enriched_endpoints: Family<FlowLabels, Counter>,
     threat_matches: Family<ThreatLabels, Counter>,
+    index_lookups: Family<LookupLabels, Counter>,
+    sync_timeouts: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LookupLabels {
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -171,6 +212,21 @@ impl FlowMetrics {
             "Records whose source or destination a threat feed lists, per feed",
             metrics.threat_matches.clone(),
         );
+        registry.register(
+            "index_lookups",
+            "Endpoint lookups in the index, by outcome (hit, miss, hit_after_delete: a pod deleted within the grace period, no_address: an aggregated record)",
+            metrics.index_lookups.clone(),
+        );
+        registry.register(
+            "sync_timeouts",
+            "Times records went on before the Kubernetes lists were in the index",
+            metrics.sync_timeouts.clone(),
+        );
+        for outcome in Lookup::ALL {
+            drop(metrics.index_lookups.get_or_create(&LookupLabels {
+                outcome: outcome.as_str(),
+            }));
+        }
         metrics
     }
 
@@ -190,35 +246,49 @@ impl FlowMetrics {
         }
     }
 
-    /// Counts the threat matches of a batch of records.
-    pub fn threats_matched(&self, records: &[EnrichedRecord]) {
-        let mut counts: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
-        for feed in records.iter().flat_map(|record| &record.threat_feeds) {
-            *counts.entry(&feed.name).or_default() += 1;
+    /// Counts a processed batch: records, how their endpoints resolved, threat matches and
+    /// rejections.
+    pub fn batch_processed(
+        &self,
+        source: &str,
+        records: &[EnrichedRecord],
+        rejected: &crate::flow::RejectCounts,
+    ) {
+        let labels = FlowLabels {
+            source: source.to_owned(),
+        };
+        self.records
+            .get_or_create(&labels)
+            .inc_by(records.len() as u64);
+        let mut lookups = [0u64; 4];
+        let mut feeds: HashMap<&str, u64> = HashMap::new();
+        for record in records {
+            for lookup in record.lookups {
+                lookups[lookup as usize] += 1;
+            }
+            for feed in &record.threat_feeds {
+                *feeds.entry(&feed.name).or_default() += 1;
+            }
         }
-        for (feed, count) in counts {
+        self.enriched_endpoints
+            .get_or_create(&labels)
+            .inc_by(lookups[Lookup::Hit as usize] + lookups[Lookup::HitAfterDelete as usize]);
+        for outcome in Lookup::ALL {
+            if lookups[outcome as usize] > 0 {
+                self.index_lookups
+                    .get_or_create(&LookupLabels {
+                        outcome: outcome.as_str(),
+                    })
+                    .inc_by(lookups[outcome as usize]);
+            }
+        }
+        for (feed, count) in feeds {
             self.threat_matches
                 .get_or_create(&ThreatLabels {
                     feed: feed.to_owned(),
                 })
                 .inc_by(count);
         }
-    }
-
-    pub fn batch_processed(
-        &self,
-        source: &str,
-        records: usize,
-        enriched_endpoints: usize,
-        rejected: &crate::flow::RejectCounts,
-    ) {
-        let labels = FlowLabels {
-            source: source.to_owned(),
-        };
-        self.records.get_or_create(&labels).inc_by(records as u64);
-        self.enriched_endpoints
-            .get_or_create(&labels)
-            .inc_by(enriched_endpoints as u64);
         for reason in RejectReason::ALL {
             let count = rejected.get(reason);
             if count > 0 {

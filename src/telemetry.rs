@@ -4,9 +4,9 @@
 //! Stages register their own metrics under a prefix; this module only serves them. It never
 //! touches records.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -34,19 +34,58 @@ pub fn init_logging(config: &TelemetryConfig) {
     };
 }
 
-/// Whether the process is ready to take traffic, and why not.
-#[derive(Clone, Debug, Default)]
+/// Whether the process is ready to take traffic, and if not, what it waits for.
+#[derive(Clone, Debug)]
 pub struct Readiness {
-    ready: Arc<AtomicBool>,
+    /// What is not ready yet -> why.
+    waiting: Arc<Mutex<BTreeMap<&'static str, String>>>,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        let readiness = Readiness {
+            waiting: Arc::default(),
+        };
+        readiness.wait_for("pipeline", "starting");
+        readiness
+    }
 }
 
 impl Readiness {
+    /// The pipeline is running (or, with `false`, stopping).
     pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Release);
+        match ready {
+            true => self.done("pipeline"),
+            false => self.wait_for("pipeline", "stopping"),
+        }
+    }
+
+    /// Not ready until `part` is done, because of `reason`.
+    pub fn wait_for(&self, part: &'static str, reason: impl Into<String>) {
+        self.waiting
+            .lock()
+            .expect("readiness lock")
+            .insert(part, reason.into());
+    }
+
+    pub fn done(&self, part: &'static str) {
+        self.waiting.lock().expect("readiness lock").remove(part);
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.waiting.lock().expect("readiness lock").is_empty()
+    }
+
+    /// `part: reason; ...` for everything not ready, or `None` when ready.
+    pub fn waiting_for(&self) -> Option<String> {
+        let waiting = self.waiting.lock().expect("readiness lock");
+        (!waiting.is_empty()).then(|| {
+            waiting
+                .iter()
+                .map(|(part, reason)| format!("{part}: {reason}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
     }
 }
 
@@ -116,12 +155,14 @@ fn respond(
         }
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".into()),
         "/status" => (StatusCode::OK, "application/json", status()),
-        "/readyz" if readiness.is_ready() => (StatusCode::OK, "text/plain", "ready\n".into()),
-        "/readyz" => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "not ready: starting\n".into(),
-        ),
+        "/readyz" => match readiness.waiting_for() {
+            None => (StatusCode::OK, "text/plain", "ready\n".into()),
+            Some(waiting) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {waiting}\n"),
+            ),
+        },
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",

@@ -99,14 +99,16 @@ pub fn run(
     output: impl Write,
     mut errors: impl Write,
 ) -> std::io::Result<EnrichSummary> {
-    let processor = Processor {
-        enricher: crate::enrich::Enricher {
+    let processor = Processor::new(
+        crate::enrich::Enricher {
             node_name: options.config.node_name().map(Into::into),
             threats: options.threats,
             labels: options.config.enrichment.labels.clone(),
         },
-        index: options.index.into(),
-    };
+        options.index,
+    );
+    // No writer runs beside `enrich`: one read for the whole run.
+    let index = processor.index.read().expect("index lock");
     let encoder = Encoder::new(options.output, options.config);
     let mut output = BufWriter::with_capacity(CHUNK_BYTES, output);
     let mut splitter = LineSplitter::new(options.max_line_bytes);
@@ -126,7 +128,7 @@ pub fn run(
         if line_number % 65_536 == 0 {
             progress.report(line_number);
         }
-        let result = match processor.process(options.format, line, options.max_line_bytes) {
+        let result = match processor.process(&index, options.format, line, options.max_line_bytes) {
             Ok(record) => {
                 encoded.clear();
                 summary.truncated_fields +=

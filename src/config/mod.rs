@@ -129,13 +129,76 @@ pub enum StartAt {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrichmentConfig {
-    /// A file written by `kubectl get pods,services,namespaces,nodes -A -o json`. Without it,
-    /// records are forwarded with only the context they carry.
+    /// A file written by `kubectl get pods,services,namespaces,nodes,jobs -A -o json`, for runs
+    /// outside the cluster. Without it (or `kubernetes`), records are forwarded with only the
+    /// context they carry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inventory_path: Option<PathBuf>,
+    /// Watch the cluster's pods, services, nodes, namespaces and jobs and keep the index in
+    /// step (in-cluster, or through `KUBECONFIG`). Exclusive with `inventory_path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesEnrichment>,
     /// Which labels are passed on, from the inventory and from the records themselves.
     #[serde(default)]
     pub labels: crate::enrich::LabelFilter,
+}
+
+/// In-cluster enrichment from watches.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesEnrichment {
+    /// Watch only this namespace's pods, services and jobs (and only this namespace's labels),
+    /// for large clusters where threatflow serves one tenant. Nodes are always watched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Watch only pods matching this label selector (`app=web,tier!=db`). Flows of other pods
+    /// get no pod context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_label_selector: Option<String>,
+    /// How long a deleted pod's (or node's, or service's) addresses still resolve to it, for
+    /// flow records that arrive late.
+    #[serde(default = "default_grace_period_secs")]
+    pub grace_period_secs: u64,
+    /// How long records wait at startup for the initial lists before they go on with the
+    /// context the index has (counted in `threatflow_flow_sync_timeouts_total`).
+    #[serde(default = "default_sync_timeout_secs")]
+    pub sync_timeout_secs: u64,
+}
+
+fn default_grace_period_secs() -> u64 {
+    300
+}
+
+fn default_sync_timeout_secs() -> u64 {
+    60
+}
+
+impl KubernetesEnrichment {
+    fn validate(&self, path: &str, problems: &mut Problems) {
+        if let Some(namespace) = &self.namespace {
+            let valid = !namespace.is_empty()
+                && namespace.len() <= 63
+                && namespace
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !namespace.starts_with('-')
+                && !namespace.ends_with('-');
+            if !valid {
+                problems.push(
+                    format!("{path}.namespace"),
+                    "must be a namespace name (lowercase letters, digits and `-`, at most 63)",
+                );
+            }
+        }
+        if let Some(selector) = &self.pod_label_selector {
+            if selector.trim().is_empty() || selector.chars().any(char::is_control) {
+                problems.push(
+                    format!("{path}.pod_label_selector"),
+                    "must be a label selector such as `app=web,tier!=db`",
+                );
+            }
+        }
+    }
 }
 
 /// A destination for enriched records.
@@ -468,6 +531,15 @@ impl Config {
         self.enrichment
             .labels
             .validate("enrichment.labels", &mut problems);
+        if let Some(kubernetes) = &self.enrichment.kubernetes {
+            if self.enrichment.inventory_path.is_some() {
+                problems.push(
+                    "enrichment.kubernetes",
+                    "set either enrichment.inventory_path (a file) or enrichment.kubernetes (watches), not both",
+                );
+            }
+            kubernetes.validate("enrichment.kubernetes", &mut problems);
+        }
         crate::feeds::config::validate(&self.feeds, &self.feed_settings, &mut problems);
         self.cef.validate("cef", &mut problems);
         if let Some(cluster_name) = &self.cluster_name {
@@ -541,9 +613,13 @@ impl Config {
                 format!("{} ({:?} to {target})", sink.name, sink.format).to_lowercase()
             })
             .collect();
-        let enrichment = match &self.enrichment.inventory_path {
-            Some(path) => format!("inventory {}", path.display()),
-            None => "none".into(),
+        let enrichment = match (&self.enrichment.inventory_path, &self.enrichment.kubernetes) {
+            (Some(path), _) => format!("inventory {}", path.display()),
+            (None, Some(kubernetes)) => match &kubernetes.namespace {
+                Some(namespace) => format!("kubernetes watches in namespace {namespace}"),
+                None => "kubernetes watches".into(),
+            },
+            (None, None) => "none".into(),
         };
         let telemetry = match self.telemetry.listen_addr {
             Some(addr) => format!("http://{addr}/metrics"),

@@ -2,32 +2,31 @@
 //!
 //! Pod IPs are reused. Each address keeps a short history of holdings, `[from, until)` in epoch
 //! milliseconds, so that a flow stamped before the reuse resolves to the old pod and one after
-//! it to the new. A released holding stays resolvable for a grace period (late flow logs) and is
-//! then evicted. Memory stays bounded: every owner's addresses are indexed by the owner's key,
-//! so a delete event without the pod's IPs still releases them, and each address keeps at most
-//! [`MAX_HOLDINGS`] holdings.
+//! it to the new. Holdings of one address never overlap: a new holder starts no earlier than
+//! the last release. A released holding stays resolvable for a grace period (late flow logs)
+//! and is then evicted. Memory stays bounded: every owner's addresses are indexed by the
+//! owner's key, so a delete event without the pod's IPs still releases them, and each address
+//! keeps at most [`MAX_HOLDINGS`] holdings.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-
-use super::index::EndpointInfo;
 
 /// Holdings kept per address; the oldest closed ones go first.
 pub const MAX_HOLDINGS: usize = 4;
 
 /// One owner's hold on an address.
 #[derive(Clone, Debug)]
-struct Holding {
+struct Holding<T> {
     /// The owner's identity (a pod UID, a node name).
     key: Arc<str>,
-    owner: Arc<EndpointInfo>,
+    owner: Arc<T>,
     from_ms: i64,
     /// `None` while the owner still holds the address.
     until_ms: Option<i64>,
 }
 
-impl Holding {
+impl<T> Holding<T> {
     fn contains(&self, at_ms: i64) -> bool {
         self.from_ms <= at_ms && self.until_ms.is_none_or(|until| at_ms < until)
     }
@@ -35,24 +34,36 @@ impl Holding {
 
 type Hasher = foldhash::fast::RandomState;
 
-/// Address -> holdings over time.
-#[derive(Debug, Default)]
-pub struct IpHistory {
-    by_address: HashMap<IpAddr, Vec<Holding>, Hasher>,
+/// What a lookup found.
+#[derive(Debug)]
+pub struct Found<'a, T> {
+    pub owner: &'a Arc<T>,
+    /// The owner has since released the address (a deleted pod, within its grace period).
+    pub released: bool,
+}
+
+/// Address -> holdings over time, of owners of type `T`.
+#[derive(Debug)]
+pub struct IpHistory<T> {
+    by_address: HashMap<IpAddr, Vec<Holding<T>>, Hasher>,
     by_owner: HashMap<Arc<str>, Vec<IpAddr>, Hasher>,
 }
 
-impl IpHistory {
-    /// `owner` (identified by `key`) holds `address` from `from_ms`. A different owner's open
-    /// holding of the address ends there (the address was reused); the same owner's holding is
+impl<T> Default for IpHistory<T> {
+    fn default() -> Self {
+        IpHistory {
+            by_address: HashMap::default(),
+            by_owner: HashMap::default(),
+        }
+    }
+}
+
+impl<T> IpHistory<T> {
+    /// `owner` (identified by `key`) holds `address` from `from_ms`, or from the address's last
+    /// release if that is later. A different owner's open holding of the address ends there
+    /// (the address was reused before its delete event arrived); the same owner's holding is
     /// updated in place (its labels or workload changed).
-    pub fn assign(
-        &mut self,
-        address: IpAddr,
-        key: Arc<str>,
-        owner: Arc<EndpointInfo>,
-        from_ms: i64,
-    ) {
+    pub fn assign(&mut self, address: IpAddr, key: Arc<str>, owner: Arc<T>, from_ms: i64) {
         let holdings = self.by_address.entry(address).or_default();
         if let Some(current) = holdings
             .iter_mut()
@@ -61,6 +72,10 @@ impl IpHistory {
             current.owner = owner;
             return;
         }
+        let from_ms = holdings
+            .iter()
+            .filter_map(|holding| holding.until_ms)
+            .fold(from_ms, i64::max);
         for holding in holdings
             .iter_mut()
             .filter(|holding| holding.until_ms.is_none())
@@ -83,12 +98,26 @@ impl IpHistory {
                 .map(|(index, _)| index)
             {
                 let dropped = holdings.remove(oldest);
-                forget(&mut self.by_owner, &dropped.key, address);
+                if !holdings.iter().any(|holding| holding.key == dropped.key) {
+                    forget(&mut self.by_owner, &dropped.key, address);
+                }
             }
         }
         let addresses = self.by_owner.entry(key).or_default();
         if !addresses.contains(&address) {
             addresses.push(address);
+        }
+    }
+
+    /// Replaces the owner of `key`'s open holding of `address` (its context changed); does
+    /// nothing if `key` does not hold it.
+    pub fn update(&mut self, address: IpAddr, key: &str, owner: Arc<T>) {
+        if let Some(holding) = self.by_address.get_mut(&address).and_then(|holdings| {
+            holdings
+                .iter_mut()
+                .find(|holding| &*holding.key == key && holding.until_ms.is_none())
+        }) {
+            holding.owner = owner;
         }
     }
 
@@ -98,35 +127,44 @@ impl IpHistory {
         let Some(addresses) = self.by_owner.get(key) else {
             return;
         };
-        for address in addresses {
-            if let Some(holdings) = self.by_address.get_mut(address) {
-                for holding in holdings
-                    .iter_mut()
-                    .filter(|holding| &*holding.key == key && holding.until_ms.is_none())
-                {
-                    holding.until_ms = Some(at_ms.max(holding.from_ms));
-                }
+        for address in addresses.clone() {
+            self.release(address, key, at_ms);
+        }
+    }
+
+    /// The owner behind `key` released `address` at `at_ms` (a pod whose IP changed, or that
+    /// terminated).
+    pub fn release(&mut self, address: IpAddr, key: &str, at_ms: i64) {
+        if let Some(holdings) = self.by_address.get_mut(&address) {
+            for holding in holdings
+                .iter_mut()
+                .filter(|holding| &*holding.key == key && holding.until_ms.is_none())
+            {
+                holding.until_ms = Some(at_ms.max(holding.from_ms));
             }
         }
     }
 
     /// The owner of `address` at `at_ms`.
     #[inline]
-    pub fn lookup(&self, address: IpAddr, at_ms: i64) -> Option<&Arc<EndpointInfo>> {
+    pub fn lookup(&self, address: IpAddr, at_ms: i64) -> Option<Found<'_, T>> {
         self.by_address
             .get(&address)?
             .iter()
             .rev()
             .find(|holding| holding.contains(at_ms))
-            .map(|holding| &holding.owner)
+            .map(|holding| Found {
+                owner: &holding.owner,
+                released: holding.until_ms.is_some(),
+            })
     }
 
-    /// Whether `address` has been released (its last holding is closed); for metrics.
-    pub fn is_released(&self, address: IpAddr) -> bool {
+    /// Addresses whose last holding has been released (kept for the grace period).
+    pub fn released(&self) -> usize {
         self.by_address
-            .get(&address)
-            .and_then(|holdings| holdings.last())
-            .is_some_and(|holding| holding.until_ms.is_some())
+            .values()
+            .filter(|holdings| holdings.iter().all(|holding| holding.until_ms.is_some()))
+            .count()
     }
 
     /// Forgets holdings released before `now_ms - grace_ms`.
@@ -134,13 +172,19 @@ impl IpHistory {
         let cutoff = now_ms.saturating_sub(grace_ms);
         let by_owner = &mut self.by_owner;
         self.by_address.retain(|address, holdings| {
+            let mut evicted = Vec::new();
             holdings.retain(|holding| {
                 let keep = holding.until_ms.is_none_or(|until| until > cutoff);
                 if !keep {
-                    forget(by_owner, &holding.key, *address);
+                    evicted.push(holding.key.clone());
                 }
                 keep
             });
+            for key in evicted {
+                if !holdings.iter().any(|holding| holding.key == key) {
+                    forget(by_owner, &key, *address);
+                }
+            }
             !holdings.is_empty()
         });
     }
@@ -168,7 +212,7 @@ fn forget(by_owner: &mut HashMap<Arc<str>, Vec<IpAddr>, Hasher>, key: &Arc<str>,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::enrich::index::EndpointInfoKind;
+    use crate::enrich::index::{EndpointInfo, EndpointInfoKind};
     use proptest::prelude::*;
 
     fn pod(name: &str) -> Arc<EndpointInfo> {
@@ -188,15 +232,15 @@ mod tests {
         text.parse().unwrap()
     }
 
-    fn owner(history: &IpHistory, address: &str, at: i64) -> Option<String> {
+    fn owner(history: &IpHistory<EndpointInfo>, address: &str, at: i64) -> Option<String> {
         history
             .lookup(ip(address), at)
-            .map(|info| info.name.to_string())
+            .map(|found| found.owner.name.to_string())
     }
 
     #[test]
     fn reuse_and_late_flows() {
-        let mut history = IpHistory::default();
+        let mut history = IpHistory::<EndpointInfo>::default();
         history.assign(ip("10.0.0.5"), "uid-a".into(), pod("a"), 1_000);
         history.release_owner("uid-a", 5_000);
         history.assign(ip("10.0.0.5"), "uid-b".into(), pod("b"), 6_000);
@@ -224,7 +268,7 @@ mod tests {
 
     #[test]
     fn reuse_without_a_delete_event_closes_the_old_holding() {
-        let mut history = IpHistory::default();
+        let mut history = IpHistory::<EndpointInfo>::default();
         history.assign(ip("10.0.0.5"), "uid-a".into(), pod("a"), 1_000);
         history.assign(ip("10.0.0.5"), "uid-b".into(), pod("b"), 2_000);
         assert_eq!(owner(&history, "10.0.0.5", 1_500).as_deref(), Some("a"));
@@ -236,11 +280,11 @@ mod tests {
 
     #[test]
     fn dual_stack_and_deletes_without_addresses() {
-        let mut history = IpHistory::default();
+        let mut history = IpHistory::<EndpointInfo>::default();
         history.assign(ip("10.0.0.7"), "uid-c".into(), pod("c"), 0);
         history.assign(ip("fd00::7"), "uid-c".into(), pod("c"), 0);
         history.release_owner("uid-c", 100);
-        assert!(history.is_released(ip("10.0.0.7")) && history.is_released(ip("fd00::7")));
+        assert_eq!(history.released(), 2);
         history.evict(100 + 10, 5);
         assert!(history.is_empty());
         assert_eq!(
@@ -252,7 +296,7 @@ mod tests {
 
     #[test]
     fn memory_stays_flat_under_churn() {
-        let mut history = IpHistory::default();
+        let mut history = IpHistory::<EndpointInfo>::default();
         // 100 addresses, reused by 10,000 short-lived pods, with eviction as a daemon runs it.
         for generation in 0..100i64 {
             for slot in 0..100u32 {
@@ -276,7 +320,7 @@ mod tests {
         /// A lookup never returns an owner whose holding does not contain the time.
         #[test]
         fn lookups_respect_intervals(events in prop::collection::vec((0u8..4, 0u8..3, 0i64..1000, prop::bool::ANY), 1..60), probes in prop::collection::vec((0u8..4, 0i64..1200), 30)) {
-            let mut history = IpHistory::default();
+            let mut history = IpHistory::<EndpointInfo>::default();
             // The truth: every holding ever made, by address.
             let mut truth: HashMap<u8, Vec<(String, i64, Option<i64>)>> = HashMap::new();
             let mut time = 0;
@@ -295,18 +339,20 @@ mod tests {
                     history.assign(address, key.clone().into(), pod(&key), time);
                     let holdings = truth.entry(slot).or_default();
                     if !holdings.iter().any(|holding| holding.0 == key && holding.2.is_none()) {
+                        let from = holdings.iter().filter_map(|holding| holding.2).fold(time, i64::max);
                         for holding in holdings.iter_mut().filter(|holding| holding.2.is_none()) {
-                            holding.2 = Some(time.max(holding.1));
+                            holding.2 = Some(from.max(holding.1));
                         }
-                        holdings.push((key, time, None));
+                        holdings.push((key, from, None));
                     }
                 }
             }
             for (slot, at) in probes {
                 let address = IpAddr::from(std::net::Ipv4Addr::new(10, 0, 0, slot));
                 if let Some(found) = history.lookup(address, at) {
-                    let valid = truth.get(&slot).is_some_and(|holdings| holdings.iter().any(|(key, from, until)| *key == *found.name && *from <= at && until.is_none_or(|until| at < until)));
-                    prop_assert!(valid, "{} at {} for {}", found.name, at, address);
+                    let name = &found.owner.name;
+                    let valid = truth.get(&slot).is_some_and(|holdings| holdings.iter().any(|(key, from, until)| *key == **name && *from <= at && until.is_none_or(|until| at < until)));
+                    prop_assert!(valid, "{} at {} for {}", name, at, address);
                 }
             }
         }

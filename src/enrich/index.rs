@@ -1,21 +1,19 @@
 //! The endpoint index: IP address -> what held it (a pod, a node) and IP -> service.
 //!
-//! Built from an [`Inventory`], whichever way that was filled (a file offline, watches in the
-//! cluster). Lookups are hash-map reads returning shared, immutable context, so enriching a
-//! record copies two pointers and never calls the API server. Endpoints live in an
-//! [`IpHistory`], so lookups take the flow's time; an inventory is one snapshot, so its entries
-//! hold from the beginning of time.
+//! Filled through the cluster model ([`ClusterState`]), whichever way that is fed (an
+//! inventory file offline, watches in the cluster). Lookups are hash-map reads returning
+//! shared, immutable context, so enriching a record copies two pointers and never calls the
+//! API server. Addresses live in an [`IpHistory`], so lookups take the flow's time.
 
-use std::collections::{BTreeMap, HashMap};
-
-use crate::flow::record::Text;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::history::IpHistory;
-use super::inventory::{Inventory, PodInfo};
+use crate::flow::record::Text;
+
+use super::cluster::ClusterState;
+use super::history::{Found, IpHistory};
+use super::inventory::Inventory;
 use super::labels::LabelFilter;
-use super::workload;
 
 /// Cluster context of one endpoint: a pod, or a node (host endpoints, host-network pods).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,122 +48,58 @@ pub struct ServiceInfo {
     pub name: Text,
 }
 
-/// IP -> endpoint and IP -> service, for one point-in-time view of the cluster.
+/// IP -> endpoint and IP -> service, over time.
 #[derive(Debug, Default)]
 pub struct EndpointIndex {
-    endpoints: IpHistory,
-    services: HashMap<IpAddr, Arc<ServiceInfo>, foldhash::fast::RandomState>,
+    pub(crate) endpoints: IpHistory<EndpointInfo>,
+    pub(crate) services: IpHistory<ServiceInfo>,
+}
+
+/// How many addresses the index holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IndexSize {
+    /// Addresses that resolve (or resolved, within the grace period) to a pod or node.
+    pub endpoint_addresses: usize,
+    pub service_addresses: usize,
+    /// Endpoint addresses whose last holder has released them, kept for late flows.
+    pub released_addresses: usize,
 }
 
 impl EndpointIndex {
-    /// Builds the index. Where two objects claim an IP, a running pod wins over a node (a
-    /// host-network pod's IP resolves to its node), and terminated pods hold no IP.
+    /// Builds the index of an inventory. Where two objects claim an IP, a running pod wins
+    /// over a node (a host-network pod's IP resolves to its node), and terminated pods hold no
+    /// IP. Each object holds its addresses from its creation time.
     pub fn from_inventory(inventory: &Inventory) -> EndpointIndex {
         EndpointIndex::build(inventory, &LabelFilter::default())
     }
 
     /// Builds the index, keeping only the labels `filter` passes.
     pub fn build(inventory: &Inventory, filter: &LabelFilter) -> EndpointIndex {
-        let label_list = |labels: &BTreeMap<String, String>| label_list(labels, filter);
-        let mut index = EndpointIndex::default();
-        let namespace_labels: HashMap<&str, Arc<[Text]>> = inventory
-            .namespaces
-            .iter()
-            .map(|namespace| {
-                (
-                    namespace.name.as_str(),
-                    label_list(&namespace.labels).into(),
-                )
-            })
-            .collect();
-        let no_labels: Arc<[Text]> = Arc::from(Vec::<Text>::new());
-        // Services with a selector, by namespace, to name the services that select each pod.
-        let mut selecting: HashMap<&str, Vec<&super::inventory::ServiceInfo>> = HashMap::new();
-        for service in inventory
-            .services
-            .iter()
-            .filter(|service| !service.selector.is_empty())
-        {
-            selecting
-                .entry(service.namespace.as_str())
-                .or_default()
-                .push(service);
-        }
-
-        for node in &inventory.nodes {
-            let info = Arc::new(EndpointInfo {
-                kind: EndpointInfoKind::Node,
-                name: node.name.as_str().into(),
-                namespace: None,
-                labels: label_list(&node.labels),
-                namespace_labels: no_labels.clone(),
-                workload: None,
-                node: Some(Arc::from(node.name.as_str())),
-                services: Vec::new(),
-            });
-            let key: Arc<str> = format!("node/{}", node.name).into();
-            for ip in &node.internal_ips {
-                index
-                    .endpoints
-                    .assign(*ip, key.clone(), info.clone(), i64::MIN);
-            }
-        }
-        for pod in &inventory.pods {
-            if pod.terminated || pod.host_network {
-                continue;
-            }
-            let labels = namespace_labels
-                .get(pod.namespace.as_str())
-                .cloned()
-                .unwrap_or_else(|| no_labels.clone());
-            let mut services: Vec<Text> = selecting
-                .get(pod.namespace.as_str())
-                .into_iter()
-                .flatten()
-                .filter(|service| {
-                    service
-                        .selector
-                        .iter()
-                        .all(|(key, value)| pod.labels.get(key) == Some(value))
-                })
-                .map(|service| {
-                    compact_str::format_compact!("{}/{}", service.namespace, service.name)
-                })
-                .collect();
-            services.sort();
-            let info = Arc::new(pod_info(pod, labels, label_list(&pod.labels), services));
-            let key: Arc<str> = format!("pod/{}/{}", pod.namespace, pod.name).into();
-            for ip in &pod.ips {
-                index
-                    .endpoints
-                    .assign(*ip, key.clone(), info.clone(), i64::MIN);
-            }
-        }
-        for service in &inventory.services {
-            let info = Arc::new(ServiceInfo {
-                namespace: service.namespace.as_str().into(),
-                name: service.name.as_str().into(),
-            });
-            for ip in &service.ips {
-                index.services.insert(*ip, info.clone());
-            }
-        }
-        index
+        let index = ClusterState::from_inventory(inventory, filter)
+            .index()
+            .clone();
+        let index = Arc::into_inner(index).expect("the model is gone");
+        index.into_inner().expect("index lock")
     }
 
     /// The pod or node that held `ip` at `at_ms` (Unix epoch milliseconds).
-    pub fn endpoint(&self, ip: IpAddr, at_ms: i64) -> Option<&Arc<EndpointInfo>> {
+    #[inline]
+    pub fn endpoint(&self, ip: IpAddr, at_ms: i64) -> Option<Found<'_, EndpointInfo>> {
         self.endpoints.lookup(ip, at_ms)
     }
 
-    /// The service whose cluster or load-balancer IP is `ip`.
-    pub fn service(&self, ip: IpAddr) -> Option<&Arc<ServiceInfo>> {
-        self.services.get(&ip)
+    /// The service whose cluster or load-balancer IP `ip` was at `at_ms`.
+    #[inline]
+    pub fn service(&self, ip: IpAddr, at_ms: i64) -> Option<&Arc<ServiceInfo>> {
+        self.services.lookup(ip, at_ms).map(|found| found.owner)
     }
 
-    /// Number of IPs that resolve to an endpoint, and to a service.
-    pub fn len(&self) -> (usize, usize) {
-        (self.endpoints.len().0, self.services.len())
+    pub fn size(&self) -> IndexSize {
+        IndexSize {
+            endpoint_addresses: self.endpoints.len().0,
+            service_addresses: self.services.len().0,
+            released_addresses: self.endpoints.released(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -173,40 +107,11 @@ impl EndpointIndex {
     }
 }
 
-fn pod_info(
-    pod: &PodInfo,
-    namespace_labels: Arc<[Text]>,
-    labels: Vec<Text>,
-    services: Vec<Text>,
-) -> EndpointInfo {
-    let workload = pod
-        .owner
-        .as_ref()
-        .map(|(kind, name)| workload::from_owner(kind, name, &pod.labels));
-    EndpointInfo {
-        kind: EndpointInfoKind::Pod,
-        name: pod.name.as_str().into(),
-        namespace: Some(pod.namespace.as_str().into()),
-        labels,
-        namespace_labels,
-        workload: workload.map(Into::into),
-        node: pod.node.as_deref().map(Arc::from),
-        services,
-    }
-}
-
-fn label_list(labels: &BTreeMap<String, String>, filter: &LabelFilter) -> Vec<Text> {
-    labels
-        .iter()
-        .filter(|(key, _)| filter.keeps(key))
-        .map(|(key, value)| compact_str::format_compact!("{key}={value}"))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::enrich::inventory::{NamespaceInfo, NodeInfo, ServiceInfo as Svc};
+    use crate::enrich::inventory::{NamespaceInfo, NodeInfo, PodInfo, ServiceInfo as Svc};
+    use std::collections::BTreeMap;
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
@@ -268,14 +173,16 @@ mod tests {
                 name: "node-a".into(),
                 labels: BTreeMap::new(),
                 internal_ips: vec![ip("192.168.0.10")],
+                ..Default::default()
             }],
             namespaces: vec![NamespaceInfo {
                 name: "shop".into(),
                 labels: [("team".into(), "payments".into())].into(),
             }],
+            jobs: vec![],
         };
         let index = EndpointIndex::from_inventory(&inventory);
-        let web = index.endpoint(ip("fd00::5"), 0).unwrap();
+        let web = index.endpoint(ip("fd00::5"), 0).unwrap().owner;
         assert_eq!(&*web.name, "web-5bdcdd9c97-x2k4l");
         assert_eq!(web.workload.as_deref(), Some("Deployment/web"));
         assert_eq!(
@@ -295,9 +202,16 @@ mod tests {
             index.endpoint(ip("10.244.1.6"), 0).is_none(),
             "terminated pods hold no IP"
         );
-        let node = index.endpoint(ip("192.168.0.10"), 0).unwrap();
+        let node = index.endpoint(ip("192.168.0.10"), 0).unwrap().owner;
         assert_eq!((node.kind, &*node.name), (EndpointInfoKind::Node, "node-a"));
-        assert_eq!(&*index.service(ip("10.96.0.20")).unwrap().name, "web");
-        assert_eq!(index.len(), (3, 1));
+        assert_eq!(&*index.service(ip("10.96.0.20"), 0).unwrap().name, "web");
+        assert_eq!(
+            index.size(),
+            IndexSize {
+                endpoint_addresses: 3,
+                service_addresses: 1,
+                released_addresses: 0
+            }
+        );
     }
 }

@@ -1,15 +1,19 @@
-//! The cluster inventory: pods, services, nodes and namespaces as plain domain values.
+//! The cluster inventory: pods, services, nodes, namespaces and jobs as plain domain values.
 //!
 //! This is what the endpoint index is built from. Offline it comes from a file written by
-//! `kubectl get pods,services,namespaces,nodes -A -o json` (a `v1 List`); in the cluster the
-//! watch-driven filler produces the same values. Only the fields enrichment uses are read;
-//! everything else in the objects (managed fields, annotations, specs) is skipped on parse.
+//! `kubectl get pods,services,namespaces,nodes,jobs -A -o json` (a `v1 List`); in the cluster
+//! the watches parse the same object types ([`KubePod`], ...). Only the fields enrichment uses
+//! are read; everything else in the objects (managed fields, annotations, container specs) is
+//! skipped on parse, so it is never held in memory.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 
-use serde::Deserialize;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    ObjectMeta, OwnerReference as KubeOwnerReference, Time,
+};
+use serde::{Deserialize, Deserializer};
 
 /// Everything enrichment knows about the cluster.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -18,10 +22,13 @@ pub struct Inventory {
     pub services: Vec<ServiceInfo>,
     pub nodes: Vec<NodeInfo>,
     pub namespaces: Vec<NamespaceInfo>,
+    pub jobs: Vec<JobInfo>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PodInfo {
+    /// The pod's UID: its identity across IP reuse (`namespace/name` when the file has none).
+    pub uid: String,
     pub name: String,
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
@@ -33,6 +40,8 @@ pub struct PodInfo {
     pub host_network: bool,
     /// `Succeeded` or `Failed` pods no longer hold their IP.
     pub terminated: bool,
+    /// `metadata.creationTimestamp`, epoch milliseconds.
+    pub created_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -50,12 +59,23 @@ pub struct NodeInfo {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub internal_ips: Vec<IpAddr>,
+    /// `metadata.creationTimestamp`, epoch milliseconds.
+    pub created_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NamespaceInfo {
     pub name: String,
     pub labels: BTreeMap<String, String>,
+}
+
+/// A Job, for the CronJob that owns it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct JobInfo {
+    pub name: String,
+    pub namespace: String,
+    /// The controller owner reference (`kind`, `name`), if any.
+    pub owner: Option<(String, String)>,
 }
 
 /// The inventory file could not be used.
@@ -77,7 +97,7 @@ pub enum InventoryError {
 }
 
 impl Inventory {
-    /// Reads a `kubectl get pods,services,namespaces,nodes -A -o json` file.
+    /// Reads a `kubectl get pods,services,namespaces,nodes,jobs -A -o json` file.
     pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
         let display = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|source| InventoryError::Read {
@@ -91,7 +111,8 @@ impl Inventory {
         })
     }
 
-    /// Parses a `v1 List` of pods, services, nodes and namespaces; other kinds are ignored.
+    /// Parses a `v1 List` of pods, services, nodes, namespaces and jobs; other kinds are
+    /// ignored.
     pub fn from_json(bytes: &[u8]) -> Result<Inventory, (String, serde_json::Error)> {
         let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
         let list: KubeList = serde_path_to_error::deserialize(deserializer)
@@ -102,10 +123,8 @@ impl Inventory {
                 KubeObject::Pod(pod) => inventory.pods.push(pod.into()),
                 KubeObject::Service(service) => inventory.services.push(service.into()),
                 KubeObject::Node(node) => inventory.nodes.push(node.into()),
-                KubeObject::Namespace(namespace) => inventory.namespaces.push(NamespaceInfo {
-                    name: namespace.metadata.name,
-                    labels: namespace.metadata.labels,
-                }),
+                KubeObject::Namespace(namespace) => inventory.namespaces.push(namespace.into()),
+                KubeObject::Job(job) => inventory.jobs.push(job.into()),
                 KubeObject::Other => {}
             }
         }
@@ -125,40 +144,104 @@ enum KubeObject {
     Service(KubeService),
     Node(KubeNode),
     Namespace(KubeNamespace),
+    Job(KubeJob),
     #[serde(other)]
     Other,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct Metadata {
-    name: String,
-    #[serde(default)]
-    namespace: String,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-    #[serde(default)]
-    owner_references: Vec<OwnerReference>,
+/// Reads `metadata`, keeping only what enrichment and the watches use: name, namespace, UID,
+/// resource version, labels, owner references and timestamps. Annotations and managed fields
+/// are skipped unread.
+fn trimmed_meta<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Trimmed {
+        name: Option<String>,
+        namespace: Option<String>,
+        uid: Option<String>,
+        resource_version: Option<String>,
+        labels: Option<BTreeMap<String, String>>,
+        owner_references: Option<Vec<OwnerReference>>,
+        creation_timestamp: Option<Time>,
+        deletion_timestamp: Option<Time>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct OwnerReference {
+        #[serde(default)]
+        api_version: String,
+        kind: String,
+        name: String,
+        #[serde(default)]
+        uid: String,
+        controller: Option<bool>,
+    }
+    let meta = Trimmed::deserialize(deserializer)?;
+    Ok(ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        resource_version: meta.resource_version,
+        labels: meta.labels,
+        owner_references: meta.owner_references.map(|references| {
+            references
+                .into_iter()
+                .map(|reference| KubeOwnerReference {
+                    api_version: reference.api_version,
+                    kind: reference.kind,
+                    name: reference.name,
+                    uid: reference.uid,
+                    controller: reference.controller,
+                    block_owner_deletion: None,
+                })
+                .collect()
+        }),
+        creation_timestamp: meta.creation_timestamp,
+        deletion_timestamp: meta.deletion_timestamp,
+        ..ObjectMeta::default()
+    })
 }
 
-#[derive(Deserialize)]
-struct OwnerReference {
-    kind: String,
-    name: String,
-    #[serde(default)]
-    controller: bool,
+fn name(meta: &mut ObjectMeta) -> String {
+    meta.name.take().unwrap_or_default()
 }
 
-#[derive(Deserialize)]
-struct KubePod {
-    metadata: Metadata,
+fn namespace(meta: &mut ObjectMeta) -> String {
+    meta.namespace.take().unwrap_or_default()
+}
+
+fn labels(meta: &mut ObjectMeta) -> BTreeMap<String, String> {
+    meta.labels.take().unwrap_or_default()
+}
+
+fn created_ms(meta: &ObjectMeta) -> Option<i64> {
+    meta.creation_timestamp
+        .as_ref()
+        .map(|time| time.0.as_millisecond())
+}
+
+/// The controller owner reference (`kind`, `name`), else the first one.
+fn controller_owner(meta: &ObjectMeta) -> Option<(String, String)> {
+    let references = meta.owner_references.as_deref().unwrap_or_default();
+    references
+        .iter()
+        .find(|reference| reference.controller == Some(true))
+        .or(references.first())
+        .map(|reference| (reference.kind.clone(), reference.name.clone()))
+}
+
+/// A pod as the API serves it, trimmed on parse.
+#[derive(Clone, Debug, Deserialize)]
+pub struct KubePod {
+    #[serde(deserialize_with = "trimmed_meta")]
+    pub metadata: ObjectMeta,
     #[serde(default)]
     spec: PodSpec,
     #[serde(default)]
     status: PodStatus,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Clone, Debug, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct PodSpec {
     node_name: Option<String>,
@@ -166,7 +249,7 @@ struct PodSpec {
     host_network: bool,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Clone, Debug, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct PodStatus {
     phase: Option<String>,
@@ -176,22 +259,30 @@ struct PodStatus {
     pod_ips: Vec<PodIp>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 struct PodIp {
     ip: IpAddr,
 }
 
 impl From<KubePod> for PodInfo {
-    fn from(pod: KubePod) -> PodInfo {
+    fn from(mut pod: KubePod) -> PodInfo {
         let mut ips: Vec<IpAddr> = pod.status.pod_ips.iter().map(|pod_ip| pod_ip.ip).collect();
         if ips.is_empty() {
             ips.extend(pod.status.pod_ip);
         }
-        let owner = controller_owner(&pod.metadata.owner_references);
+        let owner = controller_owner(&pod.metadata);
+        let meta = &mut pod.metadata;
+        let name = name(meta);
+        let namespace = namespace(meta);
         PodInfo {
-            name: pod.metadata.name,
-            namespace: pod.metadata.namespace,
-            labels: pod.metadata.labels,
+            uid: meta
+                .uid
+                .take()
+                .unwrap_or_else(|| format!("{namespace}/{name}")),
+            created_ms: created_ms(meta),
+            labels: labels(meta),
+            name,
+            namespace,
             node: pod.spec.node_name,
             owner,
             ips,
@@ -201,24 +292,18 @@ impl From<KubePod> for PodInfo {
     }
 }
 
-fn controller_owner(references: &[OwnerReference]) -> Option<(String, String)> {
-    references
-        .iter()
-        .find(|reference| reference.controller)
-        .or(references.first())
-        .map(|reference| (reference.kind.clone(), reference.name.clone()))
-}
-
-#[derive(Deserialize)]
-struct KubeService {
-    metadata: Metadata,
+/// A service as the API serves it, trimmed on parse.
+#[derive(Clone, Debug, Deserialize)]
+pub struct KubeService {
+    #[serde(deserialize_with = "trimmed_meta")]
+    pub metadata: ObjectMeta,
     #[serde(default)]
     spec: ServiceSpec,
     #[serde(default)]
     status: ServiceStatus,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Clone, Debug, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct ServiceSpec {
     #[serde(rename = "clusterIP")]
@@ -229,26 +314,26 @@ struct ServiceSpec {
     selector: Option<BTreeMap<String, String>>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Clone, Debug, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct ServiceStatus {
     #[serde(default)]
     load_balancer: LoadBalancerStatus,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Clone, Debug, Deserialize, Default)]
 struct LoadBalancerStatus {
     #[serde(default)]
     ingress: Vec<LoadBalancerIngress>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 struct LoadBalancerIngress {
     ip: Option<IpAddr>,
 }
 
 impl From<KubeService> for ServiceInfo {
-    fn from(service: KubeService) -> ServiceInfo {
+    fn from(mut service: KubeService) -> ServiceInfo {
         // `clusterIP` may be "None" (headless); only addresses count.
         let mut ips: Vec<IpAddr> = service
             .spec
@@ -268,28 +353,30 @@ impl From<KubeService> for ServiceInfo {
         ips.sort();
         ips.dedup();
         ServiceInfo {
-            name: service.metadata.name,
-            namespace: service.metadata.namespace,
+            name: name(&mut service.metadata),
+            namespace: namespace(&mut service.metadata),
             ips,
             selector: service.spec.selector.unwrap_or_default(),
         }
     }
 }
 
-#[derive(Deserialize)]
-struct KubeNode {
-    metadata: Metadata,
+/// A node as the API serves it, trimmed on parse.
+#[derive(Clone, Debug, Deserialize)]
+pub struct KubeNode {
+    #[serde(deserialize_with = "trimmed_meta")]
+    pub metadata: ObjectMeta,
     #[serde(default)]
     status: NodeStatus,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Clone, Debug, Deserialize, Default)]
 struct NodeStatus {
     #[serde(default)]
     addresses: Vec<NodeAddress>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 struct NodeAddress {
     #[serde(rename = "type")]
     kind: String,
@@ -297,10 +384,11 @@ struct NodeAddress {
 }
 
 impl From<KubeNode> for NodeInfo {
-    fn from(node: KubeNode) -> NodeInfo {
+    fn from(mut node: KubeNode) -> NodeInfo {
         NodeInfo {
-            name: node.metadata.name,
-            labels: node.metadata.labels,
+            created_ms: created_ms(&node.metadata),
+            name: name(&mut node.metadata),
+            labels: labels(&mut node.metadata),
             internal_ips: node
                 .status
                 .addresses
@@ -312,9 +400,37 @@ impl From<KubeNode> for NodeInfo {
     }
 }
 
-#[derive(Deserialize)]
-struct KubeNamespace {
-    metadata: Metadata,
+/// A namespace's metadata, trimmed on parse.
+#[derive(Clone, Debug, Deserialize)]
+pub struct KubeNamespace {
+    #[serde(deserialize_with = "trimmed_meta")]
+    pub metadata: ObjectMeta,
+}
+
+impl From<KubeNamespace> for NamespaceInfo {
+    fn from(mut namespace: KubeNamespace) -> NamespaceInfo {
+        NamespaceInfo {
+            name: name(&mut namespace.metadata),
+            labels: labels(&mut namespace.metadata),
+        }
+    }
+}
+
+/// A job's metadata, trimmed on parse.
+#[derive(Clone, Debug, Deserialize)]
+pub struct KubeJob {
+    #[serde(deserialize_with = "trimmed_meta")]
+    pub metadata: ObjectMeta,
+}
+
+impl From<KubeJob> for JobInfo {
+    fn from(mut job: KubeJob) -> JobInfo {
+        JobInfo {
+            owner: controller_owner(&job.metadata),
+            name: name(&mut job.metadata),
+            namespace: namespace(&mut job.metadata),
+        }
+    }
 }
 
 #[cfg(test)]

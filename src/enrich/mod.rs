@@ -6,6 +6,7 @@
 //! cluster). What the collector already said wins: enrichment only fills gaps, and a record
 //! without an IP (aggregated by the collector) is never given a pod.
 
+pub mod cluster;
 pub mod history;
 pub mod index;
 pub mod inventory;
@@ -17,7 +18,8 @@ use std::sync::Arc;
 
 use crate::flow::record::{Endpoint, EndpointKind, Reporter, Text};
 use crate::flow::FlowRecord;
-pub use index::{EndpointIndex, EndpointInfo, EndpointInfoKind, ServiceInfo};
+pub use cluster::{ClusterState, SharedIndex, SyncGate};
+pub use index::{EndpointIndex, EndpointInfo, EndpointInfoKind, IndexSize, ServiceInfo};
 pub use inventory::Inventory;
 pub use labels::LabelFilter;
 pub use threat::{Matches, ThreatFeed, ThreatMatcher};
@@ -37,6 +39,8 @@ pub struct EnrichedRecord {
     /// Source and destination workloads derived from the record's own labels before a label
     /// filter removed the labels that name them (`pod-template-hash`).
     pub label_workloads: [Option<Text>; 2],
+    /// How the source's and the destination's addresses resolved.
+    pub lookups: [Lookup; 2],
 }
 
 /// Static settings of the enrichment stage.
@@ -68,19 +72,27 @@ impl Enricher {
         // The owner at the end of the reporting window, else at its start (a pod deleted
         // during the window).
         let lookup = |endpoint: &Endpoint| {
-            endpoint
-                .ip
-                .and_then(|ip| {
-                    index
-                        .endpoint(ip, flow.end_ms)
-                        .or_else(|| index.endpoint(ip, flow.start_ms))
-                })
-                .cloned()
+            let Some(ip) = endpoint.ip else {
+                return (None, Lookup::NoAddress);
+            };
+            match index
+                .endpoint(ip, flow.end_ms)
+                .or_else(|| index.endpoint(ip, flow.start_ms))
+            {
+                Some(found) if found.released => {
+                    (Some(found.owner.clone()), Lookup::HitAfterDelete)
+                }
+                Some(found) => (Some(found.owner.clone()), Lookup::Hit),
+                None => (None, Lookup::Miss),
+            }
         };
-        let source = lookup(&flow.source);
-        let dest = lookup(&flow.dest);
+        let (source, source_lookup) = lookup(&flow.source);
+        let (dest, dest_lookup) = lookup(&flow.dest);
         let dest_service = match (&flow.dest_service, flow.dest.ip) {
-            (None, Some(ip)) => index.service(ip).cloned(),
+            (None, Some(ip)) => index
+                .service(ip, flow.end_ms)
+                .or_else(|| index.service(ip, flow.start_ms))
+                .cloned(),
             _ => None,
         };
         let reporter_info = match flow.reporter {
@@ -113,6 +125,37 @@ impl Enricher {
             reporting_node,
             threat_feeds,
             label_workloads,
+            lookups: [source_lookup, dest_lookup],
+        }
+    }
+}
+
+/// What the index said about one endpoint's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// The record has no address for the endpoint (aggregated by the collector).
+    NoAddress,
+    Miss,
+    Hit,
+    /// The address resolved to an owner that has since released it (a deleted pod, within
+    /// the grace period).
+    HitAfterDelete,
+}
+
+impl Lookup {
+    pub const ALL: [Lookup; 4] = [
+        Lookup::NoAddress,
+        Lookup::Miss,
+        Lookup::Hit,
+        Lookup::HitAfterDelete,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lookup::NoAddress => "no_address",
+            Lookup::Miss => "miss",
+            Lookup::Hit => "hit",
+            Lookup::HitAfterDelete => "hit_after_delete",
         }
     }
 }

@@ -1,16 +1,12 @@
 //! Naming the workload that owns a pod (`Deployment/web`), from its owner reference or, for
 //! records that carry only a name and labels, from the labels controllers stamp on their pods.
 
-use std::collections::BTreeMap;
-
-/// The workload for a pod whose controller owner is `kind`/`name`. A ReplicaSet named
-/// `<deployment>-<pod-template-hash>` belongs to that Deployment.
-pub fn from_owner(kind: &str, name: &str, labels: &BTreeMap<String, String>) -> String {
+/// The workload for a pod whose controller owner is `kind`/`name`, given the pod's
+/// `pod-template-hash` label. A ReplicaSet named `<deployment>-<pod-template-hash>` belongs to
+/// that Deployment.
+pub fn from_owner(kind: &str, name: &str, template_hash: Option<&str>) -> String {
     if kind == "ReplicaSet" {
-        if let Some(deployment) = labels
-            .get("pod-template-hash")
-            .and_then(|hash| strip_suffix(name, hash))
-        {
+        if let Some(deployment) = template_hash.and_then(|hash| strip_suffix(name, hash)) {
             return format!("Deployment/{deployment}");
         }
     }
@@ -63,13 +59,15 @@ fn strip_suffix<'a>(name: &'a str, suffix: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn owners() {
         let hash: BTreeMap<String, String> =
             [("pod-template-hash".into(), "5bdcdd9c97".into())].into();
         let check = |kind: &str, name: &str, labels: &BTreeMap<String, String>, expected: &str| {
-            assert_eq!(from_owner(kind, name, labels), expected);
+            let hash = labels.get("pod-template-hash").map(String::as_str);
+            assert_eq!(from_owner(kind, name, hash), expected);
         };
         check("ReplicaSet", "web-5bdcdd9c97", &hash, "Deployment/web");
         check("ReplicaSet", "web-other", &hash, "ReplicaSet/web-other");

@@ -1,6 +1,8 @@
 //! Kubernetes and Calico wire types threatflow writes: `projectcalico.org/v3`
-//! `GlobalNetworkSet` and `GlobalNetworkPolicy`. Types only; what goes into them is decided
-//! elsewhere (`feeds::render`).
+//! `GlobalNetworkSet` and `GlobalNetworkPolicy` (what goes into them is decided in
+//! `feeds::render`), and the watches that feed in-cluster enrichment ([`watch`]).
+
+pub mod watch;
 
 use std::collections::BTreeMap;
 
