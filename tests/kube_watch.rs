@@ -59,7 +59,7 @@ async fn a_watcher_lists_then_follows_changes() {
         Event::Apply(pod) => assert_eq!(pod.status.unwrap().pod_ip.as_deref(), Some("10.244.1.9")),
         other => panic!("unexpected {other:?}"),
     }
-    api.remove("pods", "b");
+    api.remove("pods", "shop/b");
     assert!(matches!(next(&mut stream).await, Event::Delete(pod) if name(&pod) == "b"));
 }
 
@@ -108,7 +108,7 @@ async fn a_compacted_history_answers_410_and_the_watcher_relists() {
     // Changes the watcher missed, then the history it would resume from is gone.
     api.seed("pods", pod("b", "10.244.1.6"));
     api.compact();
-    api.remove("pods", "a");
+    api.remove("pods", "shop/a");
     api.compact();
     // The resumed watch gets 410 Gone; the watcher relists and sees the state as it is now.
     let mut relisted = Vec::new();

@@ -1,21 +1,26 @@
 //! A Kubernetes API server test double, speaking the real REST protocol for the resources
-//! threatflow uses (`projectcalico.org/v3` GlobalNetworkSets and GlobalNetworkPolicies, and the
-//! core `pods`, `namespaces`, `services` and `nodes`):
+//! threatflow uses (`projectcalico.org/v3` GlobalNetworkSets and GlobalNetworkPolicies, the
+//! core `pods`, `namespaces`, `services` and `nodes`, and `batch/v1` `jobs`):
 //!
-//! - `GET` a collection, with `labelSelector` (`k=v`, `k==v`, `k!=v`, `k`, `!k`, comma-joined),
-//!   whole or metadata only (`Accept: ...;as=PartialObjectMetadataList`, logged as
-//!   `<path> (metadata)`), and `GET` an object; `404 NotFound` for a missing one;
+//! - cluster-wide paths, and `namespaces/<ns>/<plural>` paths for namespaced resources; a
+//!   namespaced object is named `<ns>/<name>` in this double's methods;
+//! - `GET` a collection, with `labelSelector` (`k=v`, `k==v`, `k!=v`, `k`, `!k`, comma-joined)
+//!   and `fieldSelector` (`metadata.name` and `metadata.namespace` with `=`, `==`, `!=`), whole
+//!   or metadata only (`Accept: ...;as=PartialObjectMetadataList`, logged as
+//!   `<path> (metadata)`), and `GET` an object; `404 NotFound` for a missing one; `403
+//!   Forbidden` for a resource the test marks forbidden (a role without it);
 //! - server-side apply: `PATCH` with `Content-Type: application/apply-patch+yaml` and a
 //!   `fieldManager`; creates (201) or updates (200); `409 Conflict` when another manager owns the
 //!   object and `force` is not set; `415` for other patch types; `400` without a field manager or
 //!   for a name or kind that does not match the path; `422 Invalid` for a net that is not a CIDR;
 //! - `DELETE` (200 with a `Status`, or 404);
-//! - `metadata.resourceVersion` increasing on every write, `uid`, `creationTimestamp` and
-//!   `managedFields`;
+//! - `metadata.resourceVersion` increasing on every write, `uid`, `creationTimestamp` (set on
+//!   objects created without them) and `managedFields`;
 //! - limits: a request body over 3 MiB gets `413`, an object over etcd's 1.5 MiB gets
 //!   `500 etcdserver: request is too large`.
 //!
-//! - watches (`?watch=true`): the events after the given `resourceVersion`, then live
+//! - watches (`?watch=true`), with the same selectors and metadata-only form
+//!   (`as=PartialObjectMetadata`): the events after the given `resourceVersion`, then live
 //!   `ADDED`/`MODIFIED`/`DELETED` events as objects change, `BOOKMARK`s every
 //!   `bookmark_interval` when `allowWatchBookmarks=true`, the stream ending after
 //!   `timeoutSeconds` (at most `max_watch`), and an `ERROR` event with a `410 Expired` status
@@ -34,25 +39,88 @@ use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
-/// Served resources: (path prefix, plural, kind, apiVersion).
-const RESOURCES: &[(&str, &str, &str, &str)] = &[
+/// Served resources: (path prefix, plural, kind, apiVersion, namespaced).
+const RESOURCES: &[(&str, &str, &str, &str, bool)] = &[
     (
         "/apis/projectcalico.org/v3/",
         "globalnetworksets",
         "GlobalNetworkSet",
         "projectcalico.org/v3",
+        false,
     ),
     (
         "/apis/projectcalico.org/v3/",
         "globalnetworkpolicies",
         "GlobalNetworkPolicy",
         "projectcalico.org/v3",
+        false,
     ),
-    ("/api/v1/", "pods", "Pod", "v1"),
-    ("/api/v1/", "namespaces", "Namespace", "v1"),
-    ("/api/v1/", "services", "Service", "v1"),
-    ("/api/v1/", "nodes", "Node", "v1"),
+    ("/api/v1/", "pods", "Pod", "v1", true),
+    ("/api/v1/", "namespaces", "Namespace", "v1", false),
+    ("/api/v1/", "services", "Service", "v1", true),
+    ("/api/v1/", "nodes", "Node", "v1", false),
+    ("/apis/batch/v1/", "jobs", "Job", "batch/v1", true),
 ];
+
+/// The double's name for an object: `<namespace>/<name>` for namespaced resources.
+fn object_key(plural: &str, object: &Value) -> String {
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    let namespaced = RESOURCES
+        .iter()
+        .any(|resource| resource.1 == plural && resource.4);
+    match namespaced {
+        true => format!(
+            "{}/{name}",
+            object["metadata"]["namespace"].as_str().unwrap_or_default()
+        ),
+        false => name.to_owned(),
+    }
+}
+
+/// Which objects a request selects: its namespace, label and field selectors.
+#[derive(Clone, Debug, Default)]
+struct Selection {
+    namespace: Option<String>,
+    labels: String,
+    fields: String,
+}
+
+impl Selection {
+    fn matches(&self, object: &Value) -> bool {
+        let metadata = &object["metadata"];
+        self.namespace
+            .as_deref()
+            .is_none_or(|namespace| metadata["namespace"].as_str() == Some(namespace))
+            && selects(&self.labels, &metadata["labels"])
+            && self
+                .fields
+                .split(',')
+                .filter(|term| !term.is_empty())
+                .all(|term| {
+                    let (field, value, equal) = match term.split_once("!=") {
+                        Some((field, value)) => (field, value, false),
+                        None => {
+                            let (field, value) = term
+                                .split_once("==")
+                                .or_else(|| term.split_once('='))
+                                .unwrap_or((term, ""));
+                            (field, value, true)
+                        }
+                    };
+                    let actual = match field.trim() {
+                        "metadata.name" => metadata["name"].as_str(),
+                        "metadata.namespace" => metadata["namespace"].as_str(),
+                        _ => None,
+                    };
+                    (actual == Some(value.trim())) == equal
+                })
+    }
+}
+
+/// An object as a metadata-only request sees it.
+fn metadata_only_form(object: &Value) -> Value {
+    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": object["metadata"]})
+}
 const MAX_REQUEST_BYTES: usize = 3 * 1024 * 1024;
 const MAX_OBJECT_BYTES: usize = 1536 * 1024;
 
@@ -77,6 +145,8 @@ struct State {
     live: tokio::sync::broadcast::Sender<Event>,
     bookmark_interval: std::time::Duration,
     max_watch: std::time::Duration,
+    /// Resources whose requests get `403 Forbidden` (the role lacks them).
+    forbidden: std::collections::BTreeSet<String>,
 }
 
 impl Default for State {
@@ -90,6 +160,7 @@ impl Default for State {
             live: tokio::sync::broadcast::channel(4096).0,
             bookmark_interval: std::time::Duration::from_millis(200),
             max_watch: std::time::Duration::from_secs(300),
+            forbidden: Default::default(),
         }
     }
 }
@@ -100,11 +171,7 @@ impl State {
     fn change(&mut self, plural: &str, kind: &'static str, mut object: Value) -> Value {
         self.resource_version += 1;
         object["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
-        let name = object["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let key = (plural.to_owned(), name);
+        let key = (plural.to_owned(), object_key(plural, &object));
         if kind == "DELETED" {
             self.objects.remove(&key);
         } else {
@@ -179,11 +246,24 @@ impl KubeApi {
         kube::Client::try_from(kube::Config::new(self.url().parse().unwrap())).unwrap()
     }
 
-    /// Stores an object as if another client had created or changed it; watches see it.
-    pub fn seed(&self, plural: &str, object: Value) {
+    /// Stores an object as if another client had created or changed it; watches see it. A
+    /// new object without a `uid` or `creationTimestamp` gets them, as from a real server.
+    pub fn seed(&self, plural: &str, mut object: Value) {
         let mut state = self.state.lock().unwrap();
-        let name = object["metadata"]["name"].as_str().unwrap().to_owned();
-        let kind = if state.objects.contains_key(&(plural.to_owned(), name)) {
+        let key = (plural.to_owned(), object_key(plural, &object));
+        let existing = state.objects.get(&key).cloned();
+        let metadata = object["metadata"].as_object_mut().unwrap();
+        for field in ["uid", "creationTimestamp"] {
+            if !metadata.contains_key(field) {
+                let value = match &existing {
+                    Some(existing) => existing["metadata"][field].clone(),
+                    None if field == "uid" => json!(format!("uid-{}", state.resource_version + 1)),
+                    None => json!(now_rfc3339()),
+                };
+                metadata.insert(field.into(), value);
+            }
+        }
+        let kind = if existing.is_some() {
             "MODIFIED"
         } else {
             "ADDED"
@@ -201,6 +281,24 @@ impl KubeApi {
         {
             state.change(plural, "DELETED", object);
         }
+    }
+
+    /// Deletes an object without telling the watches, as if it went while a watch was
+    /// disconnected and its event has since been compacted away.
+    pub fn remove_silently(&self, plural: &str, key: &str) {
+        let mut state = self.state.lock().unwrap();
+        state.objects.remove(&(plural.to_owned(), key.to_owned()));
+        state.resource_version += 1;
+    }
+
+    /// While set, every request for `plural` gets `403 Forbidden`, as when the service
+    /// account's role does not grant it.
+    pub fn set_forbidden(&self, plural: &str, forbidden: bool) {
+        let mut state = self.state.lock().unwrap();
+        match forbidden {
+            true => state.forbidden.insert(plural.to_owned()),
+            false => state.forbidden.remove(plural),
+        };
     }
 
     /// Forgets the event history: watches resuming from before now get `410 Gone`.
@@ -228,6 +326,23 @@ impl KubeApi {
             .objects
             .get(&(plural.to_owned(), name.to_owned()))
             .cloned()
+    }
+
+    /// The stored objects of these resources as one `v1 List`, as
+    /// `kubectl get <plurals> -A -o json` writes it.
+    pub fn list(&self, plurals: &[&str]) -> Value {
+        let state = self.state.lock().unwrap();
+        let items: Vec<Value> = plurals
+            .iter()
+            .flat_map(|plural| {
+                state
+                    .objects
+                    .iter()
+                    .filter(move |((p, _), _)| p == plural)
+                    .map(|(_, object)| object.clone())
+            })
+            .collect();
+        json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": items})
     }
 
     /// Names of the stored objects of a resource.
@@ -265,17 +380,48 @@ fn respond(code: StatusCode, body: &Value) -> Response<Body> {
         .unwrap()
 }
 
+/// Now as RFC 3339 in whole seconds, as the API server writes timestamps.
+fn now_rfc3339() -> String {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3_600,
+        rest % 3_600 / 60,
+        rest % 60
+    )
+}
+
 /// A watch: history after `since`, then live events, bookmarks, and the end after `timeout`.
+#[allow(clippy::too_many_arguments)]
 fn watch(
     state: &Mutex<State>,
     plural: String,
-    selector: String,
+    selection: Selection,
+    metadata_only: bool,
     since: Option<u64>,
     bookmarks: bool,
     timeout: std::time::Duration,
 ) -> Response<Body> {
     let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(1024);
-    let line = |kind: &str, object: &Value| {
+    let line = move |kind: &str, object: &Value| {
+        let object = match metadata_only && kind != "ERROR" && kind != "BOOKMARK" {
+            true => metadata_only_form(object),
+            false => object.clone(),
+        };
         Bytes::from(format!("{}\n", json!({"type": kind, "object": object})))
     };
     let (history, mut live, bookmark_interval, timeout, current, compacted) = {
@@ -320,7 +466,7 @@ fn watch(
         let mut last = current;
         for event in history
             .iter()
-            .filter(|event| selects(&selector, &event.object["metadata"]["labels"]))
+            .filter(|event| selection.matches(&event.object))
         {
             if sender.send(line(event.kind, &event.object)).await.is_err() {
                 return;
@@ -331,7 +477,7 @@ fn watch(
         loop {
             tokio::select! {
                 event = live.recv() => match event {
-                    Ok(event) if event.plural == plural && event.resource_version > last && selects(&selector, &event.object["metadata"]["labels"]) => {
+                    Ok(event) if event.plural == plural && event.resource_version > last && selection.matches(&event.object) => {
                         last = event.resource_version;
                         if sender.send(line(event.kind, &event.object)).await.is_err() {
                             return;
@@ -430,12 +576,13 @@ fn selects(selector: &str, labels: &Value) -> bool {
 async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Body> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    // `kube`'s `list_metadata` asks for metadata only, as `PartialObjectMetadataList`.
+    // `kube`'s `list_metadata` and metadata watches ask for metadata only
+    // (`PartialObjectMetadataList`, `PartialObjectMetadata`).
     let metadata_only = request
         .headers()
         .get("accept")
         .and_then(|value| value.to_str().ok())
-        .is_some_and(|accept| accept.contains("as=PartialObjectMetadataList"));
+        .is_some_and(|accept| accept.contains("as=PartialObjectMetadata"));
     let logged = if metadata_only {
         format!("{path} (metadata)")
     } else {
@@ -446,24 +593,48 @@ async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Bo
         .unwrap()
         .requests
         .push((method.to_string(), logged));
+    // `<prefix><plural>[/<name>]`, or `<prefix>namespaces/<ns>/<plural>[/<name>]` for a
+    // namespaced resource; the object key of a namespaced object is `<ns>/<name>`.
     let resource = RESOURCES
         .iter()
-        .find_map(|&(prefix, plural, kind, api_version)| {
-            let rest = path.strip_prefix(prefix)?;
-            let (found, name) = rest
-                .split_once('/')
-                .map_or((rest, None), |(found, name)| (found, Some(name.to_owned())));
-            (found == plural && name.as_deref().is_none_or(|name| !name.contains('/')))
-                .then(|| (plural.to_owned(), name, kind, api_version))
+        .find_map(|&(prefix, plural, kind, api_version, namespaced)| {
+            let segments: Vec<&str> = path.strip_prefix(prefix)?.split('/').collect();
+            let (namespace, rest) = match segments.as_slice() {
+                ["namespaces", namespace, rest @ ..] if namespaced && !rest.is_empty() => {
+                    (Some(namespace.to_string()), rest)
+                }
+                rest => (None, rest),
+            };
+            let name = match rest {
+                [found] if *found == plural => None,
+                [found, name] if *found == plural => Some(match &namespace {
+                    Some(namespace) => format!("{namespace}/{name}"),
+                    None => name.to_string(),
+                }),
+                _ => return None,
+            };
+            Some((plural.to_owned(), namespace, name, kind, api_version))
         });
-    let Some((plural, name, kind, api_version)) = resource else {
+    let Some((plural, namespace, name, kind, api_version)) = resource else {
         return status(
             StatusCode::NOT_FOUND,
             "NotFound",
             format!("the server could not find the requested resource ({path})"),
         );
     };
+    if state.lock().unwrap().forbidden.contains(&plural) {
+        return status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!("{plural} is forbidden: User \"system:serviceaccount:threatflow:threatflow\" cannot list resource \"{plural}\" in API group \"\" at the cluster scope"),
+        );
+    }
     let params = query(&request);
+    let selection = Selection {
+        namespace,
+        labels: params.get("labelSelector").cloned().unwrap_or_default(),
+        fields: params.get("fieldSelector").cloned().unwrap_or_default(),
+    };
     if method == Method::GET
         && name.is_none()
         && params
@@ -485,7 +656,8 @@ async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Bo
         return watch(
             state,
             plural,
-            params.get("labelSelector").cloned().unwrap_or_default(),
+            selection,
+            metadata_only,
             since,
             bookmarks,
             timeout,
@@ -511,15 +683,12 @@ async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Bo
     let mut state = state.lock().unwrap();
     match (method, name) {
         (Method::GET, None) => {
-            let selector = params.get("labelSelector").cloned().unwrap_or_default();
             let items: Vec<Value> = state
                 .objects
                 .iter()
-                .filter(|((p, _), object)| {
-                    *p == plural && selects(&selector, &object["metadata"]["labels"])
-                })
-                                .map(|(_, object)| match metadata_only {
-                    true => json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": object["metadata"]}),
+                .filter(|((p, _), object)| *p == plural && selection.matches(object))
+                .map(|(_, object)| match metadata_only {
+                    true => metadata_only_form(object),
                     false => object.clone(),
                 })
                 .collect();
@@ -581,7 +750,7 @@ async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Bo
                     )
                 }
             };
-            if object["metadata"]["name"].as_str() != Some(name.as_str())
+            if object_key(&plural, &object) != name
                 || object["kind"].as_str() != Some(kind)
                 || object["apiVersion"] != api_version
             {
