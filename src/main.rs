@@ -123,7 +123,7 @@ struct EnrichArgs {
     /// The collector format of the input.
     #[arg(long, value_enum, default_value = "calico")]
     input_format: InputFormat,
-    /// A `kubectl get pods,services,namespaces,nodes -A -o json` file.
+    /// A `kubectl get pods,services,namespaces,nodes,jobs -A -o json` file.
     #[arg(long, value_name = "FILE")]
     inventory: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "cef")]

@@ -564,3 +564,35 @@ async fn eventually_async<F: std::future::Future<Output = bool>>(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_deleted_pod_resolves_for_the_grace_period_then_is_evicted() {
+    let api = KubeApi::start().await;
+    seed_cluster(&api);
+    let mut settings = settings();
+    settings.grace_period_secs = 1;
+    let watching = Watching::start(&api, &settings);
+    watching.synced().await;
+    let before_delete = now_ms();
+    api.remove("pods", "shop/web-5bdcdd9c97-x2k4l");
+    eventually("the delete", || {
+        watching.endpoint("10.244.1.5", now_ms()).is_none()
+    })
+    .await;
+    assert!(
+        watching.endpoint("10.244.1.5", before_delete).is_some(),
+        "a late flow within the grace period"
+    );
+    eventually("the eviction", || {
+        watching.endpoint("10.244.1.5", before_delete).is_none()
+    })
+    .await;
+    assert!(watching
+        .endpoint("fd00:10:244:1::5", before_delete)
+        .is_none());
+    eventually("the gauges", || {
+        watching.metric("index_addresses{kind=\"released\"}") == 0.0
+    })
+    .await;
+    watching.stop().await;
+}

@@ -791,6 +791,50 @@ mod tests {
         assert!(owners <= 200 * 4, "{owners} owners kept");
     }
 
+    proptest::proptest! {
+        /// Pods come and go on a small pool of addresses (each address handed out only when
+        /// free, as IPAM does); every lookup at any time names exactly the pod that held the
+        /// address then, or nothing when nobody did (among the holdings an address keeps).
+        #[test]
+        fn every_flow_time_resolves_to_the_pod_that_held_the_address(
+            events in proptest::collection::vec((0u8..6, 1i64..500, proptest::bool::ANY), 1..80),
+            probes in proptest::collection::vec((0u8..6, 0i64..40_000), 40),
+        ) {
+            let mut state = state();
+            // Per slot: (pod name, from, until) in order.
+            let mut truth: HashMap<u8, Vec<(String, i64, Option<i64>)>> = HashMap::new();
+            let mut now = 0;
+            for (n, (slot, step, create)) in events.into_iter().enumerate() {
+                now += step;
+                let holdings = truth.entry(slot).or_default();
+                let current = holdings.last().filter(|holding| holding.2.is_none()).map(|holding| holding.0.clone());
+                match (create, current) {
+                    (true, None) => {
+                        let name = format!("p{n}");
+                        let mut info = pod(&name, &format!("10.0.0.{slot}"));
+                        info.created_ms = Some(now);
+                        state.apply_pod(info, now, Seen::Live);
+                        holdings.push((name, now, None));
+                    }
+                    (false, Some(name)) => {
+                        state.delete_pod(&format!("uid-{name}"), now);
+                        holdings.last_mut().unwrap().2 = Some(now);
+                    }
+                    _ => {}
+                }
+            }
+            for (slot, at) in probes {
+                let holdings = &truth.get(&slot).map(Vec::as_slice).unwrap_or_default();
+                let kept = &holdings[holdings.len().saturating_sub(crate::enrich::history::MAX_HOLDINGS)..];
+                let expected = kept
+                    .iter()
+                    .find(|(_, from, until)| *from <= at && until.is_none_or(|until| at < until))
+                    .map(|(name, _, until)| (name.clone(), until.is_some()));
+                proptest::prop_assert_eq!(owner(&state, &format!("10.0.0.{slot}"), at), expected, "slot {} at {}", slot, at);
+            }
+        }
+    }
+
     #[test]
     fn the_gate_opens_once() {
         let gate = SyncGate::default();
