@@ -148,15 +148,23 @@ impl<T> IpHistory<T> {
     /// The owner of `address` at `at_ms`.
     #[inline]
     pub fn lookup(&self, address: IpAddr, at_ms: i64) -> Option<Found<'_, T>> {
-        self.by_address
-            .get(&address)?
-            .iter()
-            .rev()
-            .find(|holding| holding.contains(at_ms))
-            .map(|holding| Found {
-                owner: &holding.owner,
-                released: holding.until_ms.is_some(),
-            })
+        self.lookup_either(address, at_ms, at_ms)
+    }
+
+    /// The owner of `address` at `at_ms`, else at `or_at_ms`, with one hash lookup.
+    #[inline]
+    pub fn lookup_either(
+        &self,
+        address: IpAddr,
+        at_ms: i64,
+        or_at_ms: i64,
+    ) -> Option<Found<'_, T>> {
+        let holdings = self.by_address.get(&address)?;
+        let at = |time| holdings.iter().rev().find(|holding| holding.contains(time));
+        at(at_ms).or_else(|| at(or_at_ms)).map(|holding| Found {
+            owner: &holding.owner,
+            released: holding.until_ms.is_some(),
+        })
     }
 
     /// Addresses whose last holding has been released (kept for the grace period).

@@ -88,6 +88,31 @@ impl EndpointIndex {
         self.endpoints.lookup(ip, at_ms)
     }
 
+    /// The pod or node that held `ip` at the end of a flow's window, else at its start (a
+    /// pod deleted during the window).
+    #[inline]
+    pub fn endpoint_during(
+        &self,
+        ip: IpAddr,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Option<Found<'_, EndpointInfo>> {
+        self.endpoints.lookup_either(ip, end_ms, start_ms)
+    }
+
+    /// The service `ip` belonged to at the end of a flow's window, else at its start.
+    #[inline]
+    pub fn service_during(
+        &self,
+        ip: IpAddr,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Option<&Arc<ServiceInfo>> {
+        self.services
+            .lookup_either(ip, end_ms, start_ms)
+            .map(|found| found.owner)
+    }
+
     /// The service whose cluster or load-balancer IP `ip` was at `at_ms`.
     #[inline]
     pub fn service(&self, ip: IpAddr, at_ms: i64) -> Option<&Arc<ServiceInfo>> {

@@ -69,16 +69,11 @@ impl Enricher {
                 labels.retain(|label| self.labels.keeps(label));
             }
         }
-        // The owner at the end of the reporting window, else at its start (a pod deleted
-        // during the window).
         let lookup = |endpoint: &Endpoint| {
             let Some(ip) = endpoint.ip else {
                 return (None, Lookup::NoAddress);
             };
-            match index
-                .endpoint(ip, flow.end_ms)
-                .or_else(|| index.endpoint(ip, flow.start_ms))
-            {
+            match index.endpoint_during(ip, flow.start_ms, flow.end_ms) {
                 Some(found) if found.released => {
                     (Some(found.owner.clone()), Lookup::HitAfterDelete)
                 }
@@ -90,8 +85,7 @@ impl Enricher {
         let (dest, dest_lookup) = lookup(&flow.dest);
         let dest_service = match (&flow.dest_service, flow.dest.ip) {
             (None, Some(ip)) => index
-                .service(ip, flow.end_ms)
-                .or_else(|| index.service(ip, flow.start_ms))
+                .service_during(ip, flow.start_ms, flow.end_ms)
                 .cloned(),
             _ => None,
         };
