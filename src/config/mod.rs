@@ -763,6 +763,37 @@ telemetry: {log_level: "[[["}
     }
 
     #[test]
+    fn kubernetes_enrichment_settings_are_checked() {
+        let yaml = r#"
+sources: [{name: a, type: stdin}]
+sinks: [{name: b, type: stdout}]
+enrichment:
+  inventory_path: inventory.json
+  kubernetes: {namespace: "Shop_1", pod_label_selector: " "}
+"#;
+        let config = Config::from_yaml(yaml).unwrap();
+        assert_eq!(
+            config.validate().paths(),
+            [
+                "enrichment.kubernetes",
+                "enrichment.kubernetes.namespace",
+                "enrichment.kubernetes.pod_label_selector"
+            ]
+        );
+        let config = Config::from_yaml(
+            "sources: [{name: a, type: stdin}]\nsinks: [{name: b, type: stdout}]\nenrichment: {kubernetes: {}}\n",
+        )
+        .unwrap();
+        assert!(config.validate().is_empty());
+        let kubernetes = config.enrichment.kubernetes.as_ref().unwrap();
+        assert_eq!(
+            (kubernetes.grace_period_secs, kubernetes.sync_timeout_secs),
+            (300, 60)
+        );
+        assert!(config.summary().contains("enrichment: kubernetes watches"));
+    }
+
+    #[test]
     fn the_quickstart_config_is_valid() {
         let config = Config::load_valid(Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
