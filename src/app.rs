@@ -25,6 +25,7 @@ use crate::feeds::sync::{self, FeedMetrics, FeedRunner, StatusBoard};
 use crate::flow::source::{self, CheckpointStore, SourceBatch, SourceContext, SourceMetrics};
 use crate::flow::RejectCounts;
 use crate::k8s::watch::{ClusterWatch, WatchMetrics};
+use crate::pipeline::SinkQueue;
 use crate::pipeline::{DeadLetter, FlowMetrics, Processor};
 use crate::sink::{Batch, Sink, SinkMetrics};
 use crate::telemetry::{self, Readiness};
@@ -177,9 +178,14 @@ pub async fn run(
     let mut sink_queues = Vec::new();
     let mut sink_tasks = Vec::new();
     for sink_config in &config.sinks {
-        let sink = Sink::new(sink_config, &config);
+        let sink = Sink::new(sink_config, &config)?;
         let (sender, receiver) = mpsc::channel::<Batch>(config.pipeline.queue_batches);
-        sink_queues.push(sender);
+        sink_queues.push(SinkQueue::new(
+            sender,
+            sink_config.drops_when_full(config.sinks.len()),
+            sink_metrics.dropped_counter(&sink_config.name, "destination_full"),
+            &sink_config.name,
+        ));
         sink_tasks.push(tokio::spawn(sink.run(
             receiver,
             sink_metrics.clone(),

@@ -61,7 +61,7 @@ impl Processor {
     pub fn run(
         &self,
         mut batches: mpsc::Receiver<SourceBatch>,
-        sink_queues: &[mpsc::Sender<Batch>],
+        sink_queues: &[SinkQueue],
         max_line_bytes: &HashMap<Arc<str>, usize>,
         mut dead_letter: Option<&mut DeadLetter>,
         metrics: &FlowMetrics,
@@ -114,7 +114,7 @@ impl Processor {
                 };
                 // A sink that gave up (and said why) takes no more; its unacknowledged share
                 // keeps these positions from being saved.
-                if queue.blocking_send(share).is_err() {
+                if !queue.send(share) {
                     processed.refused += records.len() as u64;
                 }
             }
@@ -153,6 +153,61 @@ impl Processor {
                 RejectReason::TooLong,
                 format!("line of {len} bytes is longer than max_line_bytes ({max_line_bytes})"),
             )),
+        }
+    }
+}
+
+/// The processor's end of one sink's queue.
+#[derive(Debug)]
+pub struct SinkQueue {
+    sender: mpsc::Sender<Batch>,
+    /// A full queue drops the batch (counted) instead of waiting.
+    drop_when_full: bool,
+    dropped: Counter,
+    name: String,
+    last_warned: std::cell::Cell<Option<std::time::Instant>>,
+}
+
+impl SinkQueue {
+    pub fn new(
+        sender: mpsc::Sender<Batch>,
+        drop_when_full: bool,
+        dropped: Counter,
+        name: &str,
+    ) -> SinkQueue {
+        SinkQueue {
+            sender,
+            drop_when_full,
+            dropped,
+            name: name.to_owned(),
+            last_warned: std::cell::Cell::new(None),
+        }
+    }
+
+    /// Hands `batch` to the sink: waits for room, or, for a sink that drops when full, counts
+    /// the batch as dropped and acknowledges it (it was deliberately given up). Returns false
+    /// when the sink has gone.
+    fn send(&self, batch: Batch) -> bool {
+        if !self.drop_when_full {
+            return self.sender.blocking_send(batch).is_ok();
+        }
+        match self.sender.try_send(batch) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(batch)) => {
+                self.dropped.inc_by(batch.records.len() as u64);
+                let now = std::time::Instant::now();
+                if self
+                    .last_warned
+                    .get()
+                    .is_none_or(|last| now.duration_since(last) >= Duration::from_secs(10))
+                {
+                    self.last_warned.set(Some(now));
+                    tracing::warn!(sink = %self.name, "the sink's queue is full (its destination is slow or down); dropping its overflow so the other sinks go on (see threatflow_sink_dropped_records_total{{reason=\"destination_full\"}})");
+                }
+                batch.ack.ack();
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 }

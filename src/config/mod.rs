@@ -201,13 +201,23 @@ impl KubernetesEnrichment {
     }
 }
 
+impl SinkConfig {
+    /// Whether a full queue drops (rather than blocks), with `sinks` the number of sinks.
+    pub fn drops_when_full(&self, sinks: usize) -> bool {
+        match self.when_full {
+            Some(when_full) => when_full == WhenFull::Drop,
+            None => sinks > 1,
+        }
+    }
+}
+
 /// A destination for enriched records.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SinkConfig {
     /// A unique name, used in metrics and logs.
     pub name: String,
-    /// `stdout`, `file` (appends) or `syslog` (RFC 5424 over TCP, octet-counted).
+    /// `stdout`, `file` (appends) or `syslog` (UDP, TCP or TLS).
     #[serde(rename = "type")]
     pub kind: SinkKind,
     /// How each record is encoded: `cef` or `json` (one object per line).
@@ -219,6 +229,19 @@ pub struct SinkConfig {
     /// Settings of a `syslog` sink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub syslog: Option<SyslogConfig>,
+    /// When this sink's queue is full (the destination is slow or down): `block` slows every
+    /// source until it catches up; `drop` counts the overflow as dropped
+    /// (`destination_full`) so the other sinks go on. Default: `block` for a single sink,
+    /// `drop` when there are several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when_full: Option<WhenFull>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    Block,
+    Drop,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -607,7 +630,7 @@ impl Config {
             .map(|sink| {
                 let target = match (&sink.file, &sink.syslog) {
                     (Some(file), _) => format!("file {}", file.path.display()),
-                    (_, Some(syslog)) => format!("syslog tcp://{}:{}", syslog.host, syslog.port),
+                    (_, Some(syslog)) => format!("syslog {}", syslog.target()),
                     _ => "stdout".into(),
                 };
                 format!("{} ({:?} to {target})", sink.name, sink.format).to_lowercase()

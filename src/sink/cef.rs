@@ -443,6 +443,17 @@ pub struct CefEncoder {
     cluster_name: Option<Text>,
 }
 
+/// How much of the free-text fields an encoding keeps, to fit a size limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trim {
+    /// Everything, up to each key's own limit.
+    None,
+    /// Each free-text value shortened to at most this many bytes.
+    Cap(usize),
+    /// No free-text field at all.
+    Omit,
+}
+
 /// What encoding one record did besides writing it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EncodeStats {
@@ -511,6 +522,17 @@ impl CefEncoder {
 
     /// Appends one CEF line for `record` to `out`, without a line terminator.
     pub fn encode(&self, record: &EnrichedRecord, out: &mut Vec<u8>) -> EncodeStats {
+        self.encode_trimmed(record, out, Trim::None)
+    }
+
+    /// Like [`CefEncoder::encode`], with the free-text fields shortened or left out to fit a
+    /// size limit.
+    pub fn encode_trimmed(
+        &self,
+        record: &EnrichedRecord,
+        out: &mut Vec<u8>,
+        trim: Trim,
+    ) -> EncodeStats {
         let mut stats = EncodeStats::default();
         if record.threat_feeds.is_empty() {
             out.extend_from_slice(match record.flow.action {
@@ -530,6 +552,16 @@ impl CefEncoder {
         }
         let mut first = true;
         for compiled in &self.fields {
+            let free_text = compiled.field.is_free_text();
+            if free_text && trim == Trim::Omit {
+                continue;
+            }
+            let max_len = match trim {
+                Trim::Cap(cap) if free_text => {
+                    Some(compiled.max_len.map_or(cap, |max| max.min(cap)))
+                }
+                _ => compiled.max_len,
+            };
             let Some(value) = compiled.field.value(record, self.cluster_name.as_deref()) else {
                 continue;
             };
@@ -556,13 +588,13 @@ impl CefEncoder {
                             out.extend_from_slice(separator.as_bytes());
                         }
                         escape_value(item, out);
-                        if out.len() - start > compiled.max_len.unwrap_or(usize::MAX) {
+                        if out.len() - start > max_len.unwrap_or(usize::MAX) {
                             break;
                         }
                     }
                 }
             }
-            if let Some(max) = compiled.max_len {
+            if let Some(max) = max_len {
                 if out.len() - start > max {
                     truncate_escaped(out, start, max);
                     stats.truncated_fields += 1;

@@ -124,6 +124,24 @@ pub enum Value<'a> {
 }
 
 impl FlowField {
+    /// Whether the value is descriptive free text that a size limit may shorten or drop
+    /// before the record itself is dropped (never the 5-tuple, times, names or verdict).
+    pub fn is_free_text(self) -> bool {
+        use FlowField::*;
+        matches!(
+            self,
+            SourceLabels
+                | DestLabels
+                | SourceNamespaceLabels
+                | DestNamespaceLabels
+                | SourceServices
+                | DestServices
+                | DestDomains
+                | Policies
+                | ProcessArgs
+        )
+    }
+
     pub fn kind(self) -> ValueKind {
         use FlowField::*;
         match self {

@@ -21,15 +21,22 @@ impl JsonEncoder {
 
     /// Appends one JSON object for `record` to `out`, without a line terminator.
     pub fn encode(&self, record: &EnrichedRecord, out: &mut Vec<u8>) {
+        self.encode_trimmed(record, out, false);
+    }
+
+    /// Like [`JsonEncoder::encode`]; with `omit_free_text`, leaves out the free-text fields
+    /// (labels, services, domains, policies, process arguments) to fit a size limit.
+    pub fn encode_trimmed(&self, record: &EnrichedRecord, out: &mut Vec<u8>, omit_free_text: bool) {
         let flow = &record.flow;
+        let free = |items| free_text(items, omit_free_text);
         let view = JsonRecord {
             start_time_ms: flow.start_ms,
             end_time_ms: flow.end_ms,
             proto: flow.proto.to_string(),
             action: flow.action.as_str(),
             reporter: flow.reporter.as_str(),
-            source: JsonEndpoint::new(record.side(Side::Source)),
-            dest: JsonEndpoint::new(record.side(Side::Dest)),
+            source: JsonEndpoint::new(record.side(Side::Source), omit_free_text),
+            dest: JsonEndpoint::new(record.side(Side::Dest), omit_free_text),
             dest_service: record
                 .dest_service_name()
                 .map(|(namespace, name)| JsonService {
@@ -41,8 +48,8 @@ impl JsonEncoder {
                         .and_then(|service| service.port_name.as_deref()),
                     port: flow.dest_service.as_ref().and_then(|service| service.port),
                 }),
-            dest_domains: &flow.dest_domains,
-            policies: &flow.policies,
+            dest_domains: free(&flow.dest_domains),
+            policies: free(&flow.policies),
             bytes_in: flow.counters.bytes_in,
             bytes_out: flow.counters.bytes_out,
             packets_in: flow.counters.packets_in,
@@ -52,12 +59,21 @@ impl JsonEncoder {
             num_flows_completed: flow.counters.num_flows_completed,
             process_name: flow.process.name.as_deref(),
             process_id: flow.process.id.as_deref(),
-            process_args: &flow.process.args,
+            process_args: free(&flow.process.args),
             reporting_node: record.reporting_node.as_deref(),
             cluster: self.cluster_name.as_deref(),
             threat_feeds: record.threat_feeds.iter().map(|feed| &*feed.name).collect(),
         };
         serde_json::to_writer(out, &view).expect("serializing to a Vec cannot fail");
+    }
+}
+
+/// `items`, or nothing when free text is left out.
+fn free_text(items: &[Text], omit: bool) -> &[Text] {
+    if omit {
+        &[]
+    } else {
+        items
     }
 }
 
@@ -138,7 +154,8 @@ struct JsonService<'a> {
 }
 
 impl<'a> JsonEndpoint<'a> {
-    fn new(view: EndpointView<'a>) -> Self {
+    fn new(view: EndpointView<'a>, omit_free_text: bool) -> Self {
+        let free = |items: Option<&'a [Text]>| items.filter(|_| !omit_free_text);
         JsonEndpoint {
             ip: view.flow.ip,
             port: view.flow.port,
@@ -147,11 +164,11 @@ impl<'a> JsonEndpoint<'a> {
             name_aggr: view.flow.name_aggr.as_deref(),
             pod: view.pod_name(),
             namespace: view.namespace(),
-            labels: view.labels(),
-            namespace_labels: view.namespace_labels().filter(|labels| !labels.is_empty()),
+            labels: free(view.labels()),
+            namespace_labels: free(view.namespace_labels().filter(|labels| !labels.is_empty())),
             workload: view.workload(),
             node: view.node(),
-            services: view.services(),
+            services: free(view.services()),
         }
     }
 }

@@ -27,9 +27,9 @@ use tokio_util::sync::CancellationToken;
 use crate::ack::AckToken;
 use crate::config::{Config, OutputFormat, SinkConfig, SinkKind};
 use crate::enrich::EnrichedRecord;
-use cef::{CefEncoder, EncodeStats};
+use cef::{CefEncoder, EncodeStats, Trim};
 use json::JsonEncoder;
-use syslog::{SyslogFramer, SyslogTcp};
+use syslog::{SyslogClient, SyslogFramer, Timestamps};
 
 /// Records on their way to one sink, with that sink's share of the acknowledgement.
 #[derive(Debug)]
@@ -56,14 +56,44 @@ impl Encoder {
 
     /// Appends one encoded record to `out`, without a terminator.
     pub fn encode(&self, record: &EnrichedRecord, out: &mut Vec<u8>) -> EncodeStats {
+        self.encode_trimmed(record, out, Trim::None)
+    }
+
+    /// Appends one encoded record with its free-text fields trimmed (JSON leaves them out for
+    /// any trim).
+    pub fn encode_trimmed(
+        &self,
+        record: &EnrichedRecord,
+        out: &mut Vec<u8>,
+        trim: Trim,
+    ) -> EncodeStats {
         match self {
-            Encoder::Cef(encoder) => encoder.encode(record, out),
+            Encoder::Cef(encoder) => encoder.encode_trimmed(record, out, trim),
             Encoder::Json(encoder) => {
-                encoder.encode(record, out);
+                encoder.encode_trimmed(record, out, trim != Trim::None);
                 EncodeStats::default()
             }
         }
     }
+}
+
+/// How far a record's free text is trimmed, in turn, until it fits a size limit.
+const TRIMS: [Trim; 3] = [Trim::Cap(256), Trim::Cap(64), Trim::Omit];
+
+/// A batch encoded and framed for the wire.
+#[derive(Debug, Default)]
+struct Encoded {
+    bytes: Vec<u8>,
+    /// Where each message ends in `bytes` (one datagram each, on UDP).
+    ends: Vec<usize>,
+    /// Values shortened to their key's limit.
+    truncated_fields: u64,
+    /// Records whose free text was trimmed to fit the size limit.
+    shortened: u64,
+    /// Records that did not fit even without free text; not sent.
+    oversize: u64,
+    /// Scratch space for one message.
+    message: Vec<u8>,
 }
 
 /// How encoded records are delimited on the wire.
@@ -71,8 +101,11 @@ impl Encoder {
 enum Framing {
     /// One record per line (stdout, files).
     Lines,
-    /// RFC 5424 messages, octet-counted.
-    Syslog(SyslogFramer),
+    /// Syslog messages of at most `max_message` bytes.
+    Syslog {
+        framer: SyslogFramer,
+        max_message: usize,
+    },
 }
 
 /// Where a sink writes.
@@ -83,7 +116,7 @@ enum Transport {
         path: PathBuf,
         file: Option<tokio::fs::File>,
     },
-    Syslog(SyslogTcp),
+    Syslog(SyslogClient),
 }
 
 /// Why a write failed; `kind` is the bounded metric label.
@@ -101,7 +134,8 @@ impl WriteError {
 }
 
 impl Transport {
-    async fn write(&mut self, bytes: &[u8]) -> Result<(), WriteError> {
+    /// Writes and flushes `bytes`; `ends` marks where each message ends (for datagrams).
+    async fn write(&mut self, bytes: &[u8], ends: &[usize]) -> Result<(), WriteError> {
         let io = |kind: &'static str| {
             move |error: std::io::Error| WriteError {
                 kind,
@@ -146,16 +180,18 @@ impl Transport {
                 }
                 result.map_err(io("write"))
             }
-            Transport::Syslog(tcp) => tcp.write(bytes).await.map_err(|error| WriteError {
-                kind: error.kind(),
-                error: error.into(),
-            }),
+            Transport::Syslog(client) => {
+                client.write(bytes, ends).await.map_err(|error| WriteError {
+                    kind: error.kind(),
+                    error: error.into(),
+                })
+            }
         }
     }
 
     async fn close(&mut self) {
         match self {
-            Transport::Syslog(tcp) => tcp.close().await,
+            Transport::Syslog(client) => client.close().await,
             Transport::Stdout(stdout) => {
                 let _ = stdout.flush().await;
             }
@@ -188,6 +224,7 @@ pub struct SinkMetrics {
     errors: Family<SinkReasonLabels, Counter>,
     dropped: Family<SinkReasonLabels, Counter>,
     truncated_fields: Family<SinkLabels, Counter>,
+    shortened: Family<SinkLabels, Counter>,
 }
 
 impl SinkMetrics {
@@ -223,6 +260,11 @@ impl SinkMetrics {
             "Field values shortened to their key's maximum length",
             metrics.truncated_fields.clone(),
         );
+        registry.register(
+            "shortened_records",
+            "Records whose free-text fields were shortened or left out to fit max_message_bytes",
+            metrics.shortened.clone(),
+        );
         metrics
     }
 
@@ -235,13 +277,16 @@ impl SinkMetrics {
             &self.bytes,
             &self.batches,
             &self.truncated_fields,
+            &self.shortened,
         ] {
             drop(family.get_or_create(&labels));
         }
-        drop(self.dropped.get_or_create(&SinkReasonLabels {
-            sink: sink.to_owned(),
-            reason: "shutdown_undelivered".to_owned(),
-        }));
+        for reason in ["shutdown_undelivered", "oversize", "destination_full"] {
+            drop(self.dropped.get_or_create(&SinkReasonLabels {
+                sink: sink.to_owned(),
+                reason: reason.to_owned(),
+            }));
+        }
     }
 
     fn labels(sink: &str) -> SinkLabels {
@@ -260,6 +305,23 @@ impl SinkMetrics {
                 .get_or_create(&labels)
                 .inc_by(truncated_fields);
         }
+    }
+
+    fn shortened(&self, sink: &str, records: u64) {
+        self.shortened
+            .get_or_create(&Self::labels(sink))
+            .inc_by(records);
+    }
+
+    /// The counter of records dropped from `sink` for `reason`, for stages outside the sink
+    /// (the processor drops for `destination_full`).
+    pub fn dropped_counter(&self, sink: &str, reason: &str) -> Counter {
+        self.dropped
+            .get_or_create(&SinkReasonLabels {
+                sink: sink.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .clone()
     }
 
     fn write_failed(&self, sink: &str, kind: &str) {
@@ -289,7 +351,8 @@ pub struct Sink {
 }
 
 impl Sink {
-    pub fn new(sink: &SinkConfig, config: &Config) -> Sink {
+    /// Builds a sink; fails only when its TLS material cannot be loaded.
+    pub fn new(sink: &SinkConfig, config: &Config) -> anyhow::Result<Sink> {
         let encoder = Encoder::new(sink.format, config);
         let (framing, transport) = match (sink.kind, &sink.file, &sink.syslog) {
             (SinkKind::File, Some(file), _) => (
@@ -305,51 +368,89 @@ impl Sink {
                     .clone()
                     .or_else(|| config.node_name())
                     .unwrap_or_else(syslog::local_hostname);
+                let client = SyslogClient::new(syslog).map_err(|error| {
+                    anyhow::Error::new(error).context(format!(
+                        "sink {}: cannot set up TLS to {}",
+                        sink.name,
+                        syslog.target()
+                    ))
+                })?;
                 (
-                    Framing::Syslog(SyslogFramer::new(syslog, &hostname)),
-                    Transport::Syslog(SyslogTcp::new(syslog)),
+                    Framing::Syslog {
+                        framer: SyslogFramer::new(syslog, &hostname),
+                        max_message: syslog.max_message_bytes(),
+                    },
+                    Transport::Syslog(client),
                 )
             }
             _ => (Framing::Lines, Transport::Stdout(tokio::io::stdout())),
         };
-        Sink {
+        Ok(Sink {
             name: sink.name.clone(),
             encoder,
             framing,
             transport,
-        }
+        })
     }
 
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// Encodes and frames `records` into `out`; returns the number of shortened fields.
-    fn encode_batch(
-        &self,
-        records: &[EnrichedRecord],
-        out: &mut Vec<u8>,
-        message: &mut Vec<u8>,
-    ) -> u64 {
-        let mut truncated = 0u64;
+    /// Encodes and frames `records` into `encoded`.
+    fn encode_batch(&self, records: &[EnrichedRecord], encoded: &mut Encoded) {
+        let Encoded {
+            bytes: out,
+            ends,
+            truncated_fields,
+            shortened,
+            oversize,
+            message,
+        } = encoded;
+        out.clear();
+        ends.clear();
+        (*truncated_fields, *shortened, *oversize) = (0, 0, 0);
         match &self.framing {
             Framing::Lines => {
                 for record in records {
-                    truncated += u64::from(self.encoder.encode(record, out).truncated_fields);
+                    *truncated_fields +=
+                        u64::from(self.encoder.encode(record, out).truncated_fields);
                     out.push(b'\n');
+                    ends.push(out.len());
                 }
             }
-            Framing::Syslog(framer) => {
-                let timestamp = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+            Framing::Syslog {
+                framer,
+                max_message,
+            } => {
+                let time = Timestamps::now();
                 for record in records {
                     message.clear();
-                    framer.header(record, &timestamp, message);
-                    truncated += u64::from(self.encoder.encode(record, message).truncated_fields);
-                    SyslogFramer::frame(message, out);
+                    framer.header(record, &time, message);
+                    let header_len = message.len();
+                    let mut stats = self.encoder.encode(record, message);
+                    if message.len() > *max_message {
+                        // Shorten the free text, then leave it out; never the header or the
+                        // 5-tuple.
+                        for trim in TRIMS {
+                            message.truncate(header_len);
+                            stats = self.encoder.encode_trimmed(record, message, trim);
+                            if message.len() <= *max_message {
+                                break;
+                            }
+                        }
+                        if message.len() > *max_message {
+                            *oversize += 1;
+                            continue;
+                        }
+                        *shortened += 1;
+                    }
+                    *truncated_fields += u64::from(stats.truncated_fields);
+                    framer.frame(message, out);
+                    ends.push(out.len());
                 }
             }
         }
-        truncated
     }
 
     /// Delivers batches from `batches` until the queue closes. After `shutdown` is cancelled,
@@ -367,13 +468,22 @@ impl Sink {
             tokio::time::sleep(drain_timeout).await;
         };
         tokio::pin!(give_up);
-        let (mut out, mut message) = (Vec::new(), Vec::new());
+        let mut encoded = Encoded::default();
         while let Some(batch) = batches.recv().await {
-            out.clear();
-            let truncated = self.encode_batch(&batch.records, &mut out, &mut message);
+            self.encode_batch(&batch.records, &mut encoded);
+            if encoded.shortened > 0 {
+                metrics.shortened(&self.name, encoded.shortened);
+            }
+            if encoded.oversize > 0 {
+                metrics.dropped(&self.name, "oversize", encoded.oversize as usize);
+                tracing::warn!(sink = %self.name, records = encoded.oversize, "records too large for the sink's max_message_bytes even without their free-text fields; dropped and counted");
+            }
             let mut backoff = Backoff::default();
             let delivered = loop {
-                match self.transport.write(&out).await {
+                if encoded.ends.is_empty() {
+                    break Ok(());
+                }
+                match self.transport.write(&encoded.bytes, &encoded.ends).await {
                     Ok(()) => break Ok(()),
                     Err(failure) if failure.is_permanent() => {
                         metrics.write_failed(&self.name, failure.kind);
@@ -392,8 +502,15 @@ impl Sink {
             };
             match delivered {
                 Ok(()) => {
-                    metrics.batch_sent(&self.name, batch.records.len(), out.len(), truncated);
-                    report.records += batch.records.len() as u64;
+                    let sent = encoded.ends.len();
+                    metrics.batch_sent(
+                        &self.name,
+                        sent,
+                        encoded.bytes.len(),
+                        encoded.truncated_fields,
+                    );
+                    report.records += sent as u64;
+                    report.dropped += encoded.oversize;
                     batch.ack.ack();
                 }
                 Err((reason, message)) => {
@@ -418,8 +535,12 @@ impl Sink {
 /// What a sink did over its life.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SinkReport {
+    /// Records written and acknowledged.
     pub records: u64,
+    /// Records given up on (shutdown, a closed output); their positions were not saved.
     pub undelivered: u64,
+    /// Records dropped deliberately and counted (too large for the destination).
+    pub dropped: u64,
 }
 
 /// Exponential backoff with jitter, from 100 ms up to 5 s.
