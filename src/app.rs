@@ -191,6 +191,7 @@ pub async fn run(
             sink_metrics.clone(),
             shutdown.clone(),
             drain_timeout,
+            None,
         )));
     }
 

@@ -13,6 +13,7 @@ use threatflow::config::{Config, OutputFormat};
 use threatflow::enrich::{EndpointIndex, Inventory};
 use threatflow::feeds;
 use threatflow::flow::FlowFormat;
+use threatflow::sink::syslog::SyslogConfig;
 use threatflow::telemetry;
 
 #[derive(Parser)]
@@ -144,6 +145,77 @@ struct EnrichArgs {
     /// repeatable. Matches switch the event to the threat class and fill CEF `cs6`.
     #[arg(long, value_name = "NAME=FILE")]
     feed: Vec<String>,
+    /// Send to a syslog receiver instead of standard output: `udp://HOST:PORT`,
+    /// `tcp://HOST:PORT` or `tls://HOST:PORT`. Exits once every record is acknowledged (or
+    /// given up on), with a report of what was sent and dropped.
+    #[arg(long, value_name = "URL")]
+    syslog: Option<String>,
+    /// Stream framing for --syslog: octet counting (RFC 6587) or one message per line.
+    #[arg(long, value_enum, default_value = "octet", requires = "syslog")]
+    framing: FramingArg,
+    /// Syslog header format for --syslog.
+    #[arg(long, value_enum, default_value = "rfc5424", requires = "syslog")]
+    syslog_format: SyslogFormatArg,
+    /// CA certificates (PEM) to verify a tls:// receiver with; default: the system's.
+    #[arg(long, value_name = "FILE", requires = "syslog")]
+    ca: Option<PathBuf>,
+    /// Give up on a batch the receiver has not taken after this many seconds.
+    #[arg(long, default_value_t = 30, requires = "syslog")]
+    syslog_timeout_secs: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FramingArg {
+    Octet,
+    Lf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SyslogFormatArg {
+    Rfc5424,
+    Rfc3164,
+}
+
+/// The `--syslog` options as a syslog sink's settings, checked like the config file's.
+fn syslog_target(args: &EnrichArgs) -> anyhow::Result<Option<SyslogConfig>> {
+    let Some(url) = &args.syslog else {
+        return Ok(None);
+    };
+    let invalid = || {
+        anyhow::anyhow!(
+            "--syslog {url}: expected udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT"
+        )
+    };
+    let (scheme, rest) = url.split_once("://").ok_or_else(invalid)?;
+    let (host, port) = rest.rsplit_once(':').ok_or_else(invalid)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().map_err(|_| invalid())?;
+    if !matches!(scheme, "udp" | "tcp" | "tls") {
+        return Err(invalid());
+    }
+    let mut settings = serde_json::json!({
+        "host": host,
+        "port": port,
+        "transport": scheme,
+        "framing": match args.framing {
+            FramingArg::Octet => "octet_counting",
+            FramingArg::Lf => "lf",
+        },
+        "format": match args.syslog_format {
+            SyslogFormatArg::Rfc5424 => "rfc5424",
+            SyslogFormatArg::Rfc3164 => "rfc3164",
+        },
+    });
+    if let Some(ca) = &args.ca {
+        settings["tls"] = serde_json::json!({ "ca_file": ca });
+    }
+    let config: SyslogConfig = serde_json::from_value(settings)?;
+    let mut problems = threatflow::config::Problems::default();
+    config.validate("--syslog", &mut problems);
+    if !problems.is_empty() {
+        anyhow::bail!("the --syslog options do not fit:\n{problems}");
+    }
+    Ok(Some(config))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -218,7 +290,11 @@ fn main() -> ExitCode {
             match enrich(args) {
                 Ok(summary) => {
                     eprintln!("{summary}");
-                    if strict && summary.rejected.total() > 0 {
+                    let undelivered = summary
+                        .syslog
+                        .as_ref()
+                        .is_some_and(|(_, report)| report.undelivered > 0);
+                    if undelivered || (strict && summary.rejected.total() > 0) {
                         ExitCode::FAILURE
                     } else {
                         ExitCode::SUCCESS
@@ -314,7 +390,7 @@ fn enrich(args: EnrichArgs) -> anyhow::Result<cli::enrich::EnrichSummary> {
             .map_err(|problem| anyhow::anyhow!("{problem}"))?,
     };
     if args.cluster_name.is_some() {
-        config.cluster_name = args.cluster_name;
+        config.cluster_name = args.cluster_name.clone();
     }
     let index = match &args.inventory {
         Some(path) => EndpointIndex::build(&Inventory::load(path)?, &config.enrichment.labels),
@@ -322,6 +398,13 @@ fn enrich(args: EnrichArgs) -> anyhow::Result<cli::enrich::EnrichSummary> {
     };
     if args.max_line_bytes == 0 {
         anyhow::bail!("--max-line-bytes must be at least 1");
+    }
+    if args.syslog.is_some() {
+        // Delivery retries and give-ups are reported on stderr as the daemon logs them.
+        telemetry::init_logging(&threatflow::config::TelemetryConfig {
+            log_level: "warn".into(),
+            ..config.telemetry.clone()
+        });
     }
     let options = cli::enrich::EnrichOptions {
         format: match args.input_format {
@@ -336,12 +419,19 @@ fn enrich(args: EnrichArgs) -> anyhow::Result<cli::enrich::EnrichSummary> {
         index,
         show_progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         threats: threat_feeds(&args.feed)?,
+        syslog: syslog_target(&args)?.map(|syslog| {
+            (
+                syslog,
+                std::time::Duration::from_secs(args.syslog_timeout_secs),
+            )
+        }),
     };
     let summary = cli::enrich::run(
         options,
         std::io::stdin().lock(),
         std::io::stdout().lock(),
-        std::io::stderr().lock(),
+        // Not locked for the whole run: the syslog sink logs on stderr from its own thread.
+        std::io::stderr(),
     )?;
     Ok(summary)
 }

@@ -15,6 +15,33 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
-# The tests start every peer they talk to themselves (the threatflow binary, TCP syslog
-# receivers), on loopback only.
+# Real syslog receivers for tests/syslog_receivers.rs: rsyslog with its GnuTLS driver from
+# Debian, and syslog-ng, whose Debian package conflicts with rsyslog's, unpacked under
+# target/syslog-ng (with the libraries it needs installed). openssl makes their test
+# certificates. The tests start and stop the receivers themselves, on loopback only.
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+missing=()
+for package in rsyslog rsyslog-gnutls openssl libivykis0 libnet1 libpcre3 libwrap0; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if ((${#missing[@]})); then
+  echo "installing ${missing[*]}..." >&2
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+if [ ! -x target/syslog-ng/usr/sbin/syslog-ng ]; then
+  echo "unpacking syslog-ng..." >&2
+  download=$(mktemp -d)
+  chmod 755 "$download"
+  if ! (cd "$download" && apt-get download -q syslog-ng-core); then
+    as_root apt-get update -q
+    (cd "$download" && apt-get download -q syslog-ng-core)
+  fi
+  mkdir -p target/syslog-ng
+  dpkg -x "$download"/syslog-ng-core_*.deb target/syslog-ng
+  rm -rf "$download"
+fi
+
+# The tests start every other peer they talk to themselves too (the threatflow binary, the
+# Kubernetes API double, feed servers), on loopback only.
 exec cargo nextest run --locked --no-fail-fast "$@"

@@ -1,15 +1,19 @@
 //! `threatflow enrich`: a Unix filter for offline forensics. Flow records on standard input,
-//! one enriched record per line on standard output, in input order, using the daemon's own
-//! line splitting, parsing, enrichment and encoders.
+//! one enriched record per line on standard output (or, with `--syslog`, to a syslog
+//! receiver), in input order, using the daemon's own line splitting, parsing, enrichment,
+//! encoders and sinks.
 
 use std::io::{BufWriter, Read, Write};
 
+use crate::config::SinkConfig;
 use crate::config::{Config, OutputFormat};
 use crate::enrich::EndpointIndex;
+use crate::enrich::EnrichedRecord;
 use crate::flow::lines::{Line, LineSplitter};
 use crate::flow::{FlowFormat, RejectCounts};
 use crate::pipeline::Processor;
-use crate::sink::Encoder;
+use crate::sink::syslog::SyslogConfig;
+use crate::sink::{Batch, Encoder, Sink, SinkMetrics, SinkReport};
 
 const CHUNK_BYTES: usize = 1024 * 1024;
 
@@ -22,6 +26,8 @@ pub struct EnrichSummary {
     pub truncated_fields: u64,
     /// Standard output was closed (`| head`) before the input ended.
     pub output_closed: bool,
+    /// With `--syslog`: where the records went, and what the sink did.
+    pub syslog: Option<(String, SinkReport)>,
 }
 
 impl std::fmt::Display for EnrichSummary {
@@ -45,6 +51,13 @@ impl std::fmt::Display for EnrichSummary {
                 self.truncated_fields
             )?;
         }
+        if let Some((target, report)) = &self.syslog {
+            write!(
+                f,
+                "; {} sent to {target} and acknowledged, {} dropped as too large, {} undelivered",
+                report.records, report.dropped, report.undelivered
+            )?;
+        }
         Ok(())
     }
 }
@@ -61,6 +74,95 @@ pub struct EnrichOptions<'a> {
     pub show_progress: bool,
     /// Threat feeds to match flows against.
     pub threats: crate::enrich::ThreatMatcher,
+    /// Send to a syslog receiver instead of standard output, giving up on a batch that
+    /// cannot be delivered within the duration.
+    pub syslog: Option<(SyslogConfig, std::time::Duration)>,
+}
+
+/// Records on their way to a syslog receiver through the daemon's sink, in batches.
+struct SyslogDelivery {
+    runtime: tokio::runtime::Runtime,
+    sender: tokio::sync::mpsc::Sender<Batch>,
+    task: tokio::task::JoinHandle<SinkReport>,
+    batch: Vec<EnrichedRecord>,
+    target: String,
+    /// Records in a batch the sink no longer took.
+    unsent: u64,
+}
+
+impl SyslogDelivery {
+    const BATCH_RECORDS: usize = 512;
+
+    fn start(
+        config: &Config,
+        format: OutputFormat,
+        syslog: SyslogConfig,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<SyslogDelivery> {
+        let target = syslog.target();
+        let sink = Sink::new(
+            &SinkConfig {
+                name: "syslog".into(),
+                kind: crate::config::SinkKind::Syslog,
+                format,
+                file: None,
+                syslog: Some(syslog),
+                when_full: None,
+            },
+            config,
+        )?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(config.pipeline.queue_batches);
+        let task = runtime.spawn(sink.run(
+            receiver,
+            SinkMetrics::default(),
+            tokio_util::sync::CancellationToken::new(),
+            timeout,
+            Some(timeout),
+        ));
+        Ok(SyslogDelivery {
+            runtime,
+            sender,
+            task,
+            batch: Vec::with_capacity(Self::BATCH_RECORDS),
+            target,
+            unsent: 0,
+        })
+    }
+
+    /// Queues `record`; false once the sink has given up.
+    fn push(&mut self, record: EnrichedRecord) -> bool {
+        self.batch.push(record);
+        self.batch.len() < Self::BATCH_RECORDS || self.send()
+    }
+
+    fn send(&mut self) -> bool {
+        let records = std::mem::replace(&mut self.batch, Vec::with_capacity(Self::BATCH_RECORDS));
+        let count = records.len() as u64;
+        let batch = Batch {
+            records: records.into(),
+            ack: crate::ack::AckToken::none(),
+        };
+        let sent = self.sender.blocking_send(batch).is_ok();
+        if !sent {
+            self.unsent += count;
+        }
+        sent
+    }
+
+    /// Sends what is left and waits until the sink has acknowledged or given up on all of it.
+    fn finish(mut self) -> (String, SinkReport) {
+        if !self.batch.is_empty() {
+            self.send();
+        }
+        drop(self.sender);
+        let mut report = self.runtime.block_on(self.task).unwrap_or_default();
+        report.undelivered += self.unsent;
+        (self.target, report)
+    }
 }
 
 /// Progress lines for long runs: `... 12000000 records read (2.4M/s)`.
@@ -110,6 +212,13 @@ pub fn run(
     // No writer runs beside `enrich`: one read for the whole run.
     let index = processor.index.read().expect("index lock");
     let encoder = Encoder::new(options.output, options.config);
+    let mut syslog = match options.syslog {
+        Some((syslog, timeout)) => Some(
+            SyslogDelivery::start(options.config, options.output, syslog, timeout)
+                .map_err(std::io::Error::other)?,
+        ),
+        None => None,
+    };
     let mut output = BufWriter::with_capacity(CHUNK_BYTES, output);
     let mut splitter = LineSplitter::new(options.max_line_bytes);
     let mut chunk = vec![0u8; CHUNK_BYTES];
@@ -129,6 +238,14 @@ pub fn run(
             progress.report(line_number);
         }
         let result = match processor.process(&index, options.format, line, options.max_line_bytes) {
+            Ok(record) if syslog.is_some() => {
+                summary.records += 1;
+                // A sink that gave up has said so in its report; stop reading.
+                if !syslog.as_mut().expect("checked").push(record) {
+                    stopped.set(true);
+                }
+                Ok(())
+            }
             Ok(record) => {
                 encoded.clear();
                 summary.truncated_fields +=
@@ -161,6 +278,9 @@ pub fn run(
             Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(error) => return Err(error),
         }
+    }
+    if let Some(syslog) = syslog {
+        summary.syslog = Some(syslog.finish());
     }
     let written = match write_error {
         Some(error) => Err(error),

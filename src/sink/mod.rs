@@ -454,13 +454,15 @@ impl Sink {
     }
 
     /// Delivers batches from `batches` until the queue closes. After `shutdown` is cancelled,
-    /// a batch that cannot be written is retried for at most `drain_timeout`.
+    /// a batch that cannot be written is retried for at most `drain_timeout`; with
+    /// `batch_timeout`, no batch is retried for longer than that at any time.
     pub async fn run(
         mut self,
         mut batches: mpsc::Receiver<Batch>,
         metrics: SinkMetrics,
         shutdown: CancellationToken,
         drain_timeout: Duration,
+        batch_timeout: Option<Duration>,
     ) -> SinkReport {
         let mut report = SinkReport::default();
         let give_up = async {
@@ -479,6 +481,7 @@ impl Sink {
                 tracing::warn!(sink = %self.name, records = encoded.oversize, "records too large for the sink's max_message_bytes even without their free-text fields; dropped and counted");
             }
             let mut backoff = Backoff::default();
+            let first_try = tokio::time::Instant::now();
             let delivered = loop {
                 if encoded.ends.is_empty() {
                     break Ok(());
@@ -491,6 +494,12 @@ impl Sink {
                     }
                     Err(failure) => {
                         metrics.write_failed(&self.name, failure.kind);
+                        if batch_timeout.is_some_and(|limit| first_try.elapsed() >= limit) {
+                            break Err((
+                                "retry_timeout",
+                                "gave up delivering after retrying a batch for the time allowed",
+                            ));
+                        }
                         let delay = backoff.next_delay();
                         tracing::warn!(sink = %self.name, error = %format!("{:#}", failure.error), retry_in_ms = delay.as_millis() as u64, "write failed; retrying the batch");
                         tokio::select! {

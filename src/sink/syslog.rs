@@ -64,7 +64,10 @@ pub struct SyslogConfig {
     /// How long a connection attempt (with the TLS handshake) may take.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
-    /// How long writing one batch may take before the connection is considered dead.
+    /// How long a write may wait on a receiver that is not reading before it is reported
+    /// (`write_timeout` errors). The connection is kept and the write resumes where it
+    /// stopped, so a slow receiver gets no duplicate and no cut frame; a broken connection is
+    /// replaced and the whole batch sent again.
     #[serde(default = "default_write_timeout_ms")]
     pub write_timeout_ms: u64,
     /// TCP keepalive idle time, so a silently vanished receiver is noticed; 0 turns it off.
@@ -445,8 +448,8 @@ pub enum SyslogError {
         #[source]
         source: std::io::Error,
     },
-    #[error("writing to {target} timed out (the receiver stopped reading)")]
-    WriteTimeout { target: String },
+    #[error("{target} has not read for {timeout_ms} ms (a slow or stalled receiver); the connection is kept and the write resumes")]
+    WriteTimeout { target: String, timeout_ms: u128 },
 }
 
 impl SyslogError {
@@ -502,25 +505,33 @@ impl Connection {
         !matches!(stream.try_read(&mut [0u8; 1]), Err(error) if error.kind() == std::io::ErrorKind::WouldBlock)
     }
 
-    async fn write(&mut self, bytes: &[u8], datagrams: &[usize]) -> std::io::Result<()> {
-        match self {
-            Connection::Tcp(stream) => {
-                stream.write_all(bytes).await?;
-                stream.flush().await
-            }
-            Connection::Tls(stream) => {
-                stream.write_all(bytes).await?;
-                stream.flush().await
-            }
+    /// Writes `bytes` from `*written` on, advancing `*written` as the receiver takes them,
+    /// so a write cut short by a timeout can resume; then flushes.
+    async fn write(
+        &mut self,
+        bytes: &[u8],
+        datagrams: &[usize],
+        written: &mut usize,
+    ) -> std::io::Result<()> {
+        let stream: &mut (dyn tokio::io::AsyncWrite + Unpin + Send) = match self {
+            Connection::Tcp(stream) => stream,
+            Connection::Tls(stream) => stream.as_mut(),
             Connection::Udp(socket) => {
                 let mut start = 0;
                 for &end in datagrams {
                     socket.send(&bytes[start..end]).await?;
                     start = end;
                 }
-                Ok(())
+                return Ok(());
+            }
+        };
+        while *written < bytes.len() {
+            match stream.write(&bytes[*written..]).await? {
+                0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                n => *written += n,
             }
         }
+        stream.flush().await
     }
 }
 
@@ -540,6 +551,8 @@ pub struct SyslogClient {
     keepalive: Option<Duration>,
     reconnect_after: Option<Duration>,
     connection: Option<(Connection, Instant)>,
+    /// Bytes of the batch being written that the current connection has taken.
+    written: usize,
 }
 
 impl SyslogClient {
@@ -570,6 +583,7 @@ impl SyslogClient {
                 .then(|| Duration::from_secs(config.keepalive_secs)),
             reconnect_after: config.reconnect_after_secs.map(Duration::from_secs),
             connection: None,
+            written: 0,
         })
     }
 
@@ -578,19 +592,23 @@ impl SyslogClient {
     }
 
     /// Writes and flushes `bytes` (on UDP: one datagram per message, `datagrams` holding
-    /// where each ends). After an error the connection is closed, and the next call opens a
-    /// new one.
+    /// where each ends). Called again with the same bytes after an error: a write that timed
+    /// out resumes on the same connection; after any other error the connection is replaced
+    /// and the batch sent whole.
     pub async fn write(&mut self, bytes: &[u8], datagrams: &[usize]) -> Result<(), SyslogError> {
+        // A periodic reconnect waits for a batch boundary.
         let stale = self.connection.as_ref().is_some_and(|(connection, since)| {
             connection.is_closed()
-                || self
-                    .reconnect_after
-                    .is_some_and(|after| since.elapsed() >= after)
+                || (self.written == 0
+                    && self
+                        .reconnect_after
+                        .is_some_and(|after| since.elapsed() >= after))
         });
         if stale {
             self.close().await;
         }
         if self.connection.is_none() {
+            self.written = 0;
             let connection = tokio::time::timeout(self.connect_timeout, self.connect())
                 .await
                 .map_err(|_| SyslogError::ConnectTimeout {
@@ -599,25 +617,30 @@ impl SyslogClient {
             self.connection = Some((connection, Instant::now()));
         }
         let (connection, _) = self.connection.as_mut().expect("connected above");
-        let result = match tokio::time::timeout(
+        let written = &mut self.written;
+        match tokio::time::timeout(
             self.write_timeout,
-            connection.write(bytes, datagrams),
+            connection.write(bytes, datagrams, written),
         )
         .await
         {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(source)) => Err(SyslogError::Write {
-                target: self.target.clone(),
-                source,
-            }),
+            Ok(Ok(())) => {
+                self.written = 0;
+                Ok(())
+            }
+            Ok(Err(source)) => {
+                self.connection = None;
+                self.written = 0;
+                Err(SyslogError::Write {
+                    target: self.target.clone(),
+                    source,
+                })
+            }
             Err(_) => Err(SyslogError::WriteTimeout {
                 target: self.target.clone(),
+                timeout_ms: self.write_timeout.as_millis(),
             }),
-        };
-        if result.is_err() {
-            self.connection = None;
         }
-        result
     }
 
     async fn connect(&self) -> Result<Connection, SyslogError> {
@@ -842,7 +865,10 @@ mod tests {
             "<133>1 2025-01-05T10:22:33.123Z node-a threatflow - flow - CEF:0|x|é\n"
         );
         assert_eq!(
-            framed("{host: h, port: 514, transport: udp, framing: lf}", "has space"),
+            framed(
+                "{host: h, port: 514, transport: udp, framing: lf}",
+                "has space"
+            ),
             "<133>1 2025-01-05T10:22:33.123Z - threatflow - flow - CEF:0|x|é",
             "a datagram carries the bare message; an invalid hostname becomes `-`"
         );
