@@ -226,6 +226,7 @@ enum InputFormat {
 #[derive(Clone, Copy, ValueEnum)]
 enum OutputFormatArg {
     Cef,
+    Leef,
     Json,
 }
 
@@ -412,6 +413,7 @@ fn enrich(args: EnrichArgs) -> anyhow::Result<cli::enrich::EnrichSummary> {
         },
         output: match args.output_format {
             OutputFormatArg::Cef => OutputFormat::Cef,
+            OutputFormatArg::Leef => OutputFormat::Leef,
             OutputFormatArg::Json => OutputFormat::Json,
         },
         max_line_bytes: args.max_line_bytes,

@@ -220,7 +220,8 @@ pub struct SinkConfig {
     /// `stdout`, `file` (appends) or `syslog` (UDP, TCP or TLS).
     #[serde(rename = "type")]
     pub kind: SinkKind,
-    /// How each record is encoded: `cef` or `json` (one object per line).
+    /// How each record is encoded: `cef`, `leef` (LEEF 2.0, for QRadar) or `json` (one
+    /// object per line).
     #[serde(default)]
     pub format: OutputFormat,
     /// Settings of a `file` sink.
@@ -257,6 +258,8 @@ pub enum SinkKind {
 pub enum OutputFormat {
     #[default]
     Cef,
+    /// LEEF 2.0 (IBM QRadar), tab-separated attributes.
+    Leef,
     Json,
 }
 

@@ -10,6 +10,7 @@
 pub mod cef;
 pub mod field;
 pub mod json;
+pub mod leef;
 pub mod syslog;
 
 use std::path::PathBuf;
@@ -29,6 +30,7 @@ use crate::config::{Config, OutputFormat, SinkConfig, SinkKind};
 use crate::enrich::EnrichedRecord;
 use cef::{CefEncoder, EncodeStats, Trim};
 use json::JsonEncoder;
+use leef::LeefEncoder;
 use syslog::{SyslogClient, SyslogFramer, Timestamps};
 
 /// Records on their way to one sink, with that sink's share of the acknowledgement.
@@ -42,6 +44,7 @@ pub struct Batch {
 #[derive(Debug)]
 pub enum Encoder {
     Cef(CefEncoder),
+    Leef(LeefEncoder),
     Json(JsonEncoder),
 }
 
@@ -50,6 +53,7 @@ impl Encoder {
         let cluster_name = config.cluster_name.as_deref();
         match format {
             OutputFormat::Cef => Encoder::Cef(CefEncoder::new(&config.cef, cluster_name)),
+            OutputFormat::Leef => Encoder::Leef(LeefEncoder::new(&config.cef, cluster_name)),
             OutputFormat::Json => Encoder::Json(JsonEncoder::new(cluster_name)),
         }
     }
@@ -69,6 +73,7 @@ impl Encoder {
     ) -> EncodeStats {
         match self {
             Encoder::Cef(encoder) => encoder.encode_trimmed(record, out, trim),
+            Encoder::Leef(encoder) => encoder.encode_trimmed(record, out, trim),
             Encoder::Json(encoder) => {
                 encoder.encode_trimmed(record, out, trim != Trim::None);
                 EncodeStats::default()

@@ -317,7 +317,8 @@ impl Timestamps {
         Timestamps::at(jiff::Timestamp::now())
     }
 
-    fn at(time: jiff::Timestamp) -> Timestamps {
+    /// The timestamps of `time` (tests and samples use fixed times).
+    pub fn at(time: jiff::Timestamp) -> Timestamps {
         Timestamps {
             rfc3339: time.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
             bsd: time.strftime("%b %e %H:%M:%S").to_string(),
