@@ -185,6 +185,7 @@ pub async fn run(
             sink_config.drops_when_full(config.sinks.len()),
             sink_metrics.dropped_counter(&sink_config.name, "destination_full"),
             &sink_config.name,
+            tokio::runtime::Handle::current(),
         ));
         sink_tasks.push(tokio::spawn(sink.run(
             receiver,

@@ -9,6 +9,8 @@ use threatflow::enrich::{EndpointIndex, Enricher};
 use threatflow::flow::record::{Action, Endpoint, FlowRecord, Process, Reporter, ServiceRef, Text};
 use threatflow::sink::cef::{CefConfig, CefEncoder};
 use threatflow::sink::json::JsonEncoder;
+use threatflow::sink::leef::LeefEncoder;
+use threatflow::sink::syslog::{SyslogConfig, SyslogFramer, Timestamps};
 
 /// Strings biased towards everything that matters to CEF and syslog framing.
 fn hostile() -> impl Strategy<Value = String> {
@@ -32,6 +34,15 @@ fn expected(value: &str) -> String {
                 c
             }
         })
+        .collect()
+}
+
+/// What the LEEF encoder is documented to do to a value: every control character becomes a
+/// space.
+fn expected_leef(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| if c.is_ascii_control() { ' ' } else { c })
         .collect()
 }
 
@@ -132,6 +143,48 @@ proptest! {
         if !labels.is_empty() {
             let joined = labels.iter().map(|label| expected(label)).collect::<Vec<_>>().join(",");
             prop_assert_eq!(cef.labelled("srcLabels"), Some(joined.as_str()));
+        }
+    }
+
+    #[test]
+    fn leef_values_cannot_add_attributes_or_lines(process in hostile(), namespace in hostile(), label in hostile()) {
+        let flow = record(&namespace, "pod", &process, &[label], &[], "p", "svc");
+        let enriched = Enricher::default().enrich(flow, &EndpointIndex::default());
+        let mut out = Vec::new();
+        LeefEncoder::new(&CefConfig::default(), None).encode(&enriched, &mut out);
+        let line = String::from_utf8(out).unwrap();
+        prop_assert!(line.chars().all(|c| c == '\t' || !c.is_control()), "{:?}", line);
+        // Every attribute is a known key, once (the header's `cat` and `sev` included).
+        let keys: Vec<&str> = line.split('\t').skip(1).map(|pair| pair.split_once('=').unwrap().0).collect();
+        let mut unique = keys.clone();
+        unique.sort();
+        unique.dedup();
+        prop_assert_eq!(unique.len(), keys.len(), "{:?}", keys);
+        let attributes: std::collections::BTreeMap<&str, &str> = line.split('\t').skip(1).map(|pair| pair.split_once('=').unwrap()).collect();
+        let namespace_value = expected_leef(&namespace);
+        prop_assert_eq!(attributes.get("srcNamespace").copied(), Some(namespace_value.as_str()));
+    }
+
+    #[test]
+    fn one_record_is_one_frame(process in hostile(), namespace in hostile(), octet in any::<bool>()) {
+        let flow = record(&namespace, "pod", &process, &[], &[], "p", "svc");
+        let enriched = Enricher::default().enrich(flow, &EndpointIndex::default());
+        let framing = if octet { "octet_counting" } else { "lf" };
+        let config: SyslogConfig = serde_yaml::from_str(&format!("{{host: h, port: 514, framing: {framing}}}")).unwrap();
+        let framer = SyslogFramer::new(&config, "node-a");
+        let mut message = Vec::new();
+        framer.header(&enriched, &Timestamps::now(), &mut message);
+        CefEncoder::new(&CefConfig::default(), None).encode(&enriched, &mut message);
+        let mut frame = Vec::new();
+        framer.frame(&message, &mut frame);
+        if octet {
+            let space = frame.iter().position(|&b| b == b' ').unwrap();
+            let length: usize = std::str::from_utf8(&frame[..space]).unwrap().parse().unwrap();
+            prop_assert_eq!(&frame[space + 1..], &message[..]);
+            prop_assert_eq!(length, message.len());
+        } else {
+            prop_assert_eq!(frame.iter().filter(|&&b| b == b'\n').count(), 1);
+            prop_assert_eq!(frame.last(), Some(&b'\n'));
         }
     }
 

@@ -269,3 +269,78 @@ fn a_stalled_receiver_bounds_memory_and_delivery_resumes() {
     );
     stop(daemon);
 }
+
+#[test]
+fn a_stalled_destination_does_not_stall_the_others() {
+    let receiver = Receiver::start(Kind::Rsyslog);
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("threatflow.yaml");
+    let archive = dir.path().join("archive.jsonl");
+    std::fs::write(
+        &config,
+        format!(
+            "cluster_name: test\n\
+             sources:\n  - name: calico\n    type: file\n    file: {{path: {log}, poll_interval_ms: 20}}\n\
+             sinks:\n  - {{name: siem, type: syslog, syslog: {{host: 127.0.0.1, port: {siem}, write_timeout_ms: 500}}}}\n  - {{name: archive, type: file, format: json, file: {{path: {archive}}}}}\n\
+             pipeline: {{batch_max_records: 100, queue_batches: 4}}\n\
+             telemetry: {{listen_addr: '127.0.0.1:{port}'}}\n",
+            log = dir.path().join("flows.log").display(),
+            siem = receiver.ports.tcp_octet,
+            archive = archive.display(),
+        ),
+    )
+    .unwrap();
+    let daemon = Command::new(binary())
+        .args(["run", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    receiver.stall();
+    append(dir.path(), 0..30_000);
+    let archived = || {
+        std::fs::read_to_string(&archive)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let started = Instant::now();
+    while archived() < 30_000 && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        archived(),
+        30_000,
+        "the archive got every record: {}",
+        std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default()
+    );
+    let metrics = {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut text).unwrap();
+        text
+    };
+    let dropped: f64 = metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(
+                "threatflow_sink_dropped_records_total{sink=\"siem\",reason=\"destination_full\"} ",
+            )
+        })
+        .expect("the destination_full series")
+        .parse()
+        .unwrap();
+    assert!(dropped > 0.0, "{metrics}");
+    receiver.resume();
+    stop(daemon);
+}

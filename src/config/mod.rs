@@ -230,10 +230,10 @@ pub struct SinkConfig {
     /// Settings of a `syslog` sink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub syslog: Option<SyslogConfig>,
-    /// When this sink's queue is full (the destination is slow or down): `block` slows every
-    /// source until it catches up; `drop` counts the overflow as dropped
-    /// (`destination_full`) so the other sinks go on. Default: `block` for a single sink,
-    /// `drop` when there are several.
+    /// When this sink's queue is full: `block` slows every source until the sink catches up;
+    /// `drop` does too, but once the queue has stayed full for a second (the destination is
+    /// stalled or down) counts its overflow as dropped (`destination_full`) so the other
+    /// sinks go on. Default: `block` for a single sink, `drop` when there are several.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when_full: Option<WhenFull>,
 }

@@ -574,3 +574,59 @@ impl Backoff {
         Duration::from_millis(ceiling_ms / 2 + u64::from(nanos) % (ceiling_ms / 2 + 1))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::enrich::{EndpointIndex, Enricher};
+    use crate::flow::calico;
+
+    fn record(namespace: &str, labels: &[String]) -> EnrichedRecord {
+        let line = serde_json::json!({
+            "start_time": 1, "end_time": 2, "proto": "tcp", "action": "deny", "reporter": "src",
+            "source_ip": "10.0.0.1", "source_port": 4321, "dest_ip": "10.0.0.2", "dest_port": 443,
+            "source_namespace": namespace, "source_labels": {"labels": labels},
+        });
+        Enricher::default().enrich(
+            calico::parse_str(&line.to_string()).unwrap(),
+            &EndpointIndex::default(),
+        )
+    }
+
+    #[test]
+    fn oversize_records_lose_free_text_first_and_are_dropped_only_if_still_too_large() {
+        let config = Config::from_yaml(
+            "{sources: [], sinks: [{name: siem, type: syslog, syslog: {host: 127.0.0.1, port: 514, transport: udp}}]}",
+        )
+        .unwrap();
+        for format in [OutputFormat::Cef, OutputFormat::Leef, OutputFormat::Json] {
+            let sink_config = SinkConfig {
+                format,
+                ..config.sinks[0].clone()
+            };
+            let sink = Sink::new(&sink_config, &config).unwrap();
+            let labels: Vec<String> = (0..40)
+                .map(|i| format!("key{i}={}", "v".repeat(60)))
+                .collect();
+            let records = [
+                record("shop", &[]),
+                record("shop", &labels),
+                record(&"n".repeat(3_000), &[]),
+            ];
+            let mut encoded = Encoded::default();
+            sink.encode_batch(&records, &mut encoded);
+            assert_eq!((encoded.shortened, encoded.oversize), (1, 1), "{format:?}");
+            assert_eq!(encoded.ends.len(), 2, "one datagram per record sent");
+            let second =
+                std::str::from_utf8(&encoded.bytes[encoded.ends[0]..encoded.ends[1]]).unwrap();
+            assert!(second.len() <= 1_400, "{format:?}: {} bytes", second.len());
+            assert!(second.starts_with("<133>1 "), "the header is kept");
+            for kept in ["10.0.0.1", "4321", "10.0.0.2", "443"] {
+                assert!(
+                    second.contains(kept),
+                    "{format:?}: the 5-tuple is kept: {second}"
+                );
+            }
+        }
+    }
+}
