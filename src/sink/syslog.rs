@@ -919,6 +919,32 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn periodic_reconnect_waits_for_the_next_batch() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = tokio::spawn(async move {
+            let mut connections = Vec::new();
+            while let Ok(Ok((stream, _))) =
+                tokio::time::timeout(Duration::from_secs(3), listener.accept()).await
+            {
+                connections.push(stream);
+            }
+            connections.len()
+        });
+        let config: SyslogConfig = serde_yaml::from_str(&format!(
+            "{{host: 127.0.0.1, port: {port}, reconnect_after_secs: 1}}"
+        ))
+        .unwrap();
+        let mut client = SyslogClient::new(&config).unwrap();
+        client.write(b"3 abc", &[5]).await.unwrap();
+        client.write(b"3 def", &[5]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        client.write(b"3 ghi", &[5]).await.unwrap();
+        client.close().await;
+        assert_eq!(accepted.await.unwrap(), 2);
+    }
+
     #[test]
     fn tls_setup_errors_name_the_file() {
         let config: SyslogConfig = serde_yaml::from_str(
