@@ -175,6 +175,8 @@ pub async fn run(
 
     // Sinks, each behind its own bounded queue.
     let drain_timeout = Duration::from_secs(config.pipeline.drain_timeout_secs);
+    // The drain window opens at a stop signal, or when the sources have ended.
+    let input_done = shutdown.child_token();
     let mut sink_queues = Vec::new();
     let mut sink_tasks = Vec::new();
     for sink_config in &config.sinks {
@@ -190,7 +192,7 @@ pub async fn run(
         sink_tasks.push(tokio::spawn(sink.run(
             receiver,
             sink_metrics.clone(),
-            shutdown.clone(),
+            input_done.clone(),
             drain_timeout,
             None,
         )));
@@ -299,6 +301,7 @@ pub async fn run(
         }
     }
     readiness.set_ready(false);
+    input_done.cancel();
     feeds_stop.cancel();
     for task in feed_tasks {
         task.await.context("feed task")?;

@@ -288,13 +288,9 @@ async fn a_410_relists_and_deletes_what_disappeared_meanwhile() {
     let synced_ms = now_ms();
     assert!(watching.endpoint("10.244.1.7", synced_ms).is_some());
 
-    // While the watch is between connections, the pod goes and the history is compacted:
-    // its DELETED event is lost for good.
+    // The pod goes and the history is compacted: its DELETED event is lost for good, and the
+    // watch, resuming from a version before the compaction, gets 410 Gone.
     api.remove_silently("pods", "shop/gone");
-    api.seed(
-        "pods",
-        pod("shop", "new", &["10.244.1.8"], json!({"app": "batch"})),
-    );
     api.compact();
     eventually("the relist", || {
         watching.metric("watch_relists_total{resource=\"pods\"}") >= 1.0
@@ -311,11 +307,19 @@ async fn a_410_relists_and_deletes_what_disappeared_meanwhile() {
         Some(("gone".into(), true)),
         "released by the relist, kept for the grace period"
     );
-    assert!(watching.endpoint("10.244.1.8", now_ms()).is_some());
     assert!(
         watching.readiness.is_ready(),
         "a relist keeps the index ready"
     );
+    // The relisted watch follows new events.
+    api.seed(
+        "pods",
+        pod("shop", "new", &["10.244.1.8"], json!({"app": "batch"})),
+    );
+    eventually("a pod after the relist", || {
+        watching.endpoint("10.244.1.8", now_ms()).is_some()
+    })
+    .await;
     watching.stop().await;
 }
 

@@ -22,7 +22,8 @@ fi
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
 for package in rsyslog rsyslog-gnutls openssl libivykis0 libnet1 libpcre3 libwrap0; do
-  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
+    missing+=("$package")
 done
 if ((${#missing[@]})); then
   echo "installing ${missing[*]}..." >&2

@@ -90,7 +90,7 @@ fn send(url: &str, options: &[&str], ids: std::ops::Range<u32>) {
 fn every_record_arrives(kind: Kind) {
     let receiver = Receiver::start(kind);
     let ports = receiver.ports;
-    let ca = receiver.ca_file();
+    let ca = receiver.pki("ca.pem");
     let ca = ca.to_str().unwrap();
     let mut cases: Vec<(String, Vec<&str>, u32)> = vec![
         (
@@ -351,4 +351,69 @@ fn a_stalled_destination_does_not_stall_the_others() {
     assert!(dropped > 0.0, "{metrics}");
     receiver.resume();
     stop(daemon);
+}
+
+/// A TLS receiver that requires a client certificate takes the records of a daemon that has
+/// one, and refuses a client without one.
+#[test]
+fn tls_with_a_client_certificate() {
+    let receiver = Receiver::start(Kind::Rsyslog);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("threatflow.yaml");
+    let tls = |client: bool| {
+        let mut tls = format!("ca_file: {}", receiver.pki("ca.pem").display());
+        if client {
+            tls += &format!(
+                ", cert_file: {}, key_file: {}",
+                receiver.pki("client.pem").display(),
+                receiver.pki("client.key").display()
+            );
+        }
+        tls
+    };
+    for (client, expected) in [(false, 0), (true, 200)] {
+        std::fs::write(
+            &config,
+            format!(
+                "cluster_name: test\nenrichment: {{inventory_path: {inventory}}}\nsources: [{{name: calico, type: stdin}}]\n\
+                 sinks:\n  - {{name: siem, type: syslog, syslog: {{host: localhost, port: {port}, transport: tls, tls: {{{tls}}}}}}}\n\
+                 pipeline: {{drain_timeout_secs: 2}}\n",
+                inventory = root().join("deploy/local/inventory.json").display(),
+                port = receiver.ports.tls_mutual,
+                tls = tls(client),
+            ),
+        )
+        .unwrap();
+        let mut daemon = Command::new(binary())
+            .args(["run", "--config", config.to_str().unwrap()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        daemon
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(lines(0..200).as_bytes())
+            .unwrap();
+        let output = daemon.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&output.stderr);
+        if client {
+            assert!(output.status.success(), "{log}");
+            wait_for("the records", 30, || {
+                received_ids(&receiver).len() == expected
+            });
+        } else {
+            assert!(
+                !output.status.success(),
+                "without a client certificate: {log}"
+            );
+            assert!(
+                log.contains("tls_handshake") || log.contains("write failed"),
+                "{log}"
+            );
+            assert!(received_ids(&receiver).is_empty());
+        }
+    }
 }

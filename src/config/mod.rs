@@ -285,8 +285,9 @@ pub struct PipelineConfig {
     pub batch_max_records: usize,
     /// Batches that may wait in front of each stage; a full queue slows the source down.
     pub queue_batches: usize,
-    /// On shutdown, how long sinks may keep retrying undelivered batches before giving up
-    /// (the positions of undelivered lines are not saved, so they are read again on restart).
+    /// On shutdown, or once the sources have ended (`--once`, standard input closed), how
+    /// long sinks may keep retrying undelivered batches before giving up (the positions of
+    /// undelivered lines are not saved, so they are read again on restart).
     pub drain_timeout_secs: u64,
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::config::Problems;
@@ -195,6 +195,9 @@ fn is_header_token(value: &str, max: usize) -> bool {
 fn is_bsd_tag(value: &str) -> bool {
     !value.is_empty() && value.len() <= 32 && value.bytes().all(|b| b.is_ascii_alphanumeric())
 }
+
+/// How long a new TLS connection is watched for a refusal that follows the handshake.
+const TLS_SETTLE: Duration = Duration::from_millis(200);
 
 /// The largest UDP payload over IPv4.
 const MAX_UDP_PAYLOAD: usize = 65_507;
@@ -672,16 +675,27 @@ impl SyslogClient {
                 .with_interval(Duration::from_secs(10));
             let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         }
-        match &self.tls {
-            None => Ok(Connection::Tcp(stream)),
-            Some((config, server_name)) => tokio_rustls::TlsConnector::from(config.clone())
-                .connect(server_name.clone(), stream)
-                .await
-                .map(|stream| Connection::Tls(Box::new(stream)))
-                .map_err(|source| SyslogError::Handshake {
-                    target: self.target.clone(),
-                    source,
-                }),
+        let Some((config, server_name)) = &self.tls else {
+            return Ok(Connection::Tcp(stream));
+        };
+        let handshake_error = |source| SyslogError::Handshake {
+            target: self.target.clone(),
+            source,
+        };
+        let mut stream = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(server_name.clone(), stream)
+            .await
+            .map_err(handshake_error)?;
+        // In TLS 1.3 the receiver checks the client's certificate after the client has
+        // finished its handshake, so a refusal arrives as an alert right after it; writing
+        // into such a connection would look like success. Wait briefly for one.
+        match tokio::time::timeout(TLS_SETTLE, stream.read(&mut [0u8; 1])).await {
+            Err(_) | Ok(Ok(1..)) => Ok(Connection::Tls(Box::new(stream))),
+            Ok(Ok(0)) => Err(handshake_error(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the receiver closed the connection right after the handshake (does it require a client certificate?)",
+            ))),
+            Ok(Err(source)) => Err(handshake_error(source)),
         }
     }
 

@@ -29,6 +29,8 @@ pub struct Ports {
     pub udp: u16,
     /// TLS, octet-counted.
     pub tls: u16,
+    /// TLS that requires a client certificate signed by the test CA (rsyslog only).
+    pub tls_mutual: u16,
 }
 
 /// A running receiver.
@@ -53,7 +55,8 @@ fn free_port() -> u16 {
     }
 }
 
-/// A CA and a server certificate for `localhost` / 127.0.0.1, made with the openssl command.
+/// A CA, a server certificate for `localhost` / 127.0.0.1 and a client certificate, made with
+/// the openssl command.
 fn make_certificates(dir: &Path) {
     let openssl = |args: &[&str]| {
         let status = Command::new("openssl")
@@ -118,6 +121,42 @@ fn make_certificates(dir: &Path) {
         "-extfile",
         "ext.cnf",
     ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+        "-subj",
+        "/CN=threatflow",
+    ]);
+    std::fs::write(
+        dir.join("client.cnf"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "client.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "client.cnf",
+    ]);
 }
 
 /// Where `tests/run.sh` unpacked syslog-ng.
@@ -140,6 +179,7 @@ impl Receiver {
             tcp_lf: free_port(),
             udp: free_port(),
             tls: free_port(),
+            tls_mutual: free_port(),
         };
         let d = dir.path().display();
         let config = match kind {
@@ -154,6 +194,7 @@ input(type="imtcp" address="127.0.0.1" port="{tcp}")
 input(type="imtcp" address="127.0.0.1" port="{lf}")
 input(type="imudp" address="127.0.0.1" port="{udp}" rcvbufSize="8m")
 input(type="imtcp" address="127.0.0.1" port="{tls}" streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="anon")
+input(type="imtcp" address="127.0.0.1" port="{mutual}" streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="x509/certvalid")
 template(name="message" type="string" string="%msg%\n")
 action(type="omfile" file="{d}/received.log" template="message" asyncWriting="off" flushOnTXEnd="on")
 "#,
@@ -161,6 +202,7 @@ action(type="omfile" file="{d}/received.log" template="message" asyncWriting="of
                 lf = ports.tcp_lf,
                 udp = ports.udp,
                 tls = ports.tls,
+                mutual = ports.tls_mutual,
             ),
             Kind::SyslogNg => format!(
                 r#"@version: 3.38
@@ -250,14 +292,18 @@ log {{ source(s_octet); source(s_lf); source(s_udp); source(s_tls); destination(
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    pub fn ca_file(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
+    /// A file of the test PKI: `ca.pem`, `client.pem`, `client.key`.
+    pub fn pki(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 
     /// Every message received so far, one per line (RFC 3164 messages keep no leading space).
+    /// A last line the receiver is still writing is left for the next call.
     pub fn received(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.path().join("received.log"))
-            .unwrap_or_default()
+        let text =
+            std::fs::read_to_string(self.dir.path().join("received.log")).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete
             .lines()
             .map(|line| line.trim_start().to_owned())
             .collect()
