@@ -187,6 +187,14 @@ impl EnrichedRecord {
         }
     }
 
+    /// The highest severity the matching threat feeds set, if any sets one.
+    pub fn threat_severity(&self) -> Option<u8> {
+        self.threat_feeds
+            .iter()
+            .filter_map(|feed| feed.severity)
+            .max()
+    }
+
     /// `namespace/name` of the destination service, from the record or the index.
     pub fn dest_service_name(&self) -> Option<(Option<&str>, &str)> {
         match (&self.flow.dest_service, &self.dest_service) {

@@ -540,12 +540,7 @@ impl CefEncoder {
                 Action::Deny => &self.denied_header,
             });
         } else {
-            let severity = record
-                .threat_feeds
-                .iter()
-                .filter_map(|feed| feed.severity)
-                .max()
-                .unwrap_or(self.threat_severity);
+            let severity = record.threat_severity().unwrap_or(self.threat_severity);
             out.extend_from_slice(&self.threat_header);
             out.extend_from_slice(itoa::Buffer::new().format(severity.min(10)).as_bytes());
             out.push(b'|');

@@ -119,12 +119,7 @@ impl LeefEncoder {
             (false, Action::Deny) => &self.classes[1],
         };
         let severity = match threat {
-            true => record
-                .threat_feeds
-                .iter()
-                .filter_map(|feed| feed.severity)
-                .max()
-                .unwrap_or(*class_severity),
+            true => record.threat_severity().unwrap_or(*class_severity),
             false => *class_severity,
         };
         out.extend_from_slice(&self.header);
