@@ -221,6 +221,7 @@ fn syslog_target(args: &EnrichArgs) -> anyhow::Result<Option<SyslogConfig>> {
 #[derive(Clone, Copy, ValueEnum)]
 enum InputFormat {
     Calico,
+    Hubble,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -410,6 +411,7 @@ fn enrich(args: EnrichArgs) -> anyhow::Result<cli::enrich::EnrichSummary> {
     let options = cli::enrich::EnrichOptions {
         format: match args.input_format {
             InputFormat::Calico => FlowFormat::Calico,
+            InputFormat::Hubble => FlowFormat::Hubble,
         },
         output: match args.output_format {
             OutputFormatArg::Cef => OutputFormat::Cef,

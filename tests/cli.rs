@@ -410,3 +410,43 @@ fn a_closed_output_ends_enrich_quietly_and_the_daemon_promptly() {
         "no endless retrying"
     );
 }
+
+#[test]
+fn enrich_reads_hubble_flows() {
+    let input = std::fs::read(root().join("connectors/hubble/fixtures/flows.jsonl")).unwrap();
+    let output = run(
+        &[
+            "enrich",
+            "--input-format",
+            "hubble",
+            "--inventory",
+            "deploy/local/inventory.json",
+            "--cluster-name",
+            "c1",
+        ],
+        &input,
+    );
+    assert!(output.status.success(), "{output:?}");
+    let events = cef_lines(&output);
+    assert_eq!(events.len(), 5);
+    let dns = &events[0];
+    assert_eq!(dns.header[4], "flow-allowed");
+    assert_eq!(dns.get("shost"), Some("frontend-7d9f8c6b5d-x2k4l"));
+    assert_eq!(dns.labelled("srcWorkload"), Some("Deployment/frontend"));
+    assert_eq!(
+        dns.get("destinationServiceName"),
+        Some("kube-system/kube-dns")
+    );
+    assert_eq!(dns.get("dvchost"), Some("node-a"));
+    let denied = &events[1];
+    assert_eq!(denied.header[4], "flow-denied");
+    assert_eq!(
+        denied.labelled("policy"),
+        Some("ingress|shop/default-deny|deny;drop_reason|POLICY_DENIED")
+    );
+    // IPv6 addresses go to c6a2/c6a3.
+    let ipv6 = &events[3];
+    assert_eq!(ipv6.get("c6a3"), Some("fd00:10:244:1::5"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("5 records, 0 rejected"), "{stderr}");
+}

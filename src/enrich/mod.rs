@@ -245,12 +245,14 @@ impl<'a> EndpointView<'a> {
         self.info.map(|info| &*info.namespace_labels)
     }
 
-    /// `Kind/name` of the owning workload, from the index, or from the record's own name and
-    /// labels when the controller's labels say.
+    /// `Kind/name` of the owning workload: the collector's, else the index's, else from the
+    /// record's own name and labels when the controller's labels say.
     pub fn workload(&self) -> Option<std::borrow::Cow<'a, str>> {
         if let Some(workload) = self
-            .info
-            .and_then(|info| info.workload.as_deref())
+            .flow
+            .workload
+            .as_deref()
+            .or(self.info.and_then(|info| info.workload.as_deref()))
             .or(self.label_workload)
         {
             return Some(workload.into());

@@ -157,6 +157,7 @@ impl RawFlow<'_> {
             namespace: present(self.source_namespace),
             labels: self.source_labels.into_labels(),
             kind: self.source_type.as_deref().and_then(endpoint_kind),
+            workload: None,
         };
         let dest = Endpoint {
             ip: ip_field(self.dest_ip, "dest_ip")?,
@@ -166,6 +167,7 @@ impl RawFlow<'_> {
             namespace: present(self.dest_namespace),
             labels: self.dest_labels.into_labels(),
             kind: self.dest_type.as_deref().and_then(endpoint_kind),
+            workload: None,
         };
         let dest_service = match present(self.dest_service_name) {
             Some(name) => Some(ServiceRef {

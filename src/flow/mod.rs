@@ -5,6 +5,7 @@
 //! in batches. Nothing here knows about the cluster or about sinks.
 
 pub mod calico;
+pub mod hubble;
 pub mod lines;
 pub mod record;
 pub mod source;
@@ -79,18 +80,23 @@ pub enum FlowFormat {
     /// Calico Enterprise flow logs (`flows.log`): one JSON object per line.
     #[default]
     Calico,
+    /// Cilium Hubble flows (`hubble observe -o json`, Hubble's exporter file): one JSON
+    /// object per line.
+    Hubble,
 }
 
 impl FlowFormat {
     pub fn parse(self, line: &[u8]) -> Result<FlowRecord, Rejection> {
         match self {
             FlowFormat::Calico => calico::parse_line(line),
+            FlowFormat::Hubble => hubble::parse_line(line),
         }
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             FlowFormat::Calico => "calico",
+            FlowFormat::Hubble => "hubble",
         }
     }
 }

@@ -50,6 +50,8 @@ pub struct Endpoint {
     /// Labels as `key=value` strings, in the collector's order. `None` when not reported.
     pub labels: Option<Vec<Text>>,
     pub kind: Option<EndpointKind>,
+    /// The owning workload as `Kind/name`, when the collector reports it (Hubble does).
+    pub workload: Option<Text>,
 }
 
 /// What kind of endpoint Calico saw.
