@@ -241,21 +241,11 @@ impl ClusterWatch {
             metrics,
         });
         let namespace = settings.namespace.as_deref();
-        let namespaced = |client: &kube::Client| -> (Api<KubePod>, Api<KubeService>, Api<KubeJob>) {
-            match namespace {
-                Some(namespace) => (
-                    Api::namespaced(client.clone(), namespace),
-                    Api::namespaced(client.clone(), namespace),
-                    Api::namespaced(client.clone(), namespace),
-                ),
-                None => (
-                    Api::all(client.clone()),
-                    Api::all(client.clone()),
-                    Api::all(client.clone()),
-                ),
-            }
-        };
-        let (pods, services, jobs) = namespaced(&client);
+        let (pods, services, jobs) = (
+            scoped::<KubePod>(&client, namespace),
+            scoped::<KubeService>(&client, namespace),
+            scoped::<KubeJob>(&client, namespace),
+        );
         let base = watcher::Config::default().any_semantic();
         let mut pod_config = base.clone();
         if let Some(selector) = &settings.pod_label_selector {
@@ -297,6 +287,17 @@ impl ClusterWatch {
                 tracing::error!(%error, "a Kubernetes watch task failed");
             }
         }
+    }
+}
+
+/// A namespaced resource's API: one namespace's, or every namespace's.
+fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
     }
 }
 
