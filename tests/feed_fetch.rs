@@ -148,6 +148,7 @@ fn fetcher() -> Fetcher {
         retries: 3,
         backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),
+        extra_roots: Vec::new(),
     })
     .unwrap()
 }
@@ -347,4 +348,173 @@ async fn files_and_bad_urls() {
         .await
         .unwrap_err();
     assert_eq!(error.kind(), "request");
+}
+
+/// An https feed server under a test CA (made with the openssl command): `/feed` serves the
+/// feed, `/downgrade` redirects to the same feed over plain http.
+async fn https_feed_server(dir: &std::path::Path, plain_base: &str) -> String {
+    use rustls::pki_types::pem::PemObject;
+    let openssl = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl runs (tests/run.sh installs it)");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &key,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-subj",
+                "/CN=feed CA",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &key,
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let chain = rustls::pki_types::CertificateDer::pem_file_iter(dir.join("server.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let private_key =
+        rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, private_key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let plain = plain_base.to_owned();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (acceptor, plain) = (acceptor.clone(), plain.clone());
+            tokio::spawn(async move {
+                let Ok(mut stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !request.windows(4).any(|window| window == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => request.extend_from_slice(&buffer[..read]),
+                    }
+                }
+                let request = String::from_utf8_lossy(&request).into_owned();
+                let response = match request.split_whitespace().nth(1) {
+                    Some("/downgrade") => format!(
+                        "HTTP/1.1 302 Found\r\nLocation: {plain}/busy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    ),
+                    _ => format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{FEED}",
+                        FEED.len()
+                    ),
+                };
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    format!("https://localhost:{port}")
+}
+
+#[tokio::test]
+async fn https_feeds_under_a_private_ca_and_no_redirect_to_plain_http() {
+    let plain = FeedServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = https_feed_server(dir.path(), &plain.base).await;
+    let settings = threatflow::feeds::config::FeedSettings {
+        ca_file: Some(dir.path().join("ca.pem")),
+        retries: 0,
+        ..Default::default()
+    };
+    let fetcher = threatflow::feeds::sync::fetcher(&settings).unwrap();
+    match fetcher
+        .fetch(&format!("{base}/feed"), &[], &Validators::default())
+        .await
+        .unwrap()
+    {
+        Fetched::Content { body, .. } => assert_eq!(body, FEED.as_bytes()),
+        other => panic!("{other:?}"),
+    }
+    let refused = fetcher
+        .fetch(&format!("{base}/downgrade"), &[], &Validators::default())
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{refused:?}").contains("refusing to follow a redirect from https to plain http"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        plain.hits.lock().unwrap().get("/busy"),
+        None,
+        "the plain http server was never asked"
+    );
+    // Without the CA, the private certificate is refused.
+    let untrusting = threatflow::feeds::sync::fetcher(&threatflow::feeds::config::FeedSettings {
+        retries: 0,
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(untrusting
+        .fetch(&format!("{base}/feed"), &[], &Validators::default())
+        .await
+        .is_err());
 }

@@ -120,6 +120,10 @@ pub struct FeedSettings {
     /// Retries of a failed pull (timeouts, connection failures, 429, 5xx) before the sync
     /// fails.
     pub retries: u32,
+    /// A PEM file of CA certificates to trust for https feeds besides the system's (feeds
+    /// served under an internal PKI, such as a FortiGate external-feed server).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for FeedSettings {
@@ -132,6 +136,7 @@ impl Default for FeedSettings {
             name_prefix: "threatfeed.".into(),
             policy: None,
             publish: None,
+            ca_file: None,
             connect_timeout_secs: 10,
             timeout_secs: 60,
             max_body_bytes: 64 * 1024 * 1024,

@@ -43,6 +43,8 @@ pub struct FetchSettings {
     /// First backoff; doubles each retry, with jitter, up to `max_backoff`.
     pub backoff: Duration,
     pub max_backoff: Duration,
+    /// CA certificates trusted besides the system's (feeds served under an internal PKI).
+    pub extra_roots: Vec<reqwest::Certificate>,
 }
 
 impl Default for FetchSettings {
@@ -54,6 +56,7 @@ impl Default for FetchSettings {
             retries: 3,
             backoff: Duration::from_secs(2),
             max_backoff: Duration::from_secs(120),
+            extra_roots: Vec::new(),
         }
     }
 }
@@ -140,6 +143,7 @@ impl Fetcher {
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.timeout)
             .user_agent(concat!("threatflow/", env!("CARGO_PKG_VERSION")))
+            .tls_certs_merge(settings.extra_roots.clone())
             .redirect(reqwest::redirect::Policy::custom(|attempt| {
                 // Never let a redirect take TLS away from a feed.
                 let downgrade = attempt.previous().iter().any(|url| url.scheme() == "https")

@@ -71,6 +71,8 @@ pub enum SetupError {
     },
     #[error("cannot build the HTTP client for feeds")]
     Client(#[source] FetchError),
+    #[error("feed_settings.ca_file {path}: {reason}")]
+    CaFile { path: String, reason: String },
     #[error("cannot connect to the Kubernetes API (in-cluster credentials or KUBECONFIG)")]
     Kubernetes(#[source] kube::Error),
 }
@@ -217,11 +219,28 @@ pub async fn kubernetes_client(
 
 /// The HTTP client settings for feeds.
 pub fn fetcher(settings: &FeedSettings) -> Result<Fetcher, SetupError> {
+    let extra_roots = match &settings.ca_file {
+        Some(path) => {
+            let ca_error = |reason: String| SetupError::CaFile {
+                path: path.display().to_string(),
+                reason,
+            };
+            let pem = std::fs::read(path).map_err(|error| ca_error(error.to_string()))?;
+            let roots = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|error| ca_error(error.to_string()))?;
+            if roots.is_empty() {
+                return Err(ca_error("no PEM certificate in it".into()));
+            }
+            roots
+        }
+        None => Vec::new(),
+    };
     Fetcher::new(FetchSettings {
         connect_timeout: Duration::from_secs(settings.connect_timeout_secs),
         timeout: Duration::from_secs(settings.timeout_secs),
         max_body_bytes: settings.max_body_bytes,
         retries: settings.retries,
+        extra_roots,
         ..FetchSettings::default()
     })
     .map_err(SetupError::Client)
