@@ -145,6 +145,7 @@ pub async fn run(
             .with_context(|| format!("cannot listen on telemetry.listen_addr {addr}"))?;
         tracing::info!(%addr, "serving /metrics, /healthz, /readyz and /status");
         let board = feed_board.clone();
+        let kubernetes = cluster_watch.as_ref().map(ClusterWatch::status);
         let status: telemetry::StatusSource = Arc::new(move || {
             let feeds: Vec<_> = board
                 .lock()
@@ -152,7 +153,8 @@ pub async fn run(
                 .values()
                 .cloned()
                 .collect();
-            serde_json::json!({ "feeds": feeds }).to_string()
+            let kubernetes = kubernetes.as_ref().map(|status| status());
+            serde_json::json!({ "feeds": feeds, "kubernetes": kubernetes }).to_string()
         });
         tasks.spawn(telemetry::serve(
             listener,

@@ -513,6 +513,19 @@ async fn the_daemon_holds_records_until_synced_and_agrees_with_the_offline_cli()
         "{metrics}"
     );
     assert!(metrics.contains("threatflow_kubernetes_objects{resource=\"pods\"} 2"));
+    let status: serde_json::Value =
+        serde_json::from_str(&http_get(port, "/status").await.1).unwrap();
+    assert_eq!(status["kubernetes"]["synced"], true, "{status}");
+    assert_eq!(status["kubernetes"]["objects"]["pods"], 2, "{status}");
+    let shown = std::process::Command::new(common::binary())
+        .args(["status", "--addr", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("kubernetes: synced; 2 pods, 1 services, 1 nodes, 1 namespaces, 1 jobs"),
+        "{shown}"
+    );
     terminate(daemon.id());
     assert!(daemon.wait().unwrap().success());
 

@@ -182,5 +182,27 @@ pub async fn status(addr: &str, json: bool) -> anyhow::Result<String> {
             text("last_error"),
         ]));
     }
+    let kubernetes = &status["kubernetes"];
+    if kubernetes.is_object() {
+        let objects = &kubernetes["objects"];
+        let count = |key: &str| objects[key].as_u64().unwrap_or(0);
+        let state = match kubernetes["synced"].as_bool() {
+            Some(true) => "synced".to_owned(),
+            _ => format!(
+                "waiting for the initial lists of {}",
+                kubernetes["waiting_for"]
+            ),
+        };
+        table.push_str(&format!(
+            "\nkubernetes: {state}; {} pods, {} services, {} nodes, {} namespaces, {} jobs; {} endpoint addresses ({} released, kept for late flows)\n",
+            count("pods"),
+            count("services"),
+            count("nodes"),
+            count("namespaces"),
+            count("jobs"),
+            kubernetes["addresses"]["endpoint"].as_u64().unwrap_or(0),
+            kubernetes["addresses"]["released"].as_u64().unwrap_or(0),
+        ));
+    }
     Ok(table)
 }

@@ -217,6 +217,7 @@ fn waiting_for(missing: &[&str]) -> String {
 pub struct ClusterWatch {
     pub index: SharedIndex,
     pub gate: Arc<SyncGate>,
+    shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -272,12 +273,51 @@ impl ClusterWatch {
                 stop.clone(),
             )),
             tokio::spawn(evict(
-                shared,
+                shared.clone(),
                 Duration::from_secs(settings.grace_period_secs),
                 stop,
             )),
         ];
-        ClusterWatch { index, gate, tasks }
+        ClusterWatch {
+            index,
+            gate,
+            shared,
+            tasks,
+        }
+    }
+
+    /// The watches' state for `/status`: whether the initial lists are in (else what is
+    /// missing), the objects in the model and the addresses in the index.
+    pub fn status(&self) -> impl Fn() -> serde_json::Value + Send + Sync + 'static {
+        let shared = self.shared.clone();
+        move || {
+            let state = shared.state.lock().expect("model lock");
+            let counts = state.counts();
+            let size = state.index().read().expect("index lock").size();
+            drop(state);
+            let synced = shared.synced.lock().expect("sync lock");
+            let missing: Vec<&str> = Kind::ALL
+                .iter()
+                .filter(|kind| !synced.contains(kind))
+                .map(|kind| kind.plural())
+                .collect();
+            serde_json::json!({
+                "synced": missing.is_empty(),
+                "waiting_for": missing,
+                "objects": {
+                    "pods": counts.pods,
+                    "services": counts.services,
+                    "nodes": counts.nodes,
+                    "namespaces": counts.namespaces,
+                    "jobs": counts.jobs,
+                },
+                "addresses": {
+                    "endpoint": size.endpoint_addresses,
+                    "service": size.service_addresses,
+                    "released": size.released_addresses,
+                },
+            })
+        }
     }
 
     /// Waits for the watches to end (after their stop token is cancelled).
