@@ -19,6 +19,8 @@ use threatflow::sink::syslog::{SyslogClient, SyslogConfig, SyslogFramer, Timesta
 
 #[path = "flowgen.rs"]
 mod flowgen;
+#[path = "../tests/common/pki.rs"]
+mod pki;
 
 const RECORDS: usize = 100_000;
 const BATCH: usize = 1_024;
@@ -90,96 +92,6 @@ fn receiver(tls: Option<Arc<rustls::ServerConfig>>) -> (u16, Arc<AtomicU64>) {
     (port, frames)
 }
 
-/// A CA (`ca.pem`) and a server certificate for `localhost` signed by it, made with the
-/// openssl command.
-fn certificate(dir: &std::path::Path) -> Arc<rustls::ServerConfig> {
-    use rustls::pki_types::pem::PemObject;
-    let openssl = |args: &[&str]| {
-        let status = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("the openssl command");
-        assert!(status.success(), "openssl {args:?}");
-    };
-    let key = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    openssl(
-        &[
-            &["req", "-x509"],
-            &key[..],
-            &[
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-subj",
-                "/CN=bench CA",
-            ],
-        ]
-        .concat(),
-    );
-    openssl(
-        &[
-            &["req"],
-            &key[..],
-            &[
-                "-keyout",
-                "key.pem",
-                "-out",
-                "cert.csr",
-                "-subj",
-                "/CN=localhost",
-            ],
-        ]
-        .concat(),
-    );
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "cert.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "cert.pem",
-        "-days",
-        "1",
-        "-extfile",
-        "ext.cnf",
-    ]);
-    let chain = rustls::pki_types::CertificateDer::pem_file_iter(dir.join("cert.pem"))
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join("key.pem")).unwrap();
-    Arc::new(
-        rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap(),
-    )
-}
-
 fn records() -> Vec<EnrichedRecord> {
     let input = flowgen::flows(RECORDS);
     let inventory = Inventory::load("deploy/local/inventory.json".as_ref())
@@ -207,7 +119,8 @@ fn syslog(c: &mut Criterion) {
     let records = records();
     let cef = CefEncoder::new(&CefConfig::default(), Some("bench"));
     let dir = tempfile::tempdir().unwrap();
-    let server = certificate(dir.path());
+    pki::make(dir.path());
+    let server = pki::server_config(dir.path());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

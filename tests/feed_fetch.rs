@@ -2,6 +2,8 @@
 //! does: 200 with validators, 304, 404, 500, 503 with Retry-After, slow, truncated, oversized,
 //! gzip, an HTML error page, and garbage.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +16,19 @@ use threatflow::feeds::format::{self, FeedFormat};
 
 const FEED: &str = include_str!("../connectors/feeds/fixtures/feodo.txt");
 const FEED_GZ: &[u8] = include_bytes!("fixtures/feodo.txt.gz");
+
+/// An HTTP request's head, or `None` when the client went away first.
+async fn read_request(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<String> {
+    let mut request = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !request.windows(4).any(|window| window == b"\r\n\r\n") {
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => return None,
+            Ok(read) => request.extend_from_slice(&buffer[..read]),
+        }
+    }
+    Some(String::from_utf8_lossy(&request).into_owned())
+}
 
 /// A feed server; `hits` counts requests per path.
 struct FeedServer {
@@ -32,15 +47,9 @@ impl FeedServer {
                 let (mut stream, _) = listener.accept().await.unwrap();
                 let hits = counter.clone();
                 tokio::spawn(async move {
-                    let mut request = Vec::new();
-                    let mut buffer = [0u8; 4096];
-                    while !request.windows(4).any(|window| window == b"\r\n\r\n") {
-                        match stream.read(&mut buffer).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(read) => request.extend_from_slice(&buffer[..read]),
-                        }
-                    }
-                    let request = String::from_utf8_lossy(&request).into_owned();
+                    let Some(request) = read_request(&mut stream).await else {
+                        return;
+                    };
                     let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
                     let header = |name: &str| {
                         request
@@ -350,94 +359,11 @@ async fn files_and_bad_urls() {
     assert_eq!(error.kind(), "request");
 }
 
-/// An https feed server under a test CA (made with the openssl command): `/feed` serves the
-/// feed, `/downgrade` redirects to the same feed over plain http.
+/// An https feed server under a test CA (`common::pki`): `/feed` serves the feed,
+/// `/downgrade` redirects to the same feed over plain http.
 async fn https_feed_server(dir: &std::path::Path, plain_base: &str) -> String {
-    use rustls::pki_types::pem::PemObject;
-    let openssl = |args: &[&str]| {
-        let status = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("openssl runs (tests/run.sh installs it)");
-        assert!(status.success(), "openssl {args:?}");
-    };
-    let key = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    openssl(
-        &[
-            &["req", "-x509"][..],
-            &key,
-            &[
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-subj",
-                "/CN=feed CA",
-            ],
-        ]
-        .concat(),
-    );
-    openssl(
-        &[
-            &["req"][..],
-            &key,
-            &[
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-                "-subj",
-                "/CN=localhost",
-            ],
-        ]
-        .concat(),
-    );
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "1",
-        "-extfile",
-        "ext.cnf",
-    ]);
-    let chain = rustls::pki_types::CertificateDer::pem_file_iter(dir.join("server.pem"))
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let private_key =
-        rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, private_key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    common::pki::make(dir);
+    let acceptor = tokio_rustls::TlsAcceptor::from(common::pki::server_config(dir));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let plain = plain_base.to_owned();
@@ -449,15 +375,9 @@ async fn https_feed_server(dir: &std::path::Path, plain_base: &str) -> String {
                 let Ok(mut stream) = acceptor.accept(stream).await else {
                     return;
                 };
-                let mut request = Vec::new();
-                let mut buffer = [0u8; 4096];
-                while !request.windows(4).any(|window| window == b"\r\n\r\n") {
-                    match stream.read(&mut buffer).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(read) => request.extend_from_slice(&buffer[..read]),
-                    }
-                }
-                let request = String::from_utf8_lossy(&request).into_owned();
+                let Some(request) = read_request(&mut stream).await else {
+                    return;
+                };
                 let response = match request.split_whitespace().nth(1) {
                     Some("/downgrade") => format!(
                         "HTTP/1.1 302 Found\r\nLocation: {plain}/busy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"

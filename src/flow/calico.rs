@@ -15,37 +15,16 @@ use super::record::{
     Action, Counters, Endpoint, EndpointKind, FlowRecord, Process, Protocol, Reporter, ServiceRef,
     Text,
 };
-use super::{RejectReason, Rejection};
+use super::{json_object, utf8, Rejection};
 
 /// Parses one Calico flow-log line (without its line terminator).
 pub fn parse_line(line: &[u8]) -> Result<FlowRecord, Rejection> {
-    let text = std::str::from_utf8(line).map_err(|error| {
-        Rejection::new(
-            RejectReason::InvalidUtf8,
-            format!("invalid UTF-8 at byte {}", error.valid_up_to()),
-        )
-    })?;
-    parse_str(text)
+    parse_str(utf8(line)?)
 }
 
 /// Parses one line that is already known to be UTF-8.
 pub fn parse_str(text: &str) -> Result<FlowRecord, Rejection> {
-    // serde would also read a JSON array into a struct (field by field, in order), so the
-    // shape is checked first: a flow record is an object and nothing else.
-    if text.trim_start().as_bytes().first() != Some(&b'{') {
-        return Err(Rejection::new(
-            RejectReason::InvalidJson,
-            "not a JSON object".to_owned(),
-        ));
-    }
-    let raw: RawFlow<'_> = serde_json::from_str(text).map_err(|error| {
-        let reason = match error.classify() {
-            serde_json::error::Category::Data => RejectReason::InvalidField,
-            _ => RejectReason::InvalidJson,
-        };
-        Rejection::new(reason, error.to_string())
-    })?;
-    raw.into_record()
+    json_object::<RawFlow<'_>>(text)?.into_record()
 }
 
 /// The wire shape of a Calico flow-log record. Unknown fields are ignored: Felix adds fields
@@ -136,17 +115,17 @@ impl RawFlow<'_> {
         let end_time = required(self.end_time, "end_time")?;
         let proto_text = required(self.proto, "proto")?;
         let proto = Protocol::parse(&proto_text.0)
-            .ok_or_else(|| invalid("proto", "an IP protocol name or number"))?;
+            .ok_or_else(|| Rejection::invalid("proto", "an IP protocol name or number"))?;
         let action = match &*required(self.action, "action")? {
             "allow" => Action::Allow,
             "deny" => Action::Deny,
-            _ => return Err(invalid("action", "`allow` or `deny`")),
+            _ => return Err(Rejection::invalid("action", "`allow` or `deny`")),
         };
         let reporter = match &*required(self.reporter, "reporter")? {
             "src" => Reporter::Source,
             "dst" => Reporter::Dest,
             "fwd" => Reporter::Forward,
-            _ => return Err(invalid("reporter", "`src`, `dst` or `fwd`")),
+            _ => return Err(Rejection::invalid("reporter", "`src`, `dst` or `fwd`")),
         };
 
         let source = Endpoint {
@@ -214,20 +193,13 @@ impl RawFlow<'_> {
 }
 
 fn required<T>(value: Option<T>, field: &'static str) -> Result<T, Rejection> {
-    value.ok_or_else(|| Rejection::new(RejectReason::MissingField, format!("missing `{field}`")))
-}
-
-fn invalid(field: &str, expected: &str) -> Rejection {
-    Rejection::new(
-        RejectReason::InvalidField,
-        format!("`{field}` is not {expected}"),
-    )
+    value.ok_or_else(|| Rejection::missing(field))
 }
 
 fn seconds_to_ms(seconds: i64, field: &str) -> Result<i64, Rejection> {
     seconds
         .checked_mul(1000)
-        .ok_or_else(|| invalid(field, "a Unix time in seconds"))
+        .ok_or_else(|| Rejection::invalid(field, "a Unix time in seconds"))
 }
 
 fn ip_field(value: Option<Cow<'_, str>>, field: &str) -> Result<Option<IpAddr>, Rejection> {
@@ -236,7 +208,7 @@ fn ip_field(value: Option<Cow<'_, str>>, field: &str) -> Result<Option<IpAddr>, 
         Some(text) => text
             .parse()
             .map(Some)
-            .map_err(|_| invalid(field, "an IP address")),
+            .map_err(|_| Rejection::invalid(field, "an IP address")),
     }
 }
 
@@ -245,7 +217,7 @@ fn port_field(value: Option<u32>, field: &str) -> Result<Option<u16>, Rejection>
         None => Ok(None),
         Some(port) => u16::try_from(port)
             .map(Some)
-            .map_err(|_| invalid(field, "a port number (0-65535)")),
+            .map_err(|_| Rejection::invalid(field, "a port number (0-65535)")),
     }
 }
 
@@ -395,6 +367,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for BorrowedText<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flow::RejectReason;
 
     const EXAMPLE: &str = r#"{"start_time":1577834657,"end_time":1577834965,"source_ip":null,"source_name":"-","source_name_aggr":"web-5bdcdd9c97-*","source_namespace":"shop","source_port":null,"source_type":"wep","source_labels":{"labels":["app=web","pod-template-hash=5bdcdd9c97"]},"dest_ip":null,"dest_name":"-","dest_name_aggr":"pub","dest_namespace":"-","dest_port":443,"dest_type":"net","dest_labels":null,"dest_service_namespace":"-","dest_service_name":"-","dest_service_port":"-","dest_domains":["api.example.com"],"proto":"tcp","action":"allow","reporter":"src","policies":{"enforced_policies":["0|security|security.allow-egress|allow|2"],"pending_policies":["0|security|security.allow-egress|allow|2"]},"bytes_in":4288,"bytes_out":7644,"num_flows":41,"num_flows_started":37,"num_flows_completed":39,"packets_in":37,"packets_out":37,"http_requests_allowed_in":0,"http_requests_denied_in":0,"original_source_ips":null,"num_original_source_ips":0}"#;
 

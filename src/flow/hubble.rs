@@ -15,41 +15,21 @@ use serde::Deserialize;
 use super::record::{
     Action, Counters, Endpoint, EndpointKind, FlowRecord, Protocol, Reporter, ServiceRef, Text,
 };
-use super::{RejectReason, Rejection};
+use super::{json_object, utf8, RejectReason, Rejection};
 
 /// Parses one Hubble flow line (without its line terminator).
 pub fn parse_line(line: &[u8]) -> Result<FlowRecord, Rejection> {
-    let text = std::str::from_utf8(line).map_err(|error| {
-        Rejection::new(
-            RejectReason::InvalidUtf8,
-            format!("invalid UTF-8 at byte {}", error.valid_up_to()),
-        )
-    })?;
-    parse_str(text)
+    parse_str(utf8(line)?)
 }
 
 /// Parses one line that is already known to be UTF-8.
 pub fn parse_str(text: &str) -> Result<FlowRecord, Rejection> {
-    if text.trim_start().as_bytes().first() != Some(&b'{') {
-        return Err(Rejection::new(
-            RejectReason::InvalidJson,
-            "not a JSON object".to_owned(),
-        ));
-    }
-    let json_error = |error: serde_json::Error| {
-        let reason = match error.classify() {
-            serde_json::error::Category::Data => RejectReason::InvalidField,
-            _ => RejectReason::InvalidJson,
-        };
-        Rejection::new(reason, error.to_string())
-    };
-    let response: RawResponse<'_> = serde_json::from_str(text).map_err(json_error)?;
+    let response: RawResponse<'_> = json_object(text)?;
     match response.flow {
         Some(flow) => flow.into_record(response.node_name, response.time),
         // The legacy mode prints the bare Flow.
         None if response.verdict.is_some() => {
-            let flow: RawFlow<'_> = serde_json::from_str(text).map_err(json_error)?;
-            flow.into_record(None, None)
+            json_object::<RawFlow<'_>>(text)?.into_record(None, None)
         }
         None => Err(Rejection::new(
             RejectReason::MissingField,
@@ -174,22 +154,30 @@ impl RawFlow<'_> {
         node_name: Option<Cow<'_, str>>,
         time: Option<Cow<'_, str>>,
     ) -> Result<FlowRecord, Rejection> {
-        let time = self.time.or(time).ok_or_else(|| missing("time"))?;
+        let time = self
+            .time
+            .or(time)
+            .ok_or_else(|| Rejection::missing("time"))?;
         let at_ms = time
             .parse::<jiff::Timestamp>()
-            .map_err(|_| invalid("time", "an RFC 3339 timestamp"))?
+            .map_err(|_| Rejection::invalid("time", "an RFC 3339 timestamp"))?
             .as_millisecond();
-        let action = match &*self.verdict.ok_or_else(|| missing("verdict"))? {
+        let action = match &*self.verdict.ok_or_else(|| Rejection::missing("verdict"))? {
             "FORWARDED" | "REDIRECTED" | "TRANSLATED" | "TRACED" | "AUDIT" => Action::Allow,
             "DROPPED" | "ERROR" => Action::Deny,
-            _ => return Err(invalid("verdict", "a Hubble verdict such as `FORWARDED`")),
+            _ => {
+                return Err(Rejection::invalid(
+                    "verdict",
+                    "a Hubble verdict such as `FORWARDED`",
+                ))
+            }
         };
         let reporter = match self.traffic_direction.as_deref() {
             Some("EGRESS") => Reporter::Source,
             Some("INGRESS") => Reporter::Dest,
             _ => Reporter::Forward,
         };
-        let ip = self.ip.ok_or_else(|| missing("IP"))?;
+        let ip = self.ip.ok_or_else(|| Rejection::missing("IP"))?;
         let (proto, ports) = match self.l4 {
             Some(RawL4 {
                 tcp: Some(ports), ..
@@ -206,7 +194,7 @@ impl RawFlow<'_> {
             Some(RawL4 {
                 icmpv6: Some(_), ..
             }) => (Protocol::Icmpv6, None),
-            _ => return Err(missing("l4")),
+            _ => return Err(Rejection::missing("l4")),
         };
         let (source_port, dest_port) = match ports {
             Some(ports) => (
@@ -330,7 +318,7 @@ fn address(value: Option<Cow<'_, str>>, field: &'static str) -> Result<Option<Ip
         Some(text) => text
             .parse()
             .map(Some)
-            .map_err(|_| invalid(field, "an IP address")),
+            .map_err(|_| Rejection::invalid(field, "an IP address")),
     }
 }
 
@@ -339,22 +327,8 @@ fn port(value: Option<u32>, field: &'static str) -> Result<Option<u16>, Rejectio
         None | Some(0) => Ok(None),
         Some(port) => u16::try_from(port)
             .map(Some)
-            .map_err(|_| invalid(field, "a port between 0 and 65535")),
+            .map_err(|_| Rejection::invalid(field, "a port between 0 and 65535")),
     }
-}
-
-fn missing(field: &str) -> Rejection {
-    Rejection::new(
-        RejectReason::MissingField,
-        format!("missing field `{field}`"),
-    )
-}
-
-fn invalid(field: &str, expected: &str) -> Rejection {
-    Rejection::new(
-        RejectReason::InvalidField,
-        format!("invalid `{field}`: expected {expected}"),
-    )
 }
 
 #[cfg(test)]

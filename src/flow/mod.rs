@@ -61,6 +61,48 @@ impl Rejection {
     pub fn new(reason: RejectReason, detail: String) -> Self {
         Rejection { reason, detail }
     }
+
+    /// A required field is absent.
+    pub(crate) fn missing(field: &str) -> Self {
+        Rejection::new(RejectReason::MissingField, format!("missing `{field}`"))
+    }
+
+    /// A field holds something other than `expected`.
+    pub(crate) fn invalid(field: &str, expected: &str) -> Self {
+        Rejection::new(
+            RejectReason::InvalidField,
+            format!("`{field}` is not {expected}"),
+        )
+    }
+}
+
+/// A line as UTF-8 text, or `invalid_utf8`.
+pub(crate) fn utf8(line: &[u8]) -> Result<&str, Rejection> {
+    std::str::from_utf8(line).map_err(|error| {
+        Rejection::new(
+            RejectReason::InvalidUtf8,
+            format!("invalid UTF-8 at byte {}", error.valid_up_to()),
+        )
+    })
+}
+
+/// Reads a JSON object line into `T`: `invalid_json` for anything but an object (serde would
+/// read an array into a struct field by field) or broken JSON, `invalid_field` for a value of
+/// the wrong type.
+pub(crate) fn json_object<'a, T: serde::Deserialize<'a>>(text: &'a str) -> Result<T, Rejection> {
+    if text.trim_start().as_bytes().first() != Some(&b'{') {
+        return Err(Rejection::new(
+            RejectReason::InvalidJson,
+            "not a JSON object".to_owned(),
+        ));
+    }
+    serde_json::from_str(text).map_err(|error| {
+        let reason = match error.classify() {
+            serde_json::error::Category::Data => RejectReason::InvalidField,
+            _ => RejectReason::InvalidJson,
+        };
+        Rejection::new(reason, error.to_string())
+    })
 }
 
 /// The collector format of a source's lines.

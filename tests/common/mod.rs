@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod kube_api;
+pub mod pki;
 pub mod receivers;
 
 use std::collections::BTreeMap;
