@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, SourceKind};
 use crate::enrich::{EndpointIndex, Enricher, Inventory, SyncGate, ThreatMatcher};
 use crate::feeds::sync::{self, FeedMetrics, FeedRunner, StatusBoard};
+use crate::flow::kafka;
 use crate::flow::source::{self, CheckpointStore, SourceBatch, SourceContext, SourceMetrics};
 use crate::flow::RejectCounts;
 use crate::k8s::watch::{ClusterWatch, WatchMetrics};
@@ -252,8 +253,20 @@ pub async fn run(
             metrics: source_metrics.clone(),
             shutdown: shutdown.clone(),
         };
-        let task = match (source_config.kind, &source_config.file) {
-            (SourceKind::File, Some(file)) => {
+        let task = match (
+            source_config.kind,
+            &source_config.file,
+            &source_config.kafka,
+        ) {
+            (SourceKind::Kafka, _, Some(kafka)) => {
+                let run = kafka::KafkaRun {
+                    once: options.once,
+                    drain_timeout,
+                };
+                let kafka = kafka.clone();
+                tokio::task::spawn_blocking(move || kafka::run(kafka, run, context))
+            }
+            (SourceKind::File, Some(file), _) => {
                 let store = file.checkpoint_path.clone().map(CheckpointStore::new);
                 if let Some(store) = &store {
                     checkpoint_stores.push(store.clone());

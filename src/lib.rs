@@ -12,6 +12,7 @@ pub mod enrich;
 pub mod feeds;
 pub mod flow;
 pub mod k8s;
+pub mod kafka;
 pub mod pipeline;
 pub mod sink;
 pub mod telemetry;

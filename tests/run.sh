@@ -43,6 +43,15 @@ if [ ! -x target/syslog-ng/usr/sbin/syslog-ng ]; then
   rm -rf "$download"
 fi
 
+# A real Kafka-protocol broker for tests/kafka.rs: tansu, built from crates.io once (about
+# ten minutes on two cores) and skipped when this version is already installed. The tests
+# start it in memory on loopback ports of their own.
+tansu_version=0.6.0
+if [ "$(tansu --version 2>/dev/null || "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" --version 2>/dev/null || true)" != "tansu $tansu_version" ]; then
+  echo "installing tansu $tansu_version (a Kafka-protocol broker for the tests)..." >&2
+  cargo install tansu --version "$tansu_version" --features dynostore --locked
+fi
+
 # The tests start every other peer they talk to themselves too (the threatflow binary, the
 # Kubernetes API double, feed servers), on loopback only.
 exec cargo nextest run --locked --no-fail-fast "$@"

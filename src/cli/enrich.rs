@@ -107,6 +107,7 @@ impl SyslogDelivery {
                 format,
                 file: None,
                 syslog: Some(syslog),
+                kafka: None,
                 when_full: None,
             },
             config,

@@ -16,8 +16,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::feeds::config::{FeedConfig, FeedSettings};
+use crate::flow::kafka::KafkaSourceConfig;
 use crate::flow::FlowFormat;
 use crate::sink::cef::CefConfig;
+use crate::sink::kafka::KafkaSinkConfig;
 use crate::sink::syslog::SyslogConfig;
 
 /// threatflow's configuration.
@@ -68,7 +70,8 @@ pub struct Config {
 pub struct SourceConfig {
     /// A unique name, used in metrics and logs.
     pub name: String,
-    /// `file` tails a flow-log file; `stdin` reads standard input until it closes.
+    /// `file` tails a flow-log file; `stdin` reads standard input until it closes; `kafka`
+    /// consumes topics in a consumer group.
     #[serde(rename = "type")]
     pub kind: SourceKind,
     /// The collector format of the lines.
@@ -80,6 +83,9 @@ pub struct SourceConfig {
     /// Settings of a `file` source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileSourceConfig>,
+    /// Settings of a `kafka` source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSourceConfig>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -87,6 +93,7 @@ pub struct SourceConfig {
 pub enum SourceKind {
     File,
     Stdin,
+    Kafka,
 }
 
 fn default_max_line_bytes() -> usize {
@@ -217,7 +224,7 @@ impl SinkConfig {
 pub struct SinkConfig {
     /// A unique name, used in metrics and logs.
     pub name: String,
-    /// `stdout`, `file` (appends) or `syslog` (UDP, TCP or TLS).
+    /// `stdout`, `file` (appends), `syslog` (UDP, TCP or TLS) or `kafka` (a topic).
     #[serde(rename = "type")]
     pub kind: SinkKind,
     /// How each record is encoded: `cef`, `leef` (LEEF 2.0, for QRadar) or `json` (one
@@ -230,6 +237,9 @@ pub struct SinkConfig {
     /// Settings of a `syslog` sink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub syslog: Option<SyslogConfig>,
+    /// Settings of a `kafka` sink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSinkConfig>,
     /// When this sink's queue is full: `block` slows every source until the sink catches up;
     /// `drop` does too, but once the queue has stayed full for a second (the destination is
     /// stalled or down) counts its overflow as dropped (`destination_full`) so the other
@@ -251,6 +261,7 @@ pub enum SinkKind {
     Stdout,
     File,
     Syslog,
+    Kafka,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -275,6 +286,63 @@ pub struct FileSinkConfig {
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterConfig {
     pub path: PathBuf,
+}
+
+/// A named value kept out of the config file: exactly one of `value_from_env` and
+/// `value_from_file`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NamedSecret {
+    pub name: String,
+    /// An environment variable holding the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from_env: Option<String>,
+    /// A file holding the value (a mounted Secret); surrounding whitespace is trimmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from_file: Option<PathBuf>,
+}
+
+/// A secret could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("{name}: environment variable {variable} is not set")]
+    MissingEnv { name: String, variable: String },
+    #[error("{name}: cannot read {path}")]
+    File {
+        name: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl NamedSecret {
+    pub fn validate(&self, path: &str, problems: &mut Problems) {
+        if self.value_from_env.is_some() == self.value_from_file.is_some() {
+            problems.push(
+                path,
+                "needs exactly one of value_from_env and value_from_file",
+            );
+        }
+    }
+
+    /// The value, read now (a rotated Secret file is picked up by the next read).
+    pub fn read(&self) -> Result<String, SecretError> {
+        match (&self.value_from_env, &self.value_from_file) {
+            (Some(variable), _) => std::env::var(variable).map_err(|_| SecretError::MissingEnv {
+                name: self.name.clone(),
+                variable: variable.clone(),
+            }),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map(|value| value.trim().to_owned())
+                .map_err(|source| SecretError::File {
+                    name: self.name.clone(),
+                    path: path.display().to_string(),
+                    source,
+                }),
+            (None, None) => Ok(String::new()),
+        }
+    }
 }
 
 /// Batching and shutdown.
@@ -481,7 +549,27 @@ impl Config {
                     "must be between 1024 and 16777216",
                 );
             }
+            let sections = [
+                ("file", source.file.is_some(), SourceKind::File),
+                ("kafka", source.kafka.is_some(), SourceKind::Kafka),
+            ];
+            for (section, present, kind) in sections {
+                if present && source.kind != kind {
+                    problems.push(
+                        format!("{path}.{section}"),
+                        format!("only a `{section}` source takes a `{section}:` section"),
+                    );
+                }
+            }
+            if let Some(kafka) = &source.kafka {
+                kafka.validate(&format!("{path}.kafka"), &mut problems);
+            }
             match (source.kind, &source.file) {
+                (SourceKind::Kafka, _) if source.kafka.is_none() => problems.push(
+                    format!("{path}.kafka"),
+                    "a `kafka` source needs a `kafka:` section with `brokers` and `topics`",
+                ),
+                (SourceKind::Kafka, _) => {}
                 (SourceKind::File, None) => problems.push(
                     format!("{path}.file"),
                     "a `file` source needs a `file:` section with a `path`",
@@ -503,15 +591,7 @@ impl Config {
                         );
                     }
                 }
-                (SourceKind::Stdin, file) => {
-                    stdin_sources += 1;
-                    if file.is_some() {
-                        problems.push(
-                            format!("{path}.file"),
-                            "only a `file` source takes a `file:` section",
-                        );
-                    }
-                }
+                (SourceKind::Stdin, _) => stdin_sources += 1,
             }
         }
         if stdin_sources > 1 {
@@ -530,6 +610,7 @@ impl Config {
             let sections = [
                 ("file", sink.file.is_some(), SinkKind::File),
                 ("syslog", sink.syslog.is_some(), SinkKind::Syslog),
+                ("kafka", sink.kafka.is_some(), SinkKind::Kafka),
             ];
             for (section, present, kind) in sections {
                 if present && sink.kind != kind {
@@ -552,6 +633,9 @@ impl Config {
             }
             if let Some(syslog) = &sink.syslog {
                 syslog.validate(&format!("{path}.syslog"), &mut problems);
+            }
+            if let Some(kafka) = &sink.kafka {
+                kafka.validate(&format!("{path}.kafka"), &mut problems);
             }
         }
 
@@ -618,23 +702,37 @@ impl Config {
         let sources: Vec<String> = self
             .sources
             .iter()
-            .map(|source| match &source.file {
-                Some(file) => format!(
+            .map(|source| match (&source.file, &source.kafka) {
+                (Some(file), _) => format!(
                     "{} ({} file {})",
                     source.name,
                     source.format.as_str(),
                     file.path.display()
                 ),
-                None => format!("{} ({} stdin)", source.name, source.format.as_str()),
+                (None, Some(kafka)) => {
+                    let topics: Vec<&str> = kafka
+                        .topics
+                        .iter()
+                        .map(|topic| topic.name.as_str())
+                        .collect();
+                    format!(
+                        "{} (kafka topics {} in group {})",
+                        source.name,
+                        topics.join(","),
+                        kafka.group_id
+                    )
+                }
+                (None, None) => format!("{} ({} stdin)", source.name, source.format.as_str()),
             })
             .collect();
         let sinks: Vec<String> = self
             .sinks
             .iter()
             .map(|sink| {
-                let target = match (&sink.file, &sink.syslog) {
-                    (Some(file), _) => format!("file {}", file.path.display()),
-                    (_, Some(syslog)) => format!("syslog {}", syslog.target()),
+                let target = match (&sink.file, &sink.syslog, &sink.kafka) {
+                    (Some(file), _, _) => format!("file {}", file.path.display()),
+                    (_, Some(syslog), _) => format!("syslog {}", syslog.target()),
+                    (_, _, Some(kafka)) => format!("kafka topic {}", kafka.topic),
                     _ => "stdout".into(),
                 };
                 format!("{} ({:?} to {target})", sink.name, sink.format).to_lowercase()

@@ -69,18 +69,8 @@ fn default_min_shrink_fraction() -> f64 {
     0.5
 }
 
-/// One request header; exactly one of `value_from_env` and `value_from_file`.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct HeaderConfig {
-    pub name: String,
-    /// An environment variable holding the value.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value_from_env: Option<String>,
-    /// A file holding the value (a mounted Secret); surrounding whitespace is trimmed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value_from_file: Option<PathBuf>,
-}
+/// One request header, its value from the environment or a file.
+pub type HeaderConfig = crate::config::NamedSecret;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -234,12 +224,7 @@ pub fn validate(feeds: &[FeedConfig], settings: &FeedSettings, problems: &mut Pr
                     format!("`{}` is not a valid HTTP header name", header.name),
                 );
             }
-            if header.value_from_env.is_some() == header.value_from_file.is_some() {
-                problems.push(
-                    header_path,
-                    "needs exactly one of value_from_env and value_from_file",
-                );
-            }
+            header.validate(&header_path, problems);
         }
         feed.format.validate(&format!("{path}.format"), problems);
         for (key, value) in &feed.labels {

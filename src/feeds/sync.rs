@@ -26,6 +26,7 @@ use super::netset::NetSet;
 use super::normalize::{self, check_shrink, Guards, Refusal};
 use super::publish::{DirectoryTarget, KubernetesTarget, PublishError, PublishReport, Target};
 use super::render::{render, PolicySettings, RenderSettings, Rendered};
+use crate::config::SecretError;
 use crate::enrich::threat::{ThreatFeed, ThreatMatcher};
 
 /// A sync did not complete; `kind()` is the metric label.
@@ -542,22 +543,19 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 fn secret_value(feed: &str, header: &HeaderConfig) -> Result<String, SetupError> {
-    match (&header.value_from_env, &header.value_from_file) {
-        (Some(variable), _) => std::env::var(variable).map_err(|_| SetupError::MissingEnv {
+    header.read().map_err(|error| match error {
+        SecretError::MissingEnv { name, variable } => SetupError::MissingEnv {
             feed: feed.to_owned(),
-            header: header.name.clone(),
-            variable: variable.clone(),
-        }),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .map(|value| value.trim().to_owned())
-            .map_err(|source| SetupError::SecretFile {
-                feed: feed.to_owned(),
-                header: header.name.clone(),
-                path: path.display().to_string(),
-                source,
-            }),
-        (None, None) => Ok(String::new()),
-    }
+            header: name,
+            variable,
+        },
+        SecretError::File { name, path, source } => SetupError::SecretFile {
+            feed: feed.to_owned(),
+            header: name,
+            path,
+            source,
+        },
+    })
 }
 
 /// A short hash over every shard's content hash.

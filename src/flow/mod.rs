@@ -6,6 +6,7 @@
 
 pub mod calico;
 pub mod hubble;
+pub mod kafka;
 pub mod lines;
 pub mod record;
 pub mod source;

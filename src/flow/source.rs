@@ -29,9 +29,9 @@ use crate::config::{FileSourceConfig, StartAt};
 
 const READ_CHUNK_BYTES: usize = 256 * 1024;
 /// A batch is handed on once it holds this many bytes, whatever its line count.
-const BATCH_MAX_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const BATCH_MAX_BYTES: usize = 4 * 1024 * 1024;
 /// A partial batch is handed on after input has been idle this long.
-const IDLE_FLUSH: Duration = Duration::from_millis(100);
+pub(crate) const IDLE_FLUSH: Duration = Duration::from_millis(100);
 
 /// Lines from one source, with the acknowledgement that saves their position once delivered.
 #[derive(Debug)]
@@ -65,6 +65,8 @@ pub enum SourceError {
     },
     #[error("cannot read standard input")]
     Stdin(#[source] std::io::Error),
+    #[error("{0}")]
+    Kafka(String),
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -117,7 +119,7 @@ impl SourceMetrics {
         }
     }
 
-    fn batch_read(&self, source: &str, lines: usize, bytes: u64) {
+    pub(crate) fn batch_read(&self, source: &str, lines: usize, bytes: u64) {
         let labels = Self::labels(source);
         self.lines.get_or_create(&labels).inc_by(lines as u64);
         self.bytes.get_or_create(&labels).inc_by(bytes);

@@ -1,4 +1,4 @@
-//! Sinks: encoding enriched records and delivering them (stdout, file, syslog).
+//! Sinks: encoding enriched records and delivering them (stdout, file, syslog, Kafka).
 //!
 //! Encoders (`cef`, `json`) are pure: record in, bytes out. A sink task takes batches from its
 //! own bounded queue, encodes and frames a whole batch into one buffer, writes and flushes it,
@@ -10,6 +10,7 @@
 pub mod cef;
 pub mod field;
 pub mod json;
+pub mod kafka;
 pub mod leef;
 pub mod syslog;
 
@@ -30,6 +31,7 @@ use crate::config::{Config, OutputFormat, SinkConfig, SinkKind};
 use crate::enrich::EnrichedRecord;
 use cef::{CefEncoder, EncodeStats, Trim};
 use json::JsonEncoder;
+use kafka::{KafkaKey, KafkaWriter};
 use leef::LeefEncoder;
 use syslog::{SyslogClient, SyslogFramer, Timestamps};
 
@@ -85,12 +87,22 @@ impl Encoder {
 /// How far a record's free text is trimmed, in turn, until it fits a size limit.
 const TRIMS: [Trim; 3] = [Trim::Cap(256), Trim::Cap(64), Trim::Omit];
 
+/// How a record fit a size limit.
+enum Fit {
+    Whole(EncodeStats),
+    Trimmed(EncodeStats),
+    Oversize,
+}
+
 /// A batch encoded and framed for the wire.
 #[derive(Debug, Default)]
 struct Encoded {
     bytes: Vec<u8>,
     /// Where each message ends in `bytes` (one datagram each, on UDP).
     ends: Vec<usize>,
+    /// Each message's key, back to back, and where each ends (Kafka).
+    keys: Vec<u8>,
+    key_ends: Vec<usize>,
     /// Values shortened to their key's limit.
     truncated_fields: u64,
     /// Records whose free text was trimmed to fit the size limit.
@@ -99,6 +111,28 @@ struct Encoded {
     oversize: u64,
     /// Scratch space for one message.
     message: Vec<u8>,
+}
+
+impl Encoded {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+        self.keys.clear();
+        self.key_ends.clear();
+        (self.truncated_fields, self.shortened, self.oversize) = (0, 0, 0);
+    }
+
+    /// Each message and its key (empty unless the sink keys its messages).
+    fn messages(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let start = |ends: &[usize], i: usize| if i == 0 { 0 } else { ends[i - 1] };
+        (0..self.ends.len()).map(move |i| {
+            let key = match self.key_ends.get(i) {
+                Some(&end) => &self.keys[start(&self.key_ends, i)..end],
+                None => &[],
+            };
+            (&self.bytes[start(&self.ends, i)..self.ends[i]], key)
+        })
+    }
 }
 
 /// How encoded records are delimited on the wire.
@@ -111,6 +145,8 @@ enum Framing {
         framer: SyslogFramer,
         max_message: usize,
     },
+    /// Keyed messages of at most `max_message` bytes, without terminators (Kafka).
+    Keyed { key: KafkaKey, max_message: usize },
 }
 
 /// Where a sink writes.
@@ -122,6 +158,7 @@ enum Transport {
         file: Option<tokio::fs::File>,
     },
     Syslog(SyslogClient),
+    Kafka(KafkaWriter),
 }
 
 /// Why a write failed; `kind` is the bounded metric label.
@@ -139,8 +176,9 @@ impl WriteError {
 }
 
 impl Transport {
-    /// Writes and flushes `bytes`; `ends` marks where each message ends (for datagrams).
-    async fn write(&mut self, bytes: &[u8], ends: &[usize]) -> Result<(), WriteError> {
+    /// Writes and flushes an encoded batch.
+    async fn write(&mut self, encoded: &Encoded) -> Result<(), WriteError> {
+        let (bytes, ends) = (&encoded.bytes[..], &encoded.ends[..]);
         let io = |kind: &'static str| {
             move |error: std::io::Error| WriteError {
                 kind,
@@ -191,6 +229,15 @@ impl Transport {
                     error: error.into(),
                 })
             }
+            Transport::Kafka(writer) => {
+                writer
+                    .write(encoded.messages())
+                    .await
+                    .map_err(|error| WriteError {
+                        kind: "kafka",
+                        error: error.into(),
+                    })
+            }
         }
     }
 
@@ -205,6 +252,7 @@ impl Transport {
                     let _ = file.sync_data().await;
                 }
             }
+            Transport::Kafka(_) => {}
         }
     }
 }
@@ -356,18 +404,30 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Builds a sink; fails only when its TLS material cannot be loaded.
+    /// Builds a sink; fails when its TLS material cannot be loaded or its Kafka producer
+    /// cannot be configured.
     pub fn new(sink: &SinkConfig, config: &Config) -> anyhow::Result<Sink> {
         let encoder = Encoder::new(sink.format, config);
-        let (framing, transport) = match (sink.kind, &sink.file, &sink.syslog) {
-            (SinkKind::File, Some(file), _) => (
+        let (framing, transport) = match (sink.kind, &sink.file, &sink.syslog, &sink.kafka) {
+            (SinkKind::File, Some(file), _, _) => (
                 Framing::Lines,
                 Transport::File {
                     path: file.path.clone(),
                     file: None,
                 },
             ),
-            (SinkKind::Syslog, _, Some(syslog)) => {
+            (SinkKind::Kafka, _, _, Some(settings)) => {
+                let writer = KafkaWriter::new(settings)
+                    .map_err(|error| error.context(format!("sink {}", sink.name)))?;
+                (
+                    Framing::Keyed {
+                        key: settings.key,
+                        max_message: settings.max_message_bytes,
+                    },
+                    Transport::Kafka(writer),
+                )
+            }
+            (SinkKind::Syslog, _, Some(syslog), _) => {
                 let hostname = syslog
                     .hostname
                     .clone()
@@ -404,17 +464,31 @@ impl Sink {
 
     /// Encodes and frames `records` into `encoded`.
     fn encode_batch(&self, records: &[EnrichedRecord], encoded: &mut Encoded) {
+        encoded.clear();
         let Encoded {
             bytes: out,
             ends,
+            keys,
+            key_ends,
             truncated_fields,
             shortened,
             oversize,
             message,
         } = encoded;
-        out.clear();
-        ends.clear();
-        (*truncated_fields, *shortened, *oversize) = (0, 0, 0);
+        let mut fitted = |record: &EnrichedRecord, message: &mut Vec<u8>, max_message: usize| {
+            match self.encode_within(record, message, max_message) {
+                Fit::Whole(stats) => *truncated_fields += u64::from(stats.truncated_fields),
+                Fit::Trimmed(stats) => {
+                    *truncated_fields += u64::from(stats.truncated_fields);
+                    *shortened += 1;
+                }
+                Fit::Oversize => {
+                    *oversize += 1;
+                    return false;
+                }
+            }
+            true
+        };
         match &self.framing {
             Framing::Lines => {
                 for record in records {
@@ -432,30 +506,48 @@ impl Sink {
                 for record in records {
                     message.clear();
                     framer.header(record, &time, message);
-                    let header_len = message.len();
-                    let mut stats = self.encoder.encode(record, message);
-                    if message.len() > *max_message {
-                        // Shorten the free text, then leave it out; never the header or the
-                        // 5-tuple.
-                        for trim in TRIMS {
-                            message.truncate(header_len);
-                            stats = self.encoder.encode_trimmed(record, message, trim);
-                            if message.len() <= *max_message {
-                                break;
-                            }
-                        }
-                        if message.len() > *max_message {
-                            *oversize += 1;
-                            continue;
-                        }
-                        *shortened += 1;
+                    if fitted(record, message, *max_message) {
+                        framer.frame(message, out);
+                        ends.push(out.len());
                     }
-                    *truncated_fields += u64::from(stats.truncated_fields);
-                    framer.frame(message, out);
-                    ends.push(out.len());
+                }
+            }
+            Framing::Keyed { key, max_message } => {
+                for record in records {
+                    message.clear();
+                    if fitted(record, message, *max_message) {
+                        out.extend_from_slice(message);
+                        ends.push(out.len());
+                        key.write(record, keys);
+                        key_ends.push(keys.len());
+                    }
                 }
             }
         }
+    }
+
+    /// Appends `record` to `message` (which may already hold a header) within `max_message`
+    /// bytes: its free text is shortened, then left out, if it must; never the header or
+    /// the 5-tuple.
+    fn encode_within(
+        &self,
+        record: &EnrichedRecord,
+        message: &mut Vec<u8>,
+        max_message: usize,
+    ) -> Fit {
+        let header_len = message.len();
+        let stats = self.encoder.encode(record, message);
+        if message.len() <= max_message {
+            return Fit::Whole(stats);
+        }
+        for trim in TRIMS {
+            message.truncate(header_len);
+            let stats = self.encoder.encode_trimmed(record, message, trim);
+            if message.len() <= max_message {
+                return Fit::Trimmed(stats);
+            }
+        }
+        Fit::Oversize
     }
 
     /// Delivers batches from `batches` until the queue closes. After `shutdown` is cancelled,
@@ -491,7 +583,7 @@ impl Sink {
                 if encoded.ends.is_empty() {
                     break Ok(());
                 }
-                match self.transport.write(&encoded.bytes, &encoded.ends).await {
+                match self.transport.write(&encoded).await {
                     Ok(()) => break Ok(()),
                     Err(failure) if failure.is_permanent() => {
                         metrics.write_failed(&self.name, failure.kind);

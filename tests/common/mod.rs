@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod kafka;
 pub mod kube_api;
 pub mod pki;
 pub mod receivers;

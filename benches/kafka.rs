@@ -1,0 +1,120 @@
+//! The Kafka path end to end: 300k generated Calico records in a 3-partition topic on a local
+//! tansu broker, consumed by the daemon's pipeline (Kafka source -> parse -> enrich from the
+//! quickstart inventory -> CEF -> RFC 5424 over TCP) into a local receiver that counts frames.
+//! Each iteration is a fresh consumer group reading the topic from the start; the time is
+//! from the first record's arrival at the receiver until it has every record (offsets
+//! committed as they are delivered), so joining the group is not counted.
+//!
+//! `broker_read` is the same topic read by a bare librdkafka consumer that does nothing with
+//! the records: how fast the broker serves them, to tell where the bottleneck is.
+//!
+//! Needs tansu (`bash tests/run.sh` installs it). Run with `cargo bench --bench kafka`.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use threatflow::app::{self, RunOptions};
+use threatflow::config::Config;
+use tokio_util::sync::CancellationToken;
+
+#[path = "flowgen.rs"]
+mod flowgen;
+#[allow(dead_code)]
+#[path = "../tests/common/kafka.rs"]
+mod kafka;
+#[path = "receiver.rs"]
+mod receiver;
+
+const RECORDS: usize = 300_000;
+const PARTITIONS: i32 = 3;
+
+fn kafka(c: &mut Criterion) {
+    let broker = kafka::Broker::start();
+    broker.create_topic("flows", PARTITIONS as u32);
+    let mut input = Vec::new();
+    flowgen::write_flows(RECORDS, &mut input).unwrap();
+    let lines: Vec<Vec<u8>> = input
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    let bytes: usize = lines.iter().map(Vec::len).sum();
+    let started = Instant::now();
+    broker.produce("flows", None, PARTITIONS, &lines);
+    println!(
+        "produced {RECORDS} records ({} bytes each on average) in {:.1} s",
+        bytes / RECORDS,
+        started.elapsed().as_secs_f64()
+    );
+    let (port, frames) = receiver::start(None);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let mut group = c.benchmark_group("kafka_300k");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(30));
+    group.throughput(Throughput::Elements(RECORDS as u64));
+    let mut run = 0;
+    group.bench_function("to_syslog_tcp", |b| {
+        b.iter_custom(|iterations| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iterations {
+                run += 1;
+                let config = Config::from_yaml(&format!(
+                    "sources: [{{name: kafka, type: kafka, kafka: {{brokers: [\"{}\"], topics: [{{name: flows}}], group_id: bench-{run}}}}}]\nenrichment: {{inventory_path: deploy/local/inventory.json}}\nsinks: [{{name: siem, type: syslog, syslog: {{host: 127.0.0.1, port: {port}}}}}]\ntelemetry: {{log_level: warn}}\n",
+                    broker.address()
+                ))
+                .unwrap();
+                let before = frames.load(Ordering::Relaxed);
+                let stop = CancellationToken::new();
+                let pipeline = runtime.spawn(app::run(config, RunOptions::default(), stop.clone()));
+                // Timed from the first record out, so joining the group (the broker's
+                // initial rebalance delay) is not counted.
+                while frames.load(Ordering::Relaxed) == before {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                let started = Instant::now();
+                while frames.load(Ordering::Relaxed) - before < RECORDS as u64 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                total += started.elapsed();
+                stop.cancel();
+                runtime.block_on(pipeline).unwrap().unwrap();
+            }
+            total
+        });
+    });
+    group.bench_function("broker_read", |b| {
+        b.iter_custom(|iterations| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iterations {
+                run += 1;
+                let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+                    .set("bootstrap.servers", broker.address())
+                    .set("group.id", format!("bench-{run}"))
+                    .set("auto.offset.reset", "earliest")
+                    .create()
+                    .unwrap();
+                consumer.subscribe(&["flows"]).unwrap();
+                while !matches!(consumer.poll(Duration::from_millis(100)), Some(Ok(_))) {}
+                let started = Instant::now();
+                let mut read = 1;
+                while read < RECORDS {
+                    if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+                        read += 1;
+                    }
+                }
+                total += started.elapsed();
+            }
+            total
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, kafka);
+criterion_main!(benches);
