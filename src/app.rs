@@ -14,6 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -25,17 +29,27 @@ use crate::feeds::sync::{self, FeedMetrics, FeedRunner, StatusBoard};
 use crate::flow::kafka;
 use crate::flow::source::{self, CheckpointStore, SourceBatch, SourceContext, SourceMetrics};
 use crate::flow::RejectCounts;
+use crate::k8s::leader::{self, Leadership};
 use crate::k8s::watch::{ClusterWatch, WatchMetrics};
 use crate::pipeline::SinkQueue;
 use crate::pipeline::{DeadLetter, FlowMetrics, Processor};
 use crate::sink::{Batch, Sink, SinkMetrics};
 use crate::telemetry::{self, Readiness};
 
-/// How a run behaves beyond its config.
-#[derive(Clone, Copy, Debug, Default)]
+/// How a run behaves beyond its config, and what outlives one run (a config reload starts a
+/// new run in the same process).
+#[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     /// Process the input that exists now, deliver it, and stop.
     pub once: bool,
+    pub readiness: Readiness,
+    /// Config reloads by outcome (`applied`, `refused`).
+    pub config_reloads: Family<OutcomeLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
 }
 
 /// What a run did.
@@ -81,8 +95,31 @@ pub async fn run(
     for sink in &config.sinks {
         sink_metrics.init_sink(&sink.name);
     }
+    for feed in &config.feeds {
+        flow_metrics.init_feed(&feed.name);
+    }
+    let leader_metric = Gauge::<i64>::default();
+    leader_metric.set(1);
+    registry.register(
+        "leader",
+        "1 while this replica publishes to the cluster (it leads, or runs without leader election)",
+        leader_metric.clone(),
+    );
+    for outcome in ["applied", "refused"] {
+        drop(
+            options
+                .config_reloads
+                .get_or_create(&OutcomeLabels { outcome }),
+        );
+    }
+    registry.register(
+        "config_reloads",
+        "Changes of the config file: applied without a restart, or refused (invalid; the running config stays)",
+        options.config_reloads.clone(),
+    );
     let registry = Arc::new(registry);
-    let readiness = Readiness::default();
+    let readiness = options.readiness.clone();
+    readiness.wait_for("pipeline", "starting");
     let telemetry_stop = CancellationToken::new();
     let tasks = TaskTracker::new();
 
@@ -123,6 +160,22 @@ pub async fn run(
     let feeds_stop = shutdown.child_token();
     let threats = ThreatMatcher::default();
     let mut feed_tasks = Vec::new();
+    let election_stop = CancellationToken::new();
+    let (leadership, election) = match &config.leader_election {
+        Some(settings) => {
+            let client = kube::Client::try_default().await.context(
+                "leader_election needs the Kubernetes API: run in a pod with a service account, or set KUBECONFIG",
+            )?;
+            let (leadership, task) = leader::start(
+                client,
+                settings,
+                leader_metric.clone(),
+                election_stop.clone(),
+            );
+            (leadership, Some(task))
+        }
+        None => (Leadership::always(), None),
+    };
     if !config.feeds.is_empty() {
         let fetcher = sync::fetcher(&config.feed_settings)?;
         let kubernetes = sync::kubernetes_client(&config.feeds, &config.feed_settings).await?;
@@ -135,7 +188,8 @@ pub async fn run(
                 Some(threats.clone()),
                 feed_metrics.clone(),
                 feed_board.clone(),
-            )?;
+            )?
+            .with_leadership(leadership.clone());
             feed_tasks.push(tokio::spawn(runner.run(options.once, feeds_stop.clone())));
         }
     }
@@ -147,6 +201,7 @@ pub async fn run(
         tracing::info!(%addr, "serving /metrics, /healthz, /readyz and /status");
         let board = feed_board.clone();
         let kubernetes = cluster_watch.as_ref().map(ClusterWatch::status);
+        let leading = leadership.clone();
         let status: telemetry::StatusSource = Arc::new(move || {
             let feeds: Vec<_> = board
                 .lock()
@@ -155,7 +210,8 @@ pub async fn run(
                 .cloned()
                 .collect();
             let kubernetes = kubernetes.as_ref().map(|status| status());
-            serde_json::json!({ "feeds": feeds, "kubernetes": kubernetes }).to_string()
+            serde_json::json!({ "feeds": feeds, "kubernetes": kubernetes, "leader": leading.is_leader() })
+                .to_string()
         });
         tasks.spawn(telemetry::serve(
             listener,
@@ -189,6 +245,7 @@ pub async fn run(
             sender,
             sink_config.drops_when_full(config.sinks.len()),
             sink_metrics.dropped_counter(&sink_config.name, "destination_full"),
+            sink_metrics.queued_gauge(&sink_config.name),
             &sink_config.name,
             tokio::runtime::Handle::current(),
         ));
@@ -320,6 +377,11 @@ pub async fn run(
     feeds_stop.cancel();
     for task in feed_tasks {
         task.await.context("feed task")?;
+    }
+    // With the feeds stopped, a leader hands its Lease over.
+    election_stop.cancel();
+    if let Some(election) = election {
+        election.await.context("leader election task")?;
     }
     let processed = tokio::task::spawn_blocking(move || processor_thread.join())
         .await

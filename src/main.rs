@@ -333,7 +333,7 @@ fn run(config_path: PathBuf, once: bool) -> ExitCode {
     let shutdown = CancellationToken::new();
     let result = runtime.block_on(async {
         tokio::spawn(wait_for_signals(shutdown.clone()));
-        app::run(config, RunOptions { once }, shutdown).await
+        run_reloading(config_path, config, once, shutdown).await
     });
     match result {
         Ok(report) if report.undelivered == 0 => {
@@ -355,6 +355,109 @@ fn run(config_path: PathBuf, once: bool) -> ExitCode {
             tracing::error!(error = %format!("{error:#}"), "stopped");
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// How often a daemon looks for a changed config file.
+const CONFIG_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs the pipeline; a daemon also watches its config file and, when it changes to a valid
+/// config, drains the running pipeline (records delivered, positions saved) and starts the new
+/// one in the same process. An invalid change is refused: logged, counted, shown on /readyz,
+/// and the running config stays.
+async fn run_reloading(
+    path: PathBuf,
+    mut config: threatflow::config::Config,
+    once: bool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<app::RunReport> {
+    let options = RunOptions {
+        once,
+        ..RunOptions::default()
+    };
+    let mut total = app::RunReport::default();
+    loop {
+        let run_stop = shutdown.child_token();
+        let changed = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let watcher = (!once).then(|| {
+            tokio::spawn(watch_config(
+                path.clone(),
+                config.clone(),
+                options.clone(),
+                changed.clone(),
+                run_stop.clone(),
+            ))
+        });
+        let report = app::run(config, options.clone(), run_stop).await;
+        if let Some(watcher) = watcher {
+            watcher.abort();
+        }
+        let report = report?;
+        total.records += report.records;
+        total.rejected.merge(&report.rejected);
+        total.undelivered += report.undelivered;
+        let next = changed.lock().expect("config slot").take();
+        match next {
+            Some(next) if !shutdown.is_cancelled() => {
+                tracing::info!("running the new configuration");
+                config = next;
+            }
+            _ => return Ok(total),
+        }
+    }
+}
+
+/// Polls the config file (a ConfigMap's kubelet swaps a symlink, so content is compared, not
+/// modification times). A valid change goes into `changed` and stops the running pipeline.
+async fn watch_config(
+    path: PathBuf,
+    running: threatflow::config::Config,
+    options: RunOptions,
+    changed: std::sync::Arc<std::sync::Mutex<Option<threatflow::config::Config>>>,
+    run_stop: CancellationToken,
+) {
+    let outcome = |outcome| {
+        options
+            .config_reloads
+            .get_or_create(&app::OutcomeLabels { outcome })
+            .inc();
+    };
+    let mut last = std::fs::read(&path).ok();
+    loop {
+        tokio::time::sleep(CONFIG_CHECK_INTERVAL).await;
+        let Ok(current) = std::fs::read(&path) else {
+            continue;
+        };
+        if last.as_ref() == Some(&current) {
+            continue;
+        }
+        last = Some(current);
+        match threatflow::config::Config::load_valid(&path) {
+            Ok(config) if config == running => {
+                options.readiness.clear_note("config");
+            }
+            Ok(config) => {
+                tracing::info!(path = %path.display(), "the config file changed; draining the running pipeline to apply it");
+                options.readiness.clear_note("config");
+                outcome("applied");
+                *changed.lock().expect("config slot") = Some(config);
+                run_stop.cancel();
+                return;
+            }
+            Err(error) => {
+                outcome("refused");
+                let message = format!("{error:#}");
+                tracing::error!(path = %path.display(), error = %message, "the changed config file is invalid; refused, the running config stays");
+                options.readiness.note(
+                    "config",
+                    format!(
+                        "a change to {} was refused, the running config stays: {}",
+                        path.display(),
+                        message.replace('\n', " ")
+                    ),
+                );
+            }
         }
     }
 }

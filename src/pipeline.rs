@@ -14,6 +14,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -168,6 +169,8 @@ pub struct SinkQueue {
     /// A stalled sink's batches are dropped (counted) instead of waited for.
     drop_when_full: bool,
     dropped: Counter,
+    /// Batches in the queue, set after each send.
+    queued: Gauge,
     name: String,
     runtime: tokio::runtime::Handle,
     /// The queue stayed full for [`STALLED_AFTER`]; batches are dropped until it has room.
@@ -181,6 +184,7 @@ impl SinkQueue {
         sender: mpsc::Sender<Batch>,
         drop_when_full: bool,
         dropped: Counter,
+        queued: Gauge,
         name: &str,
         runtime: tokio::runtime::Handle,
     ) -> SinkQueue {
@@ -188,6 +192,7 @@ impl SinkQueue {
             sender,
             drop_when_full,
             dropped,
+            queued,
             name: name.to_owned(),
             runtime,
             stalled: std::cell::Cell::new(false),
@@ -200,6 +205,13 @@ impl SinkQueue {
     /// batch is counted as dropped and acknowledged (it was deliberately given up). Returns
     /// false when the sink has gone.
     fn send(&self, batch: Batch) -> bool {
+        let sent = self.send_or_drop(batch);
+        self.queued
+            .set((self.sender.max_capacity() - self.sender.capacity()) as i64);
+        sent
+    }
+
+    fn send_or_drop(&self, batch: Batch) -> bool {
         if !self.drop_when_full {
             return self.sender.blocking_send(batch).is_ok();
         }
@@ -313,6 +325,13 @@ impl FlowMetrics {
             }));
         }
         metrics
+    }
+
+    /// Creates the threat-match series of `feed` at zero.
+    pub fn init_feed(&self, feed: &str) {
+        drop(self.threat_matches.get_or_create(&ThreatLabels {
+            feed: feed.to_owned(),
+        }));
     }
 
     /// Creates the series of `source` at zero, so that "nothing rejected" reads as 0 rather

@@ -39,12 +39,15 @@ pub fn init_logging(config: &TelemetryConfig) {
 pub struct Readiness {
     /// What is not ready yet -> why.
     waiting: Arc<Mutex<BTreeMap<&'static str, String>>>,
+    /// What an operator should know that does not stop readiness (a refused config reload).
+    notes: Arc<Mutex<BTreeMap<&'static str, String>>>,
 }
 
 impl Default for Readiness {
     fn default() -> Self {
         let readiness = Readiness {
             waiting: Arc::default(),
+            notes: Arc::default(),
         };
         readiness.wait_for("pipeline", "starting");
         readiness
@@ -74,6 +77,30 @@ impl Readiness {
 
     pub fn is_ready(&self) -> bool {
         self.waiting.lock().expect("readiness lock").is_empty()
+    }
+
+    /// Shows `note` with the readiness answer, without making the process unready.
+    pub fn note(&self, part: &'static str, note: impl Into<String>) {
+        self.notes
+            .lock()
+            .expect("readiness lock")
+            .insert(part, note.into());
+    }
+
+    pub fn clear_note(&self, part: &'static str) {
+        self.notes.lock().expect("readiness lock").remove(part);
+    }
+
+    /// `part: note; ...`, or `None`.
+    pub fn notes(&self) -> Option<String> {
+        let notes = self.notes.lock().expect("readiness lock");
+        (!notes.is_empty()).then(|| {
+            notes
+                .iter()
+                .map(|(part, note)| format!("{part}: {note}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
     }
 
     /// `part: reason; ...` for everything not ready, or `None` when ready.
@@ -155,14 +182,20 @@ fn respond(
         }
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".into()),
         "/status" => (StatusCode::OK, "application/json", status()),
-        "/readyz" => match readiness.waiting_for() {
-            None => (StatusCode::OK, "text/plain", "ready\n".into()),
-            Some(waiting) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                format!("not ready: {waiting}\n"),
-            ),
-        },
+        "/readyz" => {
+            let notes = readiness
+                .notes()
+                .map(|notes| format!(" ({notes})"))
+                .unwrap_or_default();
+            match readiness.waiting_for() {
+                None => (StatusCode::OK, "text/plain", format!("ready{notes}\n")),
+                Some(waiting) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready: {waiting}{notes}\n"),
+                ),
+            }
+        }
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",

@@ -455,3 +455,77 @@ fn records_from_an_idle_stdin_are_not_held_back_waiting_for_a_full_batch() {
     drop(stdin);
     assert!(daemon.wait().unwrap().success());
 }
+
+#[test]
+fn a_changed_config_is_applied_without_a_restart_and_an_invalid_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, checkpoint, config) = (
+        dir.path().join("flows.log"),
+        dir.path().join("flows.checkpoint"),
+        dir.path().join("threatflow.yaml"),
+    );
+    let (first, second) = (
+        dir.path().join("first.jsonl"),
+        dir.path().join("second.jsonl"),
+    );
+    let port = free_port();
+    let write_config = |out: &Path| {
+        // Written to a new file and renamed over the old one, as the kubelet swaps a
+        // ConfigMap's files.
+        let staged = dir.path().join("staged.yaml");
+        std::fs::write(
+            &staged,
+            format!(
+                "sources:\n  - {{name: flows, type: file, file: {{path: {}, checkpoint_path: {}, poll_interval_ms: 50}}}}\nsinks:\n  - {{name: out, type: file, format: json, file: {{path: {}}}}}\ntelemetry: {{listen_addr: \"127.0.0.1:{port}\"}}\n",
+                log.display(),
+                checkpoint.display(),
+                out.display()
+            ),
+        )
+        .unwrap();
+        std::fs::rename(&staged, &config).unwrap();
+    };
+    write_config(&first);
+    append(&log, 0..10);
+    let child = start(&config, Stdio::null());
+    wait_for("the first records", || delivered(&first).len() == 10);
+
+    // A valid change: the pipeline drains and restarts with the new sink, in the same process.
+    write_config(&second);
+    wait_for("the new config to be running", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && http_get(port, "/metrics")
+                .1
+                .contains("threatflow_config_reloads_total{outcome=\"applied\"} 1")
+    });
+    append(&log, 10..20);
+    wait_for("records through the new sink", || {
+        delivered(&second).len() == 10
+    });
+    assert_eq!(
+        delivered(&first).keys().copied().collect::<Vec<_>>(),
+        (0..10).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        delivered(&second).keys().copied().collect::<Vec<_>>(),
+        (10..20).collect::<Vec<_>>(),
+        "resumed from the saved position"
+    );
+
+    // An invalid change is refused; the running config stays and says so.
+    std::fs::write(&config, "sinks:\n  - {name: out, type: file}\n").unwrap();
+    wait_for("the refusal to show", || {
+        let (status, body) = http_get(port, "/readyz");
+        status == 200 && body.contains("refused") && body.contains("sinks[0].file")
+    });
+    assert!(http_get(port, "/metrics")
+        .1
+        .contains("threatflow_config_reloads_total{outcome=\"refused\"} 1"));
+    append(&log, 20..25);
+    wait_for("records still flowing", || delivered(&second).len() == 15);
+    let stderr = terminate(child);
+    assert!(
+        stderr.contains("refused, the running config stays"),
+        "{stderr}"
+    );
+}

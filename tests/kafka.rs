@@ -117,6 +117,17 @@ fn start(config: &Path) -> Child {
         .unwrap()
 }
 
+/// The value of one series on a running instance's /metrics.
+fn metric(port: u16, series: &str) -> Option<i64> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
 fn signal(child: &Child, signal: &str) {
     let status = Command::new("kill")
         .args([&format!("-{signal}"), &child.id().to_string()])
@@ -301,14 +312,36 @@ fn nothing_is_committed_while_the_destination_is_down_and_delivery_resumes() {
         .local_addr()
         .unwrap()
         .port();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let config = setup.config(
         "threatflow.yaml",
         "      topics: [{name: flows}]",
-        &format!("  - {{name: siem, type: syslog, format: json, syslog: {{host: 127.0.0.1, port: {port}, transport: tcp, framing: lf}}}}"),
+        &format!("  - {{name: siem, type: syslog, format: json, syslog: {{host: 127.0.0.1, port: {port}, transport: tcp, framing: lf}}}}\ntelemetry: {{listen_addr: \"127.0.0.1:{metrics_port}\"}}"),
     );
     let child = start(&config);
     broker.produce("flows", None, 2, &flow_lines(0..500));
-    std::thread::sleep(Duration::from_secs(3));
+    wait_for(
+        "the records to be in flight",
+        Duration::from_secs(30),
+        || {
+            metric(
+                metrics_port,
+                "threatflow_source_kafka_in_flight_records{source=\"kafka\"}",
+            ) == Some(500)
+        },
+    );
+    assert_eq!(
+        metric(
+            metrics_port,
+            "threatflow_source_kafka_assigned_partitions{source=\"kafka\"}"
+        ),
+        Some(2)
+    );
+    std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         broker.committed("threatflow", "flows", 2),
         vec![-1, -1],

@@ -52,6 +52,20 @@ if [ "$(tansu --version 2>/dev/null || "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" -
   cargo install tansu --version "$tansu_version" --features dynostore --locked
 fi
 
+# The deployment tests render deploy/kubernetes with `kubectl kustomize` (Debian's
+# kubernetes-client, unless a kubectl is already installed) and validate the result offline
+# against the Kubernetes schemas with kubernetes-validate from PyPI (pinned).
+if ! kubectl kustomize --help >/dev/null 2>&1; then
+  echo "installing kubernetes-client (kubectl)..." >&2
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends kubernetes-client
+fi
+validate_version=1.37.0
+if [ "$(python3 -m kubernetes_validate --version 2>/dev/null || true)" != "$validate_version" ]; then
+  echo "installing kubernetes-validate $validate_version..." >&2
+  python3 -m pip install --quiet --disable-pip-version-check "kubernetes-validate==$validate_version"
+fi
+
 # The tests start every other peer they talk to themselves too (the threatflow binary, the
 # Kubernetes API double, feed servers), on loopback only.
 exec cargo nextest run --locked --no-fail-fast "$@"

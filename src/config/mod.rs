@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::feeds::config::{FeedConfig, FeedSettings};
 use crate::flow::kafka::KafkaSourceConfig;
 use crate::flow::FlowFormat;
+use crate::k8s::leader::LeaderElectionConfig;
 use crate::sink::cef::CefConfig;
 use crate::sink::kafka::KafkaSinkConfig;
 use crate::sink::syslog::SyslogConfig;
@@ -62,6 +63,10 @@ pub struct Config {
     /// Logs, metrics and health endpoints.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// With several replicas: elect one, through a Lease, to publish feeds to the cluster.
+    /// Without it, this instance always publishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_election: Option<LeaderElectionConfig>,
 }
 
 /// A source of flow records.
@@ -652,6 +657,9 @@ impl Config {
             kubernetes.validate("enrichment.kubernetes", &mut problems);
         }
         crate::feeds::config::validate(&self.feeds, &self.feed_settings, &mut problems);
+        if let Some(election) = &self.leader_election {
+            election.validate("leader_election", &mut problems);
+        }
         self.cef.validate("cef", &mut problems);
         if let Some(cluster_name) = &self.cluster_name {
             if cluster_name.is_empty()

@@ -28,6 +28,7 @@ use super::publish::{DirectoryTarget, KubernetesTarget, PublishError, PublishRep
 use super::render::{render, PolicySettings, RenderSettings, Rendered};
 use crate::config::SecretError;
 use crate::enrich::threat::{ThreatFeed, ThreatMatcher};
+use crate::k8s::leader::Leadership;
 
 /// A sync did not complete; `kind()` is the metric label.
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +198,8 @@ pub struct FeedRunner {
     last_applied: Option<Option<usize>>,
     /// Where the set in force goes for matching flows.
     threats: Option<ThreatMatcher>,
+    /// Only the leader publishes; the others pull and match (`standby`).
+    leadership: Leadership,
 }
 
 /// The Kubernetes client, when some enforcing feed publishes to the Kubernetes API.
@@ -324,7 +327,14 @@ impl FeedRunner {
             validators: Validators::default(),
             last_applied: None,
             threats,
+            leadership: Leadership::always(),
         })
+    }
+
+    /// Publishes only while `leadership` says this replica leads.
+    pub fn with_leadership(mut self, leadership: Leadership) -> FeedRunner {
+        self.leadership = leadership;
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -345,8 +355,12 @@ impl FeedRunner {
             if once {
                 return;
             }
+            // A replica that becomes leader publishes at once rather than at its next period.
+            let mut leadership = self.leadership.clone();
+            let became_leader = async { while !leadership.changed().await {} };
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}
+                _ = became_leader => {}
                 _ = shutdown.cancelled() => return,
             }
         }
@@ -407,14 +421,21 @@ impl FeedRunner {
             status.rejected_lines = rejected;
             status.removed_by_guards = removed;
         });
-        let previous = match (self.last_applied, &self.target) {
+        // A replica that does not lead publishes nothing and keeps no publication state (it
+        // reads the target afresh, and pulls in full, once it leads).
+        let standby = self.target.is_some() && !self.leadership.is_leader();
+        let target = self.target.as_ref().filter(|_| !standby);
+        let previous = match (self.last_applied, target) {
+            _ if standby => None,
             (Some(previous), _) => previous,
             (None, Some(target)) => {
                 Some(target.published_nets(&name).await?).filter(|&nets| nets > 0)
             }
             (None, None) => None,
         };
-        self.last_applied = Some(previous);
+        if !standby {
+            self.last_applied = Some(previous);
+        }
         if let Some(previous) = previous {
             check_shrink(
                 previous,
@@ -424,13 +445,20 @@ impl FeedRunner {
             )?;
         }
         let rendered = render(&name, &self.feed.labels, &normalized.set, &self.render);
-        let report = match &self.target {
+        let report = match target {
+            // Checked again right before writing: leadership may have moved meanwhile.
+            Some(_) if !self.leadership.is_leader() => {
+                self.last_applied = None;
+                return Ok("standby");
+            }
             Some(target) => target.apply(&name, &rendered).await?,
             None => PublishReport::default(),
         };
         // Only now, with the publication done, does the new set count as applied.
-        self.validators = validators;
-        self.last_applied = Some(Some(normalized.cidrs));
+        if !standby {
+            self.validators = validators;
+            self.last_applied = Some(Some(normalized.cidrs));
+        }
         let applied = SystemTime::now();
         let labels = FeedMetrics::labels(&name);
         self.metrics
@@ -460,7 +488,9 @@ impl FeedRunner {
                 Arc::new(normalized.set),
             );
         }
-        Ok(if report.written + report.deleted > 0 {
+        Ok(if standby {
+            "standby"
+        } else if report.written + report.deleted > 0 {
             "applied"
         } else {
             "unchanged"

@@ -10,8 +10,9 @@
 //! message never holds its partition back.
 //!
 //! Flow control: while `max_in_flight_records` are read but not yet finished, or the
-//! pipeline's queue is full, the assignment is paused (the consumer keeps polling, so it stays
-//! in the group and serves rebalances). On a revoke, the records of the revoked partitions
+//! pipeline's queue is full, the source stops reading (librdkafka's prefetch is bounded); held
+//! back for more than a few seconds (a destination down), it pauses the assignment and keeps
+//! polling, so it stays in the group and serves rebalances. On a revoke, the records of the revoked partitions
 //! that are in the pipeline get `revoke_timeout_ms` to finish; those that do not are
 //! abandoned (never committed by this replica; the partition's next owner reads them again).
 
@@ -19,6 +20,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -28,7 +33,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::lines::{LineBatch, LineSplitter};
-use super::source::{SourceBatch, SourceContext, SourceError, BATCH_MAX_BYTES, IDLE_FLUSH};
+use super::source::{
+    SourceBatch, SourceContext, SourceError, SourceLabels, SourceMetrics, BATCH_MAX_BYTES,
+    IDLE_FLUSH,
+};
 use super::FlowFormat;
 use crate::ack::AckToken;
 use crate::config::{Problems, StartAt};
@@ -132,6 +140,77 @@ impl KafkaSourceConfig {
             );
         }
     }
+}
+
+/// Metrics of the Kafka sources (`threatflow_source_kafka_*`), per source.
+#[derive(Clone, Debug, Default)]
+pub struct KafkaMetrics {
+    in_flight: Family<SourceLabels, Gauge>,
+    lag: Family<SourceLabels, Gauge>,
+    assigned: Family<SourceLabels, Gauge>,
+    rebalances: Family<SourceLabels, Counter>,
+    abandoned: Family<SourceLabels, Counter>,
+    errors: Family<SourceLabels, Counter>,
+}
+
+impl KafkaMetrics {
+    pub fn register(registry: &mut Registry) -> KafkaMetrics {
+        let metrics = KafkaMetrics::default();
+        registry.register(
+            "in_flight_records",
+            "Records read and not yet delivered or dropped",
+            metrics.in_flight.clone(),
+        );
+        registry.register(
+            "lag_records",
+            "Records in the assigned partitions not yet read (from the client's statistics, every 5 s)",
+            metrics.lag.clone(),
+        );
+        registry.register(
+            "assigned_partitions",
+            "Partitions assigned to this replica",
+            metrics.assigned.clone(),
+        );
+        registry.register(
+            "rebalances",
+            "Partition assignments received",
+            metrics.rebalances.clone(),
+        );
+        registry.register(
+            "abandoned_batches",
+            "Batches of revoked partitions not delivered within revoke_timeout_ms (not committed; re-read by the next owner)",
+            metrics.abandoned.clone(),
+        );
+        registry.register(
+            "errors",
+            "Consumer errors (broker unreachable, unknown topic, ...); the client retries",
+            metrics.errors.clone(),
+        );
+        metrics
+    }
+
+    /// The series of one source, created at zero.
+    fn source(&self, source: &str) -> SourceKafkaMetrics {
+        let labels = SourceMetrics::labels(source);
+        SourceKafkaMetrics {
+            in_flight: self.in_flight.get_or_create(&labels).clone(),
+            lag: self.lag.get_or_create(&labels).clone(),
+            assigned: self.assigned.get_or_create(&labels).clone(),
+            rebalances: self.rebalances.get_or_create(&labels).clone(),
+            abandoned: self.abandoned.get_or_create(&labels).clone(),
+            errors: self.errors.get_or_create(&labels).clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct SourceKafkaMetrics {
+    in_flight: Gauge,
+    lag: Gauge,
+    assigned: Gauge,
+    rebalances: Counter,
+    abandoned: Counter,
+    errors: Counter,
 }
 
 /// Whether Kafka accepts `name` as a topic name.
@@ -358,11 +437,24 @@ struct GroupContext {
     source: Arc<str>,
     tracker: Arc<Tracker>,
     revoke_timeout: Duration,
+    metrics: SourceKafkaMetrics,
 }
 
 impl ClientContext for GroupContext {
     fn error(&self, error: KafkaError, reason: &str) {
+        self.metrics.errors.inc();
         tracing::warn!(source = %self.source, %error, reason, "Kafka client error");
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let lag: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|topic| topic.partitions.values())
+            .filter(|partition| partition.partition >= 0 && partition.consumer_lag > 0)
+            .map(|partition| partition.consumer_lag)
+            .sum();
+        self.metrics.lag.set(lag);
     }
 }
 
@@ -387,7 +479,9 @@ impl ConsumerContext for GroupContext {
             }
         }
         self.tracker.revoke(&keys);
+        self.metrics.assigned.set(0);
         if abandoned > 0 {
+            self.metrics.abandoned.inc_by(abandoned as u64);
             tracing::warn!(source = %self.source, batches = abandoned, timeout = ?self.revoke_timeout, "batches of revoked partitions were not delivered in time; abandoned uncommitted (their next owner reads them again)");
         }
         tracing::info!(source = %self.source, partitions = keys.len(), "partitions revoked");
@@ -397,6 +491,8 @@ impl ConsumerContext for GroupContext {
         match rebalance {
             Rebalance::Assign(list) => {
                 self.tracker.assign(&keys(list));
+                self.metrics.rebalances.inc();
+                self.metrics.assigned.set(list.count() as i64);
                 tracing::info!(source = %self.source, partitions = list.count(), "partitions assigned");
             }
             Rebalance::Revoke(_) => {}
@@ -407,9 +503,11 @@ impl ConsumerContext for GroupContext {
     }
 }
 
-/// How long the reading loop waits when there is nothing to read before polling again (a
-/// delivery wakes it at once).
+/// How long the reading loop waits for a message, or for a delivery while held back.
 const IDLE_WAIT: Duration = Duration::from_millis(10);
+
+/// Reading held back this long (a destination down, not just slower) pauses the assignment.
+const PAUSE_AFTER: Duration = Duration::from_secs(5);
 
 /// With `run --once`, the source ends once its partitions have been quiet this long.
 const ONCE_QUIET: Duration = Duration::from_secs(1);
@@ -456,10 +554,15 @@ pub fn run(
                 StartAt::End => "latest",
             },
         );
+    if !settings.properties.contains_key("statistics.interval.ms") {
+        config.set("statistics.interval.ms", "5000");
+    }
+    let metrics = context.metrics.kafka.source(&context.name);
     let group = GroupContext {
         source: context.name.clone(),
         tracker: tracker.clone(),
         revoke_timeout: Duration::from_millis(settings.revoke_timeout_ms),
+        metrics: metrics.clone(),
     };
     let consumer: BaseConsumer<GroupContext> = config
         .create_with_context(group)
@@ -480,6 +583,7 @@ pub fn run(
     tracing::info!(source = %context.name, brokers = %settings.brokers.join(","), group = %settings.group_id, ?topics, "consuming");
 
     let mut reader = Reader {
+        metrics,
         consumer: &consumer,
         tracker: &tracker,
         output: context.output.clone(),
@@ -490,6 +594,7 @@ pub fn run(
         pending: HashMap::new(),
         ready: VecDeque::new(),
         paused: false,
+        held_since: None,
         last_commit: None,
         uncommitted: false,
         last_message: Instant::now(),
@@ -527,6 +632,7 @@ pub fn run(
 
 /// The reading loop's state.
 struct Reader<'a> {
+    metrics: SourceKafkaMetrics,
     consumer: &'a BaseConsumer<GroupContext>,
     tracker: &'a Arc<Tracker>,
     output: mpsc::Sender<SourceBatch>,
@@ -538,6 +644,8 @@ struct Reader<'a> {
     /// Batches complete and waiting for room in the pipeline's queue.
     ready: VecDeque<Pending>,
     paused: bool,
+    /// Since when reading has been held back.
+    held_since: Option<Instant>,
     last_commit: Option<Instant>,
     /// Offsets were stored since the last commit.
     uncommitted: bool,
@@ -556,36 +664,25 @@ impl Reader<'_> {
                 return Ok(());
             }
             self.commit_delivered();
-            self.flow_control();
-            let idle = match self.consumer.poll(Duration::ZERO) {
-                Some(Ok(message)) => {
-                    self.add(&message);
-                    self.last_message = Instant::now();
-                    false
-                }
-                Some(Err(error)) => {
-                    self.consumer_error(&error);
-                    true
-                }
-                None => true,
-            };
-            self.flush_old();
-            if !idle {
+            if self.hold() {
                 continue;
             }
-            // Nothing to read: hand on what there is, then wait for a delivery (to commit it
-            // at once) or for more to read.
+            if self.receive(Duration::ZERO) {
+                continue;
+            }
+            // Nothing to read at once: hand on what there is, then wait for more (briefly
+            // while deliveries are pending, so their offsets are committed promptly).
             self.flush_all();
             if !self.hand_on() {
                 return Ok(());
             }
-            let state = self.tracker.lock();
-            drop(
-                self.tracker
-                    .finished
-                    .wait_timeout(state, IDLE_WAIT)
-                    .expect("kafka tracker lock"),
-            );
+            let wait = match self.tracker.in_flight_records() {
+                0 => IDLE_WAIT,
+                _ => Duration::from_millis(1),
+            };
+            if self.receive(wait) {
+                continue;
+            }
             if once && self.caught_up() {
                 self.flush_all();
                 while !self.ready.is_empty() {
@@ -596,6 +693,76 @@ impl Reader<'_> {
                 }
                 return Ok(());
             }
+        }
+    }
+
+    /// Polls for one message; returns whether one came.
+    fn receive(&mut self, timeout: Duration) -> bool {
+        let received = match self.consumer.poll(timeout) {
+            Some(Ok(message)) => {
+                self.add(&message);
+                self.last_message = Instant::now();
+                true
+            }
+            Some(Err(error)) => {
+                self.consumer_error(&error);
+                false
+            }
+            None => false,
+        };
+        self.flush_old();
+        received
+    }
+
+    /// Back-pressure: while too much is in flight or the pipeline is full, stops reading
+    /// (librdkafka's own prefetch stays bounded) and returns true after waiting a little for
+    /// deliveries. A hold longer than [`PAUSE_AFTER`] (a destination down) pauses the
+    /// assignment and polls, so the consumer keeps its place in the group and serves
+    /// rebalances; the assignment resumes once there is room.
+    fn hold(&mut self) -> bool {
+        let in_flight = self.tracker.in_flight_records();
+        self.metrics.in_flight.set(in_flight as i64);
+        let hold = !self.ready.is_empty() || in_flight >= self.settings.max_in_flight_records;
+        if !hold {
+            self.held_since = None;
+            if self.paused {
+                self.set_paused(false);
+            }
+            return false;
+        }
+        let held_since = *self.held_since.get_or_insert_with(Instant::now);
+        if held_since.elapsed() < PAUSE_AFTER {
+            let state = self.tracker.lock();
+            drop(
+                self.tracker
+                    .finished
+                    .wait_timeout(state, IDLE_WAIT)
+                    .expect("kafka tracker lock"),
+            );
+            return true;
+        }
+        // A new assignment starts unpaused.
+        if !self.paused || self.tracker.take_assignment_changed() {
+            self.set_paused(true);
+        }
+        self.receive(IDLE_WAIT);
+        true
+    }
+
+    fn set_paused(&mut self, paused: bool) {
+        let Ok(assignment) = self.consumer.assignment() else {
+            return;
+        };
+        let result = match paused {
+            true => self.consumer.pause(&assignment),
+            false => self.consumer.resume(&assignment),
+        };
+        match result {
+            Ok(()) => {
+                tracing::debug!(paused, "flow control");
+                self.paused = paused;
+            }
+            Err(error) => tracing::debug!(%error, "cannot pause or resume the assignment"),
         }
     }
 
@@ -664,37 +831,20 @@ impl Reader<'_> {
         }
     }
 
-    /// Pauses the assignment while too much is in flight or the pipeline is full; resumes it
-    /// once there is room.
-    fn flow_control(&mut self) {
-        let hold = !self.ready.is_empty()
-            || self.tracker.in_flight_records() >= self.settings.max_in_flight_records;
-        let changed = self.tracker.take_assignment_changed();
-        if hold == self.paused && !(hold && changed) {
-            return;
-        }
-        let Ok(assignment) = self.consumer.assignment() else {
-            return;
-        };
-        let result = if hold {
-            self.consumer.pause(&assignment)
-        } else {
-            self.consumer.resume(&assignment)
-        };
-        match result {
-            Ok(()) => {
-                tracing::debug!(paused = hold, "flow control");
-                self.paused = hold;
-            }
-            Err(error) => tracing::debug!(%error, "cannot pause or resume the assignment"),
-        }
-    }
-
     fn add(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) {
         let key: PartitionKey = (Arc::from(message.topic()), message.partition());
         let Some(epoch) = self.tracker.epoch(&key) else {
             return;
         };
+        // Lines read under an earlier assignment of this partition are not handed on (the
+        // new assignment reads them again from the committed offset).
+        if self
+            .pending
+            .get(&key)
+            .is_some_and(|pending| pending.epoch != epoch)
+        {
+            self.pending.remove(&key);
+        }
         let pending = self.pending.entry(key.clone()).or_insert_with(|| Pending {
             key,
             epoch,
@@ -749,6 +899,7 @@ impl Reader<'_> {
     }
 
     fn consumer_error(&mut self, error: &KafkaError) {
+        self.metrics.errors.inc();
         let now = Instant::now();
         if self
             .last_error_log

@@ -70,8 +70,8 @@ pub enum SourceError {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct SourceLabels {
-    source: String,
+pub(crate) struct SourceLabels {
+    pub(crate) source: String,
 }
 
 /// Per-source counters.
@@ -81,6 +81,7 @@ pub struct SourceMetrics {
     lines: Family<SourceLabels, Counter>,
     rotations: Family<SourceLabels, Counter>,
     truncations: Family<SourceLabels, Counter>,
+    pub(crate) kafka: super::kafka::KafkaMetrics,
 }
 
 impl SourceMetrics {
@@ -102,7 +103,9 @@ impl SourceMetrics {
             "Files that shrank (copy-truncate) and were read again from the start",
             metrics.truncations.clone(),
         );
-        metrics
+        let kafka =
+            super::kafka::KafkaMetrics::register(registry.sub_registry_with_prefix("kafka"));
+        SourceMetrics { kafka, ..metrics }
     }
 
     /// Creates the series of `source` at zero.
@@ -113,7 +116,7 @@ impl SourceMetrics {
         }
     }
 
-    fn labels(source: &str) -> SourceLabels {
+    pub(crate) fn labels(source: &str) -> SourceLabels {
         SourceLabels {
             source: source.to_owned(),
         }

@@ -2,6 +2,7 @@
 //! `GlobalNetworkSet` and `GlobalNetworkPolicy` (what goes into them is decided in
 //! `feeds::render`), and the watches that feed in-cluster enrichment ([`watch`]).
 
+pub mod leader;
 pub mod watch;
 
 use std::collections::BTreeMap;

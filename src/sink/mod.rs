@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -278,6 +279,7 @@ pub struct SinkMetrics {
     dropped: Family<SinkReasonLabels, Counter>,
     truncated_fields: Family<SinkLabels, Counter>,
     shortened: Family<SinkLabels, Counter>,
+    queued: Family<SinkLabels, Gauge>,
 }
 
 impl SinkMetrics {
@@ -318,7 +320,17 @@ impl SinkMetrics {
             "Records whose free-text fields were shortened or left out to fit max_message_bytes",
             metrics.shortened.clone(),
         );
+        registry.register(
+            "queued_batches",
+            "Batches waiting in the sink's queue (at pipeline.queue_batches it is full and slows the sources)",
+            metrics.queued.clone(),
+        );
         metrics
+    }
+
+    /// The queue-depth gauge of `sink`.
+    pub fn queued_gauge(&self, sink: &str) -> Gauge {
+        self.queued.get_or_create(&Self::labels(sink)).clone()
     }
 
     /// Creates the series of `sink` at zero, so that "nothing dropped" reads as 0 rather than
@@ -340,6 +352,11 @@ impl SinkMetrics {
                 reason: reason.to_owned(),
             }));
         }
+        // Every sink writes; other error kinds depend on the transport.
+        drop(self.errors.get_or_create(&SinkReasonLabels {
+            sink: sink.to_owned(),
+            reason: "write".to_owned(),
+        }));
     }
 
     fn labels(sink: &str) -> SinkLabels {
@@ -568,7 +585,9 @@ impl Sink {
         };
         tokio::pin!(give_up);
         let mut encoded = Encoded::default();
+        let queued = metrics.queued_gauge(&self.name);
         while let Some(batch) = batches.recv().await {
+            queued.set(batches.len() as i64);
             self.encode_batch(&batch.records, &mut encoded);
             if encoded.shortened > 0 {
                 metrics.shortened(&self.name, encoded.shortened);

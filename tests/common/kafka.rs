@@ -97,7 +97,7 @@ impl Broker {
     }
 
     /// Produces `values` to `topic`, spread over its partitions round-robin (or all to
-    /// `partition`), and waits until the broker has them.
+    /// `partition`), one record per batch, and waits until the broker has them.
     pub fn produce(
         &self,
         topic: &str,
@@ -105,10 +105,27 @@ impl Broker {
         partitions: i32,
         values: &[Vec<u8>],
     ) {
+        self.produce_with(topic, partition, partitions, values, "1");
+    }
+
+    /// Like [`Broker::produce`], in batches of up to 10,000 records (the producer's default):
+    /// faster to read, for consumers that never resume mid-batch (see above).
+    pub fn produce_batched(&self, topic: &str, partitions: i32, values: &[Vec<u8>]) {
+        self.produce_with(topic, None, partitions, values, "10000");
+    }
+
+    fn produce_with(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        partitions: i32,
+        values: &[Vec<u8>],
+        batch_records: &str,
+    ) {
         let producer: BaseProducer = self
             .client()
             .set("linger.ms", "5")
-            .set("batch.num.messages", "1")
+            .set("batch.num.messages", batch_records)
             .set("queue.buffering.max.messages", "1000000")
             .create()
             .unwrap();

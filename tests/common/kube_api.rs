@@ -14,6 +14,9 @@
 //!   object and `force` is not set; `415` for other patch types; `400` without a field manager or
 //!   for a name or kind that does not match the path; `422 Invalid` for a net that is not a CIDR;
 //! - `DELETE` (200 with a `Status`, or 404);
+//! - `POST` to a collection creates (201; `409 AlreadyExists` if the name is taken) and `PUT`
+//!   replaces an object only at the `metadata.resourceVersion` it was read at (`409 Conflict`
+//!   otherwise, `422` without one), which is what leader election's leases rely on;
 //! - `metadata.resourceVersion` increasing on every write, `uid`, `creationTimestamp` (set on
 //!   objects created without them) and `managedFields`;
 //! - limits: a request body over 3 MiB gets `413`, an object over etcd's 1.5 MiB gets
@@ -60,6 +63,13 @@ const RESOURCES: &[(&str, &str, &str, &str, bool)] = &[
     ("/api/v1/", "services", "Service", "v1", true),
     ("/api/v1/", "nodes", "Node", "v1", false),
     ("/apis/batch/v1/", "jobs", "Job", "batch/v1", true),
+    (
+        "/apis/coordination.k8s.io/v1/",
+        "leases",
+        "Lease",
+        "coordination.k8s.io/v1",
+        true,
+    ),
 ];
 
 /// The double's name for an object: `<namespace>/<name>` for namespaced resources.
@@ -139,6 +149,8 @@ struct State {
     resource_version: u64,
     objects: BTreeMap<(String, String), Value>,
     requests: Vec<(String, String)>,
+    /// Every request's bearer token, method and path.
+    callers: Vec<(String, String, String)>,
     events: Vec<Event>,
     /// Watches from before this version get 410 Gone.
     compacted: u64,
@@ -155,6 +167,7 @@ impl Default for State {
             resource_version: 0,
             objects: BTreeMap::new(),
             requests: Vec::new(),
+            callers: Vec::new(),
             events: Vec::new(),
             compacted: 0,
             live: tokio::sync::broadcast::channel(4096).0,
@@ -228,12 +241,18 @@ impl KubeApi {
 
     /// A kubeconfig file pointing at this server.
     pub fn kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
-        let path = dir.join("kubeconfig");
+        self.kubeconfig_as(dir, "test-token")
+    }
+
+    /// A kubeconfig whose requests carry `token`, to tell clients apart ([`KubeApi::callers`]).
+    pub fn kubeconfig_as(&self, dir: &std::path::Path, token: &str) -> std::path::PathBuf {
+        let path = dir.join(format!("kubeconfig-{token}"));
         std::fs::write(
             &path,
             format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster: {{server: '{}'}}\nusers:\n- name: tester\n  user: {{token: test-token}}\ncontexts:\n- name: double\n  context: {{cluster: double, user: tester}}\ncurrent-context: double\n",
-                self.url()
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster: {{server: '{}'}}\nusers:\n- name: tester\n  user: {{token: {}}}\ncontexts:\n- name: double\n  context: {{cluster: double, user: tester}}\ncurrent-context: double\n",
+                self.url(),
+                token
             ),
         )
         .unwrap();
@@ -360,6 +379,11 @@ impl KubeApi {
     /// `METHOD path` of every request so far.
     pub fn requests(&self) -> Vec<(String, String)> {
         self.state.lock().unwrap().requests.clone()
+    }
+
+    /// Every request so far: (bearer token, method, path).
+    pub fn callers(&self) -> Vec<(String, String, String)> {
+        self.state.lock().unwrap().callers.clone()
     }
 
     pub fn clear_requests(&self) {
@@ -588,11 +612,20 @@ async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Bo
     } else {
         path.clone()
     };
-    state
-        .lock()
-        .unwrap()
-        .requests
-        .push((method.to_string(), logged));
+    let token = request
+        .headers()
+        .get("authorization")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_owned();
+    {
+        let mut state = state.lock().unwrap();
+        state
+            .callers
+            .push((token, method.to_string(), logged.clone()));
+        state.requests.push((method.to_string(), logged));
+    }
     // `<prefix><plural>[/<name>]`, or `<prefix>namespaces/<ns>/<plural>[/<name>]` for a
     // namespaced resource; the object key of a namespaced object is `<ns>/<name>`.
     let resource = RESOURCES
@@ -826,6 +859,54 @@ async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Bo
                 object,
             );
             respond(code, &object)
+        }
+        (Method::POST, None) => {
+            let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
+                return status(StatusCode::BAD_REQUEST, "BadRequest", "invalid JSON".into());
+            };
+            if let Some(namespace) = &selection.namespace {
+                object["metadata"]["namespace"] = json!(namespace);
+            }
+            let key = (plural.clone(), object_key(&plural, &object));
+            if state.objects.contains_key(&key) {
+                return status(
+                    StatusCode::CONFLICT,
+                    "AlreadyExists",
+                    format!("{plural} \"{}\" already exists", key.1),
+                );
+            }
+            object["metadata"]["uid"] = json!(format!("uid-{}", state.resource_version + 1));
+            object["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+            let object = state.change(&plural, "ADDED", object);
+            respond(StatusCode::CREATED, &object)
+        }
+        (Method::PUT, Some(name)) => {
+            let Ok(object) = serde_json::from_slice::<Value>(&body) else {
+                return status(StatusCode::BAD_REQUEST, "BadRequest", "invalid JSON".into());
+            };
+            let Some(existing) = state.objects.get(&(plural.clone(), name.clone())) else {
+                return status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("{plural} \"{name}\" not found"),
+                );
+            };
+            let Some(version) = object["metadata"]["resourceVersion"].as_str() else {
+                return status(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    format!("{kind} \"{name}\" is invalid: metadata.resourceVersion: Invalid value: 0: must be specified for an update"),
+                );
+            };
+            if existing["metadata"]["resourceVersion"].as_str() != Some(version) {
+                return status(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    format!("Operation cannot be fulfilled on {plural} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"),
+                );
+            }
+            let object = state.change(&plural, "MODIFIED", object);
+            respond(StatusCode::OK, &object)
         }
         (method, _) => status(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -1,0 +1,314 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease, so that exactly one replica writes to
+//! the cluster (GlobalNetworkSets and policies) while every replica consumes and forwards
+//! flows.
+//!
+//! The algorithm is the one client-go uses. A candidate reads the Lease; if nobody holds it, or
+//! its holder has not renewed it for `lease_duration_secs` *as observed locally* (from when this
+//! candidate first saw the current record, so clocks need not agree), the candidate writes
+//! itself in as holder. Every write is a replace at the resource version just read, so of two
+//! candidates only one can win. The leader renews every `retry_period_secs`; if it has not
+//! renewed for `renew_deadline_secs` (less than the lease duration) it stops leading before
+//! anyone else may start. On shutdown the leader releases the Lease, so a successor takes over
+//! at once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, PostParams};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Problems;
+
+/// Leader election among replicas, through a Lease in the namespace threatflow runs in.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaderElectionConfig {
+    /// The Lease's name.
+    #[serde(default = "default_lease_name")]
+    pub lease_name: String,
+    /// The Lease's namespace. Default: the `POD_NAMESPACE` environment variable (set it from
+    /// the downward API), else `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// This replica's name in the Lease. Default: the `POD_NAME` environment variable, else
+    /// the host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// How long a leader that stopped renewing keeps the Lease before another replica may take
+    /// it.
+    #[serde(default = "default_lease_duration_secs")]
+    pub lease_duration_secs: u64,
+    /// A leader that could not renew for this long stops leading (before the Lease expires).
+    #[serde(default = "default_renew_deadline_secs")]
+    pub renew_deadline_secs: u64,
+    /// How often the Lease is renewed, or tried for.
+    #[serde(default = "default_retry_period_secs")]
+    pub retry_period_secs: u64,
+}
+
+fn default_lease_name() -> String {
+    "threatflow".into()
+}
+fn default_lease_duration_secs() -> u64 {
+    15
+}
+fn default_renew_deadline_secs() -> u64 {
+    10
+}
+fn default_retry_period_secs() -> u64 {
+    2
+}
+
+impl LeaderElectionConfig {
+    pub fn validate(&self, path: &str, problems: &mut Problems) {
+        let valid_name = !self.lease_name.is_empty()
+            && self.lease_name.len() <= 253
+            && self
+                .lease_name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !valid_name {
+            problems.push(
+                format!("{path}.lease_name"),
+                "must be a lowercase DNS subdomain name",
+            );
+        }
+        if self.retry_period_secs == 0
+            || self.retry_period_secs >= self.renew_deadline_secs
+            || self.renew_deadline_secs >= self.lease_duration_secs
+        {
+            problems.push(
+                path,
+                "needs 0 < retry_period_secs < renew_deadline_secs < lease_duration_secs",
+            );
+        }
+    }
+
+    fn namespace(&self) -> String {
+        self.namespace
+            .clone()
+            .or_else(|| {
+                std::env::var("POD_NAMESPACE")
+                    .ok()
+                    .filter(|ns| !ns.is_empty())
+            })
+            .unwrap_or_else(|| "default".into())
+    }
+
+    fn identity(&self) -> String {
+        self.identity
+            .clone()
+            .or_else(|| {
+                std::env::var("POD_NAME")
+                    .ok()
+                    .filter(|name| !name.is_empty())
+            })
+            .unwrap_or_else(crate::sink::syslog::local_hostname)
+    }
+}
+
+/// Whether this replica leads now; cheap to clone and to ask.
+#[derive(Clone, Debug)]
+pub struct Leadership {
+    leading: watch::Receiver<bool>,
+}
+
+impl Leadership {
+    /// A replica without election: it always leads.
+    pub fn always() -> Leadership {
+        let (sender, leading) = watch::channel(true);
+        // Kept alive forever, so `changed` waits instead of failing.
+        std::mem::forget(sender);
+        Leadership { leading }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        *self.leading.borrow()
+    }
+
+    /// Waits until leadership changes; returns whether this replica now leads.
+    pub async fn changed(&mut self) -> bool {
+        if self.leading.changed().await.is_err() {
+            // The election ended (shutdown): nothing will change any more.
+            std::future::pending::<()>().await;
+        }
+        *self.leading.borrow_and_update()
+    }
+}
+
+/// Runs an election until `stop`; the returned [`Leadership`] follows it.
+pub fn start(
+    client: kube::Client,
+    settings: &LeaderElectionConfig,
+    leading_metric: prometheus_client::metrics::gauge::Gauge,
+    stop: CancellationToken,
+) -> (Leadership, tokio::task::JoinHandle<()>) {
+    let (sender, leading) = watch::channel(false);
+    let elector = Elector {
+        api: Api::namespaced(client, &settings.namespace()),
+        name: settings.lease_name.clone(),
+        identity: settings.identity(),
+        lease_duration: Duration::from_secs(settings.lease_duration_secs),
+        renew_deadline: Duration::from_secs(settings.renew_deadline_secs),
+        retry_period: Duration::from_secs(settings.retry_period_secs),
+        observed: None,
+        sender: Arc::new(sender),
+        metric: leading_metric,
+    };
+    let task = tokio::spawn(elector.run(stop));
+    (Leadership { leading }, task)
+}
+
+/// What identifies one renewal of a Lease: its holder and renew time.
+type LeaseRecord = (Option<String>, Option<MicroTime>);
+
+struct Elector {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+    lease_duration: Duration,
+    renew_deadline: Duration,
+    retry_period: Duration,
+    /// The other holder's record as last seen (holder, renew time), and when it was first
+    /// seen: the Lease expires `lease_duration` after that, by this replica's clock.
+    observed: Option<(LeaseRecord, Instant)>,
+    sender: Arc<watch::Sender<bool>>,
+    metric: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Elector {
+    async fn run(mut self, stop: CancellationToken) {
+        tracing::info!(lease = %self.name, identity = %self.identity, "leader election: candidate");
+        let mut last_renewal: Option<Instant> = None;
+        loop {
+            match self.try_acquire_or_renew().await {
+                Ok(true) => last_renewal = Some(Instant::now()),
+                Ok(false) => last_renewal = None,
+                Err(error) => {
+                    tracing::warn!(lease = %self.name, %error, "leader election: cannot read or write the Lease");
+                }
+            }
+            let leading =
+                last_renewal.is_some_and(|renewed| renewed.elapsed() < self.renew_deadline);
+            self.set_leading(leading);
+            tokio::select! {
+                _ = tokio::time::sleep(self.retry_period) => {}
+                _ = stop.cancelled() => break,
+            }
+        }
+        if self.is_leading() {
+            self.set_leading(false);
+            self.release().await;
+        }
+    }
+
+    fn is_leading(&self) -> bool {
+        *self.sender.borrow()
+    }
+
+    fn set_leading(&self, leading: bool) {
+        if self.is_leading() != leading {
+            if leading {
+                tracing::info!(lease = %self.name, identity = %self.identity, "leader election: leading (this replica publishes to the cluster)");
+            } else {
+                tracing::warn!(lease = %self.name, identity = %self.identity, "leader election: not leading (another replica publishes)");
+            }
+            self.sender.send_replace(leading);
+        }
+        self.metric.set(i64::from(leading));
+    }
+
+    /// One round: returns whether this replica holds the Lease now.
+    async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
+        let now = MicroTime(jiff::Timestamp::now());
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(self.identity.clone()),
+                    lease_duration_seconds: Some(self.lease_duration.as_secs() as i32),
+                    acquire_time: Some(now.clone()),
+                    renew_time: Some(now),
+                    lease_transitions: Some(0),
+                    ..LeaseSpec::default()
+                }),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+                Err(error) => Err(error),
+            };
+        };
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        let holder = spec
+            .holder_identity
+            .clone()
+            .filter(|holder| !holder.is_empty());
+        if holder.as_deref() != Some(self.identity.as_str()) {
+            let record = (holder.clone(), spec.renew_time.clone());
+            let first_seen = match &self.observed {
+                Some((seen, at)) if *seen == record => *at,
+                _ => {
+                    self.observed = Some((record, Instant::now()));
+                    Instant::now()
+                }
+            };
+            let duration = spec
+                .lease_duration_seconds
+                .map_or(self.lease_duration, |secs| {
+                    Duration::from_secs(secs.max(0) as u64)
+                });
+            if holder.is_some() && first_seen.elapsed() < duration {
+                return Ok(false);
+            }
+            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+            spec.acquire_time = Some(now.clone());
+            tracing::info!(lease = %self.name, previous = ?holder, "leader election: taking over an expired or released Lease");
+        }
+        spec.holder_identity = Some(self.identity.clone());
+        spec.lease_duration_seconds = Some(self.lease_duration.as_secs() as i32);
+        spec.renew_time = Some(now);
+        // A replace at the version just read: if someone else wrote meanwhile, it fails.
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Gives the Lease up, so that another replica takes over without waiting for it to
+    /// expire.
+    async fn release(&self) {
+        let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else {
+            return;
+        };
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return;
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => tracing::info!(lease = %self.name, "leader election: released the Lease"),
+            Err(error) => {
+                tracing::warn!(lease = %self.name, %error, "leader election: cannot release the Lease; it expires on its own")
+            }
+        }
+    }
+}
