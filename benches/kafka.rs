@@ -27,6 +27,9 @@ mod flowgen;
 #[allow(dead_code)]
 #[path = "../tests/common/kafka.rs"]
 mod kafka;
+#[allow(dead_code)]
+#[path = "../tests/common/pki.rs"]
+mod pki;
 #[path = "receiver.rs"]
 mod receiver;
 

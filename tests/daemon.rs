@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{binary, parse_cef};
+use common::{binary, parse_cef, terminate};
 
 /// A Calico flow-log line whose source port identifies it.
 fn flow_line(id: u32) -> String {
@@ -64,24 +64,6 @@ fn start(config: &Path, stdin: Stdio) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-fn terminate(mut child: Child) -> String {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert!(status.success(), "exit {status}: {stderr}");
-    stderr
 }
 
 fn free_port() -> u16 {

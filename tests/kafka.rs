@@ -128,26 +128,6 @@ fn metric(port: u16, series: &str) -> Option<i64> {
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }
 
-fn signal(child: &Child, signal: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{signal}"), &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-fn stderr_of(mut child: Child) -> (std::process::ExitStatus, String) {
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    (status, stderr)
-}
-
 #[test]
 fn every_record_is_delivered_once_and_its_offset_committed() {
     let setup = Setup::new();
@@ -373,9 +353,7 @@ fn nothing_is_committed_while_the_destination_is_down_and_delivery_resumes() {
         Duration::from_secs(30),
         || broker.committed("threatflow", "flows", 2) == vec![250, 250],
     );
-    signal(&child, "TERM");
-    let (status, stderr) = stderr_of(child);
-    assert!(status.success(), "{stderr}");
+    common::terminate(child);
     let ids: std::collections::BTreeSet<u64> = received
         .lock()
         .unwrap()
@@ -434,9 +412,7 @@ fn two_replicas_split_the_partitions_and_one_takes_over_when_the_other_leaves() 
     // killed outright is taken over once the broker expires its session; tansu 0.6 keeps a
     // killed member in the group's assignment, so that path is the broker's and is not
     // exercised here (a killed process's own side is the SIGKILL test above).
-    signal(&a, "TERM");
-    let (status, stderr) = stderr_of(a);
-    assert!(status.success(), "{stderr}");
+    common::terminate(a);
     broker.produce("flows", None, 4, &flow_lines(400..800));
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut taken_over = false;
@@ -444,13 +420,11 @@ fn two_replicas_split_the_partitions_and_one_takes_over_when_the_other_leaves() 
         std::thread::sleep(Duration::from_millis(50));
         taken_over = (400..800).all(|id| delivered(&setup.path("b.jsonl")).contains_key(&id));
     }
-    signal(&b, "TERM");
-    let (status, stderr) = stderr_of(b);
+    let stderr = common::terminate(b);
     assert!(
         taken_over,
         "the survivor did not take over every partition: {stderr}"
     );
-    assert!(status.success(), "{stderr}");
 }
 
 #[test]
@@ -493,4 +467,65 @@ fn the_kafka_sink_writes_keyed_json_and_cef() {
         let parsed = common::parse_cef(text).unwrap();
         assert_eq!(parsed.get("src"), Some("10.244.1.5"));
     }
+}
+
+#[test]
+fn tls_settings_pass_through_and_the_broker_certificate_is_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup {
+        broker: Broker::start_tls(dir.path()),
+        dir,
+    };
+    let broker = &setup.broker;
+    broker.create_topic("flows", 1);
+    broker.produce("flows", Some(0), 1, &flow_lines(0..100));
+    let ca = setup.path("ca.pem");
+
+    // Trusting the test CA: every record arrives.
+    let config = setup.config(
+        "trusted.yaml",
+        &format!("      topics: [{{name: flows}}]\n      properties: {{security.protocol: SSL, ssl.ca.location: {}}}", ca.display()),
+        &setup.file_sink("trusted.jsonl"),
+    );
+    run_once(&config);
+    assert_eq!(delivered(&setup.path("trusted.jsonl")).len(), 100);
+
+    // The system's roots only (verification on by default): nothing is read, and the log says
+    // why.
+    let config = setup.config(
+        "untrusted.yaml",
+        "      group_id: other\n      topics: [{name: flows}]\n      properties: {security.protocol: SSL}",
+        &setup.file_sink("untrusted.jsonl"),
+    );
+    let child = start(&config);
+    std::thread::sleep(Duration::from_secs(4));
+    let stderr = common::terminate(child);
+    assert!(delivered(&setup.path("untrusted.jsonl")).is_empty());
+    assert!(stderr.contains("certificate verify failed"), "{stderr}");
+    assert_eq!(broker.committed("other", "flows", 1), vec![-1]);
+}
+
+#[test]
+fn a_batch_run_against_an_unreachable_broker_fails_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("threatflow.yaml");
+    std::fs::write(
+        &config,
+        "sources:\n  - {name: kafka, type: kafka, kafka: {brokers: [\"127.0.0.1:9\"], topics: [{name: flows}]}}\nsinks:\n  - {name: out, type: stdout}\n",
+    )
+    .unwrap();
+    let output = Command::new(binary())
+        .args(["run", "--once", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no partition was assigned within 30 s"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Kafka client error"),
+        "the cause is logged: {stderr}"
+    );
 }

@@ -512,6 +512,9 @@ const PAUSE_AFTER: Duration = Duration::from_secs(5);
 /// With `run --once`, the source ends once its partitions have been quiet this long.
 const ONCE_QUIET: Duration = Duration::from_secs(1);
 
+/// With `run --once`, the source fails if it has no partition after this long.
+const ONCE_ASSIGN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Lines read from one partition, not yet handed on.
 struct Pending {
     key: PartitionKey,
@@ -598,6 +601,7 @@ pub fn run(
         last_commit: None,
         uncommitted: false,
         last_message: Instant::now(),
+        started: Instant::now(),
         last_error_log: None,
     };
     let result = reader.read(run.once);
@@ -651,6 +655,7 @@ struct Reader<'a> {
     uncommitted: bool,
     /// When the last message (or assignment) arrived.
     last_message: Instant,
+    started: Instant,
     last_error_log: Option<Instant>,
 }
 
@@ -683,7 +688,7 @@ impl Reader<'_> {
             if self.receive(wait) {
                 continue;
             }
-            if once && self.caught_up() {
+            if once && self.caught_up()? {
                 self.flush_all();
                 while !self.ready.is_empty() {
                     if !self.hand_on() {
@@ -913,15 +918,21 @@ impl Reader<'_> {
     /// With `once`: whether the assigned partitions have been quiet for [`ONCE_QUIET`] and
     /// everything read has been handed on. (Brokers differ in how exactly they report a
     /// partition's end, so the end is where the topics go quiet.)
-    fn caught_up(&mut self) -> bool {
+    fn caught_up(&mut self) -> Result<bool, SourceError> {
         let assigned = !self.tracker.lock().partitions.is_empty();
         if self.tracker.take_assignment_seen() {
             self.last_message = Instant::now();
         }
-        assigned
+        if !assigned && self.started.elapsed() >= ONCE_ASSIGN_TIMEOUT {
+            return Err(SourceError::Kafka(format!(
+                "no partition was assigned within {} s: check the brokers, the topics and the credentials (see the errors above)",
+                ONCE_ASSIGN_TIMEOUT.as_secs()
+            )));
+        }
+        Ok(assigned
             && self.pending.is_empty()
             && self.ready.is_empty()
-            && self.last_message.elapsed() >= ONCE_QUIET
+            && self.last_message.elapsed() >= ONCE_QUIET)
     }
 }
 

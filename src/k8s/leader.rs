@@ -116,15 +116,18 @@ impl LeaderElectionConfig {
 #[derive(Clone, Debug)]
 pub struct Leadership {
     leading: watch::Receiver<bool>,
+    /// Without election, the sender of a value that never changes.
+    _fixed: Option<Arc<watch::Sender<bool>>>,
 }
 
 impl Leadership {
     /// A replica without election: it always leads.
     pub fn always() -> Leadership {
         let (sender, leading) = watch::channel(true);
-        // Kept alive forever, so `changed` waits instead of failing.
-        std::mem::forget(sender);
-        Leadership { leading }
+        Leadership {
+            leading,
+            _fixed: Some(Arc::new(sender)),
+        }
     }
 
     pub fn is_leader(&self) -> bool {
@@ -161,7 +164,13 @@ pub fn start(
         metric: leading_metric,
     };
     let task = tokio::spawn(elector.run(stop));
-    (Leadership { leading }, task)
+    (
+        Leadership {
+            leading,
+            _fixed: None,
+        },
+        task,
+    )
 }
 
 /// What identifies one renewal of a Lease: its holder and renew time.

@@ -15,6 +15,14 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::TopicPartitionList;
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The tansu binary: on PATH, else where `cargo install` puts it (tests/run.sh installs it).
 fn tansu() -> PathBuf {
     if let Ok(path) = std::env::var("TANSU") {
@@ -38,10 +46,57 @@ fn tansu() -> PathBuf {
 pub struct Broker {
     child: Child,
     pub port: u16,
+    /// With TLS: the CA file clients trust, and the TLS port clients use.
+    tls: Option<(PathBuf, u16)>,
 }
 
 impl Broker {
     pub fn start() -> Broker {
+        Broker::start_advertising(None)
+    }
+
+    /// A broker reachable only over TLS, with a certificate for `localhost` and 127.0.0.1
+    /// from the test CA written into `dir`. (tansu 0.6 does not serve TLS itself, so a TLS
+    /// terminator in front of it does, and the broker advertises the terminator.)
+    pub fn start_tls(dir: &std::path::Path) -> Broker {
+        super::pki::make(dir);
+        let port = free_port();
+        let mut broker = Broker::start_advertising(Some(port));
+        let acceptor = tokio_rustls::TlsAcceptor::from(super::pki::server_config(dir));
+        let upstream = broker.port;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut tls) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        let Ok(mut plain) =
+                            tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                        else {
+                            return;
+                        };
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                    });
+                }
+            });
+        });
+        broker.tls = Some((dir.join("ca.pem"), port));
+        broker
+    }
+
+    fn start_advertising(advertised: Option<u16>) -> Broker {
         let tansu = tansu();
         // A port can be taken between choosing and binding it: try a few.
         for _ in 0..5 {
@@ -51,15 +106,20 @@ impl Broker {
                 .unwrap()
                 .port();
             let url = format!("tcp://127.0.0.1:{port}");
+            let advertised = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
             let child = Command::new(&tansu)
                 .args(["broker", "--listener-url", &url])
-                .args(["--advertised-listener-url", &url])
+                .args(["--advertised-listener-url", &advertised])
                 .args(["--storage-engine", "memory://tansu/"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("start tansu");
-            let mut broker = Broker { child, port };
+            let mut broker = Broker {
+                child,
+                port,
+                tls: None,
+            };
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -75,14 +135,18 @@ impl Broker {
         panic!("tansu did not start");
     }
 
+    /// Where clients connect (the TLS port, for a TLS broker).
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        match &self.tls {
+            Some((_, port)) => format!("127.0.0.1:{port}"),
+            None => format!("127.0.0.1:{}", self.port),
+        }
     }
 
     pub fn create_topic(&self, name: &str, partitions: u32) {
         let status = Command::new(tansu())
             .args(["topic", "create", name])
-            .args(["--broker", &format!("tcp://{}", self.address())])
+            .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
             .args(["--partitions", &partitions.to_string()])
             .stdout(Stdio::null())
             .status()
@@ -93,6 +157,11 @@ impl Broker {
     fn client(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", self.address());
+        if let Some((ca, _)) = &self.tls {
+            config
+                .set("security.protocol", "SSL")
+                .set("ssl.ca.location", ca.display().to_string());
+        }
         config
     }
 
