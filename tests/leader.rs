@@ -42,6 +42,16 @@ fn cluster_writes(api: &KubeApi, token: &str) -> Vec<String> {
         .collect()
 }
 
+/// A replica's /status.
+fn leader_status(port: u16) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(stream, "GET /status HTTP/1.0\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    serde_json::from_str(response.split_once("\r\n\r\n").unwrap().1).unwrap()
+}
+
 fn holder(api: &KubeApi) -> Option<String> {
     api.get("leases", "threatflow/threatflow")?["spec"]["holderIdentity"]
         .as_str()
@@ -54,22 +64,39 @@ async fn one_replica_publishes_and_the_other_takes_over_when_it_dies() {
     let dir = tempfile::tempdir().unwrap();
     let feed = dir.path().join("feed.txt");
     std::fs::write(&feed, "1.2.3.4\n").unwrap();
-    let config = dir.path().join("threatflow.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "feeds:\n  - {{name: demo, url: 'file://{}', period_secs: 3600}}\nfeed_settings:\n  publish: {{type: kubernetes}}\nleader_election: {{lease_duration_secs: 3, renew_deadline_secs: 2, retry_period_secs: 1}}\n",
-            feed.display()
-        ),
-    )
-    .unwrap();
-    let mut a = start(&config, &api.kubeconfig_as(dir.path(), "a"), "replica-a");
+    // The same config but for each replica's telemetry port.
+    let config = |name: &str, port: u16| {
+        let path = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "feeds:\n  - {{name: demo, url: 'file://{}', period_secs: 3600}}\nfeed_settings:\n  publish: {{type: kubernetes}}\nleader_election: {{lease_duration_secs: 3, renew_deadline_secs: 2, retry_period_secs: 1}}\ntelemetry: {{listen_addr: \"127.0.0.1:{port}\"}}\n",
+                feed.display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let port_b = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut a = start(
+        &config("a", 0),
+        &api.kubeconfig_as(dir.path(), "a"),
+        "replica-a",
+    );
     wait_for("replica-a to lead and publish", || {
         holder(&api).as_deref() == Some("replica-a")
             && api.get("globalnetworksets", "threatfeed.demo").is_some()
     })
     .await;
-    let b = start(&config, &api.kubeconfig_as(dir.path(), "b"), "replica-b");
+    let b = start(
+        &config("b", port_b),
+        &api.kubeconfig_as(dir.path(), "b"),
+        "replica-b",
+    );
     // B pulls the feed (for matching) and renews its view of the Lease, but never writes.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(holder(&api).as_deref(), Some("replica-a"));
@@ -84,6 +111,9 @@ async fn one_replica_publishes_and_the_other_takes_over_when_it_dies() {
         Vec::<String>::new(),
         "a replica that does not lead writes nothing"
     );
+    let status = leader_status(port_b);
+    assert_eq!(status["leader"], false);
+    assert_eq!(status["feeds"][0]["last_outcome"], "standby");
     assert!(!cluster_writes(&api, "a").is_empty());
 
     // The leader dies without releasing the Lease; the feed changes meanwhile.
@@ -110,6 +140,7 @@ async fn one_replica_publishes_and_the_other_takes_over_when_it_dies() {
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
     assert!(!cluster_writes(&api, "b").is_empty());
     assert_eq!(cluster_writes(&api, "a").len(), writes_by_a);
+    assert_eq!(leader_status(port_b)["leader"], true);
 
     // A leader that stops releases the Lease.
     Command::new("kill")

@@ -201,8 +201,15 @@ pub async fn status(addr: &str, json: bool) -> anyhow::Result<String> {
             count("namespaces"),
             count("jobs"),
             kubernetes["addresses"]["endpoint"].as_u64().unwrap_or(0),
-            kubernetes["addresses"]["released"].as_u64().unwrap_or(0),
+                        kubernetes["addresses"]["released"].as_u64().unwrap_or(0),
         ));
+    }
+    if status["leader"] == false {
+        table.push_str(
+            "
+leader: no; another replica publishes to the cluster (feeds here are pulled and matched: standby)
+",
+        );
     }
     Ok(table)
 }
