@@ -93,27 +93,25 @@ impl Readiness {
 
     /// `part: note; ...`, or `None`.
     pub fn notes(&self) -> Option<String> {
-        let notes = self.notes.lock().expect("readiness lock");
-        (!notes.is_empty()).then(|| {
-            notes
-                .iter()
-                .map(|(part, note)| format!("{part}: {note}"))
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
+        describe(&self.notes)
     }
 
     /// `part: reason; ...` for everything not ready, or `None` when ready.
     pub fn waiting_for(&self) -> Option<String> {
-        let waiting = self.waiting.lock().expect("readiness lock");
-        (!waiting.is_empty()).then(|| {
-            waiting
-                .iter()
-                .map(|(part, reason)| format!("{part}: {reason}"))
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
+        describe(&self.waiting)
     }
+}
+
+/// `part: text; ...` for every entry, or `None` for none.
+fn describe(parts: &Mutex<BTreeMap<&'static str, String>>) -> Option<String> {
+    let parts = parts.lock().expect("readiness lock");
+    (!parts.is_empty()).then(|| {
+        parts
+            .iter()
+            .map(|(part, text)| format!("{part}: {text}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
 }
 
 /// Produces the JSON served on `/status`.
