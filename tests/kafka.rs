@@ -529,3 +529,31 @@ fn a_batch_run_against_an_unreachable_broker_fails_with_a_reason() {
         "the cause is logged: {stderr}"
     );
 }
+
+#[test]
+fn a_kafka_sink_that_cannot_deliver_commits_nothing_upstream() {
+    let setup = Setup::new();
+    let broker = &setup.broker;
+    broker.create_topic("flows", 1);
+    broker.produce("flows", Some(0), 1, &flow_lines(0..50));
+    // The destination cluster is unreachable: every batch fails after message_timeout_ms and
+    // is retried; none is acknowledged.
+    let config = setup.config(
+        "threatflow.yaml",
+        "      topics: [{name: flows}]",
+        "  - {name: lake, type: kafka, format: json, kafka: {brokers: [\"127.0.0.1:9\"], topic: enriched, message_timeout_ms: 1000}}",
+    );
+    let child = start(&config);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        broker.committed("threatflow", "flows", 1),
+        vec![-1],
+        "nothing committed past undelivered records"
+    );
+    let stderr = common::terminate_undelivered(child);
+    assert!(
+        stderr.contains("write failed; retrying the batch"),
+        "{stderr}"
+    );
+    assert_eq!(broker.committed("threatflow", "flows", 1), vec![-1]);
+}

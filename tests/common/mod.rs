@@ -141,7 +141,21 @@ pub fn binary() -> PathBuf {
 }
 
 /// Stops a daemon with SIGTERM, checks that it drained and exited 0, and returns its stderr.
-pub fn terminate(mut child: std::process::Child) -> String {
+pub fn terminate(child: std::process::Child) -> String {
+    let (status, stderr) = stop(child);
+    assert!(status.success(), "exit {status}: {stderr}");
+    stderr
+}
+
+/// Stops a daemon with SIGTERM whose sink cannot deliver: it gives up after the drain timeout
+/// and exits 1.
+pub fn terminate_undelivered(child: std::process::Child) -> String {
+    let (status, stderr) = stop(child);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    stderr
+}
+
+fn stop(mut child: std::process::Child) -> (std::process::ExitStatus, String) {
     use std::io::Read;
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -156,8 +170,7 @@ pub fn terminate(mut child: std::process::Child) -> String {
         .unwrap()
         .read_to_string(&mut stderr)
         .unwrap();
-    assert!(status.success(), "exit {status}: {stderr}");
-    stderr
+    (status, stderr)
 }
 
 /// The repository root (tests run with it as the working directory).
