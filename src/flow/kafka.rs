@@ -624,8 +624,9 @@ pub fn run(
             .finished
             .wait_timeout(state, Duration::from_millis(100));
     }
-    if let Some(list) = Some(tracker.delivered(None)).filter(|list| list.count() > 0) {
-        if let Err(error) = consumer.commit(&list, CommitMode::Sync) {
+    let delivered = tracker.delivered(None);
+    if delivered.count() > 0 {
+        if let Err(error) = consumer.commit(&delivered, CommitMode::Sync) {
             tracing::warn!(%error, "cannot commit the delivered offsets at shutdown; a restart re-reads from the last commit");
         }
     }
