@@ -98,8 +98,9 @@ pub async fn run(
     for feed in &config.feeds {
         flow_metrics.init_feed(&feed.name);
     }
+    // Without election this instance always publishes; with it, the elector sets the gauge.
     let leader_metric = Gauge::<i64>::default();
-    leader_metric.set(1);
+    leader_metric.set(i64::from(config.leader_election.is_none()));
     registry.register(
         "leader",
         "1 while this replica publishes to the cluster (it leads, or runs without leader election)",

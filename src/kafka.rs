@@ -134,15 +134,6 @@ impl KafkaConnection<'_> {
             }
             secret.validate(&path, problems);
         }
-        if self
-            .properties
-            .get("enable.ssl.certificate.verification")
-            .is_some_and(|value| value == "false")
-        {
-            tracing::warn!(
-                "{path}.properties: enable.ssl.certificate.verification is false; the brokers' certificates are not checked"
-            );
-        }
     }
 
     /// The librdkafka configuration: brokers, client id, the passed-through properties and
@@ -155,6 +146,16 @@ impl KafkaConnection<'_> {
             .set_log_level(RDKafkaLogLevel::Warning);
         for (key, value) in self.properties {
             config.set(key, value);
+        }
+        if self
+            .properties
+            .get("enable.ssl.certificate.verification")
+            .is_some_and(|value| value == "false")
+        {
+            tracing::warn!(
+                brokers = %self.brokers.join(","),
+                "enable.ssl.certificate.verification is false: the brokers' certificates are not checked"
+            );
         }
         for secret in self.secret_properties {
             config.set(&secret.name, secret.read()?);

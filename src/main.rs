@@ -432,8 +432,10 @@ async fn watch_config(
         if last.as_ref() == Some(&current) {
             continue;
         }
+        let parsed =
+            threatflow::config::Config::parse_valid(&path, &String::from_utf8_lossy(&current));
         last = Some(current);
-        match threatflow::config::Config::load_valid(&path) {
+        match parsed {
             Ok(config) if config == running => {
                 options.readiness.clear_note("config");
             }

@@ -436,7 +436,7 @@ fn the_kafka_sink_writes_keyed_json_and_cef() {
     broker.create_topic("enriched-cef", 1);
     broker.produce("flows", None, 2, &flow_lines(0..300));
     let sinks = format!(
-        "  - {{name: lake, type: kafka, format: json, kafka: {{brokers: [\"{0}\"], topic: enriched}}}}\n  - {{name: siem, type: kafka, format: cef, kafka: {{brokers: [\"{0}\"], topic: enriched-cef, key: none}}}}",
+        "  - {{name: lake, type: kafka, format: json, kafka: {{brokers: [\"{0}\"], topic: enriched, properties: {{compression.type: zstd}}}}}}\n  - {{name: siem, type: kafka, format: cef, kafka: {{brokers: [\"{0}\"], topic: enriched-cef, key: none, properties: {{compression.type: gzip}}}}}}",
         broker.address()
     );
     let config = setup.config("threatflow.yaml", "      topics: [{name: flows}]", &sinks);

@@ -510,7 +510,19 @@ impl Config {
 
     /// Reads, parses and validates a config file.
     pub fn load_valid(path: &Path) -> Result<Config, ConfigError> {
-        let config = Config::load(path)?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse_valid(path, &text)
+    }
+
+    /// Parses and validates the text of the config file at `path` (named in errors).
+    pub fn parse_valid(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let config = Config::from_yaml(text).map_err(|problem| ConfigError::Parse {
+            path: path.display().to_string(),
+            problem,
+        })?;
         let problems = config.validate();
         if problems.is_empty() {
             Ok(config)

@@ -160,7 +160,7 @@ pub fn start(
         renew_deadline: Duration::from_secs(settings.renew_deadline_secs),
         retry_period: Duration::from_secs(settings.retry_period_secs),
         observed: None,
-        sender: Arc::new(sender),
+        sender,
         metric: leading_metric,
     };
     let task = tokio::spawn(elector.run(stop));
@@ -186,7 +186,7 @@ struct Elector {
     /// The other holder's record as last seen (holder, renew time), and when it was first
     /// seen: the Lease expires `lease_duration` after that, by this replica's clock.
     observed: Option<(LeaseRecord, Instant)>,
-    sender: Arc<watch::Sender<bool>>,
+    sender: watch::Sender<bool>,
     metric: prometheus_client::metrics::gauge::Gauge,
 }
 

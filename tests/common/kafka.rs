@@ -195,6 +195,8 @@ impl Broker {
             .client()
             .set("linger.ms", "5")
             .set("batch.num.messages", batch_records)
+            // Compressed, as producers commonly write: the consumer must decompress.
+            .set("compression.type", "lz4")
             .set("queue.buffering.max.messages", "1000000")
             .create()
             .unwrap();
