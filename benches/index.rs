@@ -10,13 +10,16 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use threatflow::enrich::inventory::{NamespaceInfo, NodeInfo, PodInfo, ServiceInfo};
-use threatflow::enrich::{ClusterState, EndpointIndex, Inventory, LabelFilter};
+use threatflow::cluster::objects::{NamespaceInfo, NodeInfo, PodInfo, ServiceInfo};
+use threatflow::cluster::{Inventory, Model, WatchScope};
+use threatflow::enrich::{EndpointIndex, EndpointProjection, LabelFilter, SharedIndex};
 
 struct Counting;
 
 static ALLOCATED: AtomicIsize = AtomicIsize::new(0);
 
+// Counting the heap needs a global allocator, which only `unsafe` can implement.
+#[allow(unsafe_code)]
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATED.fetch_add(layout.size() as isize, Ordering::Relaxed);
@@ -119,7 +122,12 @@ fn index(c: &mut Criterion) {
         per_pod(index_bytes - index_label_bytes)
     );
     let before = ALLOCATED.load(Ordering::Relaxed);
-    let model = ClusterState::from_inventory(&inventory, &LabelFilter::default());
+    let projection = EndpointProjection::new(
+        LabelFilter::default(),
+        SharedIndex::default(),
+        WatchScope::default(),
+    );
+    let model = Model::from_inventory(&inventory, vec![Box::new(projection)]);
     let model_bytes = ALLOCATED.load(Ordering::Relaxed) - before;
     println!(
         "cluster model + index (the daemon): {:.1} MiB heap, {} bytes per pod ({} without label strings)",

@@ -7,10 +7,11 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::sync::Arc;
 use threatflow::config::Config;
 
-use threatflow::enrich::{EndpointIndex, Enricher, Inventory, ThreatFeed, ThreatMatcher};
-use threatflow::feeds::netset::NetSet;
+use threatflow::cluster::Inventory;
+use threatflow::enrich::{EndpointIndex, Enricher, ThreatFeed, ThreatMatcher};
 use threatflow::flow::lines::{LineBatch, LineSplitter};
 use threatflow::flow::FlowFormat;
+use threatflow::netset::NetSet;
 use threatflow::pipeline::Processor;
 use threatflow::sink::cef::{CefConfig, CefEncoder};
 use threatflow::sink::json::JsonEncoder;
@@ -28,7 +29,7 @@ fn pipeline(c: &mut Criterion) {
         Enricher::default(),
         EndpointIndex::from_inventory(&inventory),
     );
-    let index = processor.index.read().unwrap();
+    let index = processor.index.read();
     let config =
         Config::load_valid("deploy/local/threatflow.yaml".as_ref()).expect("quickstart config");
     let cef = CefEncoder::new(&CefConfig::default(), config.cluster_name.as_deref());

@@ -7,7 +7,8 @@
 use std::sync::atomic::Ordering;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use threatflow::enrich::{EndpointIndex, EnrichedRecord, Inventory};
+use threatflow::cluster::Inventory;
+use threatflow::enrich::{EndpointIndex, EnrichedRecord};
 use threatflow::flow::lines::{LineBatch, LineSplitter};
 use threatflow::flow::FlowFormat;
 use threatflow::pipeline::Processor;
@@ -32,7 +33,7 @@ fn records() -> Vec<EnrichedRecord> {
         Default::default(),
         EndpointIndex::from_inventory(&inventory),
     );
-    let index = processor.index.read().unwrap();
+    let index = processor.index.read();
     let mut batch = LineBatch::default();
     let mut splitter = LineSplitter::new(64 * 1024);
     splitter.push(&input, &mut batch);
@@ -70,7 +71,7 @@ fn syslog(c: &mut Criterion) {
                 dir.path().join("ca.pem").display()
             ),
         };
-        let config: SyslogConfig = serde_yaml::from_str(&yaml).unwrap();
+        let config: SyslogConfig = yaml_serde::from_str(&yaml).unwrap();
         let framer = SyslogFramer::new(&config, "node-a");
         let mut client = SyslogClient::new(&config).unwrap();
         let (mut out, mut message, mut ends) = (Vec::new(), Vec::new(), Vec::new());

@@ -10,7 +10,9 @@
 //! finished batch N, so actions run in batch order.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 type Action = Box<dyn FnOnce() + Send>;
 
@@ -22,7 +24,7 @@ struct Shared {
 impl Drop for Shared {
     fn drop(&mut self) {
         if !self.failed.load(Ordering::Acquire) {
-            let action = self.on_delivered.get_mut().ok().and_then(Option::take);
+            let action = self.on_delivered.get_mut().take();
             if let Some(action) = action {
                 action();
             }

@@ -23,17 +23,21 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, SourceKind};
-use crate::enrich::{EndpointIndex, Enricher, Inventory, SyncGate, ThreatMatcher};
+use crate::cluster::watch::{ClusterWatch, WatchMetrics};
+use crate::cluster::{Cluster, Inventory, SyncGate, SystemClock};
+use crate::config::Config;
+use crate::enrich::projection::{project, IndexMetrics};
+use crate::enrich::{EndpointIndex, Enricher, SharedIndex, ThreatMatcher};
 use crate::feeds::sync::{self, FeedMetrics, FeedRunner, StatusBoard};
+use crate::flow::config::SourceKind;
 use crate::flow::kafka;
 use crate::flow::source::{self, CheckpointStore, SourceBatch, SourceContext, SourceMetrics};
 use crate::flow::RejectCounts;
+use crate::identity::Identity;
 use crate::k8s::leader::{self, Leadership};
-use crate::k8s::watch::{ClusterWatch, WatchMetrics};
 use crate::pipeline::SinkQueue;
 use crate::pipeline::{DeadLetter, FlowMetrics, Processor};
-use crate::sink::{Batch, Sink, SinkMetrics};
+use crate::sink::{Batch, Sink, SinkContext, SinkMetrics};
 use crate::telemetry::{self, Readiness};
 
 /// How a run behaves beyond its config, and what outlives one run (a config reload starts a
@@ -88,6 +92,8 @@ pub async fn run(
     let sink_metrics = SinkMetrics::register(registry.sub_registry_with_prefix("sink"));
     let feed_metrics = FeedMetrics::register(registry.sub_registry_with_prefix("feed"));
     let watch_metrics = WatchMetrics::register(registry.sub_registry_with_prefix("kubernetes"));
+    let index_metrics = IndexMetrics::register(registry.sub_registry_with_prefix("kubernetes"));
+    let identity = Identity::from_environment();
     for source in &config.sources {
         source_metrics.init_source(&source.name);
         flow_metrics.init_source(&source.name);
@@ -129,26 +135,37 @@ pub async fn run(
 
     // Cluster context: watches in the cluster, or an inventory file.
     let watch_stop = CancellationToken::new();
-    let (index, synced, cluster_watch) = match &config.enrichment.kubernetes {
+    let index = SharedIndex::default();
+    let (synced, cluster_watch) = match &config.enrichment.kubernetes {
         Some(settings) => {
             let client = kube::Client::try_default().await.context(
                 "enrichment.kubernetes needs the Kubernetes API: run in a pod with a service account, or set KUBECONFIG",
             )?;
+            let cluster = Cluster::new(Arc::new(SystemClock));
+            let eviction = project(
+                &cluster,
+                index.clone(),
+                config.enrichment.labels.clone(),
+                settings.scope(),
+                Duration::from_secs(settings.grace_period_secs),
+                index_metrics.clone(),
+                watch_stop.clone(),
+            );
+            drop(eviction);
             let watch = ClusterWatch::start(
                 client,
-                settings,
-                &config.enrichment.labels,
+                &settings.scope(),
+                cluster.clone(),
                 watch_metrics,
                 readiness.clone(),
                 watch_stop.clone(),
             );
-            (watch.index.clone(), watch.gate.clone(), Some(watch))
+            (cluster.gate().clone(), Some(watch))
         }
-        None => (
-            Arc::new(load_index(&config)?.into()),
-            Arc::new(SyncGate::opened()),
-            None,
-        ),
+        None => {
+            *index.write() = load_index(&config)?;
+            (Arc::new(SyncGate::opened()), None)
+        }
     };
     let sync_timeout = Duration::from_secs(
         config
@@ -170,6 +187,7 @@ pub async fn run(
             let (leadership, task) = leader::start(
                 client,
                 settings,
+                &identity,
                 leader_metric.clone(),
                 election_stop.clone(),
             );
@@ -201,16 +219,25 @@ pub async fn run(
             .with_context(|| format!("cannot listen on telemetry.listen_addr {addr}"))?;
         tracing::info!(%addr, "serving /metrics, /healthz, /readyz and /status");
         let board = feed_board.clone();
-        let kubernetes = cluster_watch.as_ref().map(ClusterWatch::status);
+        let watch_status = cluster_watch.as_ref().map(|watch| watch.status_source());
         let leading = leadership.clone();
+        let status_index = index.clone();
         let status: telemetry::StatusSource = Arc::new(move || {
-            let feeds: Vec<_> = board
-                .lock()
-                .expect("status lock")
-                .values()
-                .cloned()
-                .collect();
-            let kubernetes = kubernetes.as_ref().map(|status| status());
+            let feeds: Vec<_> = board.lock().values().cloned().collect();
+            let kubernetes = watch_status.as_ref().map(|status| {
+                let size = status_index.read().size();
+                let status = status();
+                serde_json::json!({
+                    "synced": status.synced,
+                    "waiting_for": status.waiting_for,
+                    "objects": status.objects,
+                    "addresses": {
+                        "endpoint": size.endpoint_addresses,
+                        "service": size.service_addresses,
+                        "released": size.released_addresses,
+                    },
+                })
+            });
             serde_json::json!({ "feeds": feeds, "kubernetes": kubernetes, "leader": leading.is_leader() })
                 .to_string()
         });
@@ -239,8 +266,15 @@ pub async fn run(
     let input_done = shutdown.child_token();
     let mut sink_queues = Vec::new();
     let mut sink_tasks = Vec::new();
+    let sink_context = SinkContext {
+        cef: config.cef.clone(),
+        cluster_name: config.cluster_name.clone(),
+        hostname: config
+            .node_name(&identity)
+            .unwrap_or_else(|| identity.hostname.clone()),
+    };
     for sink_config in &config.sinks {
-        let sink = Sink::new(sink_config, &config)?;
+        let sink = Sink::new(sink_config, &sink_context)?;
         let (sender, receiver) = mpsc::channel::<Batch>(config.pipeline.queue_batches);
         sink_queues.push(SinkQueue::new(
             sender,
@@ -269,11 +303,11 @@ pub async fn run(
         .collect();
     let processor = Processor {
         enricher: Enricher {
-            node_name: config.node_name().map(Arc::from),
+            node_name: config.node_name(&identity).map(Arc::from),
             threats,
             labels: config.enrichment.labels.clone(),
         },
-        index,
+        index: index.clone(),
         synced,
         sync_timeout,
     };

@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 
-use crate::config::{NamedSecret, Problems};
+use crate::problems::Problems;
+use crate::secret::{NamedSecret, SecretError};
 
 /// How to reach a Kafka cluster: the fields the source and sink settings share.
 #[derive(Clone, Copy, Debug)]
@@ -44,7 +45,7 @@ macro_rules! with_connection {
             /// `ssl.key.password`), each from an environment variable or a file; never
             /// logged.
             #[serde(default, skip_serializing_if = "Vec::is_empty")]
-            pub secret_properties: Vec<crate::config::NamedSecret>,
+            pub secret_properties: Vec<crate::secret::NamedSecret>,
             $($body)*
         }
 
@@ -138,7 +139,7 @@ impl KafkaConnection<'_> {
 
     /// The librdkafka configuration: brokers, client id, the passed-through properties and
     /// the secrets (read now).
-    pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
+    pub fn client_config(&self) -> Result<ClientConfig, KafkaSetupError> {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", self.brokers.join(","))
@@ -164,13 +165,42 @@ impl KafkaConnection<'_> {
     }
 }
 
-/// Builds a client, naming the setting at fault when librdkafka refuses one (the message
-/// never holds a secret's value: librdkafka names only the property).
+/// A Kafka client could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    #[error("cannot read a secret property")]
+    Secret(#[from] SecretError),
+    /// librdkafka names the setting at fault, never a secret's value.
+    #[error("cannot create the Kafka {what}")]
+    Create {
+        what: &'static str,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("cannot subscribe to {topics}")]
+    Subscribe {
+        topics: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+}
+
+impl KafkaSetupError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            KafkaSetupError::Secret(error) => error.kind(),
+            KafkaSetupError::Create { .. } => "create",
+            KafkaSetupError::Subscribe { .. } => "subscribe",
+        }
+    }
+}
+
+/// Builds a client.
 pub fn create<T: rdkafka::config::FromClientConfig>(
     config: &ClientConfig,
-    what: &str,
-) -> anyhow::Result<T> {
+    what: &'static str,
+) -> Result<T, KafkaSetupError> {
     config
         .create()
-        .map_err(|error| anyhow::anyhow!("cannot create the Kafka {what}: {error}"))
+        .map_err(|source| KafkaSetupError::Create { what, source })
 }

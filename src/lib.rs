@@ -4,15 +4,23 @@
 //! The crate is a library with a thin binary. See ARCHITECTURE.md for the data flow and the
 //! code map.
 
+#![forbid(unsafe_code)]
+
 pub mod ack;
 pub mod app;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod enrich;
 pub mod feeds;
 pub mod flow;
+pub mod identity;
 pub mod k8s;
 pub mod kafka;
+pub mod net;
+pub mod netset;
 pub mod pipeline;
+pub mod problems;
+pub mod secret;
 pub mod sink;
 pub mod telemetry;

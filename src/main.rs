@@ -9,11 +9,13 @@ use tokio_util::sync::CancellationToken;
 
 use threatflow::app::{self, RunOptions};
 use threatflow::cli;
-use threatflow::config::{Config, OutputFormat};
-use threatflow::enrich::{EndpointIndex, Inventory};
+use threatflow::cluster::Inventory;
+use threatflow::config::Config;
+use threatflow::enrich::EndpointIndex;
 use threatflow::feeds;
 use threatflow::flow::FlowFormat;
 use threatflow::sink::syslog::SyslogConfig;
+use threatflow::sink::OutputFormat;
 use threatflow::telemetry;
 
 #[derive(Parser)]
@@ -210,7 +212,7 @@ fn syslog_target(args: &EnrichArgs) -> anyhow::Result<Option<SyslogConfig>> {
         settings["tls"] = serde_json::json!({ "ca_file": ca });
     }
     let config: SyslogConfig = serde_json::from_value(settings)?;
-    let mut problems = threatflow::config::Problems::default();
+    let mut problems = threatflow::problems::Problems::default();
     config.validate("--syslog", &mut problems);
     if !problems.is_empty() {
         anyhow::bail!("the --syslog options do not fit:\n{problems}");
@@ -379,7 +381,7 @@ async fn run_reloading(
     let mut total = app::RunReport::default();
     loop {
         let run_stop = shutdown.child_token();
-        let changed = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let changed = std::sync::Arc::new(parking_lot::Mutex::new(None));
         let watcher = (!once).then(|| {
             tokio::spawn(watch_config(
                 path.clone(),
@@ -397,7 +399,7 @@ async fn run_reloading(
         total.records += report.records;
         total.rejected.merge(&report.rejected);
         total.undelivered += report.undelivered;
-        let next = changed.lock().expect("config slot").take();
+        let next = changed.lock().take();
         match next {
             Some(next) if !shutdown.is_cancelled() => {
                 tracing::info!("running the new configuration");
@@ -414,7 +416,7 @@ async fn watch_config(
     path: PathBuf,
     running: threatflow::config::Config,
     options: RunOptions,
-    changed: std::sync::Arc<std::sync::Mutex<Option<threatflow::config::Config>>>,
+    changed: std::sync::Arc<parking_lot::Mutex<Option<threatflow::config::Config>>>,
     run_stop: CancellationToken,
 ) {
     let outcome = |outcome| {
@@ -443,7 +445,7 @@ async fn watch_config(
                 tracing::info!(path = %path.display(), "the config file changed; draining the running pipeline to apply it");
                 options.readiness.clear_note("config");
                 outcome("applied");
-                *changed.lock().expect("config slot") = Some(config);
+                *changed.lock() = Some(config);
                 run_stop.cancel();
                 return;
             }
@@ -508,7 +510,7 @@ fn enrich(args: EnrichArgs) -> anyhow::Result<cli::enrich::EnrichSummary> {
     }
     if args.syslog.is_some() {
         // Delivery retries and give-ups are reported on stderr as the daemon logs them.
-        telemetry::init_logging(&threatflow::config::TelemetryConfig {
+        telemetry::init_logging(&threatflow::telemetry::TelemetryConfig {
             log_level: "warn".into(),
             ..config.telemetry.clone()
         });
@@ -560,13 +562,13 @@ fn feed_normalize(args: NormalizeArgs) -> anyhow::Result<cli::feed::NormalizeSum
         field: args.json_field,
         ..FeedFormat::default()
     };
-    let mut problems = threatflow::config::Problems::default();
+    let mut problems = threatflow::problems::Problems::default();
     format.validate("--format", &mut problems);
     if !problems.is_empty() {
         anyhow::bail!("the format options do not fit:\n{problems}");
     }
     let guards = feeds::normalize::Guards {
-        never_block: feeds::netset::NetSet::from_nets(&args.never_block),
+        never_block: threatflow::netset::NetSet::from_nets(&args.never_block),
         min_prefix_v4: args.min_prefix_v4,
         min_prefix_v6: args.min_prefix_v6,
         max_entries: None,
@@ -593,7 +595,7 @@ fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> 
 fn threat_feeds(arguments: &[String]) -> anyhow::Result<threatflow::enrich::ThreatMatcher> {
     use threatflow::enrich::ThreatFeed;
     use threatflow::feeds::format::{self, FeedFormat};
-    use threatflow::feeds::netset::NetSet;
+    use threatflow::netset::NetSet;
     let matcher = threatflow::enrich::ThreatMatcher::default();
     for argument in arguments {
         let Some((name, path)) = argument
@@ -621,6 +623,6 @@ fn threat_feeds(arguments: &[String]) -> anyhow::Result<threatflow::enrich::Thre
 }
 
 fn never_block_entry(text: &str) -> Result<ipnet::IpNet, String> {
-    feeds::netset::parse_cidr(text)
+    threatflow::netset::parse_cidr(text)
         .ok_or_else(|| format!("`{text}` is not a CIDR or an IP address"))
 }

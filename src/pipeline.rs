@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,14 +16,73 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::enrich::{EndpointIndex, EnrichedRecord, Enricher, Lookup, SharedIndex, SyncGate};
+use crate::cluster::SyncGate;
+use crate::enrich::{EndpointIndex, EnrichedRecord, Enricher, Lookup, SharedIndex};
 use crate::flow::lines::Line;
 use crate::flow::source::SourceBatch;
 use crate::flow::{FlowFormat, RejectCounts, RejectReason, Rejection};
+use crate::problems::Problems;
 use crate::sink::Batch;
+
+/// The dead-letter file: one JSON object per rejected line.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    pub path: PathBuf,
+}
+
+impl DeadLetterConfig {
+    pub fn validate(&self, path: &str, problems: &mut Problems) {
+        if self.path.as_os_str().is_empty() {
+            problems.push(format!("{path}.path"), "must not be empty");
+        }
+    }
+}
+
+/// Batching and shutdown.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Most lines a source puts in one batch.
+    pub batch_max_records: usize,
+    /// Batches that may wait in front of each stage; a full queue slows the source down.
+    pub queue_batches: usize,
+    /// On shutdown, or once the sources have ended (`--once`, standard input closed), how
+    /// long sinks may keep retrying undelivered batches before giving up (the positions of
+    /// undelivered lines are not saved, so they are read again on restart).
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            batch_max_records: 1024,
+            queue_batches: 16,
+            drain_timeout_secs: 30,
+        }
+    }
+}
+
+impl PipelineConfig {
+    pub fn validate(&self, path: &str, problems: &mut Problems) {
+        if !(1..=100_000).contains(&self.batch_max_records) {
+            problems.push(
+                format!("{path}.batch_max_records"),
+                "must be between 1 and 100000",
+            );
+        }
+        if !(1..=10_000).contains(&self.queue_batches) {
+            problems.push(
+                format!("{path}.queue_batches"),
+                "must be between 1 and 10000",
+            );
+        }
+    }
+}
 
 /// Parses and enriches lines.
 #[derive(Debug)]
@@ -51,7 +110,7 @@ impl Processor {
     pub fn new(enricher: Enricher, index: EndpointIndex) -> Processor {
         Processor {
             enricher,
-            index: Arc::new(index.into()),
+            index: Arc::new(parking_lot::RwLock::new(index)),
             synced: Arc::new(SyncGate::opened()),
             sync_timeout: Duration::ZERO,
         }
@@ -81,7 +140,7 @@ impl Processor {
             let mut records = Vec::with_capacity(batch.lines.len());
             let mut rejected = RejectCounts::default();
             // Read once per batch; released before the batch waits on a sink's queue.
-            let index = self.index.read().expect("index lock");
+            let index = self.index.read();
             for line in batch.lines.iter() {
                 match self.process(&index, batch.format, line, max_line) {
                     Ok(record) => records.push(record),
@@ -131,7 +190,7 @@ impl Processor {
             return;
         }
         tracing::info!(timeout = ?self.sync_timeout, "holding records until the Kubernetes lists are in the index");
-        if self.synced.wait(self.sync_timeout) {
+        if self.synced.wait_blocking(self.sync_timeout) {
             tracing::info!("Kubernetes lists are in the index; enriching");
         } else {
             metrics.sync_timeouts.inc();

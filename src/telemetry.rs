@@ -6,17 +6,72 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use prometheus_client::registry::Registry;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::TypedMetric;
+use prometheus_client::registry::{Metric, Registry};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{LogFormat, TelemetryConfig};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::problems::Problems;
+
+/// Logs, metrics and health.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// `text` or `json` logs, on standard error.
+    pub log_format: LogFormat,
+    /// A tracing filter such as `info` or `threatflow=debug`; the `RUST_LOG` environment
+    /// variable overrides it.
+    pub log_level: String,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`. Unset: no listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen_addr: Option<SocketAddr>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            listen_addr: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl TelemetryConfig {
+    pub fn validate(&self, path: &str, problems: &mut Problems) {
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            problems.push(
+                format!("{path}.log_level"),
+                format!(
+                    "`{}` is not a log filter (try `info` or `threatflow=debug`)",
+                    self.log_level
+                ),
+            );
+        }
+    }
+}
 
 /// Starts logging to standard error. `RUST_LOG` overrides the configured level.
 pub fn init_logging(config: &TelemetryConfig) {
@@ -32,6 +87,50 @@ pub fn init_logging(config: &TelemetryConfig) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// An error and its sources, `outer: inner: innermost`: the one way errors are rendered in
+/// logs, status and messages.
+pub struct ErrorChain<'a>(pub &'a dyn std::error::Error);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(inner) = source {
+            write!(f, ": {inner}")?;
+            source = inner.source();
+        }
+        Ok(())
+    }
+}
+
+/// Registers a metric family and creates the series of `zero` at zero, so that "none yet"
+/// reads as 0 rather than as missing.
+pub fn family<L, M>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    zero: impl IntoIterator<Item = L>,
+) -> Family<L, M>
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+    M: Default + EncodeMetric + TypedMetric + std::fmt::Debug + Send + Sync + 'static,
+    Family<L, M>: Metric,
+{
+    let family = Family::<L, M>::default();
+    for labels in zero {
+        drop(family.get_or_create(&labels));
+    }
+    registry.register(name, help, family.clone());
+    family
+}
+
+/// Registers a single metric (a counter or gauge without labels).
+pub fn metric<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 /// Whether the process is ready to take traffic, and if not, what it waits for.
@@ -65,30 +164,24 @@ impl Readiness {
 
     /// Not ready until `part` is done, because of `reason`.
     pub fn wait_for(&self, part: &'static str, reason: impl Into<String>) {
-        self.waiting
-            .lock()
-            .expect("readiness lock")
-            .insert(part, reason.into());
+        self.waiting.lock().insert(part, reason.into());
     }
 
     pub fn done(&self, part: &'static str) {
-        self.waiting.lock().expect("readiness lock").remove(part);
+        self.waiting.lock().remove(part);
     }
 
     pub fn is_ready(&self) -> bool {
-        self.waiting.lock().expect("readiness lock").is_empty()
+        self.waiting.lock().is_empty()
     }
 
     /// Shows `note` with the readiness answer, without making the process unready.
     pub fn note(&self, part: &'static str, note: impl Into<String>) {
-        self.notes
-            .lock()
-            .expect("readiness lock")
-            .insert(part, note.into());
+        self.notes.lock().insert(part, note.into());
     }
 
     pub fn clear_note(&self, part: &'static str) {
-        self.notes.lock().expect("readiness lock").remove(part);
+        self.notes.lock().remove(part);
     }
 
     /// `part: note; ...`, or `None`.
@@ -104,7 +197,7 @@ impl Readiness {
 
 /// `part: text; ...` for every entry, or `None` for none.
 fn describe(parts: &Mutex<BTreeMap<&'static str, String>>) -> Option<String> {
-    let parts = parts.lock().expect("readiness lock");
+    let parts = parts.lock();
     (!parts.is_empty()).then(|| {
         parts
             .iter()

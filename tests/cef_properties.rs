@@ -170,7 +170,7 @@ proptest! {
         let flow = record(&namespace, "pod", &process, &[], &[], "p", "svc");
         let enriched = Enricher::default().enrich(flow, &EndpointIndex::default());
         let framing = if octet { "octet_counting" } else { "lf" };
-        let config: SyslogConfig = serde_yaml::from_str(&format!("{{host: h, port: 514, framing: {framing}}}")).unwrap();
+        let config: SyslogConfig = yaml_serde::from_str(&format!("{{host: h, port: 514, framing: {framing}}}")).unwrap();
         let framer = SyslogFramer::new(&config, "node-a");
         let mut message = Vec::new();
         framer.header(&enriched, &Timestamps::now(), &mut message);

@@ -30,7 +30,7 @@ fn render(overlay: &str) -> (String, Vec<Value>) {
         String::from_utf8_lossy(&output.stderr)
     );
     let text = String::from_utf8(output.stdout).unwrap();
-    let documents = serde_yaml::Deserializer::from_str(&text)
+    let documents = yaml_serde::Deserializer::from_str(&text)
         .map(|document| Value::deserialize(document).unwrap())
         .collect();
     (text, documents)

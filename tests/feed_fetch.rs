@@ -151,13 +151,15 @@ impl FeedServer {
 
 fn fetcher() -> Fetcher {
     Fetcher::new(FetchSettings {
-        connect_timeout: Duration::from_secs(2),
-        timeout: Duration::from_millis(800),
+        http: threatflow::net::http::HttpSettings {
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_millis(800),
+            ..Default::default()
+        },
         max_body_bytes: 1024 * 1024,
         retries: 3,
         backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),
-        extra_roots: Vec::new(),
     })
     .unwrap()
 }

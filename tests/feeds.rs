@@ -8,7 +8,7 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 use threatflow::feeds::format::{self, FeedFormat};
-use threatflow::feeds::netset::NetSet;
+use threatflow::netset::NetSet;
 
 /// The shape of a preset file.
 #[derive(serde::Deserialize)]
@@ -60,7 +60,7 @@ fn every_preset_reads_its_sample() {
         if path.extension().is_none_or(|extension| extension != "yaml") {
             continue;
         }
-        let preset: Preset = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap())
+        let preset: Preset = yaml_serde::from_str(&std::fs::read_to_string(&path).unwrap())
             .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
         let mut problems = threatflow::config::Problems::default();
         preset.format.validate("format", &mut problems);
@@ -93,7 +93,7 @@ fn the_legacy_spamhaus_layout_reads_the_same_as_the_json_one() {
             .unwrap();
     let json = std::fs::read(common::root().join("connectors/feeds/fixtures/spamhaus-drop.jsonl"))
         .unwrap();
-    let jsonl: FeedFormat = serde_yaml::from_str("{type: jsonl, field: cidr}").unwrap();
+    let jsonl: FeedFormat = yaml_serde::from_str("{type: jsonl, field: cidr}").unwrap();
     assert_eq!(
         cidrs(&text, &FeedFormat::default()).0,
         cidrs(&json, &jsonl).0
@@ -318,7 +318,7 @@ fn a_million_entry_feed_publishes_in_shards_and_an_unchanged_resync_writes_nothi
     let mut total = 0;
     for name in files.keys() {
         let set: threatflow::k8s::GlobalNetworkSet =
-            serde_yaml::from_str(&std::fs::read_to_string(out.join(name)).unwrap()).unwrap();
+            yaml_serde::from_str(&std::fs::read_to_string(out.join(name)).unwrap()).unwrap();
         assert!(set.spec.nets.len() <= 10_000);
         assert!(
             serde_json::to_vec(&set).unwrap().len() < 1_500_000,
@@ -376,7 +376,7 @@ fn shrunk_and_empty_feeds_are_refused_and_the_last_good_set_stays() {
     std::fs::write(&config, text).unwrap();
     run_once(&config);
     let set: threatflow::k8s::GlobalNetworkSet =
-        serde_yaml::from_str(&std::fs::read_to_string(out.join("threatfeed.test.yaml")).unwrap())
+        yaml_serde::from_str(&std::fs::read_to_string(out.join("threatfeed.test.yaml")).unwrap())
             .unwrap();
     assert!(set.spec.nets.is_empty());
 }
@@ -419,15 +419,15 @@ fn status_and_render_show_the_feed() {
         String::from_utf8_lossy(&rendered.stderr)
     );
     let yaml = String::from_utf8(rendered.stdout).unwrap();
-    let documents: Vec<serde_yaml::Value> = yaml
+    let documents: Vec<yaml_serde::Value> = yaml
         .split("---\n")
         .filter(|doc| !doc.trim().is_empty())
-        .map(|doc| serde_yaml::from_str(doc).unwrap())
+        .map(|doc| yaml_serde::from_str(doc).unwrap())
         .collect();
     assert_eq!(documents.len(), 2);
     assert_eq!(
         documents[0]["spec"]["nets"],
-        serde_yaml::from_str::<serde_yaml::Value>("[1.2.3.4/32, 5.6.7.0/24]").unwrap()
+        yaml_serde::from_str::<yaml_serde::Value>("[1.2.3.4/32, 5.6.7.0/24]").unwrap()
     );
     assert_eq!(documents[1]["kind"], "GlobalNetworkPolicy");
     assert!(!out.exists(), "render publishes nothing");

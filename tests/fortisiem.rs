@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use regex::Regex;
+use threatflow::cluster::Inventory;
 use threatflow::config::Config;
-use threatflow::enrich::{EndpointIndex, Enricher, Inventory, ThreatFeed, ThreatMatcher};
-use threatflow::feeds::netset::NetSet;
+use threatflow::enrich::{EndpointIndex, Enricher, ThreatFeed, ThreatMatcher};
 use threatflow::flow::calico;
+use threatflow::netset::NetSet;
 use threatflow::sink::cef::CefEncoder;
 use threatflow::sink::syslog::{SyslogConfig, SyslogFramer, Timestamps};
 
@@ -41,7 +42,7 @@ fn sample_events() -> String {
     };
     let config = Config::from_yaml("{sources: [], sinks: [], cluster_name: prod-eu-1}").unwrap();
     let cef = CefEncoder::new(&config.cef, Some("prod-eu-1"));
-    let syslog: SyslogConfig = serde_yaml::from_str("{host: h, port: 1470}").unwrap();
+    let syslog: SyslogConfig = yaml_serde::from_str("{host: h, port: 1470}").unwrap();
     let framer = SyslogFramer::new(&syslog, "node-a");
     let time = Timestamps::at("2026-11-27T08:00:00.000Z".parse().unwrap());
     let flows = std::fs::read_to_string(root.join("deploy/local/flows.log")).unwrap();

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use common::kube_api::KubeApi;
 use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
-use threatflow::config::KubernetesEnrichment;
-use threatflow::enrich::{EndpointInfo, LabelFilter};
-use threatflow::k8s::watch::{ClusterWatch, WatchMetrics};
+use threatflow::cluster::watch::{ClusterWatch, WatchMetrics};
+use threatflow::cluster::{Cluster, SystemClock};
+use threatflow::enrich::projection::{project, IndexMetrics};
+use threatflow::enrich::{EndpointInfo, KubernetesEnrichment, LabelFilter, SharedIndex};
 use threatflow::telemetry::Readiness;
 use tokio_util::sync::CancellationToken;
 
@@ -36,12 +37,14 @@ fn service(namespace: &str, name: &str, ip: &str, selector: Value) -> Value {
 }
 
 fn settings() -> KubernetesEnrichment {
-    serde_yaml::from_str("{}").unwrap()
+    yaml_serde::from_str("{}").unwrap()
 }
 
 /// A running set of watches, with its metrics.
 struct Watching {
     watch: Option<ClusterWatch>,
+    cluster: Cluster,
+    index: SharedIndex,
     registry: Registry,
     readiness: Readiness,
     stop: CancellationToken,
@@ -51,46 +54,54 @@ impl Watching {
     fn start(api: &KubeApi, settings: &KubernetesEnrichment) -> Watching {
         let mut registry = Registry::default();
         let metrics = WatchMetrics::register(&mut registry);
+        let index_metrics = IndexMetrics::register(&mut registry);
         let readiness = Readiness::default();
         readiness.set_ready(true);
         let stop = CancellationToken::new();
+        let cluster = Cluster::new(std::sync::Arc::new(SystemClock));
+        let index = SharedIndex::default();
+        project(
+            &cluster,
+            index.clone(),
+            LabelFilter::default(),
+            settings.scope(),
+            Duration::from_secs(settings.grace_period_secs),
+            index_metrics,
+            stop.clone(),
+        );
         let watch = ClusterWatch::start(
             api.client(),
-            settings,
-            &LabelFilter::default(),
+            &settings.scope(),
+            cluster.clone(),
             metrics,
             readiness.clone(),
             stop.clone(),
         );
         Watching {
             watch: Some(watch),
+            cluster,
+            index,
             registry,
             readiness,
             stop,
         }
     }
 
-    fn watch(&self) -> &ClusterWatch {
-        self.watch.as_ref().unwrap()
-    }
-
     async fn synced(&self) {
-        let gate = self.watch().gate.clone();
-        let opened = tokio::task::spawn_blocking(move || gate.wait(Duration::from_secs(20)))
+        tokio::time::timeout(Duration::from_secs(20), self.cluster.gate().wait())
             .await
-            .unwrap();
-        assert!(opened, "the initial lists were not synced");
+            .expect("the initial lists were not synced");
     }
 
     fn endpoint(&self, ip: &str, at_ms: i64) -> Option<(EndpointInfo, bool)> {
-        let index = self.watch().index.read().unwrap();
+        let index = self.index.read();
         index
             .endpoint(ip.parse::<IpAddr>().unwrap(), at_ms)
             .map(|found| ((**found.owner).clone(), found.released))
     }
 
     fn service(&self, ip: &str) -> Option<String> {
-        let index = self.watch().index.read().unwrap();
+        let index = self.index.read();
         index
             .service(ip.parse().unwrap(), now_ms())
             .map(|service| format!("{}/{}", service.namespace, service.name))
@@ -417,7 +428,7 @@ async fn readiness_waits_for_every_initial_list() {
         })
     })
     .await;
-    assert!(!watching.watch().gate.is_open());
+    assert!(!watching.cluster.gate().is_open());
     eventually("a restart counted", || {
         watching.metric("watch_restarts_total{resource=\"services\"}") >= 1.0
     })

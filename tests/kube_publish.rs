@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use common::kube_api::KubeApi;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use serde_json::json;
-use threatflow::feeds::netset::NetSet;
 use threatflow::feeds::publish::{KubernetesTarget, Target};
 use threatflow::feeds::render::{render, PolicySettings, RenderSettings};
+use threatflow::netset::NetSet;
 
 fn gns_api(api: &KubeApi) -> Api<DynamicObject> {
     let resource = ApiResource {

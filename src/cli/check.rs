@@ -2,8 +2,9 @@
 
 use std::path::Path;
 
+use crate::cluster::Inventory;
 use crate::config::{Config, ConfigError, Problems};
-use crate::enrich::Inventory;
+use crate::telemetry::ErrorChain;
 
 /// Checks a config file. `Ok` holds the one-line summary; `Err` the full report to print.
 pub fn check(path: &Path) -> Result<String, String> {
@@ -11,16 +12,13 @@ pub fn check(path: &Path) -> Result<String, String> {
         ConfigError::Parse { .. } => {
             format!("{error}\n(fix this first: the rest of the file is checked once it parses)")
         }
-        other => format!("{:#}", anyhow::Error::from(other)),
+        other => ErrorChain(&other).to_string(),
     })?;
     let mut problems: Problems = config.validate();
     // Beyond the pure checks: the files the run would read must be usable.
     if let Some(inventory) = &config.enrichment.inventory_path {
         if let Err(error) = Inventory::load(inventory) {
-            problems.push(
-                "enrichment.inventory_path",
-                format!("{:#}", anyhow::Error::from(error)),
-            );
+            problems.push("enrichment.inventory_path", ErrorChain(&error).to_string());
         }
     }
     for (i, feed) in config.feeds.iter().enumerate() {

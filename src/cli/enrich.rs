@@ -5,15 +5,17 @@
 
 use std::io::{BufWriter, Read, Write};
 
-use crate::config::SinkConfig;
-use crate::config::{Config, OutputFormat};
+use crate::config::Config;
 use crate::enrich::EndpointIndex;
 use crate::enrich::EnrichedRecord;
 use crate::flow::lines::{Line, LineSplitter};
 use crate::flow::{FlowFormat, RejectCounts};
+use crate::identity::Identity;
 use crate::pipeline::Processor;
 use crate::sink::syslog::SyslogConfig;
-use crate::sink::{Batch, Encoder, Sink, SinkMetrics, SinkReport};
+use crate::sink::{
+    Batch, Encoder, OutputFormat, Sink, SinkConfig, SinkContext, SinkKind, SinkMetrics, SinkReport,
+};
 
 const CHUNK_BYTES: usize = 1024 * 1024;
 
@@ -95,6 +97,7 @@ impl SyslogDelivery {
 
     fn start(
         config: &Config,
+        context: &SinkContext,
         format: OutputFormat,
         syslog: SyslogConfig,
         timeout: std::time::Duration,
@@ -103,14 +106,14 @@ impl SyslogDelivery {
         let sink = Sink::new(
             &SinkConfig {
                 name: "syslog".into(),
-                kind: crate::config::SinkKind::Syslog,
+                kind: SinkKind::Syslog,
                 format,
                 file: None,
                 syslog: Some(syslog),
                 kafka: None,
                 when_full: None,
             },
-            config,
+            context,
         )?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -202,20 +205,27 @@ pub fn run(
     output: impl Write,
     mut errors: impl Write,
 ) -> std::io::Result<EnrichSummary> {
+    let identity = Identity::from_environment();
+    let node_name = options.config.node_name(&identity);
     let processor = Processor::new(
         crate::enrich::Enricher {
-            node_name: options.config.node_name().map(Into::into),
+            node_name: node_name.as_deref().map(Into::into),
             threats: options.threats,
             labels: options.config.enrichment.labels.clone(),
         },
         options.index,
     );
     // No writer runs beside `enrich`: one read for the whole run.
-    let index = processor.index.read().expect("index lock");
-    let encoder = Encoder::new(options.output, options.config);
+    let index = processor.index.read();
+    let context = SinkContext {
+        cef: options.config.cef.clone(),
+        cluster_name: options.config.cluster_name.clone(),
+        hostname: node_name.unwrap_or(identity.hostname),
+    };
+    let encoder = Encoder::new(options.output, &context);
     let mut syslog = match options.syslog {
         Some((syslog, timeout)) => Some(
-            SyslogDelivery::start(options.config, options.output, syslog, timeout)
+            SyslogDelivery::start(options.config, &context, options.output, syslog, timeout)
                 .map_err(std::io::Error::other)?,
         ),
         None => None,

@@ -124,15 +124,15 @@ pub async fn render(config_path: &std::path::Path, feed: &str) -> anyhow::Result
     let rendered = runner
         .render_now()
         .await
-        .map_err(|error| anyhow::anyhow!(sync::error_chain(&error)))?;
+        .map_err(|error| anyhow::anyhow!(crate::telemetry::ErrorChain(&error).to_string()))?;
     let mut yaml = String::new();
     for set in &rendered.sets {
         yaml.push_str("---\n");
-        yaml.push_str(&serde_yaml::to_string(set)?);
+        yaml.push_str(&yaml_serde::to_string(set)?);
     }
     if let Some(policy) = &rendered.policy {
         yaml.push_str("---\n");
-        yaml.push_str(&serde_yaml::to_string(policy)?);
+        yaml.push_str(&yaml_serde::to_string(policy)?);
     }
     Ok(yaml)
 }

@@ -4,24 +4,24 @@
 //! syntax or type error with its path (`sinks[1].syslog.port: invalid type ...`);
 //! [`Config::validate`] is pure and collects every semantic problem with its path before
 //! anything starts; building the running pieces (reading the inventory, opening files) happens
-//! in `app`. Doc comments on the fields below are the user documentation, and
+//! in `app`. Each section's type lives with its stage and validates itself; this module only
+//! puts them together. Doc comments on the fields are the user documentation, and
 //! `schemas/config.schema.json` is generated from them.
 
-use std::collections::HashSet;
-use std::fmt;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::enrich::EnrichmentConfig;
 use crate::feeds::config::{FeedConfig, FeedSettings};
-use crate::flow::kafka::KafkaSourceConfig;
-use crate::flow::FlowFormat;
+use crate::flow::config::SourceConfig;
 use crate::k8s::leader::LeaderElectionConfig;
+use crate::pipeline::{DeadLetterConfig, PipelineConfig};
+pub use crate::problems::{Problem, Problems};
 use crate::sink::cef::CefConfig;
-use crate::sink::kafka::KafkaSinkConfig;
-use crate::sink::syslog::SyslogConfig;
+use crate::sink::config::SinkConfig;
+use crate::telemetry::TelemetryConfig;
 
 /// threatflow's configuration.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -69,395 +69,6 @@ pub struct Config {
     pub leader_election: Option<LeaderElectionConfig>,
 }
 
-/// A source of flow records.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SourceConfig {
-    /// A unique name, used in metrics and logs.
-    pub name: String,
-    /// `file` tails a flow-log file; `stdin` reads standard input until it closes; `kafka`
-    /// consumes topics in a consumer group.
-    #[serde(rename = "type")]
-    pub kind: SourceKind,
-    /// The collector format of the lines.
-    #[serde(default)]
-    pub format: FlowFormat,
-    /// Lines longer than this are rejected (`too_long`), never buffered whole.
-    #[serde(default = "default_max_line_bytes")]
-    pub max_line_bytes: usize,
-    /// Settings of a `file` source.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<FileSourceConfig>,
-    /// Settings of a `kafka` source.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kafka: Option<KafkaSourceConfig>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum SourceKind {
-    File,
-    Stdin,
-    Kafka,
-}
-
-fn default_max_line_bytes() -> usize {
-    64 * 1024
-}
-
-/// Tailing a flow-log file.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FileSourceConfig {
-    /// The file to tail, normally `/var/log/calico/flowlogs/flows.log`. Rotation by rename
-    /// and by copy-truncate is followed.
-    pub path: PathBuf,
-    /// Where to start when there is no checkpoint: at the `beginning` or the `end`.
-    #[serde(default)]
-    pub start_at: StartAt,
-    /// Where the read position is kept, so that a restart neither re-sends nor skips. A
-    /// position is saved only once every sink has acknowledged the lines before it. Without
-    /// it, every start begins at `start_at`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checkpoint_path: Option<PathBuf>,
-    /// How often to look for new data and for rotation at the end of the file.
-    #[serde(default = "default_poll_interval_ms")]
-    pub poll_interval_ms: u64,
-}
-
-fn default_poll_interval_ms() -> u64 {
-    250
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum StartAt {
-    #[default]
-    Beginning,
-    End,
-}
-
-/// Where cluster context comes from.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct EnrichmentConfig {
-    /// A file written by `kubectl get pods,services,namespaces,nodes,jobs -A -o json`, for runs
-    /// outside the cluster. Without it (or `kubernetes`), records are forwarded with only the
-    /// context they carry.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub inventory_path: Option<PathBuf>,
-    /// Watch the cluster's pods, services, nodes, namespaces and jobs and keep the index in
-    /// step (in-cluster, or through `KUBECONFIG`). Exclusive with `inventory_path`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kubernetes: Option<KubernetesEnrichment>,
-    /// Which labels are passed on, from the inventory and from the records themselves.
-    #[serde(default)]
-    pub labels: crate::enrich::LabelFilter,
-}
-
-/// In-cluster enrichment from watches.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct KubernetesEnrichment {
-    /// Watch only this namespace's pods, services and jobs (and only this namespace's labels),
-    /// for large clusters where threatflow serves one tenant. Nodes are always watched.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    /// Watch only pods matching this label selector (`app=web,tier!=db`). Flows of other pods
-    /// get no pod context.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod_label_selector: Option<String>,
-    /// How long a deleted pod's (or node's, or service's) addresses still resolve to it, for
-    /// flow records that arrive late.
-    #[serde(default = "default_grace_period_secs")]
-    pub grace_period_secs: u64,
-    /// How long records wait at startup for the initial lists before they go on with the
-    /// context the index has (counted in `threatflow_flow_sync_timeouts_total`).
-    #[serde(default = "default_sync_timeout_secs")]
-    pub sync_timeout_secs: u64,
-}
-
-fn default_grace_period_secs() -> u64 {
-    300
-}
-
-fn default_sync_timeout_secs() -> u64 {
-    60
-}
-
-impl KubernetesEnrichment {
-    fn validate(&self, path: &str, problems: &mut Problems) {
-        if let Some(namespace) = &self.namespace {
-            let valid = !namespace.is_empty()
-                && namespace.len() <= 63
-                && namespace
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !namespace.starts_with('-')
-                && !namespace.ends_with('-');
-            if !valid {
-                problems.push(
-                    format!("{path}.namespace"),
-                    "must be a namespace name (lowercase letters, digits and `-`, at most 63)",
-                );
-            }
-        }
-        if let Some(selector) = &self.pod_label_selector {
-            if selector.trim().is_empty() || selector.chars().any(char::is_control) {
-                problems.push(
-                    format!("{path}.pod_label_selector"),
-                    "must be a label selector such as `app=web,tier!=db`",
-                );
-            }
-        }
-    }
-}
-
-impl SinkConfig {
-    /// Whether a full queue drops (rather than blocks), with `sinks` the number of sinks.
-    pub fn drops_when_full(&self, sinks: usize) -> bool {
-        match self.when_full {
-            Some(when_full) => when_full == WhenFull::Drop,
-            None => sinks > 1,
-        }
-    }
-}
-
-/// A destination for enriched records.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SinkConfig {
-    /// A unique name, used in metrics and logs.
-    pub name: String,
-    /// `stdout`, `file` (appends), `syslog` (UDP, TCP or TLS) or `kafka` (a topic).
-    #[serde(rename = "type")]
-    pub kind: SinkKind,
-    /// How each record is encoded: `cef`, `leef` (LEEF 2.0, for QRadar) or `json` (one
-    /// object per line).
-    #[serde(default)]
-    pub format: OutputFormat,
-    /// Settings of a `file` sink.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<FileSinkConfig>,
-    /// Settings of a `syslog` sink.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub syslog: Option<SyslogConfig>,
-    /// Settings of a `kafka` sink.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kafka: Option<KafkaSinkConfig>,
-    /// When this sink's queue is full: `block` slows every source until the sink catches up;
-    /// `drop` does too, but once the queue has stayed full for a second (the destination is
-    /// stalled or down) counts its overflow as dropped (`destination_full`) so the other
-    /// sinks go on. Default: `block` for a single sink, `drop` when there are several.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub when_full: Option<WhenFull>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum WhenFull {
-    Block,
-    Drop,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum SinkKind {
-    Stdout,
-    File,
-    Syslog,
-    Kafka,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum OutputFormat {
-    #[default]
-    Cef,
-    /// LEEF 2.0 (IBM QRadar), tab-separated attributes.
-    Leef,
-    Json,
-}
-
-/// Appending records to a file, one per line.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FileSinkConfig {
-    pub path: PathBuf,
-}
-
-/// The dead-letter file: one JSON object per rejected line.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DeadLetterConfig {
-    pub path: PathBuf,
-}
-
-/// A named value kept out of the config file: exactly one of `value_from_env` and
-/// `value_from_file`.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NamedSecret {
-    pub name: String,
-    /// An environment variable holding the value.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value_from_env: Option<String>,
-    /// A file holding the value (a mounted Secret); surrounding whitespace is trimmed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value_from_file: Option<PathBuf>,
-}
-
-/// A secret could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum SecretError {
-    #[error("{name}: environment variable {variable} is not set")]
-    MissingEnv { name: String, variable: String },
-    #[error("{name}: cannot read {path}")]
-    File {
-        name: String,
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-impl NamedSecret {
-    pub fn validate(&self, path: &str, problems: &mut Problems) {
-        if self.value_from_env.is_some() == self.value_from_file.is_some() {
-            problems.push(
-                path,
-                "needs exactly one of value_from_env and value_from_file",
-            );
-        }
-    }
-
-    /// The value, read now (a rotated Secret file is picked up by the next read).
-    pub fn read(&self) -> Result<String, SecretError> {
-        match (&self.value_from_env, &self.value_from_file) {
-            (Some(variable), _) => std::env::var(variable).map_err(|_| SecretError::MissingEnv {
-                name: self.name.clone(),
-                variable: variable.clone(),
-            }),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map(|value| value.trim().to_owned())
-                .map_err(|source| SecretError::File {
-                    name: self.name.clone(),
-                    path: path.display().to_string(),
-                    source,
-                }),
-            (None, None) => Ok(String::new()),
-        }
-    }
-}
-
-/// Batching and shutdown.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct PipelineConfig {
-    /// Most lines a source puts in one batch.
-    pub batch_max_records: usize,
-    /// Batches that may wait in front of each stage; a full queue slows the source down.
-    pub queue_batches: usize,
-    /// On shutdown, or once the sources have ended (`--once`, standard input closed), how
-    /// long sinks may keep retrying undelivered batches before giving up (the positions of
-    /// undelivered lines are not saved, so they are read again on restart).
-    pub drain_timeout_secs: u64,
-}
-
-impl Default for PipelineConfig {
-    fn default() -> Self {
-        PipelineConfig {
-            batch_max_records: 1024,
-            queue_batches: 16,
-            drain_timeout_secs: 30,
-        }
-    }
-}
-
-/// Logs, metrics and health.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct TelemetryConfig {
-    /// `text` or `json` logs, on standard error.
-    pub log_format: LogFormat,
-    /// A tracing filter such as `info` or `threatflow=debug`; the `RUST_LOG` environment
-    /// variable overrides it.
-    pub log_level: String,
-    /// Where to serve `/metrics`, `/healthz` and `/readyz`. Unset: no listener.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub listen_addr: Option<SocketAddr>,
-}
-
-impl Default for TelemetryConfig {
-    fn default() -> Self {
-        TelemetryConfig {
-            log_format: LogFormat::Text,
-            log_level: "info".into(),
-            listen_addr: None,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
-
-/// One thing wrong with a configuration, at a path such as `sinks[1].syslog.port`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    pub path: String,
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
-
-/// Every problem found in a configuration.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Problems(Vec<Problem>);
-
-impl Problems {
-    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem {
-            path: path.into(),
-            message: message.into(),
-        });
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Problem> {
-        self.0.iter()
-    }
-
-    /// The paths of the problems, in order.
-    pub fn paths(&self) -> Vec<&str> {
-        self.0.iter().map(|problem| problem.path.as_str()).collect()
-    }
-}
-
-impl fmt::Display for Problems {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for problem in &self.0 {
-            writeln!(f, "  {problem}")?;
-        }
-        Ok(())
-    }
-}
-
 /// The configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -471,6 +82,16 @@ pub enum ConfigError {
     Parse { path: String, problem: Problem },
     #[error("{path} has {} problem(s):\n{problems}", problems.len())]
     Invalid { path: String, problems: Problems },
+}
+
+impl ConfigError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConfigError::Read { .. } => "read",
+            ConfigError::Parse { .. } => "parse",
+            ConfigError::Invalid { .. } => "invalid",
+        }
+    }
 }
 
 impl Config {
@@ -489,7 +110,7 @@ impl Config {
 
     /// Parses YAML text; the error names the path of the offending value.
     pub fn from_yaml(text: &str) -> Result<Config, Problem> {
-        let deserializer = serde_yaml::Deserializer::from_str(text);
+        let deserializer = yaml_serde::Deserializer::from_str(text);
         serde_path_to_error::deserialize(deserializer).map_err(|error| {
             let path = error.path().to_string();
             let path = if path == "." {
@@ -498,7 +119,7 @@ impl Config {
                 path
             };
             let mut message = error.into_inner().to_string();
-            // serde_yaml starts some messages with its own, shorter path; ours is exact.
+            // The YAML library starts some messages with its own, shorter path; ours is exact.
             if let Some((prefix, rest)) = message.split_once(": ") {
                 if !prefix.contains(' ') && path.starts_with(prefix) {
                     message = rest.to_owned();
@@ -534,7 +155,8 @@ impl Config {
         }
     }
 
-    /// Every semantic problem, with its path. Pure: touches no file or network.
+    /// Every semantic problem, with its path. Pure: touches no file or network. Each section
+    /// checks itself.
     pub fn validate(&self) -> Problems {
         let mut problems = Problems::default();
         match (
@@ -550,124 +172,9 @@ impl Config {
             (true, false, _) => problems.push("sources", "sinks need at least one source"),
             _ => {}
         }
-        let mut names = HashSet::new();
-        let mut stdin_sources = 0;
-        for (i, source) in self.sources.iter().enumerate() {
-            let path = format!("sources[{i}]");
-            check_name(
-                &format!("{path}.name"),
-                &source.name,
-                &mut names,
-                &mut problems,
-            );
-            if !(1024..=16 * 1024 * 1024).contains(&source.max_line_bytes) {
-                problems.push(
-                    format!("{path}.max_line_bytes"),
-                    "must be between 1024 and 16777216",
-                );
-            }
-            let sections = [
-                ("file", source.file.is_some(), SourceKind::File),
-                ("kafka", source.kafka.is_some(), SourceKind::Kafka),
-            ];
-            for (section, present, kind) in sections {
-                if present && source.kind != kind {
-                    problems.push(
-                        format!("{path}.{section}"),
-                        format!("only a `{section}` source takes a `{section}:` section"),
-                    );
-                }
-            }
-            if let Some(kafka) = &source.kafka {
-                kafka.validate(&format!("{path}.kafka"), &mut problems);
-            }
-            match (source.kind, &source.file) {
-                (SourceKind::Kafka, _) if source.kafka.is_none() => problems.push(
-                    format!("{path}.kafka"),
-                    "a `kafka` source needs a `kafka:` section with `brokers` and `topics`",
-                ),
-                (SourceKind::Kafka, _) => {}
-                (SourceKind::File, None) => problems.push(
-                    format!("{path}.file"),
-                    "a `file` source needs a `file:` section with a `path`",
-                ),
-                (SourceKind::File, Some(file)) => {
-                    if file.path.as_os_str().is_empty() {
-                        problems.push(format!("{path}.file.path"), "must not be empty");
-                    }
-                    if file.poll_interval_ms == 0 || file.poll_interval_ms > 60_000 {
-                        problems.push(
-                            format!("{path}.file.poll_interval_ms"),
-                            "must be between 1 and 60000",
-                        );
-                    }
-                    if file.checkpoint_path.as_deref() == Some(file.path.as_path()) {
-                        problems.push(
-                            format!("{path}.file.checkpoint_path"),
-                            "must not be the file being read",
-                        );
-                    }
-                }
-                (SourceKind::Stdin, _) => stdin_sources += 1,
-            }
-        }
-        if stdin_sources > 1 {
-            problems.push("sources", "only one source can read standard input");
-        }
-
-        let mut names = HashSet::new();
-        for (i, sink) in self.sinks.iter().enumerate() {
-            let path = format!("sinks[{i}]");
-            check_name(
-                &format!("{path}.name"),
-                &sink.name,
-                &mut names,
-                &mut problems,
-            );
-            let sections = [
-                ("file", sink.file.is_some(), SinkKind::File),
-                ("syslog", sink.syslog.is_some(), SinkKind::Syslog),
-                ("kafka", sink.kafka.is_some(), SinkKind::Kafka),
-            ];
-            for (section, present, kind) in sections {
-                if present && sink.kind != kind {
-                    problems.push(
-                        format!("{path}.{section}"),
-                        format!("only a `{section}` sink takes a `{section}:` section"),
-                    );
-                }
-                if !present && sink.kind == kind {
-                    problems.push(
-                        format!("{path}.{section}"),
-                        format!("a `{section}` sink needs a `{section}:` section"),
-                    );
-                }
-            }
-            if let Some(file) = &sink.file {
-                if file.path.as_os_str().is_empty() {
-                    problems.push(format!("{path}.file.path"), "must not be empty");
-                }
-            }
-            if let Some(syslog) = &sink.syslog {
-                syslog.validate(&format!("{path}.syslog"), &mut problems);
-            }
-            if let Some(kafka) = &sink.kafka {
-                kafka.validate(&format!("{path}.kafka"), &mut problems);
-            }
-        }
-
-        self.enrichment
-            .labels
-            .validate("enrichment.labels", &mut problems);
-        if let Some(kubernetes) = &self.enrichment.kubernetes {
-            if self.enrichment.inventory_path.is_some() {
-                problems.push(
-                    "enrichment.kubernetes",
-                    "set either enrichment.inventory_path (a file) or enrichment.kubernetes (watches), not both",
-                );
-            }
-            kubernetes.validate("enrichment.kubernetes", &mut problems);
-        }
+        crate::flow::config::validate(&self.sources, &mut problems);
+        crate::sink::config::validate(&self.sinks, &mut problems);
+        self.enrichment.validate("enrichment", &mut problems);
         crate::feeds::config::validate(&self.feeds, &self.feed_settings, &mut problems);
         if let Some(election) = &self.leader_election {
             election.validate("leader_election", &mut problems);
@@ -685,87 +192,24 @@ impl Config {
             }
         }
         if let Some(dead_letter) = &self.dead_letter {
-            if dead_letter.path.as_os_str().is_empty() {
-                problems.push("dead_letter.path", "must not be empty");
-            }
+            dead_letter.validate("dead_letter", &mut problems);
         }
-        let pipeline = &self.pipeline;
-        if !(1..=100_000).contains(&pipeline.batch_max_records) {
-            problems.push("pipeline.batch_max_records", "must be between 1 and 100000");
-        }
-        if !(1..=10_000).contains(&pipeline.queue_batches) {
-            problems.push("pipeline.queue_batches", "must be between 1 and 10000");
-        }
-        if tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level).is_err() {
-            problems.push(
-                "telemetry.log_level",
-                format!(
-                    "`{}` is not a log filter (try `info` or `threatflow=debug`)",
-                    self.telemetry.log_level
-                ),
-            );
-        }
+        self.pipeline.validate("pipeline", &mut problems);
+        self.telemetry.validate("telemetry", &mut problems);
         problems
     }
 
-    /// The node name from the config, else from the `NODE_NAME` environment variable.
-    pub fn node_name(&self) -> Option<String> {
-        self.node_name.clone().or_else(|| {
-            std::env::var("NODE_NAME")
-                .ok()
-                .filter(|name| !name.is_empty())
-        })
+    /// The node name from the config, else this process's (`NODE_NAME`).
+    pub fn node_name(&self, identity: &crate::identity::Identity) -> Option<String> {
+        self.node_name
+            .clone()
+            .or_else(|| identity.node_name.clone())
     }
 
     /// One line saying what would run.
     pub fn summary(&self) -> String {
-        let sources: Vec<String> = self
-            .sources
-            .iter()
-            .map(|source| match (&source.file, &source.kafka) {
-                (Some(file), _) => format!(
-                    "{} ({} file {})",
-                    source.name,
-                    source.format.as_str(),
-                    file.path.display()
-                ),
-                (None, Some(kafka)) => {
-                    let topics: Vec<&str> = kafka
-                        .topics
-                        .iter()
-                        .map(|topic| topic.name.as_str())
-                        .collect();
-                    format!(
-                        "{} (kafka topics {} in group {})",
-                        source.name,
-                        topics.join(","),
-                        kafka.group_id
-                    )
-                }
-                (None, None) => format!("{} ({} stdin)", source.name, source.format.as_str()),
-            })
-            .collect();
-        let sinks: Vec<String> = self
-            .sinks
-            .iter()
-            .map(|sink| {
-                let target = match (&sink.file, &sink.syslog, &sink.kafka) {
-                    (Some(file), _, _) => format!("file {}", file.path.display()),
-                    (_, Some(syslog), _) => format!("syslog {}", syslog.target()),
-                    (_, _, Some(kafka)) => format!("kafka topic {}", kafka.topic),
-                    _ => "stdout".into(),
-                };
-                format!("{} ({:?} to {target})", sink.name, sink.format).to_lowercase()
-            })
-            .collect();
-        let enrichment = match (&self.enrichment.inventory_path, &self.enrichment.kubernetes) {
-            (Some(path), _) => format!("inventory {}", path.display()),
-            (None, Some(kubernetes)) => match &kubernetes.namespace {
-                Some(namespace) => format!("kubernetes watches in namespace {namespace}"),
-                None => "kubernetes watches".into(),
-            },
-            (None, None) => "none".into(),
-        };
+        let sources: Vec<String> = self.sources.iter().map(SourceConfig::summary).collect();
+        let sinks: Vec<String> = self.sinks.iter().map(SinkConfig::summary).collect();
         let telemetry = match self.telemetry.listen_addr {
             Some(addr) => format!("http://{addr}/metrics"),
             None => "off".into(),
@@ -796,27 +240,12 @@ impl Config {
             }
         };
         format!(
-            "sources: {}; enrichment: {enrichment}; sinks: {}; feeds: {}{publish}; metrics: {telemetry}",
+            "sources: {}; enrichment: {}; sinks: {}; feeds: {}{publish}; metrics: {telemetry}",
             or_none(sources),
+            self.enrichment.summary(),
             or_none(sinks),
             or_none(feeds),
         )
-    }
-}
-
-fn check_name<'a>(path: &str, name: &'a str, seen: &mut HashSet<&'a str>, problems: &mut Problems) {
-    let valid = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if !valid {
-        problems.push(
-            path,
-            format!("`{name}` must be 1 to 63 letters, digits, `-` or `_`"),
-        );
-    } else if !seen.insert(name) {
-        problems.push(path, format!("`{name}` is used twice"));
     }
 }
 

@@ -1,6 +1,6 @@
 //! The endpoint index: IP address -> what held it (a pod, a node) and IP -> service.
 //!
-//! Filled through the cluster model ([`ClusterState`]), whichever way that is fed (an
+//! A projection of the cluster model ([`super::projection`]), whichever way that is fed (an
 //! inventory file offline, watches in the cluster). Lookups are hash-map reads returning
 //! shared, immutable context, so enriching a record copies two pointers and never calls the
 //! API server. Addresses live in an [`IpHistory`], so lookups take the flow's time.
@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use crate::flow::record::Text;
 
-use super::cluster::ClusterState;
 use super::history::{Found, IpHistory};
-use super::inventory::Inventory;
 use super::labels::LabelFilter;
+use super::projection::{EndpointProjection, SharedIndex};
+use crate::cluster::{Inventory, Model, WatchScope};
 
 /// Cluster context of one endpoint: a pod, or a node (host endpoints, host-network pods).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,11 +75,13 @@ impl EndpointIndex {
 
     /// Builds the index, keeping only the labels `filter` passes.
     pub fn build(inventory: &Inventory, filter: &LabelFilter) -> EndpointIndex {
-        let index = ClusterState::from_inventory(inventory, filter)
-            .index()
-            .clone();
-        let index = Arc::into_inner(index).expect("the model is gone");
-        index.into_inner().expect("index lock")
+        let index = SharedIndex::default();
+        let projection =
+            EndpointProjection::new(filter.clone(), index.clone(), WatchScope::default());
+        drop(Model::from_inventory(inventory, vec![Box::new(projection)]));
+        Arc::into_inner(index)
+            .expect("the model, and its projection, are gone")
+            .into_inner()
     }
 
     /// The pod or node that held `ip` at `at_ms` (Unix epoch milliseconds).
@@ -135,7 +137,7 @@ impl EndpointIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::enrich::inventory::{NamespaceInfo, NodeInfo, PodInfo, ServiceInfo as Svc};
+    use crate::cluster::objects::{NamespaceInfo, NodeInfo, PodInfo, ServiceInfo as Svc};
     use std::collections::BTreeMap;
 
     fn ip(text: &str) -> IpAddr {

@@ -2,15 +2,15 @@
 //! flow record.
 //!
 //! The stage is a pure function of a record and an [`EndpointIndex`]. It never calls the
-//! Kubernetes API; the index is filled elsewhere (an inventory file offline, watches in the
-//! cluster). What the collector already said wins: enrichment only fills gaps, and a record
+//! Kubernetes API: the index is a projection of the cluster model ([`projection`]), which an
+//! inventory file or the watches fill. What the collector already said wins: enrichment only fills gaps, and a record
 //! without an IP (aggregated by the collector) is never given a pod.
 
-pub mod cluster;
+pub mod config;
 pub mod history;
 pub mod index;
-pub mod inventory;
 pub mod labels;
+pub mod projection;
 pub mod threat;
 pub mod workload;
 
@@ -18,10 +18,10 @@ use std::sync::Arc;
 
 use crate::flow::record::{Endpoint, EndpointKind, Reporter, Text};
 use crate::flow::FlowRecord;
-pub use cluster::{ClusterState, SharedIndex, SyncGate};
+pub use config::{EnrichmentConfig, KubernetesEnrichment};
 pub use index::{EndpointIndex, EndpointInfo, EndpointInfoKind, IndexSize, ServiceInfo};
-pub use inventory::Inventory;
 pub use labels::LabelFilter;
+pub use projection::{EndpointProjection, SharedIndex};
 pub use threat::{Matches, ThreatFeed, ThreatMatcher};
 
 /// A flow record with the context the index had for its endpoints.
@@ -285,8 +285,10 @@ mod tests {
     use crate::flow::calico;
 
     fn index() -> EndpointIndex {
-        let inventory =
-            Inventory::from_json(include_bytes!("../../deploy/local/inventory.json")).unwrap();
+        let inventory = crate::cluster::Inventory::from_json(include_bytes!(
+            "../../deploy/local/inventory.json"
+        ))
+        .unwrap();
         EndpointIndex::from_inventory(&inventory)
     }
 

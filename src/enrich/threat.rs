@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::feeds::netset::NetSet;
+use crate::netset::NetSet;
 
 /// The most feeds an index holds (one bit each).
 pub const MAX_FEEDS: usize = 64;
@@ -140,7 +140,7 @@ fn segments(ranges: impl Iterator<Item = (u128, u128, u64)>) -> Vec<(u128, u128,
 #[derive(Clone, Debug, Default)]
 pub struct ThreatMatcher {
     current: Arc<ArcSwap<ThreatIndex>>,
-    sets: Arc<std::sync::Mutex<Vec<FeedSet>>>,
+    sets: Arc<parking_lot::Mutex<Vec<FeedSet>>>,
 }
 
 impl ThreatMatcher {
@@ -151,7 +151,7 @@ impl ThreatMatcher {
 
     /// Replaces one feed's set (or adds the feed) and swaps in a rebuilt index.
     pub fn update(&self, feed: ThreatFeed, set: Arc<NetSet>) {
-        let mut sets = self.sets.lock().expect("threat sets lock");
+        let mut sets = self.sets.lock();
         match sets
             .iter_mut()
             .find(|(existing, _)| existing.name == feed.name)

@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::format::FeedFormat;
-use crate::config::Problems;
+use crate::problems::Problems;
 
 /// A threat feed to pull and publish.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -70,7 +70,7 @@ fn default_min_shrink_fraction() -> f64 {
 }
 
 /// One request header, its value from the environment or a file.
-pub type HeaderConfig = crate::config::NamedSecret;
+pub type HeaderConfig = crate::secret::NamedSecret;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -325,7 +325,7 @@ pub fn validate(feeds: &[FeedConfig], settings: &FeedSettings, problems: &mut Pr
 
 fn check_cidrs(path: &str, cidrs: &[String], problems: &mut Problems) {
     for (i, cidr) in cidrs.iter().enumerate() {
-        if super::netset::parse_cidr(cidr).is_none() {
+        if crate::netset::parse_cidr(cidr).is_none() {
             problems.push(
                 format!("{path}[{i}]"),
                 format!("`{cidr}` is not a CIDR or an IP address"),
@@ -377,7 +377,7 @@ mod tests {
 
     #[test]
     fn feed_problems_have_paths() {
-        let feeds: Vec<FeedConfig> = serde_yaml::from_str(
+        let feeds: Vec<FeedConfig> = yaml_serde::from_str(
             r#"
 - {name: feodo, url: "https://example.com/x", labels: {security-action: block}}
 - {name: feodo, url: "http://example.com/x", period_secs: 60}

@@ -7,11 +7,13 @@
 //! `Retry-After`. TLS certificates are always verified. Header values (tokens) are marked
 //! sensitive and never logged. `file://` URLs are read from disk with the same size cap.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use futures_util::StreamExt;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::StatusCode;
+
+use crate::net::backoff::Backoff;
+use crate::net::http::{self, redact_url, BodyError, HttpError, HttpSettings};
 
 /// Cache validators from the last successful fetch.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -34,29 +36,27 @@ pub enum Fetched {
 /// How fetches behave.
 #[derive(Clone, Debug)]
 pub struct FetchSettings {
-    pub connect_timeout: Duration,
-    /// Limit for one attempt, body included.
-    pub timeout: Duration,
+    /// Timeouts and TLS.
+    pub http: HttpSettings,
     pub max_body_bytes: u64,
     /// Attempts after the first.
     pub retries: u32,
     /// First backoff; doubles each retry, with jitter, up to `max_backoff`.
     pub backoff: Duration,
     pub max_backoff: Duration,
-    /// CA certificates trusted besides the system's (feeds served under an internal PKI).
-    pub extra_roots: Vec<reqwest::Certificate>,
 }
 
 impl Default for FetchSettings {
     fn default() -> Self {
         FetchSettings {
-            connect_timeout: Duration::from_secs(10),
-            timeout: Duration::from_secs(60),
+            http: HttpSettings {
+                client: "feeds".into(),
+                ..HttpSettings::default()
+            },
             max_body_bytes: 64 * 1024 * 1024,
             retries: 3,
             backoff: Duration::from_secs(2),
             max_backoff: Duration::from_secs(120),
-            extra_roots: Vec::new(),
         }
     }
 }
@@ -92,10 +92,8 @@ pub enum FetchError {
     },
     #[error("`{url}` is not an http, https or file URL")]
     Url { url: String },
-    #[error("header `{name}` is not a valid HTTP header")]
-    Header { name: String },
-    #[error("cannot build the HTTP client")]
-    Client(#[source] reqwest::Error),
+    #[error(transparent)]
+    Http(#[from] HttpError),
 }
 
 impl FetchError {
@@ -109,8 +107,8 @@ impl FetchError {
             FetchError::Body { .. } => "body",
             FetchError::File { .. } => "file",
             FetchError::Url { .. } => "url",
-            FetchError::Header { .. } => "header",
-            FetchError::Client(_) => "client",
+            FetchError::Http(HttpError::Header { .. }) => "header",
+            FetchError::Http(_) => "client",
         }
     }
 
@@ -137,27 +135,7 @@ pub struct Fetcher {
 
 impl Fetcher {
     pub fn new(settings: FetchSettings) -> Result<Fetcher, FetchError> {
-        // The process-wide TLS provider; installing it twice is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .connect_timeout(settings.connect_timeout)
-            .timeout(settings.timeout)
-            .user_agent(concat!("threatflow/", env!("CARGO_PKG_VERSION")))
-            .tls_certs_merge(settings.extra_roots.clone())
-            .redirect(reqwest::redirect::Policy::custom(|attempt| {
-                // Never let a redirect take TLS away from a feed.
-                let downgrade = attempt.previous().iter().any(|url| url.scheme() == "https")
-                    && attempt.url().scheme() != "https";
-                if downgrade {
-                    attempt.error("refusing to follow a redirect from https to plain http")
-                } else if attempt.previous().len() >= 5 {
-                    attempt.error("too many redirects")
-                } else {
-                    attempt.follow()
-                }
-            }))
-            .build()
-            .map_err(FetchError::Client)?;
+        let client = http::client(&settings.http)?;
         Ok(Fetcher { client, settings })
     }
 
@@ -200,12 +178,7 @@ impl Fetcher {
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
-        let ceiling = self.settings.backoff.saturating_mul(1 << attempt.min(16));
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.subsec_nanos());
-        // Between half and all of the ceiling.
-        ceiling / 2 + ceiling.mul_f64(f64::from(nanos % 1000) / 2000.0)
+        Backoff::delay(self.settings.backoff, self.settings.max_backoff, attempt)
     }
 
     /// One request; on failure, also the server's `Retry-After`, if it sent one.
@@ -240,11 +213,7 @@ impl Fetcher {
             return Ok(Fetched::NotModified);
         }
         if !status.is_success() {
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|value| value.to_str().ok())
-                .and_then(parse_retry_after);
+            let retry_after = http::retry_after(response.headers());
             return Err((
                 FetchError::Status {
                     url: url_text(),
@@ -278,43 +247,20 @@ impl Fetcher {
             last_modified: header_text(reqwest::header::LAST_MODIFIED),
         };
         let limit = self.settings.max_body_bytes;
-        if response
-            .content_length()
-            .is_some_and(|length| length > limit)
-        {
-            return Err((
-                FetchError::TooLarge {
+        let body = http::read_body(response, limit).await.map_err(|error| {
+            let error = match error {
+                BodyError::TooLarge { limit } => FetchError::TooLarge {
                     url: url_text(),
                     limit,
                 },
-                None,
-            ));
-        }
-        let mut body = Vec::new();
-        let mut stream = response.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|source| {
-                let error = if source.is_timeout() {
-                    FetchError::Timeout { url: url_text() }
-                } else {
-                    FetchError::Body {
-                        url: url_text(),
-                        source,
-                    }
-                };
-                (error, None)
-            })?;
-            if body.len() as u64 + chunk.len() as u64 > limit {
-                return Err((
-                    FetchError::TooLarge {
-                        url: url_text(),
-                        limit,
-                    },
-                    None,
-                ));
-            }
-            body.extend_from_slice(&chunk);
-        }
+                BodyError::Timeout => FetchError::Timeout { url: url_text() },
+                BodyError::Broken(source) => FetchError::Body {
+                    url: url_text(),
+                    source,
+                },
+            };
+            (error, None)
+        })?;
         Ok(Fetched::Content { body, validators })
     }
 
@@ -339,35 +285,11 @@ impl Fetcher {
     }
 }
 
-/// A URL as it may appear in logs and status: without user information or query string, which
-/// can carry credentials.
-pub fn redact_url(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let rest = rest.split(['?', '#']).next().unwrap_or("");
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    let redacted_query = if url.contains('?') { "?…" } else { "" };
-    if scheme.is_empty() {
-        format!("{host}/{path}{redacted_query}")
-    } else {
-        format!("{scheme}://{host}/{path}{redacted_query}")
-    }
-}
-
 fn request_headers(
     headers: &[(String, String)],
     validators: &Validators,
 ) -> Result<HeaderMap, FetchError> {
-    let mut map = HeaderMap::new();
-    for (name, value) in headers {
-        let header_error = || FetchError::Header { name: name.clone() };
-        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| header_error())?;
-        let mut value = HeaderValue::from_str(value).map_err(|_| header_error())?;
-        value.set_sensitive(true);
-        map.insert(name, value);
-    }
+    let mut map = http::secret_headers(headers)?;
     let mut validator = |name, value: &Option<String>| {
         if let Some(value) = value
             .as_deref()
@@ -384,67 +306,9 @@ fn request_headers(
     Ok(map)
 }
 
-/// `Retry-After` as seconds or an HTTP date.
-fn parse_retry_after(value: &str) -> Option<Duration> {
-    if let Ok(seconds) = value.trim().parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let when = humantime::parse_rfc3339_weak(value)
-        .ok()
-        .or_else(|| httpdate(value))?;
-    Some(when.duration_since(SystemTime::now()).unwrap_or_default())
-}
-
-/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the form HTTP dates take.
-fn httpdate(value: &str) -> Option<SystemTime> {
-    let parts: Vec<&str> = value.split_whitespace().collect();
-    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
-        return None;
-    };
-    let month = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ]
-    .iter()
-    .position(|name| name == month)?
-        + 1;
-    let iso = format!("{year}-{month:02}-{day:0>2}T{time}Z");
-    humantime::parse_rfc3339(&iso).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_are_redacted() {
-        assert_eq!(
-            redact_url("https://user:pass@feeds.example.com/list.txt?key=s3cret"),
-            "https://feeds.example.com/list.txt?…"
-        );
-        assert_eq!(
-            redact_url("https://feeds.example.com/list.txt"),
-            "https://feeds.example.com/list.txt"
-        );
-        assert_eq!(
-            redact_url("https://feeds.example.com"),
-            "https://feeds.example.com/"
-        );
-    }
-
-    #[test]
-    fn retry_after_forms() {
-        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
-            Some(Duration::ZERO),
-            "a past date means now"
-        );
-        assert!(
-            parse_retry_after("Fri, 31 Dec 2100 23:59:59 GMT").unwrap()
-                > Duration::from_secs(365 * 24 * 3600)
-        );
-        assert_eq!(parse_retry_after("soon"), None);
-    }
 
     #[test]
     fn header_values_are_sensitive_and_validators_sent() {
@@ -462,7 +326,7 @@ mod tests {
         assert_eq!(map["if-none-match"], "\"abc\"");
         assert!(matches!(
             request_headers(&[("bad header".into(), "x".into())], &Validators::default()),
-            Err(FetchError::Header { .. })
+            Err(FetchError::Http(HttpError::Header { .. }))
         ));
     }
 }

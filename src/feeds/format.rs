@@ -15,8 +15,8 @@ use ipnet::IpNet;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::netset::{range4, range6, Range4, Range6};
-use crate::config::Problems;
+use crate::netset::{range4, range6, Range4, Range6};
+use crate::problems::Problems;
 
 /// How a feed's content is laid out.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -405,7 +405,7 @@ fn parse_jsonl(field: &str, content: &[u8]) -> ParsedFeed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::feeds::netset::NetSet;
+    use crate::netset::NetSet;
 
     fn cidrs(feed: &ParsedFeed) -> Vec<String> {
         NetSet::from_ranges(feed.v4.clone(), feed.v6.clone())

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use super::format::ParsedFeed;
-use super::netset::{widest_prefix4, widest_prefix6, NetSet};
+use crate::netset::{widest_prefix4, widest_prefix6, NetSet};
 
 /// The guards of one feed. `None` disables a guard.
 #[derive(Clone, Debug, Default)]

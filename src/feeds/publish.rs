@@ -245,7 +245,7 @@ impl DirectoryTarget {
                     .is_some_and(|extension| extension == "yaml")
             })
             .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
-            .filter_map(|text| serde_yaml::from_str::<Owned>(&text).ok())
+            .filter_map(|text| yaml_serde::from_str::<Owned>(&text).ok())
             .filter(|object| owned_by(object, feed))
             .map(|object| object.spec.nets.len())
             .sum()
@@ -263,12 +263,12 @@ impl DirectoryTarget {
         let documents = rendered
             .sets
             .iter()
-            .map(|set| (set.metadata.name.clone(), serde_yaml::to_string(set)))
+            .map(|set| (set.metadata.name.clone(), yaml_serde::to_string(set)))
             .chain(
                 rendered
                     .policy
                     .iter()
-                    .map(|policy| (policy.metadata.name.clone(), serde_yaml::to_string(policy))),
+                    .map(|policy| (policy.metadata.name.clone(), yaml_serde::to_string(policy))),
             );
         for (name, yaml) in documents {
             let yaml = yaml.expect("Calico objects serialize");
@@ -297,7 +297,7 @@ impl DirectoryTarget {
             }
             let owned = std::fs::read_to_string(&path)
                 .ok()
-                .and_then(|text| serde_yaml::from_str::<Owned>(&text).ok())
+                .and_then(|text| yaml_serde::from_str::<Owned>(&text).ok())
                 .is_some_and(|object| owned_by(&object, feed));
             if owned {
                 std::fs::remove_file(&path).map_err(write_error(&path))?;
@@ -330,7 +330,7 @@ mod tests {
         let big = render(
             "f",
             &Default::default(),
-            &crate::feeds::netset::spaced_v4(1000),
+            &crate::netset::spaced_v4(1000),
             &settings,
         );
         let report = target.apply("f", &big).unwrap();
@@ -347,7 +347,7 @@ mod tests {
         let other = render(
             "g",
             &Default::default(),
-            &crate::feeds::netset::spaced_v4(1),
+            &crate::netset::spaced_v4(1),
             &settings,
         );
         target.apply("g", &other).unwrap();
@@ -363,7 +363,7 @@ mod tests {
         let small = render(
             "f",
             &Default::default(),
-            &crate::feeds::netset::spaced_v4(10),
+            &crate::netset::spaced_v4(10),
             &settings,
         );
         let shrunk = target.apply("f", &small).unwrap();

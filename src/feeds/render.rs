@@ -16,7 +16,7 @@ use crate::k8s::{
     FEED_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
 };
 
-use super::netset::NetSet;
+use crate::netset::NetSet;
 
 /// The most bytes of net strings one shard may hold: with the object's other fields and JSON
 /// quoting, the object stays far below etcd's 1.5 MiB.
@@ -201,7 +201,7 @@ mod tests {
         let rendered = render(
             "feodo",
             &labels,
-            &crate::feeds::netset::spaced_v4(3),
+            &crate::netset::spaced_v4(3),
             &settings(10_000),
         );
         assert_eq!(rendered.sets.len(), 1);
@@ -219,7 +219,7 @@ mod tests {
         let rendered = render(
             "big",
             &BTreeMap::new(),
-            &crate::feeds::netset::spaced_v4(100_000),
+            &crate::netset::spaced_v4(100_000),
             &settings(10_000),
         );
         assert!(rendered.sets.len() >= 10);
@@ -236,7 +236,7 @@ mod tests {
         let huge = render(
             "huge",
             &BTreeMap::new(),
-            &crate::feeds::netset::spaced_v4(100_000),
+            &crate::netset::spaced_v4(100_000),
             &settings(1_000_000),
         );
         assert!(huge
@@ -250,7 +250,7 @@ mod tests {
         let before = render(
             "f",
             &BTreeMap::new(),
-            &crate::feeds::netset::spaced_v4(50_000),
+            &crate::netset::spaced_v4(50_000),
             &settings(10_000),
         );
         let mut ranges: Vec<(u32, u32)> = (0..50_000)
@@ -278,7 +278,7 @@ mod tests {
             render(
                 "f",
                 &BTreeMap::new(),
-                &crate::feeds::netset::spaced_v4(50_000),
+                &crate::netset::spaced_v4(50_000),
                 &settings(10_000)
             )
         );
@@ -296,7 +296,7 @@ mod tests {
         let policy = render(
             "feodo",
             &BTreeMap::new(),
-            &crate::feeds::netset::spaced_v4(1),
+            &crate::netset::spaced_v4(1),
             &settings,
         )
         .policy

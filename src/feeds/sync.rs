@@ -5,7 +5,9 @@
 //! only after the publication succeeded. A feed is never pulled more often than its period.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -22,13 +24,16 @@ use super::config::{
 };
 use super::fetch::{FetchError, FetchSettings, Fetched, Fetcher, Validators};
 use super::format::{self, FormatError};
-use super::netset::NetSet;
 use super::normalize::{self, check_shrink, Guards, Refusal};
 use super::publish::{DirectoryTarget, KubernetesTarget, PublishError, PublishReport, Target};
 use super::render::{render, PolicySettings, RenderSettings, Rendered};
-use crate::config::SecretError;
 use crate::enrich::threat::{ThreatFeed, ThreatMatcher};
 use crate::k8s::leader::Leadership;
+use crate::net::http::HttpSettings;
+use crate::net::tls::{TlsSettings, Trust};
+use crate::netset::NetSet;
+use crate::secret::SecretError;
+use crate::telemetry::ErrorChain;
 
 /// A sync did not complete; `kind()` is the metric label.
 #[derive(Debug, thiserror::Error)]
@@ -57,24 +62,14 @@ impl SyncError {
 /// A feed could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("feed {feed}: header {header}: environment variable {variable} is not set")]
-    MissingEnv {
+    #[error("feed {feed}: header")]
+    Secret {
         feed: String,
-        header: String,
-        variable: String,
-    },
-    #[error("feed {feed}: header {header}: cannot read {path}")]
-    SecretFile {
-        feed: String,
-        header: String,
-        path: String,
         #[source]
-        source: std::io::Error,
+        source: SecretError,
     },
-    #[error("cannot build the HTTP client for feeds")]
+    #[error("cannot build the HTTP client for feeds (feed_settings.ca_file?)")]
     Client(#[source] FetchError),
-    #[error("feed_settings.ca_file {path}: {reason}")]
-    CaFile { path: String, reason: String },
     #[error("cannot connect to the Kubernetes API (in-cluster credentials or KUBECONFIG)")]
     Kubernetes(#[source] kube::Error),
 }
@@ -221,30 +216,21 @@ pub async fn kubernetes_client(
         .map_err(SetupError::Kubernetes)
 }
 
-/// The HTTP client settings for feeds.
+/// The HTTP client for feeds: `feed_settings.ca_file` is trusted besides the system's roots.
 pub fn fetcher(settings: &FeedSettings) -> Result<Fetcher, SetupError> {
-    let extra_roots = match &settings.ca_file {
-        Some(path) => {
-            let ca_error = |reason: String| SetupError::CaFile {
-                path: path.display().to_string(),
-                reason,
-            };
-            let pem = std::fs::read(path).map_err(|error| ca_error(error.to_string()))?;
-            let roots = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|error| ca_error(error.to_string()))?;
-            if roots.is_empty() {
-                return Err(ca_error("no PEM certificate in it".into()));
-            }
-            roots
-        }
-        None => Vec::new(),
-    };
     Fetcher::new(FetchSettings {
-        connect_timeout: Duration::from_secs(settings.connect_timeout_secs),
-        timeout: Duration::from_secs(settings.timeout_secs),
+        http: HttpSettings {
+            connect_timeout: Duration::from_secs(settings.connect_timeout_secs),
+            timeout: Duration::from_secs(settings.timeout_secs),
+            tls: TlsSettings {
+                ca_file: settings.ca_file.clone(),
+                ..TlsSettings::default()
+            },
+            trust: Trust::SystemAndCaFile,
+            client: "feeds".into(),
+        },
         max_body_bytes: settings.max_body_bytes,
         retries: settings.retries,
-        extra_roots,
         ..FetchSettings::default()
     })
     .map_err(SetupError::Client)
@@ -276,7 +262,7 @@ impl FeedRunner {
             .map(|cidr| cidr.to_string())
             .chain(settings.never_block.iter().cloned())
             .chain(feed.never_block.iter().cloned())
-            .filter_map(|cidr| super::netset::parse_cidr(&cidr))
+            .filter_map(|cidr| crate::netset::parse_cidr(&cidr))
             .collect();
         let guards = Guards {
             never_block: NetSet::from_nets(&never_block),
@@ -302,7 +288,7 @@ impl FeedRunner {
             },
             _ => None,
         };
-        board.lock().expect("status lock").insert(
+        board.lock().insert(
             feed.name.clone(),
             FeedStatus {
                 name: feed.name.clone(),
@@ -310,7 +296,7 @@ impl FeedRunner {
                     FeedMode::Enforce => "enforce",
                     FeedMode::Monitor => "monitor",
                 },
-                url: super::fetch::redact_url(&feed.url),
+                url: crate::net::http::redact_url(&feed.url),
                 last_outcome: "pending".into(),
                 ..FeedStatus::default()
             },
@@ -375,7 +361,7 @@ impl FeedRunner {
             Err(error) => error.kind(),
         };
         FeedMetrics::count(&self.metrics.syncs, &name, outcome, 1);
-        let mut board = self.board.lock().expect("status lock");
+        let mut board = self.board.lock();
         let status = board.entry(name.clone()).or_default();
         status.last_outcome = outcome.to_owned();
         match &result {
@@ -384,7 +370,7 @@ impl FeedRunner {
                 tracing::info!(feed = %name, outcome, entries = status.entries, shards = status.shards, "feed synced");
             }
             Err(error) => {
-                let chain = error_chain(error);
+                let chain = ErrorChain(error).to_string();
                 tracing::error!(feed = %name, error = %chain, "feed sync failed; the last good set stays in force");
                 status.last_error = Some(chain);
             }
@@ -549,42 +535,16 @@ impl FeedRunner {
     }
 
     fn with_status(&self, change: impl FnOnce(&mut FeedStatus)) {
-        if let Some(status) = self
-            .board
-            .lock()
-            .expect("status lock")
-            .get_mut(&self.feed.name)
-        {
+        if let Some(status) = self.board.lock().get_mut(&self.feed.name) {
             change(status);
         }
     }
 }
 
-/// An error and its sources, `outer: inner: innermost`.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
-}
-
 fn secret_value(feed: &str, header: &HeaderConfig) -> Result<String, SetupError> {
-    header.read().map_err(|error| match error {
-        SecretError::MissingEnv { name, variable } => SetupError::MissingEnv {
-            feed: feed.to_owned(),
-            header: name,
-            variable,
-        },
-        SecretError::File { name, path, source } => SetupError::SecretFile {
-            feed: feed.to_owned(),
-            header: name,
-            path,
-            source,
-        },
+    header.read().map_err(|source| SetupError::Secret {
+        feed: feed.to_owned(),
+        source,
     })
 }
 
@@ -615,38 +575,19 @@ fn unix_seconds(time: SystemTime) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn header(env: Option<&str>, file: Option<&std::path::Path>) -> HeaderConfig {
-        HeaderConfig {
-            name: "Authorization".into(),
-            value_from_env: env.map(Into::into),
-            value_from_file: file.map(Into::into),
-        }
-    }
+    use crate::telemetry::ErrorChain;
 
     #[test]
-    fn secret_header_values_come_from_the_environment_or_a_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("token");
-        std::fs::write(&file, "Bearer from-file\n").unwrap();
+    fn a_missing_secret_header_names_the_feed_the_header_and_the_variable() {
+        let header = HeaderConfig {
+            name: "Authorization".into(),
+            value_from_env: Some("THREATFLOW_TEST_UNSET_VARIABLE".into()),
+            value_from_file: None,
+        };
+        let missing = secret_value("f", &header).unwrap_err();
         assert_eq!(
-            secret_value("f", &header(None, Some(&file))).unwrap(),
-            "Bearer from-file"
+            ErrorChain(&missing).to_string(),
+            "feed f: header: Authorization: environment variable THREATFLOW_TEST_UNSET_VARIABLE is not set"
         );
-
-        std::env::set_var("THREATFLOW_TEST_FEED_TOKEN", "Bearer from-env");
-        assert_eq!(
-            secret_value("f", &header(Some("THREATFLOW_TEST_FEED_TOKEN"), None)).unwrap(),
-            "Bearer from-env"
-        );
-
-        let missing =
-            secret_value("f", &header(Some("THREATFLOW_TEST_UNSET_VARIABLE"), None)).unwrap_err();
-        assert_eq!(missing.to_string(), "feed f: header Authorization: environment variable THREATFLOW_TEST_UNSET_VARIABLE is not set");
-        let unreadable =
-            secret_value("f", &header(None, Some(&dir.path().join("absent")))).unwrap_err();
-        assert!(unreadable
-            .to_string()
-            .starts_with("feed f: header Authorization: cannot read "));
     }
 }

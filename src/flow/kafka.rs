@@ -17,7 +17,9 @@
 //! abandoned (never committed by this replica; the partition's next owner reads them again).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
@@ -32,6 +34,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::config::StartAt;
 use super::lines::{LineBatch, LineSplitter};
 use super::source::{
     SourceBatch, SourceContext, SourceError, SourceLabels, SourceMetrics, BATCH_MAX_BYTES,
@@ -39,8 +42,8 @@ use super::source::{
 };
 use super::FlowFormat;
 use crate::ack::AckToken;
-use crate::config::{Problems, StartAt};
-use crate::kafka::with_connection;
+use crate::kafka::{with_connection, KafkaSetupError};
+use crate::problems::Problems;
 
 with_connection! {
     /// Consuming flow records from Kafka topics in a consumer group.
@@ -258,8 +261,8 @@ struct Tracker {
 }
 
 impl Tracker {
-    fn lock(&self) -> std::sync::MutexGuard<'_, TrackerState> {
-        self.state.lock().expect("kafka tracker lock")
+    fn lock(&self) -> parking_lot::MutexGuard<'_, TrackerState> {
+        self.state.lock()
     }
 
     fn assign(&self, keys: &[PartitionKey]) {
@@ -382,11 +385,7 @@ impl Tracker {
             if waiting == 0 || now >= deadline {
                 return waiting;
             }
-            state = self
-                .finished
-                .wait_timeout(state, deadline - now)
-                .expect("kafka tracker lock")
-                .0;
+            self.finished.wait_for(&mut state, deadline - now);
         }
     }
 
@@ -543,9 +542,8 @@ pub fn run(
     run: KafkaRun,
     context: SourceContext,
 ) -> Result<(), SourceError> {
-    let failed = |error: anyhow::Error| SourceError::Kafka(format!("{error:#}"));
     let tracker = Arc::new(Tracker::default());
-    let mut config = settings.connection().client_config().map_err(failed)?;
+    let mut config = settings.connection().client_config()?;
     config
         .set("group.id", &settings.group_id)
         .set("enable.auto.commit", "false")
@@ -567,9 +565,13 @@ pub fn run(
         revoke_timeout: Duration::from_millis(settings.revoke_timeout_ms),
         metrics: metrics.clone(),
     };
-    let consumer: BaseConsumer<GroupContext> = config
-        .create_with_context(group)
-        .map_err(|error| failed(anyhow::anyhow!("cannot create the Kafka consumer: {error}")))?;
+    let consumer: BaseConsumer<GroupContext> =
+        config
+            .create_with_context(group)
+            .map_err(|source| KafkaSetupError::Create {
+                what: "consumer",
+                source,
+            })?;
     let topics: Vec<&str> = settings
         .topics
         .iter()
@@ -577,7 +579,10 @@ pub fn run(
         .collect();
     consumer
         .subscribe(&topics)
-        .map_err(|error| failed(anyhow::anyhow!("cannot subscribe to {topics:?}: {error}")))?;
+        .map_err(|source| KafkaSetupError::Subscribe {
+            topics: topics.join(", "),
+            source,
+        })?;
     let formats: HashMap<&str, FlowFormat> = settings
         .topics
         .iter()
@@ -619,10 +624,10 @@ pub fn run(
     }
     let deadline = Instant::now() + run.drain_timeout + Duration::from_secs(5);
     while tracker.in_flight_records() > 0 && Instant::now() < deadline {
-        let state = tracker.lock();
-        let _ = tracker
+        let mut state = tracker.lock();
+        tracker
             .finished
-            .wait_timeout(state, Duration::from_millis(100));
+            .wait_for(&mut state, Duration::from_millis(100));
     }
     let delivered = tracker.delivered(None);
     if delivered.count() > 0 {
@@ -738,13 +743,8 @@ impl Reader<'_> {
         }
         let held_since = *self.held_since.get_or_insert_with(Instant::now);
         if held_since.elapsed() < PAUSE_AFTER {
-            let state = self.tracker.lock();
-            drop(
-                self.tracker
-                    .finished
-                    .wait_timeout(state, IDLE_WAIT)
-                    .expect("kafka tracker lock"),
-            );
+            let mut state = self.tracker.lock();
+            self.tracker.finished.wait_for(&mut state, IDLE_WAIT);
             return true;
         }
         // A new assignment starts unpaused.
@@ -925,10 +925,9 @@ impl Reader<'_> {
             self.last_message = Instant::now();
         }
         if !assigned && self.started.elapsed() >= ONCE_ASSIGN_TIMEOUT {
-            return Err(SourceError::Kafka(format!(
-                "no partition was assigned within {} s: check the brokers, the topics and the credentials (see the errors above)",
-                ONCE_ASSIGN_TIMEOUT.as_secs()
-            )));
+            return Err(SourceError::NoAssignment {
+                secs: ONCE_ASSIGN_TIMEOUT.as_secs(),
+            });
         }
         Ok(assigned
             && self.pending.is_empty()

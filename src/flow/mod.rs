@@ -5,6 +5,7 @@
 //! in batches. Nothing here knows about the cluster or about sinks.
 
 pub mod calico;
+pub mod config;
 pub mod hubble;
 pub mod kafka;
 pub mod lines;

@@ -10,7 +10,9 @@
 use std::collections::VecDeque;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -22,10 +24,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::config::{FileSourceConfig, StartAt};
 use super::lines::{LineBatch, LineSplitter};
 use super::FlowFormat;
 use crate::ack::AckToken;
-use crate::config::{FileSourceConfig, StartAt};
 
 const READ_CHUNK_BYTES: usize = 256 * 1024;
 /// A batch is handed on once it holds this many bytes, whatever its line count.
@@ -65,8 +67,21 @@ pub enum SourceError {
     },
     #[error("cannot read standard input")]
     Stdin(#[source] std::io::Error),
-    #[error("{0}")]
-    Kafka(String),
+    #[error("cannot set up the Kafka consumer")]
+    Kafka(#[from] crate::kafka::KafkaSetupError),
+    #[error("no partition was assigned within {secs} s: check the brokers, the topics and the credentials (see the errors above)")]
+    NoAssignment { secs: u64 },
+}
+
+impl SourceError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceError::Read { .. } => "read",
+            SourceError::Stdin(_) => "stdin",
+            SourceError::Kafka(error) => error.kind(),
+            SourceError::NoAssignment { .. } => "no_assignment",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -160,7 +175,7 @@ impl CheckpointStore {
         let text = std::fs::read(&self.path).ok()?;
         match serde_json::from_slice::<Position>(&text) {
             Ok(position) => {
-                *self.saved.lock().expect("checkpoint lock") = Some(position.clone());
+                *self.saved.lock() = Some(position.clone());
                 Some(position)
             }
             Err(error) => {
@@ -172,13 +187,13 @@ impl CheckpointStore {
 
     /// Notes that everything before `position` was delivered.
     pub fn delivered(&self, position: Position) {
-        *self.latest.lock().expect("checkpoint lock") = Some(position);
+        *self.latest.lock() = Some(position);
     }
 
     /// Writes the latest delivered position if it changed since the last save.
     pub fn persist(&self) -> std::io::Result<()> {
-        let latest = self.latest.lock().expect("checkpoint lock").clone();
-        let mut saved = self.saved.lock().expect("checkpoint lock");
+        let latest = self.latest.lock().clone();
+        let mut saved = self.saved.lock();
         if latest.is_none() || *saved == latest {
             return Ok(());
         }

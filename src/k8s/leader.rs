@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Problems;
+use crate::identity::Identity;
+use crate::problems::{is_dns_subdomain, Problems};
 
 /// Leader election among replicas, through a Lease in the namespace threatflow runs in.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -66,13 +67,7 @@ fn default_retry_period_secs() -> u64 {
 
 impl LeaderElectionConfig {
     pub fn validate(&self, path: &str, problems: &mut Problems) {
-        let valid_name = !self.lease_name.is_empty()
-            && self.lease_name.len() <= 253
-            && self
-                .lease_name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-        if !valid_name {
+        if !is_dns_subdomain(&self.lease_name) {
             problems.push(
                 format!("{path}.lease_name"),
                 "must be a lowercase DNS subdomain name",
@@ -89,26 +84,17 @@ impl LeaderElectionConfig {
         }
     }
 
-    fn namespace(&self) -> String {
+    fn namespace(&self, identity: &Identity) -> String {
         self.namespace
             .clone()
-            .or_else(|| {
-                std::env::var("POD_NAMESPACE")
-                    .ok()
-                    .filter(|ns| !ns.is_empty())
-            })
+            .or_else(|| identity.pod_namespace.clone())
             .unwrap_or_else(|| "default".into())
     }
 
-    fn identity(&self) -> String {
+    fn identity(&self, identity: &Identity) -> String {
         self.identity
             .clone()
-            .or_else(|| {
-                std::env::var("POD_NAME")
-                    .ok()
-                    .filter(|name| !name.is_empty())
-            })
-            .unwrap_or_else(crate::sink::syslog::local_hostname)
+            .unwrap_or_else(|| identity.replica().to_owned())
     }
 }
 
@@ -148,14 +134,15 @@ impl Leadership {
 pub fn start(
     client: kube::Client,
     settings: &LeaderElectionConfig,
+    identity: &Identity,
     leading_metric: prometheus_client::metrics::gauge::Gauge,
     stop: CancellationToken,
 ) -> (Leadership, tokio::task::JoinHandle<()>) {
     let (sender, leading) = watch::channel(false);
     let elector = Elector {
-        api: Api::namespaced(client, &settings.namespace()),
+        api: Api::namespaced(client, &settings.namespace(identity)),
         name: settings.lease_name.clone(),
-        identity: settings.identity(),
+        identity: settings.identity(identity),
         lease_duration: Duration::from_secs(settings.lease_duration_secs),
         renew_deadline: Duration::from_secs(settings.renew_deadline_secs),
         retry_period: Duration::from_secs(settings.retry_period_secs),

@@ -1,9 +1,8 @@
 //! Kubernetes and Calico wire types threatflow writes: `projectcalico.org/v3`
 //! `GlobalNetworkSet` and `GlobalNetworkPolicy` (what goes into them is decided in
-//! `feeds::render`), and the watches that feed in-cluster enrichment ([`watch`]).
+//! `feeds::render`), and leader election ([`leader`]).
 
 pub mod leader;
-pub mod watch;
 
 use std::collections::BTreeMap;
 

@@ -11,10 +11,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::field::{FlowField, Value, ValueKind};
-use crate::config::Problems;
 use crate::enrich::EnrichedRecord;
 use crate::flow::record::Action;
 use crate::flow::record::Text;
+use crate::problems::Problems;
 
 /// How records are written as CEF.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -698,7 +698,8 @@ fn truncate_escaped(out: &mut Vec<u8>, start: usize, max: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::enrich::{EndpointIndex, Enricher, Inventory};
+    use crate::cluster::Inventory;
+    use crate::enrich::{EndpointIndex, Enricher};
     use crate::flow::calico;
 
     fn encode_line(line: &str) -> String {
@@ -743,9 +744,7 @@ mod tests {
         use crate::enrich::{ThreatFeed, ThreatMatcher};
         let threats = ThreatMatcher::default();
         let nets = |text: &str| {
-            std::sync::Arc::new(crate::feeds::netset::NetSet::from_nets(&[text
-                .parse()
-                .unwrap()]))
+            std::sync::Arc::new(crate::netset::NetSet::from_nets(&[text.parse().unwrap()]))
         };
         threats.update(
             ThreatFeed {

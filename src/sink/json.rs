@@ -176,7 +176,8 @@ impl<'a> JsonEndpoint<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::enrich::{EndpointIndex, Enricher, Inventory};
+    use crate::cluster::Inventory;
+    use crate::enrich::{EndpointIndex, Enricher};
     use crate::flow::calico;
 
     #[test]

@@ -15,9 +15,9 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Problems;
 use crate::enrich::{EnrichedRecord, Side};
 use crate::kafka::with_connection;
+use crate::problems::Problems;
 
 with_connection! {
     /// Producing enriched records to a Kafka topic.
@@ -133,7 +133,7 @@ impl std::fmt::Debug for KafkaWriter {
 }
 
 impl KafkaWriter {
-    pub fn new(settings: &KafkaSinkConfig) -> anyhow::Result<KafkaWriter> {
+    pub fn new(settings: &KafkaSinkConfig) -> Result<KafkaWriter, crate::kafka::KafkaSetupError> {
         let mut config = settings.connection().client_config()?;
         config
             .set("enable.idempotence", "true")

@@ -205,7 +205,8 @@ fn is_char_boundary(bytes: &[u8], at: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::enrich::{EndpointIndex, Enricher, Inventory};
+    use crate::cluster::Inventory;
+    use crate::enrich::{EndpointIndex, Enricher};
     use crate::flow::calico;
 
     fn encode(line: &str) -> String {

@@ -8,6 +8,7 @@
 //! acknowledged.
 
 pub mod cef;
+pub mod config;
 pub mod field;
 pub mod json;
 pub mod kafka;
@@ -16,7 +17,7 @@ pub mod syslog;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -28,9 +29,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::ack::AckToken;
-use crate::config::{Config, OutputFormat, SinkConfig, SinkKind};
 use crate::enrich::EnrichedRecord;
+use crate::kafka::KafkaSetupError;
+use crate::net::backoff::Backoff;
+use crate::net::tls::TlsError;
+use crate::telemetry::ErrorChain;
+use cef::CefConfig;
 use cef::{CefEncoder, EncodeStats, Trim};
+pub use config::{OutputFormat, SinkConfig, SinkKind, WhenFull};
 use json::JsonEncoder;
 use kafka::{KafkaKey, KafkaWriter};
 use leef::LeefEncoder;
@@ -51,12 +57,23 @@ pub enum Encoder {
     Json(JsonEncoder),
 }
 
+/// What every sink's encoding and headers take from outside the sink's own settings.
+#[derive(Clone, Debug, Default)]
+pub struct SinkContext {
+    /// Event classes and field mapping, for CEF and LEEF.
+    pub cef: CefConfig,
+    /// Sent with every record (CEF `deviceExternalId`).
+    pub cluster_name: Option<String>,
+    /// The syslog HOSTNAME when a sink sets none: the node's name, else the host's.
+    pub hostname: String,
+}
+
 impl Encoder {
-    pub fn new(format: OutputFormat, config: &Config) -> Encoder {
-        let cluster_name = config.cluster_name.as_deref();
+    pub fn new(format: OutputFormat, context: &SinkContext) -> Encoder {
+        let cluster_name = context.cluster_name.as_deref();
         match format {
-            OutputFormat::Cef => Encoder::Cef(CefEncoder::new(&config.cef, cluster_name)),
-            OutputFormat::Leef => Encoder::Leef(LeefEncoder::new(&config.cef, cluster_name)),
+            OutputFormat::Cef => Encoder::Cef(CefEncoder::new(&context.cef, cluster_name)),
+            OutputFormat::Leef => Encoder::Leef(LeefEncoder::new(&context.cef, cluster_name)),
             OutputFormat::Json => Encoder::Json(JsonEncoder::new(cluster_name)),
         }
     }
@@ -166,7 +183,42 @@ enum Transport {
 #[derive(Debug)]
 struct WriteError {
     kind: &'static str,
-    error: anyhow::Error,
+    error: WriteFailure,
+}
+
+/// What went wrong in a write.
+#[derive(Debug, thiserror::Error)]
+enum WriteFailure {
+    #[error("cannot write")]
+    Io(#[source] std::io::Error),
+    #[error("cannot open {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Syslog(#[from] syslog::SyslogError),
+    #[error("the Kafka broker did not confirm every message")]
+    Kafka(#[source] rdkafka::error::KafkaError),
+}
+
+/// A sink could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("sink {sink}: cannot set up TLS to {target}")]
+    Tls {
+        sink: String,
+        target: String,
+        #[source]
+        source: TlsError,
+    },
+    #[error("sink {sink}: cannot set up the Kafka producer")]
+    Kafka {
+        sink: String,
+        #[source]
+        source: Box<KafkaSetupError>,
+    },
 }
 
 impl WriteError {
@@ -183,7 +235,7 @@ impl Transport {
         let io = |kind: &'static str| {
             move |error: std::io::Error| WriteError {
                 kind,
-                error: error.into(),
+                error: WriteFailure::Io(error),
             }
         };
         match self {
@@ -194,7 +246,7 @@ impl Transport {
                     } else {
                         "write"
                     },
-                    error: error.into(),
+                    error: WriteFailure::Io(error),
                 };
                 stdout.write_all(bytes).await.map_err(closed)?;
                 stdout.flush().await.map_err(closed)
@@ -206,10 +258,12 @@ impl Transport {
                         .append(true)
                         .open(&path)
                         .await
-                        .map_err(|error| WriteError {
+                        .map_err(|source| WriteError {
                             kind: "open",
-                            error: anyhow::Error::new(error)
-                                .context(format!("cannot open {}", path.display())),
+                            error: WriteFailure::Open {
+                                path: path.display().to_string(),
+                                source,
+                            },
                         })?;
                     *file = Some(opened);
                 }
@@ -236,7 +290,7 @@ impl Transport {
                     .await
                     .map_err(|error| WriteError {
                         kind: "kafka",
-                        error: error.into(),
+                        error: WriteFailure::Kafka(error),
                     })
             }
         }
@@ -423,8 +477,8 @@ pub struct Sink {
 impl Sink {
     /// Builds a sink; fails when its TLS material cannot be loaded or its Kafka producer
     /// cannot be configured.
-    pub fn new(sink: &SinkConfig, config: &Config) -> anyhow::Result<Sink> {
-        let encoder = Encoder::new(sink.format, config);
+    pub fn new(sink: &SinkConfig, context: &SinkContext) -> Result<Sink, SinkError> {
+        let encoder = Encoder::new(sink.format, context);
         let (framing, transport) = match (sink.kind, &sink.file, &sink.syslog, &sink.kafka) {
             (SinkKind::File, Some(file), _, _) => (
                 Framing::Lines,
@@ -434,8 +488,10 @@ impl Sink {
                 },
             ),
             (SinkKind::Kafka, _, _, Some(settings)) => {
-                let writer = KafkaWriter::new(settings)
-                    .map_err(|error| error.context(format!("sink {}", sink.name)))?;
+                let writer = KafkaWriter::new(settings).map_err(|source| SinkError::Kafka {
+                    sink: sink.name.clone(),
+                    source: Box::new(source),
+                })?;
                 (
                     Framing::Keyed {
                         key: settings.key,
@@ -445,21 +501,15 @@ impl Sink {
                 )
             }
             (SinkKind::Syslog, _, Some(syslog), _) => {
-                let hostname = syslog
-                    .hostname
-                    .clone()
-                    .or_else(|| config.node_name())
-                    .unwrap_or_else(syslog::local_hostname);
-                let client = SyslogClient::new(syslog).map_err(|error| {
-                    anyhow::Error::new(error).context(format!(
-                        "sink {}: cannot set up TLS to {}",
-                        sink.name,
-                        syslog.target()
-                    ))
+                let hostname = syslog.hostname.as_deref().unwrap_or(&context.hostname);
+                let client = SyslogClient::new(syslog).map_err(|source| SinkError::Tls {
+                    sink: sink.name.clone(),
+                    target: syslog.target(),
+                    source,
                 })?;
                 (
                     Framing::Syslog {
-                        framer: SyslogFramer::new(syslog, &hostname),
+                        framer: SyslogFramer::new(syslog, hostname),
                         max_message: syslog.max_message_bytes(),
                     },
                     Transport::Syslog(client),
@@ -596,7 +646,7 @@ impl Sink {
                 metrics.dropped(&self.name, "oversize", encoded.oversize as usize);
                 tracing::warn!(sink = %self.name, records = encoded.oversize, "records too large for the sink's max_message_bytes even without their free-text fields; dropped and counted");
             }
-            let mut backoff = Backoff::default();
+            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
             let first_try = tokio::time::Instant::now();
             let delivered = loop {
                 if encoded.ends.is_empty() {
@@ -617,7 +667,7 @@ impl Sink {
                             ));
                         }
                         let delay = backoff.next_delay();
-                        tracing::warn!(sink = %self.name, error = %format!("{:#}", failure.error), retry_in_ms = delay.as_millis() as u64, "write failed; retrying the batch");
+                        tracing::warn!(sink = %self.name, error = %ErrorChain(&failure.error), retry_in_ms = delay.as_millis() as u64, "write failed; retrying the batch");
                         tokio::select! {
                             _ = tokio::time::sleep(delay) => {}
                             _ = &mut give_up => break Err(("shutdown_undelivered", "gave up delivering at shutdown; their positions were not saved, so they are read again on restart")),
@@ -668,24 +718,6 @@ pub struct SinkReport {
     pub dropped: u64,
 }
 
-/// Exponential backoff with jitter, from 100 ms up to 5 s.
-#[derive(Debug, Default)]
-struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    fn next_delay(&mut self) -> Duration {
-        let ceiling_ms = (100u64 << self.attempt.min(6)).min(5_000);
-        self.attempt += 1;
-        // Jitter from the clock's sub-second nanos: enough to spread reconnecting replicas.
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.subsec_nanos());
-        Duration::from_millis(ceiling_ms / 2 + u64::from(nanos) % (ceiling_ms / 2 + 1))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -706,7 +738,7 @@ mod tests {
 
     #[test]
     fn oversize_records_lose_free_text_first_and_are_dropped_only_if_still_too_large() {
-        let config = Config::from_yaml(
+        let config = crate::config::Config::from_yaml(
             "{sources: [], sinks: [{name: siem, type: syslog, syslog: {host: 127.0.0.1, port: 514, transport: udp}}]}",
         )
         .unwrap();
@@ -715,7 +747,7 @@ mod tests {
                 format,
                 ..config.sinks[0].clone()
             };
-            let sink = Sink::new(&sink_config, &config).unwrap();
+            let sink = Sink::new(&sink_config, &SinkContext::default()).unwrap();
             let labels: Vec<String> = (0..40)
                 .map(|i| format!("key{i}={}", "v".repeat(60)))
                 .collect();

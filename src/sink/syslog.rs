@@ -6,7 +6,6 @@
 //! to any byte; LF framing relies on the encoders never writing a raw line break (CEF escapes
 //! CR and LF, JSON escapes every control character, LEEF replaces them).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,9 +14,11 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::config::Problems;
 use crate::enrich::EnrichedRecord;
 use crate::flow::record::Action;
+pub use crate::net::tls::TlsSettings;
+use crate::net::tls::{self, TlsError, Trust};
+use crate::problems::{is_host, Problems};
 
 /// A syslog receiver (a SIEM collector, rsyslog, syslog-ng).
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -133,29 +134,6 @@ pub enum SyslogFormat {
     Rfc3164,
 }
 
-/// TLS client settings.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsSettings {
-    /// PEM file of the CA certificates to trust; default: the system's trust store.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate chain, for receivers that authenticate senders (with
-    /// `key_file`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cert_file: Option<PathBuf>,
-    /// PEM private key of the client certificate.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key_file: Option<PathBuf>,
-    /// The name to verify the receiver's certificate against (and send as SNI); default:
-    /// `host`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub server_name: Option<String>,
-    /// Accept any certificate. Only for tests against a receiver with a throwaway
-    /// certificate: anyone on the path can read and change the events. Logged as a warning.
-    pub insecure_skip_verify: bool,
-}
-
 /// Syslog facilities (RFC 5424 section 6.2.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -206,6 +184,11 @@ impl SyslogConfig {
     pub fn validate(&self, path: &str, problems: &mut Problems) {
         if self.host.is_empty() {
             problems.push(format!("{path}.host"), "must not be empty");
+        } else if !is_host(&self.host) {
+            problems.push(
+                format!("{path}.host"),
+                format!("`{}` is not a host name or IP address", self.host),
+            );
         }
         if self.port == 0 {
             problems.push(format!("{path}.port"), "must be between 1 and 65535");
@@ -270,15 +253,7 @@ impl SyslogConfig {
                     );
                 }
                 if let Some(tls) = tls {
-                    if tls.cert_file.is_some() != tls.key_file.is_some() {
-                        problems.push(
-                            format!("{path}.tls"),
-                            "a client certificate needs both cert_file and key_file",
-                        );
-                    }
-                    if tls.server_name.as_deref() == Some("") {
-                        problems.push(format!("{path}.tls.server_name"), "must not be empty");
-                    }
+                    tls.validate(&format!("{path}.tls"), problems);
                 }
             }
             (transport, Some(_)) => problems.push(
@@ -419,16 +394,6 @@ impl SyslogFramer {
     }
 }
 
-/// The machine's host name, for the syslog HOSTNAME when none is configured.
-pub fn local_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_owned())
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "-".to_owned())
-}
-
 /// Why a write to the receiver failed; `kind()` is the metric label.
 #[derive(Debug, thiserror::Error)]
 pub enum SyslogError {
@@ -466,26 +431,6 @@ impl SyslogError {
             SyslogError::WriteTimeout { .. } => "write_timeout",
         }
     }
-}
-
-/// The TLS settings could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsSetupError {
-    #[error("cannot read {what} {path}")]
-    Read {
-        what: &'static str,
-        path: String,
-        #[source]
-        source: rustls::pki_types::pem::Error,
-    },
-    #[error("{path} holds no certificate")]
-    NoCertificate { path: String },
-    #[error("the system trust store has no usable CA certificate; set tls.ca_file")]
-    NoRoots,
-    #[error("`{0}` is not a valid TLS server name; set tls.server_name")]
-    ServerName(String),
-    #[error(transparent)]
-    Rustls(#[from] rustls::Error),
 }
 
 /// A connected transport.
@@ -561,17 +506,14 @@ pub struct SyslogClient {
 
 impl SyslogClient {
     /// Loads the TLS material, if any; nothing is connected yet.
-    pub fn new(config: &SyslogConfig) -> Result<SyslogClient, TlsSetupError> {
+    pub fn new(config: &SyslogConfig) -> Result<SyslogClient, TlsError> {
         let tls = match config.transport {
             SyslogTransport::Tls => {
                 let settings = config.tls.clone().unwrap_or_default();
-                let name = settings
-                    .server_name
-                    .clone()
-                    .unwrap_or_else(|| config.host.clone());
-                let server_name = rustls::pki_types::ServerName::try_from(name.clone())
-                    .map_err(|_| TlsSetupError::ServerName(name))?;
-                Some((Arc::new(client_config(&settings)?), server_name))
+                let server_name = tls::server_name(&settings, &config.host)?;
+                let client = format!("syslog {}", config.target());
+                let tls = tls::client_config(&settings, Trust::CaFileOrSystem, &client)?;
+                Some((Arc::new(tls), server_name))
             }
             _ => None,
         };
@@ -713,131 +655,6 @@ impl SyslogClient {
     }
 }
 
-/// The rustls client configuration for `settings`: its CA file or the system's roots, an
-/// optional client certificate, or (insecure) no verification at all.
-fn client_config(settings: &TlsSettings) -> Result<rustls::ClientConfig, TlsSetupError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
-    let read = |what, path: &PathBuf| TlsSetupError::Read {
-        what,
-        path: path.display().to_string(),
-        source: rustls::pki_types::pem::Error::NoItemsFound,
-    };
-    let certificates =
-        |what, path: &PathBuf| -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-            let certificates = CertificateDer::pem_file_iter(path)
-                .map_err(|source| TlsSetupError::Read {
-                    what,
-                    path: path.display().to_string(),
-                    source,
-                })?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|source| TlsSetupError::Read {
-                    what,
-                    path: path.display().to_string(),
-                    source,
-                })?;
-            if certificates.is_empty() {
-                return Err(TlsSetupError::NoCertificate {
-                    path: path.display().to_string(),
-                });
-            }
-            Ok(certificates)
-        };
-    let builder = if settings.insecure_skip_verify {
-        tracing::warn!("syslog TLS certificate verification is off (tls.insecure_skip_verify): anyone on the path can read and change the events");
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
-    } else {
-        let mut roots = rustls::RootCertStore::empty();
-        match &settings.ca_file {
-            Some(path) => {
-                for certificate in certificates("CA file", path)? {
-                    roots.add(certificate)?;
-                }
-            }
-            None => {
-                let native = rustls_native_certs::load_native_certs();
-                roots.add_parsable_certificates(native.certs);
-                if roots.is_empty() {
-                    return Err(TlsSetupError::NoRoots);
-                }
-            }
-        }
-        builder.with_root_certificates(roots)
-    };
-    Ok(match (&settings.cert_file, &settings.key_file) {
-        (Some(cert), Some(key)) => {
-            let chain = certificates("client certificate", cert)?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|source| match source {
-                rustls::pki_types::pem::Error::NoItemsFound => read("client key", key),
-                source => TlsSetupError::Read {
-                    what: "client key",
-                    path: key.display().to_string(),
-                    source,
-                },
-            })?;
-            builder.with_client_auth_cert(chain, key)?
-        }
-        _ => builder.with_no_client_auth(),
-    })
-}
-
-/// The verifier behind `insecure_skip_verify`: any certificate, any name; signatures are still
-/// checked so the handshake is well-formed.
-#[derive(Debug)]
-struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -859,7 +676,7 @@ mod tests {
     }
 
     fn framed(yaml: &str, hostname: &str) -> String {
-        let config: SyslogConfig = serde_yaml::from_str(yaml).unwrap();
+        let config: SyslogConfig = yaml_serde::from_str(yaml).unwrap();
         let framer = SyslogFramer::new(&config, hostname);
         let mut message = Vec::new();
         framer.header(&record(), &time(), &mut message);
@@ -898,7 +715,7 @@ mod tests {
 
     #[test]
     fn validation_reports_every_problem() {
-        let config: SyslogConfig = serde_yaml::from_str(
+        let config: SyslogConfig = yaml_serde::from_str(
             "{host: '', port: 0, transport: tls, framing: lf, max_message_bytes: 100, reconnect_after_secs: 0, tls: {cert_file: c.pem}}",
         )
         .unwrap();
@@ -915,7 +732,7 @@ mod tests {
                 "s.tls"
             ]
         );
-        let config: SyslogConfig = serde_yaml::from_str(
+        let config: SyslogConfig = yaml_serde::from_str(
             "{host: h, port: 514, transport: udp, format: rfc3164, app_name: 'thr-flow', max_message_bytes: 70000, tls: {}}",
         )
         .unwrap();
@@ -926,7 +743,7 @@ mod tests {
             ["s.app_name", "s.max_message_bytes", "s.tls"]
         );
         assert_eq!(
-            serde_yaml::from_str::<SyslogConfig>("{host: h, port: 514, transport: udp}")
+            yaml_serde::from_str::<SyslogConfig>("{host: h, port: 514, transport: udp}")
                 .unwrap()
                 .max_message_bytes(),
             1400
@@ -946,7 +763,7 @@ mod tests {
             }
             connections.len()
         });
-        let config: SyslogConfig = serde_yaml::from_str(&format!(
+        let config: SyslogConfig = yaml_serde::from_str(&format!(
             "{{host: 127.0.0.1, port: {port}, reconnect_after_secs: 1}}"
         ))
         .unwrap();
@@ -961,11 +778,11 @@ mod tests {
 
     #[test]
     fn tls_setup_errors_name_the_file() {
-        let config: SyslogConfig = serde_yaml::from_str(
+        let config: SyslogConfig = yaml_serde::from_str(
             "{host: h, port: 6514, transport: tls, tls: {ca_file: /nonexistent/ca.pem}}",
         )
         .unwrap();
         let error = SyslogClient::new(&config).unwrap_err().to_string();
-        assert_eq!(error, "cannot read CA file /nonexistent/ca.pem");
+        assert_eq!(error, "cannot read the CA file /nonexistent/ca.pem");
     }
 }

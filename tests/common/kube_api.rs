@@ -773,7 +773,7 @@ async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Bo
                     "PATCH requests with apply content type need fieldManager".into(),
                 );
             };
-            let mut object: Value = match serde_yaml::from_slice(&body) {
+            let mut object: Value = match yaml_serde::from_slice(&body) {
                 Ok(object) => object,
                 Err(error) => {
                     return status(

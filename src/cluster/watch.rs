@@ -1,36 +1,36 @@
-//! In-cluster enrichment: one kube-runtime watch per resource type (pods, services, nodes,
-//! namespaces, jobs) keeps the cluster model, and through it the endpoint index, in step with
-//! the API server. Never a GET per record or per pod.
+//! Filling the model from the API server: one kube-runtime watch per resource type (pods,
+//! services, nodes, namespaces, jobs), started once per process for every consumer, scoped to
+//! the union of what the consumers ask for. Never a GET per object.
 //!
 //! Objects are parsed into trimmed types ([`KubePod`], ...) that skip annotations, managed
 //! fields and container specs unread; namespaces and jobs are watched as metadata only. Each
 //! (re)list ends with a reconciliation: objects the list no longer has are deleted from the
-//! model, so a missed delete event cannot leak. A timer evicts addresses released longer ago
-//! than the grace period.
+//! model, so a missed delete event cannot leak. When every initial list is in, the model's
+//! gate opens and readiness clears.
 
 use std::collections::HashSet;
 use std::fmt::Debug;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use futures_util::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Resource};
+use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::KubernetesEnrichment;
-use crate::enrich::cluster::{ClusterState, Kind, Seen};
-use crate::enrich::inventory::{KubeJob, KubeNamespace, KubeNode, KubePod, KubeService};
-use crate::enrich::{LabelFilter, SharedIndex, SyncGate};
-use crate::telemetry::Readiness;
+use super::model::{Kind, Model, ObjectCounts, Seen};
+use super::objects::{KubeJob, KubeNamespace, KubeNode, KubePod, KubeService};
+use super::{Cluster, WatchScope};
+use crate::telemetry::{self, Readiness};
 
 /// Implements `kube::Resource` for a trimmed type by borrowing the resource identity of the
 /// full `k8s-openapi` type.
@@ -79,7 +79,7 @@ trimmed_resource!(KubeJob, Job, NamespaceResourceScope, metadata_only: true);
 trait Watched: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static {
     const KIND: Kind;
 
-    /// The object's key in [`ClusterState::keys`].
+    /// The object's key in [`Model::keys`].
     fn key(&self) -> String {
         let meta = self.meta();
         let name = meta.name.as_deref().unwrap_or_default();
@@ -89,7 +89,7 @@ trait Watched: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + S
         }
     }
 
-    fn apply(self, state: &mut ClusterState, now_ms: i64, seen: Seen);
+    fn apply(self, model: &mut Model, now_ms: i64, seen: Seen);
 }
 
 impl Watched for KubePod {
@@ -106,68 +106,79 @@ impl Watched for KubePod {
         })
     }
 
-    fn apply(self, state: &mut ClusterState, now_ms: i64, seen: Seen) {
-        state.apply_pod(self.into(), now_ms, seen);
+    fn apply(self, model: &mut Model, now_ms: i64, seen: Seen) {
+        model.apply_pod(self.into(), now_ms, seen);
     }
 }
 
 impl Watched for KubeService {
     const KIND: Kind = Kind::Service;
 
-    fn apply(self, state: &mut ClusterState, now_ms: i64, seen: Seen) {
-        state.apply_service(self.into(), now_ms, seen);
+    fn apply(self, model: &mut Model, now_ms: i64, seen: Seen) {
+        model.apply_service(self.into(), now_ms, seen);
     }
 }
 
 impl Watched for KubeNode {
     const KIND: Kind = Kind::Node;
 
-    fn apply(self, state: &mut ClusterState, now_ms: i64, seen: Seen) {
-        state.apply_node(self.into(), now_ms, seen);
+    fn apply(self, model: &mut Model, now_ms: i64, seen: Seen) {
+        model.apply_node(self.into(), now_ms, seen);
     }
 }
 
 impl Watched for KubeNamespace {
     const KIND: Kind = Kind::Namespace;
 
-    fn apply(self, state: &mut ClusterState, _now_ms: i64, _seen: Seen) {
-        state.apply_namespace(self.into());
+    fn apply(self, model: &mut Model, now_ms: i64, seen: Seen) {
+        model.apply_namespace(self.into(), now_ms, seen);
     }
 }
 
 impl Watched for KubeJob {
     const KIND: Kind = Kind::Job;
 
-    fn apply(self, state: &mut ClusterState, _now_ms: i64, _seen: Seen) {
-        state.apply_job(self.into());
+    fn apply(self, model: &mut Model, now_ms: i64, seen: Seen) {
+        model.apply_job(self.into(), now_ms, seen);
     }
 }
 
-/// The watches' shared view: the model, which kinds have been listed, and the gate the
-/// processor waits on.
+/// The watches' shared view: the model, and which kinds have been listed.
 struct Shared {
-    state: Mutex<ClusterState>,
+    cluster: Cluster,
     synced: Mutex<HashSet<Kind>>,
-    gate: Arc<SyncGate>,
     readiness: Readiness,
     metrics: WatchMetrics,
 }
 
 impl Shared {
-    fn listed(&self, kind: Kind) {
-        let mut synced = self.synced.lock().expect("sync lock");
-        if !synced.insert(kind) || self.gate.is_open() {
-            return;
-        }
-        let missing: Vec<&str> = Kind::ALL
+    fn missing(&self) -> Vec<&'static str> {
+        let synced = self.synced.lock();
+        Kind::ALL
             .iter()
             .filter(|kind| !synced.contains(kind))
             .map(|kind| kind.plural())
-            .collect();
+            .collect()
+    }
+
+    fn status(&self) -> WatchStatus {
+        let missing = self.missing();
+        WatchStatus {
+            synced: missing.is_empty(),
+            waiting_for: missing,
+            objects: self.cluster.read().counts(),
+        }
+    }
+
+    fn listed(&self, kind: Kind) {
+        if !self.synced.lock().insert(kind) || self.cluster.gate().is_open() {
+            return;
+        }
+        let missing = self.missing();
         if missing.is_empty() {
-            self.gate.open();
+            self.cluster.gate().open();
             self.readiness.done(READINESS_PART);
-            tracing::info!(counts = ?self.state.lock().expect("model lock").counts(), "Kubernetes lists are in the index");
+            tracing::info!(counts = ?self.cluster.read().counts(), "Kubernetes lists are in the model");
         } else {
             self.readiness
                 .wait_for(READINESS_PART, waiting_for(&missing));
@@ -175,11 +186,7 @@ impl Shared {
     }
 
     fn update_gauges(&self) {
-        let state = self.state.lock().expect("model lock");
-        let counts = state.counts();
-        let size = state.index().read().expect("index lock").size();
-        drop(state);
-        let metrics = &self.metrics;
+        let counts = self.cluster.read().counts();
         for (kind, count) in [
             (Kind::Pod, counts.pods),
             (Kind::Service, counts.services),
@@ -187,21 +194,11 @@ impl Shared {
             (Kind::Namespace, counts.namespaces),
             (Kind::Job, counts.jobs),
         ] {
-            metrics
+            self.metrics
                 .objects
                 .get_or_create(&ResourceLabels {
                     resource: kind.plural(),
                 })
-                .set(count as i64);
-        }
-        for (kind, count) in [
-            ("endpoint", size.endpoint_addresses),
-            ("service", size.service_addresses),
-            ("released", size.released_addresses),
-        ] {
-            metrics
-                .addresses
-                .get_or_create(&AddressLabels { kind })
                 .set(count as i64);
         }
     }
@@ -213,35 +210,41 @@ fn waiting_for(missing: &[&str]) -> String {
     format!("waiting for the initial lists of {}", missing.join(", "))
 }
 
+/// The watches' state, for `/status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct WatchStatus {
+    /// Every initial list is in.
+    pub synced: bool,
+    /// The resources whose initial list is not in yet.
+    pub waiting_for: Vec<&'static str>,
+    /// Objects in the model.
+    pub objects: ObjectCounts,
+}
+
 /// The running watches.
 pub struct ClusterWatch {
-    pub index: SharedIndex,
-    pub gate: Arc<SyncGate>,
     shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl ClusterWatch {
-    /// Starts the watches and the eviction timer; they run until `stop`.
+    /// Starts the watches, scoped to `scope`; they fill `cluster` until `stop`.
     pub fn start(
         client: kube::Client,
-        settings: &KubernetesEnrichment,
-        labels: &LabelFilter,
+        scope: &WatchScope,
+        cluster: Cluster,
         metrics: WatchMetrics,
         readiness: Readiness,
         stop: CancellationToken,
     ) -> ClusterWatch {
-        let index = SharedIndex::default();
-        let gate = Arc::new(SyncGate::default());
         readiness.wait_for(READINESS_PART, waiting_for(&Kind::ALL.map(Kind::plural)));
         let shared = Arc::new(Shared {
-            state: Mutex::new(ClusterState::new(labels.clone(), index.clone())),
+            cluster,
             synced: Mutex::default(),
-            gate: gate.clone(),
             readiness,
             metrics,
         });
-        let namespace = settings.namespace.as_deref();
+        let namespace = scope.namespace.as_deref();
         let (pods, services, jobs) = (
             scoped::<KubePod>(&client, namespace),
             scoped::<KubeService>(&client, namespace),
@@ -249,8 +252,8 @@ impl ClusterWatch {
         );
         let base = watcher::Config::default().any_semantic();
         let mut pod_config = base.clone();
-        if let Some(selector) = &settings.pod_label_selector {
-            pod_config = pod_config.labels(selector);
+        if let Some(selector) = scope.pods.as_ref().filter(|pods| !pods.is_everything()) {
+            pod_config = pod_config.labels(&selector.to_string());
         }
         let mut namespace_config = base.clone();
         if let Some(namespace) = namespace {
@@ -270,54 +273,21 @@ impl ClusterWatch {
                 Api::<KubeNamespace>::all(client),
                 namespace_config,
                 shared.clone(),
-                stop.clone(),
-            )),
-            tokio::spawn(evict(
-                shared.clone(),
-                Duration::from_secs(settings.grace_period_secs),
                 stop,
             )),
         ];
-        ClusterWatch {
-            index,
-            gate,
-            shared,
-            tasks,
-        }
+        ClusterWatch { shared, tasks }
     }
 
-    /// The watches' state for `/status`: whether the initial lists are in (else what is
-    /// missing), the objects in the model and the addresses in the index.
-    pub fn status(&self) -> impl Fn() -> serde_json::Value + Send + Sync + 'static {
+    /// Whether the initial lists are in (else what is missing), and the objects in the model.
+    pub fn status(&self) -> WatchStatus {
+        self.shared.status()
+    }
+
+    /// [`ClusterWatch::status`], for a status page that outlives this handle's borrow.
+    pub fn status_source(&self) -> impl Fn() -> WatchStatus + Send + Sync + 'static {
         let shared = self.shared.clone();
-        move || {
-            let state = shared.state.lock().expect("model lock");
-            let counts = state.counts();
-            let size = state.index().read().expect("index lock").size();
-            drop(state);
-            let synced = shared.synced.lock().expect("sync lock");
-            let missing: Vec<&str> = Kind::ALL
-                .iter()
-                .filter(|kind| !synced.contains(kind))
-                .map(|kind| kind.plural())
-                .collect();
-            serde_json::json!({
-                "synced": missing.is_empty(),
-                "waiting_for": missing,
-                "objects": {
-                    "pods": counts.pods,
-                    "services": counts.services,
-                    "nodes": counts.nodes,
-                    "namespaces": counts.namespaces,
-                    "jobs": counts.jobs,
-                },
-                "addresses": {
-                    "endpoint": size.endpoint_addresses,
-                    "service": size.service_addresses,
-                    "released": size.released_addresses,
-                },
-            })
-        }
+        move || shared.status()
     }
 
     /// Waits for the watches to end (after their stop token is cancelled).
@@ -354,6 +324,7 @@ async fn watch<K: Watched>(
     // Keys seen by the list in progress.
     let mut listing: Option<HashSet<String>> = None;
     let mut lists = 0u64;
+    let cluster = &shared.cluster;
     loop {
         let item = tokio::select! {
             _ = stop.cancelled() => return,
@@ -362,11 +333,11 @@ async fn watch<K: Watched>(
         let Some(item) = item else {
             return;
         };
-        let now_ms = now_ms();
+        let now_ms = cluster.clock().now_ms();
         match item {
             Err(error) => {
                 shared.metrics.restarts.get_or_create(&labels).inc();
-                tracing::warn!(resource, %error, "Kubernetes watch failed; it restarts after a backoff");
+                tracing::warn!(resource, error = %telemetry::ErrorChain(&error), "Kubernetes watch failed; it restarts after a backoff");
             }
             Ok(Event::Init) => {
                 listing = Some(HashSet::new());
@@ -380,28 +351,25 @@ async fn watch<K: Watched>(
                 if let Some(listing) = &mut listing {
                     listing.insert(object.key());
                 }
-                object.apply(
-                    &mut shared.state.lock().expect("model lock"),
-                    now_ms,
-                    Seen::Listed,
-                );
+                cluster.update(|model| object.apply(model, now_ms, Seen::Listed));
             }
             Ok(Event::InitDone) => {
                 let listed = listing.take().unwrap_or_default();
-                let mut state = shared.state.lock().expect("model lock");
-                let gone: Vec<String> = state
-                    .keys(K::KIND)
-                    .into_iter()
-                    .filter(|key| !listed.contains(key))
-                    .collect();
-                for key in &gone {
-                    state.delete_key(K::KIND, key, now_ms);
-                }
-                drop(state);
-                if !gone.is_empty() {
+                let gone = cluster.update(|model| {
+                    let gone: Vec<String> = model
+                        .keys(K::KIND)
+                        .into_iter()
+                        .filter(|key| !listed.contains(key))
+                        .collect();
+                    for key in &gone {
+                        model.delete_key(K::KIND, key, now_ms);
+                    }
+                    gone.len()
+                });
+                if gone > 0 {
                     tracing::info!(
                         resource,
-                        deleted = gone.len(),
+                        deleted = gone,
                         "the list no longer has some objects; deleted them"
                     );
                 }
@@ -409,51 +377,16 @@ async fn watch<K: Watched>(
                 shared.update_gauges();
             }
             Ok(Event::Apply(object)) => {
-                object.apply(
-                    &mut shared.state.lock().expect("model lock"),
-                    now_ms,
-                    Seen::Live,
-                );
+                cluster.update(|model| object.apply(model, now_ms, Seen::Live));
                 shared.metrics.events.get_or_create(&labels).inc();
             }
             Ok(Event::Delete(object)) => {
-                shared
-                    .state
-                    .lock()
-                    .expect("model lock")
-                    .delete_key(K::KIND, &object.key(), now_ms);
+                let key = object.key();
+                cluster.update(|model| model.delete_key(K::KIND, &key, now_ms));
                 shared.metrics.events.get_or_create(&labels).inc();
             }
         }
     }
-}
-
-/// Evicts released addresses past the grace period, and refreshes the gauges.
-async fn evict(shared: Arc<Shared>, grace: Duration, stop: CancellationToken) {
-    let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
-    let mut tick = tokio::time::interval(eviction_interval(grace));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {
-                shared.state.lock().expect("model lock").evict(now_ms(), grace_ms);
-                shared.update_gauges();
-            }
-        }
-    }
-}
-
-/// A tenth of the grace period, between 100 ms and 30 s: an address outlives its grace by at
-/// most that.
-fn eviction_interval(grace: Duration) -> Duration {
-    (grace / 10).clamp(Duration::from_millis(100), Duration::from_secs(30))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -461,16 +394,10 @@ struct ResourceLabels {
     resource: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AddressLabels {
-    kind: &'static str,
-}
-
 /// The watches' metrics.
 #[derive(Clone, Debug, Default)]
 pub struct WatchMetrics {
     objects: Family<ResourceLabels, Gauge>,
-    addresses: Family<AddressLabels, Gauge>,
     events: Family<ResourceLabels, Counter>,
     restarts: Family<ResourceLabels, Counter>,
     relists: Family<ResourceLabels, Counter>,
@@ -478,44 +405,36 @@ pub struct WatchMetrics {
 
 impl WatchMetrics {
     pub fn register(registry: &mut Registry) -> WatchMetrics {
-        let metrics = WatchMetrics::default();
-        registry.register(
-            "objects",
-            "Objects in the cluster model, by resource",
-            metrics.objects.clone(),
-        );
-        registry.register(
-            "index_addresses",
-            "Addresses in the endpoint index: endpoint (pods and nodes), service, and released (deleted pods kept for the grace period)",
-            metrics.addresses.clone(),
-        );
-        registry.register(
-            "watch_events",
-            "Live watch events applied, by resource",
-            metrics.events.clone(),
-        );
-        registry.register(
-            "watch_restarts",
-            "Watch failures after which the watch restarted with a backoff, by resource",
-            metrics.restarts.clone(),
-        );
-        registry.register(
-            "watch_relists",
-            "Relists after the initial list (410 Gone, a lost connection), by resource",
-            metrics.relists.clone(),
-        );
-        for kind in Kind::ALL {
-            let labels = ResourceLabels {
+        let resources = || {
+            Kind::ALL.map(|kind| ResourceLabels {
                 resource: kind.plural(),
-            };
-            drop(metrics.objects.get_or_create(&labels));
-            drop(metrics.events.get_or_create(&labels));
-            drop(metrics.restarts.get_or_create(&labels));
-            drop(metrics.relists.get_or_create(&labels));
+            })
+        };
+        WatchMetrics {
+            objects: telemetry::family(
+                registry,
+                "objects",
+                "Objects in the cluster model, by resource",
+                resources(),
+            ),
+            events: telemetry::family(
+                registry,
+                "watch_events",
+                "Live watch events applied, by resource",
+                resources(),
+            ),
+            restarts: telemetry::family(
+                registry,
+                "watch_restarts",
+                "Watch failures after which the watch restarted with a backoff, by resource",
+                resources(),
+            ),
+            relists: telemetry::family(
+                registry,
+                "watch_relists",
+                "Relists after the initial list (410 Gone, a lost connection), by resource",
+                resources(),
+            ),
         }
-        for kind in ["endpoint", "service", "released"] {
-            drop(metrics.addresses.get_or_create(&AddressLabels { kind }));
-        }
-        metrics
     }
 }

@@ -1,0 +1,218 @@
+//! The HTTP client every outbound HTTP caller builds on (feeds, firewall APIs): connect and
+//! total timeouts, TLS from [`super::tls`], no redirect from https to plain http, a cap on
+//! every body after decompression, header values marked sensitive so they never reach a log,
+//! and URLs redacted before they are shown.
+
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
+use super::tls::{self, TlsError, TlsSettings, Trust};
+
+/// How a client connects.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    pub connect_timeout: Duration,
+    /// Limit for one request, body included.
+    pub timeout: Duration,
+    pub tls: TlsSettings,
+    pub trust: Trust,
+    /// Names the client in the warning logged when TLS verification is off.
+    pub client: String,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            connect_timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(60),
+            tls: TlsSettings::default(),
+            trust: Trust::CaFileOrSystem,
+            client: "http".into(),
+        }
+    }
+}
+
+/// A client could not be built, or a response could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("cannot set up TLS")]
+    Tls(#[from] TlsError),
+    #[error("cannot build the HTTP client")]
+    Client(#[source] reqwest::Error),
+    #[error("header `{name}` is not a valid HTTP header")]
+    Header { name: String },
+}
+
+/// Builds a client. Connections are kept alive between requests.
+pub fn client(settings: &HttpSettings) -> Result<reqwest::Client, HttpError> {
+    tls::install_provider();
+    let tls = tls::client_config(&settings.tls, settings.trust, &settings.client)?;
+    reqwest::Client::builder()
+        .connect_timeout(settings.connect_timeout)
+        .timeout(settings.timeout)
+        .user_agent(concat!("threatflow/", env!("CARGO_PKG_VERSION")))
+        .tls_backend_preconfigured(tls)
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            // Never let a redirect take TLS away.
+            let downgrade = attempt.previous().iter().any(|url| url.scheme() == "https")
+                && attempt.url().scheme() != "https";
+            if downgrade {
+                attempt.error("refusing to follow a redirect from https to plain http")
+            } else if attempt.previous().len() >= 5 {
+                attempt.error("too many redirects")
+            } else {
+                attempt.follow()
+            }
+        }))
+        .build()
+        .map_err(HttpError::Client)
+}
+
+/// Reading a body failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the body is larger than {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("the body timed out")]
+    Timeout,
+    #[error("the body ended early or could not be decoded")]
+    Broken(#[source] reqwest::Error),
+}
+
+/// Reads a response's body, refusing more than `limit` bytes (after decompression) without
+/// holding them.
+pub async fn read_body(response: reqwest::Response, limit: u64) -> Result<Vec<u8>, BodyError> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit)
+    {
+        return Err(BodyError::TooLarge { limit });
+    }
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|error| match error.is_timeout() {
+            true => BodyError::Timeout,
+            false => BodyError::Broken(error),
+        })?;
+        if body.len() as u64 + chunk.len() as u64 > limit {
+            return Err(BodyError::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Headers whose values are secrets (tokens, keys): marked sensitive, so neither reqwest nor
+/// a `Debug` print shows them.
+pub fn secret_headers(headers: &[(String, String)]) -> Result<HeaderMap, HttpError> {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        let header_error = || HttpError::Header { name: name.clone() };
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| header_error())?;
+        let mut value = HeaderValue::from_str(value).map_err(|_| header_error())?;
+        value.set_sensitive(true);
+        map.insert(name, value);
+    }
+    Ok(map)
+}
+
+/// A URL as it may appear in logs and status: without user information or query string, which
+/// can carry credentials.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let redacted_query = if url.contains('?') { "?…" } else { "" };
+    if scheme.is_empty() {
+        format!("{host}/{path}{redacted_query}")
+    } else {
+        format!("{scheme}://{host}/{path}{redacted_query}")
+    }
+}
+
+/// A response's `Retry-After`, as seconds or an HTTP date.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_retry_after)
+}
+
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    if let Ok(seconds) = value.trim().parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = humantime::parse_rfc3339_weak(value)
+        .ok()
+        .or_else(|| httpdate(value))?;
+    Some(when.duration_since(SystemTime::now()).unwrap_or_default())
+}
+
+/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the form HTTP dates take.
+fn httpdate(value: &str) -> Option<SystemTime> {
+    let parts: Vec<&str> = value.split_whitespace().collect();
+    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|name| name == month)?
+        + 1;
+    let iso = format!("{year}-{month:02}-{day:0>2}T{time}Z");
+    humantime::parse_rfc3339(&iso).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("https://user:pass@feeds.example.com/list.txt?key=s3cret"),
+            "https://feeds.example.com/list.txt?…"
+        );
+        assert_eq!(
+            redact_url("https://feeds.example.com/list.txt"),
+            "https://feeds.example.com/list.txt"
+        );
+        assert_eq!(
+            redact_url("https://feeds.example.com"),
+            "https://feeds.example.com/"
+        );
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO),
+            "a past date means now"
+        );
+        assert!(
+            parse_retry_after("Fri, 31 Dec 2100 23:59:59 GMT").unwrap()
+                > Duration::from_secs(365 * 24 * 3600)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn secret_header_values_are_sensitive() {
+        let map = secret_headers(&[("Authorization".into(), "Bearer s3cret".into())]).unwrap();
+        assert!(map["authorization"].is_sensitive());
+        assert!(!format!("{map:?}").contains("s3cret"));
+        assert!(matches!(
+            secret_headers(&[("bad header".into(), "x".into())]),
+            Err(HttpError::Header { .. })
+        ));
+    }
+}
