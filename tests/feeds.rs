@@ -317,7 +317,7 @@ fn a_million_entry_feed_publishes_in_shards_and_an_unchanged_resync_writes_nothi
     assert!(files.len() >= 100, "{} shards", files.len());
     let mut total = 0;
     for name in files.keys() {
-        let set: threatflow::k8s::GlobalNetworkSet =
+        let set: threatflow::k8s::calico::GlobalNetworkSet =
             yaml_serde::from_str(&std::fs::read_to_string(out.join(name)).unwrap()).unwrap();
         assert!(set.spec.nets.len() <= 10_000);
         assert!(
@@ -375,7 +375,7 @@ fn shrunk_and_empty_feeds_are_refused_and_the_last_good_set_stays() {
     );
     std::fs::write(&config, text).unwrap();
     run_once(&config);
-    let set: threatflow::k8s::GlobalNetworkSet =
+    let set: threatflow::k8s::calico::GlobalNetworkSet =
         yaml_serde::from_str(&std::fs::read_to_string(out.join("threatfeed.test.yaml")).unwrap())
             .unwrap();
     assert!(set.spec.nets.is_empty());
@@ -424,12 +424,17 @@ fn status_and_render_show_the_feed() {
         .filter(|doc| !doc.trim().is_empty())
         .map(|doc| yaml_serde::from_str(doc).unwrap())
         .collect();
-    assert_eq!(documents.len(), 2);
+    assert_eq!(documents.len(), 3);
     assert_eq!(
-        documents[0]["spec"]["nets"],
+        documents[0]["kind"], "Tier",
+        "the tier the policy goes in, first"
+    );
+    assert_eq!(documents[0]["metadata"]["name"], "security");
+    assert_eq!(
+        documents[1]["spec"]["nets"],
         yaml_serde::from_str::<yaml_serde::Value>("[1.2.3.4/32, 5.6.7.0/24]").unwrap()
     );
-    assert_eq!(documents[1]["kind"], "GlobalNetworkPolicy");
+    assert_eq!(documents[2]["kind"], "GlobalNetworkPolicy");
     assert!(!out.exists(), "render publishes nothing");
     let missing = Command::new(common::binary())
         .args([

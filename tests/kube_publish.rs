@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use common::kube_api::KubeApi;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use serde_json::json;
-use threatflow::feeds::publish::{KubernetesTarget, Target};
-use threatflow::feeds::render::{render, PolicySettings, RenderSettings};
+use threatflow::feeds::render::{self, render, PolicySettings, RenderSettings};
+use threatflow::k8s::apply::{Adopt, KubernetesTarget, ObjectKind, Target};
+use threatflow::k8s::leader::Leadership;
 use threatflow::netset::NetSet;
 
 fn gns_api(api: &KubeApi) -> Api<DynamicObject> {
@@ -135,28 +136,40 @@ fn set_of(count: u32) -> NetSet {
     )
 }
 
+const FEED_KINDS: [ObjectKind; 2] = [ObjectKind::NetworkSet, ObjectKind::Policy];
+
+fn settings() -> RenderSettings {
+    RenderSettings {
+        shard_max_nets: 10_000,
+        policy: Some(PolicySettings {
+            tier: "security".into(),
+            order: 0.0,
+            tier_order: 100.0,
+        }),
+        ..RenderSettings::default()
+    }
+}
+
 #[tokio::test]
 async fn the_target_applies_only_changes_and_deletes_only_its_own_objects() {
     let api = KubeApi::start().await;
     // Objects threatflow does not own, or owns for another feed.
     api.seed("globalnetworksets", json!({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkSet", "metadata": {"name": "threatfeed.test.9", "labels": {"security-action": "block"}}, "spec": {"nets": ["9.9.9.9/32"]}}));
     api.seed("globalnetworksets", json!({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkSet", "metadata": {"name": "threatfeed.other", "labels": {"app.kubernetes.io/managed-by": "threatflow", "threatflow.io/feed": "other"}}, "spec": {"nets": []}}));
-    let target = Target::Kubernetes(Box::new(KubernetesTarget::new(api.client())));
-    let settings = RenderSettings {
-        shard_max_nets: 10_000,
-        policy: Some(PolicySettings {
-            tier: "security".into(),
-            order: 0.0,
-        }),
-        ..RenderSettings::default()
-    };
+    let target = Target::Kubernetes(KubernetesTarget::new(api.client()));
+    let leader = Leadership::always();
     let labels: BTreeMap<String, String> =
         [("security-action".to_owned(), "block".to_owned())].into();
+    let ownership = render::ownership("test");
 
-    let big = render("test", &labels, &set_of(50_000), &settings);
-    let report = target.apply("test", &big).await.unwrap();
-    assert_eq!((report.written, report.deleted), (big.sets.len() + 1, 0));
-    assert_eq!(target.published_nets("test").await.unwrap(), 50_000);
+    let big = render("test", &labels, &set_of(50_000), &settings());
+    let report = target
+        .sync(&ownership, &FEED_KINDS, &big.objects, Adopt::Never, &leader)
+        .await
+        .unwrap();
+    assert_eq!((report.written, report.deleted), (big.shards + 1, 0));
+    assert!(report.conflicts.is_empty());
+    assert_eq!(target.owned_nets(&ownership).await.unwrap(), 50_000);
     let stored = api.get("globalnetworksets", "threatfeed.test").unwrap();
     assert_eq!(stored["metadata"]["labels"]["security-action"], "block");
     assert_eq!(
@@ -169,10 +182,13 @@ async fn the_target_applies_only_changes_and_deletes_only_its_own_objects() {
 
     // Unchanged: only lists, no writes.
     api.clear_requests();
-    let report = target.apply("test", &big).await.unwrap();
+    let report = target
+        .sync(&ownership, &FEED_KINDS, &big.objects, Adopt::Never, &leader)
+        .await
+        .unwrap();
     assert_eq!(
         (report.written, report.unchanged, report.deleted),
-        (0, big.sets.len() + 1, 0)
+        (0, big.shards + 1, 0)
     );
     assert!(
         api.requests()
@@ -183,9 +199,18 @@ async fn the_target_applies_only_changes_and_deletes_only_its_own_objects() {
     );
 
     // A smaller feed: stale shards go; objects threatflow does not own for this feed stay.
-    let small = render("test", &labels, &set_of(100), &settings);
-    let report = target.apply("test", &small).await.unwrap();
-    assert_eq!(report.deleted, big.sets.len() - 1);
+    let small = render("test", &labels, &set_of(100), &settings());
+    let report = target
+        .sync(
+            &ownership,
+            &FEED_KINDS,
+            &small.objects,
+            Adopt::Never,
+            &leader,
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.deleted, big.shards - 1);
     let mut names = api.names("globalnetworksets");
     names.sort();
     assert_eq!(
@@ -195,6 +220,161 @@ async fn the_target_applies_only_changes_and_deletes_only_its_own_objects() {
     assert_eq!(
         api.get("globalnetworksets", "threatfeed.test.9").unwrap()["spec"]["nets"][0],
         "9.9.9.9/32"
+    );
+}
+
+#[tokio::test]
+async fn a_foreign_object_named_like_a_rendered_shard_is_refused_never_taken_over_or_deleted() {
+    let api = KubeApi::start().await;
+    // Someone else's set, named exactly like shard 3 of feed `test`, made with kubectl.
+    let foreign = json!({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkSet",
+        "metadata": {"name": "threatfeed.test.3", "labels": {"team": "netops"},
+            "managedFields": [{"manager": "kubectl-client-side-apply", "operation": "Update"}]},
+        "spec": {"nets": ["192.0.2.0/24"]}});
+    api.seed("globalnetworksets", foreign);
+    let target = Target::Kubernetes(KubernetesTarget::new(api.client()));
+    let leader = Leadership::always();
+    let ownership = render::ownership("test");
+    let big = render("test", &BTreeMap::new(), &set_of(50_000), &settings());
+    assert!(big.shards > 3, "the feed renders a shard of that name");
+    let report = target
+        .sync(&ownership, &FEED_KINDS, &big.objects, Adopt::Never, &leader)
+        .await
+        .unwrap();
+    assert_eq!(report.conflicts.len(), 1, "{report:?}");
+    let conflict = &report.conflicts[0];
+    assert_eq!(
+        (conflict.kind, conflict.name.as_str()),
+        ("GlobalNetworkSet", "threatfeed.test.3")
+    );
+    assert_eq!(
+        conflict.owner,
+        "field managers: kubectl-client-side-apply; labels: team=netops"
+    );
+    assert_eq!(
+        report.written, big.shards,
+        "the other shards and the policy"
+    );
+    let untouched = |api: &KubeApi| {
+        let set = api.get("globalnetworksets", "threatfeed.test.3").unwrap();
+        assert_eq!(set["spec"]["nets"], json!(["192.0.2.0/24"]));
+        assert_eq!(set["metadata"]["labels"], json!({"team": "netops"}));
+    };
+    untouched(&api);
+    assert!(
+        !api.requests()
+            .iter()
+            .any(|(method, path)| method != "GET" && path.ends_with("/threatfeed.test.3")),
+        "nothing was sent for the foreign object: {:?}",
+        api.requests()
+    );
+    // The feed shrinks to one shard: threatflow deletes its own shards, never the foreign one.
+    let small = render("test", &BTreeMap::new(), &set_of(10), &settings());
+    let report = target
+        .sync(
+            &ownership,
+            &FEED_KINDS,
+            &small.objects,
+            Adopt::Never,
+            &leader,
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.deleted, big.shards - 2);
+    untouched(&api);
+    let mut names = api.names("globalnetworksets");
+    names.sort();
+    assert_eq!(names, ["threatfeed.test", "threatfeed.test.3"]);
+}
+
+#[tokio::test]
+async fn calico_enterprise_sets_are_adopted_only_when_switched_on() {
+    let api = KubeApi::start().await;
+    api.seed("globalnetworksets", json!({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkSet",
+        "metadata": {"name": "threatfeed.feodo", "labels": {"tigera.io/creator": "intrusion-detection-controller", "security-action": "block"},
+            "managedFields": [{"manager": "intrusion-detection-controller", "operation": "Update"}]},
+        "spec": {"nets": ["198.51.100.7/32"]}}));
+    let target = Target::Kubernetes(KubernetesTarget::new(api.client()));
+    let leader = Leadership::always();
+    let ownership = render::ownership("feodo");
+    let rendered = render(
+        "feodo",
+        &BTreeMap::new(),
+        &set_of(3),
+        &RenderSettings::default(),
+    );
+    let refused = target
+        .sync(
+            &ownership,
+            &FEED_KINDS,
+            &rendered.objects,
+            Adopt::Never,
+            &leader,
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused.conflicts.len(), 1);
+    assert_eq!(
+        api.get("globalnetworksets", "threatfeed.feodo").unwrap()["spec"]["nets"],
+        json!(["198.51.100.7/32"])
+    );
+    let adopted = target
+        .sync(
+            &ownership,
+            &FEED_KINDS,
+            &rendered.objects,
+            Adopt::CalicoEnterpriseThreatFeeds,
+            &leader,
+        )
+        .await
+        .unwrap();
+    assert_eq!((adopted.adopted, adopted.written), (1, 1));
+    let set = api.get("globalnetworksets", "threatfeed.feodo").unwrap();
+    assert_eq!(set["metadata"]["labels"]["threatflow.io/feed"], "feodo");
+    assert_eq!(set["spec"]["nets"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn the_tier_is_created_when_missing_and_a_foreign_one_is_left_as_it_is() {
+    let api = KubeApi::start().await;
+    let target = Target::Kubernetes(KubernetesTarget::new(api.client()));
+    let leader = Leadership::always();
+    let tier = render::tier(settings().policy.as_ref().unwrap());
+    let report = target
+        .ensure(&render::tier_ownership(), &tier, &leader)
+        .await
+        .unwrap();
+    assert_eq!(report.written, 1);
+    let stored = api.get("tiers", "security").unwrap();
+    assert_eq!(
+        stored["spec"],
+        json!({"order": 100.0, "defaultAction": "Pass"})
+    );
+    assert_eq!(
+        stored["metadata"]["labels"]["threatflow.io/component"],
+        "feeds"
+    );
+    let again = target
+        .ensure(&render::tier_ownership(), &tier, &leader)
+        .await
+        .unwrap();
+    assert_eq!((again.written, again.unchanged), (0, 1));
+
+    let other = KubeApi::start().await;
+    other.seed(
+        "tiers",
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "Tier",
+        "metadata": {"name": "security"}, "spec": {"order": 5.0}}),
+    );
+    let target = Target::Kubernetes(KubernetesTarget::new(other.client()));
+    let report = target
+        .ensure(&render::tier_ownership(), &tier, &leader)
+        .await
+        .unwrap();
+    assert_eq!((report.written, report.conflicts.len()), (0, 1));
+    assert_eq!(
+        other.get("tiers", "security").unwrap()["spec"],
+        json!({"order": 5.0})
     );
 }
 
@@ -232,6 +412,10 @@ async fn the_daemon_publishes_through_kubeconfig() {
     );
     let set = api.get("globalnetworksets", "threatfeed.demo").unwrap();
     assert_eq!(set["spec"]["nets"], json!(["1.2.3.4/32", "5.6.7.0/24"]));
+    assert!(
+        api.get("tiers", "security").is_some(),
+        "the tier the policy names is created"
+    );
     assert_eq!(set["metadata"]["labels"]["threatflow.io/feed"], "demo");
     let policy = api
         .get("globalnetworkpolicies", "security.threatfeed-demo")

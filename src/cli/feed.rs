@@ -126,13 +126,9 @@ pub async fn render(config_path: &std::path::Path, feed: &str) -> anyhow::Result
         .await
         .map_err(|error| anyhow::anyhow!(crate::telemetry::ErrorChain(&error).to_string()))?;
     let mut yaml = String::new();
-    for set in &rendered.sets {
+    for object in &rendered {
         yaml.push_str("---\n");
-        yaml.push_str(&yaml_serde::to_string(set)?);
-    }
-    if let Some(policy) = &rendered.policy {
-        yaml.push_str("---\n");
-        yaml.push_str(&yaml_serde::to_string(policy)?);
+        yaml.push_str(&object.to_yaml());
     }
     Ok(yaml)
 }

@@ -101,6 +101,10 @@ pub struct FeedSettings {
     /// Where `enforce` feeds are published. Required when any feed enforces.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub publish: Option<PublishConfig>,
+    /// When migrating from Calico Enterprise: take over its `threatfeed.<feed>` sets (made by
+    /// its intrusion-detection controller) instead of refusing them as someone else's. Delete
+    /// the GlobalThreatFeeds first, or the two controllers will overwrite each other.
+    pub adopt_calico_enterprise_sets: bool,
     /// Connection timeout for pulls.
     pub connect_timeout_secs: u64,
     /// Limit for one pull attempt, body included.
@@ -126,6 +130,7 @@ impl Default for FeedSettings {
             name_prefix: "threatfeed.".into(),
             policy: None,
             publish: None,
+            adopt_calico_enterprise_sets: false,
             ca_file: None,
             connect_timeout_secs: 10,
             timeout_secs: 60,
@@ -139,11 +144,21 @@ impl Default for FeedSettings {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
-    /// The Calico tier (it must exist); put it before your application tiers.
+    /// The Calico tier the policies go in. threatflow creates it when it is missing (with
+    /// `tier_order` and default action `Pass`); an existing tier that threatflow does not own
+    /// is used as it is, and reported.
     pub tier: String,
-    /// Order within the tier; lower runs first.
+    /// Order of each feed's policy within the tier; lower runs first.
     #[serde(default)]
     pub order: f64,
+    /// Order of the tier among tiers, when threatflow creates it: keep it below your
+    /// application tiers, so threats are denied before anything allows them.
+    #[serde(default = "default_tier_order")]
+    pub tier_order: f64,
+}
+
+fn default_tier_order() -> f64 {
+    100.0
 }
 
 /// Where feeds are published.
@@ -177,22 +192,18 @@ pub struct DirectoryConfig {
 pub const ALWAYS_NEVER_BLOCK: &[&str] = &["127.0.0.0/8", "169.254.0.0/16", "::1/128", "fe80::/10"];
 
 /// Labels threatflow sets itself; a feed's labels may not override them.
-const RESERVED_LABELS: &[&str] = &[crate::k8s::MANAGED_BY_LABEL, crate::k8s::FEED_LABEL];
+const RESERVED_LABELS: &[&str] = &[
+    crate::k8s::apply::MANAGED_BY_LABEL,
+    super::render::FEED_LABEL,
+    super::render::COMPONENT_LABEL,
+];
 
 /// Adds every problem of the feed sections to `problems`.
 pub fn validate(feeds: &[FeedConfig], settings: &FeedSettings, problems: &mut Problems) {
     let mut names = HashSet::new();
     for (i, feed) in feeds.iter().enumerate() {
         let path = format!("feeds[{i}]");
-        let name_ok = !feed.name.is_empty()
-            && feed.name.len() <= 40
-            && feed
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !feed.name.starts_with('-')
-            && !feed.name.ends_with('-');
-        if !name_ok {
+        if !crate::problems::is_dns_label(&feed.name, 40) {
             problems.push(format!("{path}.name"), format!("`{}` must be 1 to 40 lower-case letters, digits or `-` (it names Kubernetes objects)", feed.name));
         } else if !names.insert(feed.name.as_str()) {
             problems.push(
@@ -274,12 +285,7 @@ pub fn validate(feeds: &[FeedConfig], settings: &FeedSettings, problems: &mut Pr
         );
     }
     if let Some(policy) = &settings.policy {
-        if policy.tier.is_empty()
-            || !policy
-                .tier
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
+        if !crate::problems::is_dns_label(&policy.tier, 63) {
             problems.push(
                 "feed_settings.policy.tier",
                 "must be a tier name: lower-case letters, digits and `-`",

@@ -9,6 +9,5 @@ pub mod config;
 pub mod fetch;
 pub mod format;
 pub mod normalize;
-pub mod publish;
 pub mod render;
 pub mod sync;

@@ -1,22 +1,23 @@
-//! Rendering a normalized feed as Calico objects: sharded `GlobalNetworkSet`s and an optional
-//! deny `GlobalNetworkPolicy`.
+//! Rendering a normalized feed as cluster objects: sharded network sets, an optional deny
+//! policy, and the tier it goes in.
 //!
 //! Pure. Nets are spread over shards by a stable hash of each CIDR, so adding or removing a few
 //! addresses changes only the shards they fall in; the shard count only changes when the feed
 //! grows or shrinks past a power-of-two step. Every shard stays under both the configured net
 //! count and a byte budget well inside etcd's 1.5 MiB request limit. The first shard is named
 //! `threatfeed.<feed>` (the name Calico Enterprise uses), further ones `threatfeed.<feed>.<n>`.
-//! Every object carries the feed's labels plus the ownership labels.
+//! Every object carries the feed's labels plus its ownership labels ([`ownership`]).
 
 use std::collections::BTreeMap;
 
-use crate::k8s::{
-    EntityRule, GlobalNetworkPolicy, GlobalNetworkPolicySpec, GlobalNetworkSet,
-    GlobalNetworkSetSpec, ObjectMeta, Rule, CALICO_API_VERSION, CONTENT_HASH_ANNOTATION,
-    FEED_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
-};
-
+use crate::k8s::apply::{fnv1a, Object, Ownership};
+use crate::k8s::calico::{self, GlobalNetworkSet, GlobalNetworkSetSpec, ObjectMeta, Tier};
 use crate::netset::NetSet;
+
+/// The label naming the feed an object belongs to.
+pub const FEED_LABEL: &str = "threatflow.io/feed";
+/// The label naming the component that owns a shared object (the feeds' tier).
+pub const COMPONENT_LABEL: &str = "threatflow.io/component";
 
 /// The most bytes of net strings one shard may hold: with the object's other fields and JSON
 /// quoting, the object stays far below etcd's 1.5 MiB.
@@ -35,7 +36,10 @@ pub struct RenderSettings {
 #[derive(Clone, Debug)]
 pub struct PolicySettings {
     pub tier: String,
+    /// The policy's order in the tier.
     pub order: f64,
+    /// The tier's order among tiers.
+    pub tier_order: f64,
 }
 
 impl Default for RenderSettings {
@@ -48,11 +52,38 @@ impl Default for RenderSettings {
     }
 }
 
-/// The objects of one feed.
+/// The objects of one feed, stamped with its ownership.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rendered {
-    pub sets: Vec<GlobalNetworkSet>,
-    pub policy: Option<GlobalNetworkPolicy>,
+    /// The network sets (shards), then the deny policy if any.
+    pub objects: Vec<Object>,
+    pub shards: usize,
+    /// A short hash over every object's content hash.
+    pub content_hash: String,
+}
+
+/// The labels that mark a feed's objects.
+pub fn ownership(feed: &str) -> Ownership {
+    Ownership::new(FEED_LABEL, feed)
+}
+
+/// The labels that mark the tier the feeds' deny policies go in.
+pub fn tier_ownership() -> Ownership {
+    Ownership::new(COMPONENT_LABEL, "feeds")
+}
+
+/// The tier the deny policies go in: evaluated at `tier_order`, and passing what no feed
+/// denies on to the next tier.
+pub fn tier(policy: &PolicySettings) -> Object {
+    let metadata = ObjectMeta {
+        name: policy.tier.clone(),
+        ..ObjectMeta::default()
+    };
+    tier_ownership().stamp(Object::Tier(Tier::new(
+        metadata,
+        policy.tier_order,
+        calico::Action::Pass,
+    )))
 }
 
 /// Renders `set` for `feed` with the user's `labels`.
@@ -88,37 +119,45 @@ pub fn render(
         shards *= 2;
     };
 
-    let mut object_labels = labels.clone();
-    object_labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
-    object_labels.insert(FEED_LABEL.into(), feed.into());
-    let sets = assigned
+    let ownership = ownership(feed);
+    let mut objects: Vec<Object> = assigned
         .into_iter()
         .enumerate()
         .map(|(index, nets)| {
-            let nets: Vec<String> = nets.into_iter().map(str::to_owned).collect();
-            let hash = format!("{:016x}", fnv1a(nets.join("\n").as_bytes()));
-            GlobalNetworkSet {
-                api_version: CALICO_API_VERSION.into(),
-                kind: "GlobalNetworkSet".into(),
-                metadata: ObjectMeta {
-                    name: set_name(&settings.name_prefix, feed, index),
-                    labels: object_labels.clone(),
-                    annotations: [(CONTENT_HASH_ANNOTATION.to_owned(), hash)].into(),
-                },
-                spec: GlobalNetworkSetSpec { nets },
-            }
+            let metadata = ObjectMeta {
+                name: set_name(&settings.name_prefix, feed, index),
+                labels: labels.clone(),
+                annotations: BTreeMap::new(),
+            };
+            let spec = GlobalNetworkSetSpec {
+                nets: nets.into_iter().map(str::to_owned).collect(),
+                ..GlobalNetworkSetSpec::default()
+            };
+            ownership.stamp(Object::NetworkSet(GlobalNetworkSet::new(metadata, spec)))
         })
         .collect();
-    let policy = settings.policy.as_ref().map(|policy| {
-        let mut policy = deny_policy(feed, &settings.name_prefix, policy);
-        let spec = serde_json::to_vec(&policy.spec).expect("a policy serializes");
-        policy.metadata.annotations.insert(
-            CONTENT_HASH_ANNOTATION.to_owned(),
-            format!("{:016x}", fnv1a(&spec)),
-        );
-        policy
-    });
-    Rendered { sets, policy }
+    let shards = objects.len();
+    if let Some(policy) = &settings.policy {
+        // Feed names are validated to `[a-z0-9-]`, so they cannot change the selector.
+        let metadata = ObjectMeta {
+            name: format!(
+                "{}.{}{feed}",
+                policy.tier,
+                settings.name_prefix.replace('.', "-")
+            ),
+            ..ObjectMeta::default()
+        };
+        let policy =
+            calico::deny_sets_policy(metadata, &policy.tier, policy.order, FEED_LABEL, feed);
+        objects.push(ownership.stamp(Object::Policy(policy)));
+    }
+    let hashes: Vec<&str> = objects.iter().filter_map(Object::content_hash).collect();
+    let content_hash = format!("{:016x}", fnv1a(hashes.join(",").as_bytes()));
+    Rendered {
+        objects,
+        shards,
+        content_hash,
+    }
 }
 
 /// `threatfeed.<feed>` for the first shard, `threatfeed.<feed>.<n>` after it.
@@ -129,64 +168,30 @@ pub fn set_name(prefix: &str, feed: &str, shard: usize) -> String {
     }
 }
 
-/// Denies traffic to and from the feed's sets, and passes everything else on to later tiers.
-/// The selector matches only global network sets (`!has(projectcalico.org/namespace)`), never
-/// pods that happen to carry the same label. Feed names are validated to `[a-z0-9-]`, so they
-/// cannot change the selector's meaning.
-fn deny_policy(feed: &str, prefix: &str, settings: &PolicySettings) -> GlobalNetworkPolicy {
-    let selector = format!("{FEED_LABEL} == '{feed}' && !has(projectcalico.org/namespace)");
-    let rule = |source: bool| Rule {
-        action: "Deny".into(),
-        source: source.then(|| EntityRule {
-            selector: selector.clone(),
-        }),
-        destination: (!source).then(|| EntityRule {
-            selector: selector.clone(),
-        }),
-    };
-    let pass = Rule {
-        action: "Pass".into(),
-        source: None,
-        destination: None,
-    };
-    GlobalNetworkPolicy {
-        api_version: CALICO_API_VERSION.into(),
-        kind: "GlobalNetworkPolicy".into(),
-        metadata: ObjectMeta {
-            name: format!("{}.{}{feed}", settings.tier, prefix.replace('.', "-")),
-            labels: [
-                (MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned()),
-                (FEED_LABEL.to_owned(), feed.to_owned()),
-            ]
-            .into(),
-            annotations: BTreeMap::new(),
-        },
-        spec: GlobalNetworkPolicySpec {
-            tier: settings.tier.clone(),
-            order: settings.order,
-            selector: "all()".into(),
-            types: vec!["Ingress".into(), "Egress".into()],
-            ingress: vec![rule(true), pass.clone()],
-            egress: vec![rule(false), pass],
-        },
-    }
-}
-
-/// FNV-1a: a stable hash (the same on every version and platform), for shard placement and
-/// content hashes.
-pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &byte in bytes {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::k8s::apply::MANAGED_BY_LABEL;
+    use crate::k8s::calico::GlobalNetworkPolicy;
     use std::net::Ipv4Addr;
+
+    fn sets(rendered: &Rendered) -> Vec<&GlobalNetworkSet> {
+        rendered
+            .objects
+            .iter()
+            .filter_map(|object| match object {
+                Object::NetworkSet(set) => Some(set),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn policy(rendered: &Rendered) -> Option<&GlobalNetworkPolicy> {
+        rendered.objects.iter().find_map(|object| match object {
+            Object::Policy(policy) => Some(policy),
+            _ => None,
+        })
+    }
 
     fn settings(max: usize) -> RenderSettings {
         RenderSettings {
@@ -204,14 +209,14 @@ mod tests {
             &crate::netset::spaced_v4(3),
             &settings(10_000),
         );
-        assert_eq!(rendered.sets.len(), 1);
-        let set = &rendered.sets[0];
+        assert_eq!(sets(&rendered).len(), 1);
+        let set = sets(&rendered)[0];
         assert_eq!(set.metadata.name, "threatfeed.feodo");
         assert_eq!(set.metadata.labels["security-action"], "block");
         assert_eq!(set.metadata.labels[MANAGED_BY_LABEL], "threatflow");
         assert_eq!(set.metadata.labels[FEED_LABEL], "feodo");
         assert_eq!(set.spec.nets, ["11.0.0.0/32", "11.0.0.2/32", "11.0.0.4/32"]);
-        assert!(rendered.policy.is_none());
+        assert!(policy(&rendered).is_none());
     }
 
     #[test]
@@ -222,15 +227,17 @@ mod tests {
             &crate::netset::spaced_v4(100_000),
             &settings(10_000),
         );
-        assert!(rendered.sets.len() >= 10);
-        let total: usize = rendered.sets.iter().map(|set| set.spec.nets.len()).sum();
+        let shards = sets(&rendered);
+        assert!(shards.len() >= 10);
+        assert_eq!(rendered.shards, shards.len());
+        let total: usize = shards.iter().map(|set| set.spec.nets.len()).sum();
         assert_eq!(total, 100_000);
-        for set in &rendered.sets {
+        for set in &shards {
             assert!(set.spec.nets.len() <= 10_000, "{}", set.spec.nets.len());
             assert!(serde_json::to_vec(set).unwrap().len() < 1_500_000);
         }
-        assert_eq!(rendered.sets[0].metadata.name, "threatfeed.big");
-        assert_eq!(rendered.sets[3].metadata.name, "threatfeed.big.3");
+        assert_eq!(shards[0].metadata.name, "threatfeed.big");
+        assert_eq!(shards[3].metadata.name, "threatfeed.big.3");
 
         // A byte budget too: a huge shard count setting still yields objects under 1.5 MiB.
         let huge = render(
@@ -239,8 +246,7 @@ mod tests {
             &crate::netset::spaced_v4(100_000),
             &settings(1_000_000),
         );
-        assert!(huge
-            .sets
+        assert!(sets(&huge)
             .iter()
             .all(|set| serde_json::to_vec(set).unwrap().len() < 1_500_000));
     }
@@ -264,11 +270,11 @@ mod tests {
             &NetSet::from_ranges(ranges, vec![]),
             &settings(10_000),
         );
-        assert_eq!(before.sets.len(), after.sets.len());
+        assert_eq!(before.shards, after.shards);
         let changed = before
-            .sets
+            .objects
             .iter()
-            .zip(&after.sets)
+            .zip(&after.objects)
             .filter(|(a, b)| a != b)
             .count();
         assert_eq!(changed, 1);
@@ -290,30 +296,47 @@ mod tests {
             policy: Some(PolicySettings {
                 tier: "security".into(),
                 order: 10.0,
+                tier_order: 100.0,
             }),
             ..RenderSettings::default()
         };
-        let policy = render(
+        let rendered = render(
             "feodo",
             &BTreeMap::new(),
             &crate::netset::spaced_v4(1),
             &settings,
-        )
-        .policy
-        .unwrap();
-        assert_eq!(policy.metadata.name, "security.threatfeed-feodo");
-        assert_eq!(
-            policy.spec.ingress[0].source.as_ref().unwrap().selector,
-            "threatflow.io/feed == 'feodo' && !has(projectcalico.org/namespace)"
         );
-        assert_eq!(policy.spec.egress[0].action, "Deny");
-        assert_eq!(policy.spec.egress[1].action, "Pass");
+        let policy = policy(&rendered).unwrap();
+        assert_eq!(policy.metadata.name, "security.threatfeed-feodo");
+        assert_eq!(policy.metadata.labels[MANAGED_BY_LABEL], "threatflow");
+        assert_eq!(
+            policy.spec.ingress[0]
+                .source
+                .as_ref()
+                .unwrap()
+                .selector
+                .as_deref(),
+            Some("threatflow.io/feed == 'feodo' && !has(projectcalico.org/namespace)")
+        );
+        assert_eq!(policy.spec.egress[0].action, calico::Action::Deny);
+        assert_eq!(policy.spec.egress[1].action, calico::Action::Pass);
+        let Object::Tier(tier) = tier(settings.policy.as_ref().unwrap()) else {
+            panic!("a tier");
+        };
+        assert_eq!(
+            (
+                tier.metadata.name.as_str(),
+                tier.spec.order,
+                tier.spec.default_action
+            ),
+            ("security", Some(100.0), Some(calico::Action::Pass))
+        );
     }
 
     #[test]
     fn an_empty_feed_renders_one_empty_set() {
         let rendered = render("empty", &BTreeMap::new(), &NetSet::default(), &settings(10));
-        assert_eq!(rendered.sets.len(), 1);
-        assert!(rendered.sets[0].spec.nets.is_empty());
+        assert_eq!(sets(&rendered).len(), 1);
+        assert!(sets(&rendered)[0].spec.nets.is_empty());
     }
 }

@@ -25,9 +25,12 @@ use super::config::{
 use super::fetch::{FetchError, FetchSettings, Fetched, Fetcher, Validators};
 use super::format::{self, FormatError};
 use super::normalize::{self, check_shrink, Guards, Refusal};
-use super::publish::{DirectoryTarget, KubernetesTarget, PublishError, PublishReport, Target};
-use super::render::{render, PolicySettings, RenderSettings, Rendered};
+use super::render::{self, render, PolicySettings, RenderSettings, Rendered};
 use crate::enrich::threat::{ThreatFeed, ThreatMatcher};
+use crate::k8s::apply::{
+    Adopt, ApplyError, ApplyReport, Conflict, DirectoryTarget, KubernetesTarget, Object,
+    ObjectKind, Target,
+};
 use crate::k8s::leader::Leadership;
 use crate::net::http::HttpSettings;
 use crate::net::tls::{TlsSettings, Trust};
@@ -45,7 +48,9 @@ pub enum SyncError {
     #[error("update refused by a guard")]
     Refused(#[from] Refusal),
     #[error("publishing failed")]
-    Publish(#[from] PublishError),
+    Publish(#[from] ApplyError),
+    #[error("{} object(s) not written: {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Conflicts(Vec<Conflict>),
 }
 
 impl SyncError {
@@ -55,6 +60,7 @@ impl SyncError {
             SyncError::Format(_) => "format",
             SyncError::Refused(refusal) => refusal.kind(),
             SyncError::Publish(_) => "publish",
+            SyncError::Conflicts(_) => "conflict",
         }
     }
 }
@@ -93,6 +99,9 @@ pub struct FeedStatus {
     pub removed_by_guards: BTreeMap<String, u64>,
     pub last_outcome: String,
     pub last_error: Option<String>,
+    /// Objects of this feed's names that something else owns, left as they are.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<String>,
 }
 
 /// Every feed's status, shared with the HTTP listener.
@@ -186,6 +195,9 @@ pub struct FeedRunner {
     render: RenderSettings,
     fetcher: Fetcher,
     target: Option<Target>,
+    /// The tier the deny policy goes in, when there is one.
+    tier: Option<Object>,
+    adopt: Adopt,
     metrics: FeedMetrics,
     board: StatusBoard,
     validators: Validators,
@@ -276,15 +288,18 @@ impl FeedRunner {
             policy: settings.policy.as_ref().map(|policy| PolicySettings {
                 tier: policy.tier.clone(),
                 order: policy.order,
+                tier_order: policy.tier_order,
             }),
         };
+        let tier = render.policy.as_ref().map(render::tier);
         let target = match (&settings.publish, feed.mode) {
             (Some(publish), FeedMode::Enforce) => match publish.kind {
                 PublishKind::Directory => publish.directory.as_ref().map(|directory| {
                     Target::Directory(DirectoryTarget::new(directory.path.clone()))
                 }),
-                PublishKind::Kubernetes => kubernetes
-                    .map(|client| Target::Kubernetes(Box::new(KubernetesTarget::new(client)))),
+                PublishKind::Kubernetes => {
+                    kubernetes.map(|client| Target::Kubernetes(KubernetesTarget::new(client)))
+                }
             },
             _ => None,
         };
@@ -308,6 +323,11 @@ impl FeedRunner {
             render,
             fetcher,
             target,
+            tier,
+            adopt: match settings.adopt_calico_enterprise_sets {
+                true => Adopt::CalicoEnterpriseThreatFeeds,
+                false => Adopt::Never,
+            },
             metrics,
             board,
             validators: Validators::default(),
@@ -415,7 +435,7 @@ impl FeedRunner {
             _ if standby => None,
             (Some(previous), _) => previous,
             (None, Some(target)) => {
-                Some(target.published_nets(&name).await?).filter(|&nets| nets > 0)
+                Some(target.owned_nets(&render::ownership(&name)).await?).filter(|&nets| nets > 0)
             }
             (None, None) => None,
         };
@@ -432,14 +452,19 @@ impl FeedRunner {
         }
         let rendered = render(&name, &self.feed.labels, &normalized.set, &self.render);
         let report = match target {
-            // Checked again right before writing: leadership may have moved meanwhile.
-            Some(_) if !self.leadership.is_leader() => {
-                self.last_applied = None;
-                return Ok("standby");
-            }
-            Some(target) => target.apply(&name, &rendered).await?,
-            None => PublishReport::default(),
+            Some(target) => match self.publish(target, &name, &rendered).await {
+                Err(ApplyError::NotLeader) => {
+                    // Leadership moved away during the sync.
+                    self.last_applied = None;
+                    return Ok("standby");
+                }
+                published => published?,
+            },
+            None => ApplyReport::default(),
         };
+        self.with_status(|status| {
+            status.conflicts = report.conflicts.iter().map(ToString::to_string).collect();
+        });
         // Only now, with the publication done, does the new set count as applied.
         if !standby {
             self.validators = validators;
@@ -454,15 +479,15 @@ impl FeedRunner {
         self.metrics
             .shards
             .get_or_create(&labels)
-            .set(rendered.sets.len() as i64);
+            .set(rendered.shards as i64);
         self.metrics
             .last_apply
             .get_or_create(&labels)
             .set(unix_seconds(applied));
         self.with_status(|status| {
             status.entries = normalized.cidrs;
-            status.shards = rendered.sets.len();
-            status.content_hash = Some(content_hash(&rendered));
+            status.shards = rendered.shards;
+            status.content_hash = Some(rendered.content_hash.clone());
             status.last_successful_apply = Some(rfc3339(applied));
         });
         if let Some(threats) = &self.threats {
@@ -474,6 +499,14 @@ impl FeedRunner {
                 Arc::new(normalized.set),
             );
         }
+        let feed_conflicts: Vec<Conflict> = report
+            .conflicts
+            .into_iter()
+            .filter(|conflict| conflict.kind != ObjectKind::Tier.name())
+            .collect();
+        if !feed_conflicts.is_empty() {
+            return Err(SyncError::Conflicts(feed_conflicts));
+        }
         Ok(if standby {
             "standby"
         } else if report.written + report.deleted > 0 {
@@ -481,6 +514,43 @@ impl FeedRunner {
         } else {
             "unchanged"
         })
+    }
+
+    /// Writes the feed's objects (and its tier first, which is only ever created or updated:
+    /// other feeds' policies may be in it). A tier someone else owns is used as it is and
+    /// reported; a set or policy name someone else owns is not written.
+    async fn publish(
+        &self,
+        target: &Target,
+        feed: &str,
+        rendered: &Rendered,
+    ) -> Result<ApplyReport, ApplyError> {
+        let mut report = ApplyReport::default();
+        if let Some(tier) = &self.tier {
+            let tier_report = target
+                .ensure(&render::tier_ownership(), tier, &self.leadership)
+                .await?;
+            for conflict in &tier_report.conflicts {
+                tracing::warn!(feed, %conflict, "the deny policy goes into a tier threatflow does not own; its order and default action are left as they are");
+            }
+            report.conflicts = tier_report.conflicts;
+            report.written += tier_report.written;
+        }
+        let feed_report = target
+            .sync(
+                &render::ownership(feed),
+                &[ObjectKind::NetworkSet, ObjectKind::Policy],
+                &rendered.objects,
+                self.adopt,
+                &self.leadership,
+            )
+            .await?;
+        report.written += feed_report.written;
+        report.deleted += feed_report.deleted;
+        report.unchanged += feed_report.unchanged;
+        report.adopted += feed_report.adopted;
+        report.conflicts.extend(feed_report.conflicts);
+        Ok(report)
     }
 
     /// Parses and normalizes a pulled feed; also the rejected lines and guard removals by reason.
@@ -514,8 +584,9 @@ impl FeedRunner {
         Ok((normalized, rejected, removed))
     }
 
-    /// Pulls the feed now and renders what a sync would publish, without publishing it.
-    pub async fn render_now(&self) -> Result<Rendered, SyncError> {
+    /// Pulls the feed now and renders what a sync would publish (the tier first, if any),
+    /// without publishing it.
+    pub async fn render_now(&self) -> Result<Vec<Object>, SyncError> {
         // The request carries no validators, so the fetcher never answers `NotModified`.
         let body = match self
             .fetcher
@@ -526,12 +597,13 @@ impl FeedRunner {
             Fetched::NotModified => Vec::new(),
         };
         let (normalized, _, _) = self.normalize(&body)?;
-        Ok(render(
+        let rendered = render(
             &self.feed.name,
             &self.feed.labels,
             &normalized.set,
             &self.render,
-        ))
+        );
+        Ok(self.tier.iter().cloned().chain(rendered.objects).collect())
     }
 
     fn with_status(&self, change: impl FnOnce(&mut FeedStatus)) {
@@ -546,21 +618,6 @@ fn secret_value(feed: &str, header: &HeaderConfig) -> Result<String, SetupError>
         feed: feed.to_owned(),
         source,
     })
-}
-
-/// A short hash over every shard's content hash.
-fn content_hash(rendered: &Rendered) -> String {
-    let joined: Vec<&str> = rendered
-        .sets
-        .iter()
-        .filter_map(|set| {
-            set.metadata
-                .annotations
-                .get(crate::k8s::CONTENT_HASH_ANNOTATION)
-                .map(String::as_str)
-        })
-        .collect();
-    format!("{:016x}", super::render::fnv1a(joined.join(",").as_bytes()))
 }
 
 fn rfc3339(time: SystemTime) -> String {

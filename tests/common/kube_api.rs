@@ -1,13 +1,15 @@
 //! A Kubernetes API server test double, speaking the real REST protocol for the resources
-//! threatflow uses (`projectcalico.org/v3` GlobalNetworkSets and GlobalNetworkPolicies, the
-//! core `pods`, `namespaces`, `services` and `nodes`, and `batch/v1` `jobs`):
+//! threatflow uses (`projectcalico.org/v3` GlobalNetworkSets, GlobalNetworkPolicies, their
+//! staged form and Tiers, the core `pods`, `namespaces`, `services` and `nodes`, `batch/v1`
+//! `jobs`, and `coordination.k8s.io/v1` `leases`):
 //!
 //! - cluster-wide paths, and `namespaces/<ns>/<plural>` paths for namespaced resources; a
 //!   namespaced object is named `<ns>/<name>` in this double's methods;
 //! - `GET` a collection, with `labelSelector` (`k=v`, `k==v`, `k!=v`, `k`, `!k`, comma-joined)
 //!   and `fieldSelector` (`metadata.name` and `metadata.namespace` with `=`, `==`, `!=`), whole
 //!   or metadata only (`Accept: ...;as=PartialObjectMetadataList`, logged as
-//!   `<path> (metadata)`), and `GET` an object; `404 NotFound` for a missing one; `403
+//!   `<path> (metadata)`), and `GET` an object, whole or metadata only; `404 NotFound` for a
+//!   missing one; `403
 //!   Forbidden` for a resource the test marks forbidden (a role without it);
 //! - server-side apply: `PATCH` with `Content-Type: application/apply-patch+yaml` and a
 //!   `fieldManager`; creates (201) or updates (200); `409 Conflict` when another manager owns the
@@ -55,6 +57,20 @@ const RESOURCES: &[(&str, &str, &str, &str, bool)] = &[
         "/apis/projectcalico.org/v3/",
         "globalnetworkpolicies",
         "GlobalNetworkPolicy",
+        "projectcalico.org/v3",
+        false,
+    ),
+    (
+        "/apis/projectcalico.org/v3/",
+        "stagedglobalnetworkpolicies",
+        "StagedGlobalNetworkPolicy",
+        "projectcalico.org/v3",
+        false,
+    ),
+    (
+        "/apis/projectcalico.org/v3/",
+        "tiers",
+        "Tier",
         "projectcalico.org/v3",
         false,
     ),
@@ -735,6 +751,7 @@ async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Bo
             )
         }
         (Method::GET, Some(name)) => match state.objects.get(&(plural.clone(), name.clone())) {
+            Some(object) if metadata_only => respond(StatusCode::OK, &metadata_only_form(object)),
             Some(object) => respond(StatusCode::OK, object),
             None => status(
                 StatusCode::NOT_FOUND,
