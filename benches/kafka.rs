@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use threatflow::app::{self, RunOptions};
+use threatflow::app;
 use threatflow::config::Config;
 use tokio_util::sync::CancellationToken;
 
@@ -91,7 +91,7 @@ fn kafka(c: &mut Criterion) {
                 .unwrap();
                 let before = frames.load(Ordering::Relaxed);
                 let stop = CancellationToken::new();
-                let pipeline = runtime.spawn(app::run(config, RunOptions::default(), stop.clone()));
+                let pipeline = runtime.spawn(app::run(config, app::Options::default(), stop.clone()));
                 // Timed from the first record out, so joining the group (the broker's
                 // initial rebalance delay) is not counted.
                 while frames.load(Ordering::Relaxed) == before {

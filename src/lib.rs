@@ -11,6 +11,7 @@ pub mod app;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod deps;
 pub mod enrich;
 pub mod feeds;
 pub mod flow;

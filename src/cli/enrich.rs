@@ -4,6 +4,9 @@
 //! encoders and sinks.
 
 use std::io::{BufWriter, Read, Write};
+use std::path::PathBuf;
+
+use clap::ValueEnum;
 
 use crate::config::Config;
 use crate::enrich::EndpointIndex;
@@ -62,6 +65,208 @@ impl std::fmt::Display for EnrichSummary {
         }
         Ok(())
     }
+}
+
+#[derive(clap::Args)]
+pub struct EnrichArgs {
+    /// The collector format of the input.
+    #[arg(long, value_enum, default_value = "calico")]
+    pub input_format: InputFormat,
+    /// A `kubectl get pods,services,namespaces,nodes,jobs -A -o json` file.
+    #[arg(long, value_name = "FILE")]
+    pub inventory: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "cef")]
+    pub output_format: OutputFormatArg,
+    /// Take CEF settings and the cluster name from this config file.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Sent as the cluster name (CEF deviceExternalId); overrides the config's.
+    #[arg(long)]
+    pub cluster_name: Option<String>,
+    /// Lines longer than this are rejected.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub max_line_bytes: usize,
+    /// Exit with status 1 if any line was rejected.
+    #[arg(long)]
+    pub strict: bool,
+    /// Match flows against a threat feed file (newline format: addresses, CIDRs, ranges);
+    /// repeatable. Matches switch the event to the threat class and fill CEF `cs6`.
+    #[arg(long, value_name = "NAME=FILE")]
+    pub feed: Vec<String>,
+    /// Send to a syslog receiver instead of standard output: `udp://HOST:PORT`,
+    /// `tcp://HOST:PORT` or `tls://HOST:PORT`. Exits once every record is acknowledged (or
+    /// given up on), with a report of what was sent and dropped.
+    #[arg(long, value_name = "URL")]
+    pub syslog: Option<String>,
+    /// Stream framing for --syslog: octet counting (RFC 6587) or one message per line.
+    #[arg(long, value_enum, default_value = "octet", requires = "syslog")]
+    pub framing: FramingArg,
+    /// Syslog header format for --syslog.
+    #[arg(long, value_enum, default_value = "rfc5424", requires = "syslog")]
+    pub syslog_format: SyslogFormatArg,
+    /// CA certificates (PEM) to verify a tls:// receiver with; default: the system's.
+    #[arg(long, value_name = "FILE", requires = "syslog")]
+    pub ca: Option<PathBuf>,
+    /// Give up on a batch the receiver has not taken after this many seconds.
+    #[arg(long, default_value_t = 30, requires = "syslog")]
+    pub syslog_timeout_secs: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum FramingArg {
+    Octet,
+    Lf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum SyslogFormatArg {
+    Rfc5424,
+    Rfc3164,
+}
+
+/// The `--syslog` options as a syslog sink's settings, checked like the config file's.
+fn syslog_target(args: &EnrichArgs) -> anyhow::Result<Option<SyslogConfig>> {
+    let Some(url) = &args.syslog else {
+        return Ok(None);
+    };
+    let invalid = || {
+        anyhow::anyhow!(
+            "--syslog {url}: expected udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT"
+        )
+    };
+    let (scheme, rest) = url.split_once("://").ok_or_else(invalid)?;
+    let (host, port) = rest.rsplit_once(':').ok_or_else(invalid)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().map_err(|_| invalid())?;
+    if !matches!(scheme, "udp" | "tcp" | "tls") {
+        return Err(invalid());
+    }
+    let mut settings = serde_json::json!({
+        "host": host,
+        "port": port,
+        "transport": scheme,
+        "framing": match args.framing {
+            FramingArg::Octet => "octet_counting",
+            FramingArg::Lf => "lf",
+        },
+        "format": match args.syslog_format {
+            SyslogFormatArg::Rfc5424 => "rfc5424",
+            SyslogFormatArg::Rfc3164 => "rfc3164",
+        },
+    });
+    if let Some(ca) = &args.ca {
+        settings["tls"] = serde_json::json!({ "ca_file": ca });
+    }
+    let config: SyslogConfig = serde_json::from_value(settings)?;
+    let mut problems = crate::problems::Problems::default();
+    config.validate("--syslog", &mut problems);
+    if !problems.is_empty() {
+        anyhow::bail!("the --syslog options do not fit:\n{problems}");
+    }
+    Ok(Some(config))
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum InputFormat {
+    Calico,
+    Hubble,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum OutputFormatArg {
+    Cef,
+    Leef,
+    Json,
+}
+
+/// Runs `threatflow enrich` with its command-line arguments.
+pub fn command(args: EnrichArgs) -> anyhow::Result<EnrichSummary> {
+    let mut config = match &args.config {
+        Some(path) => Config::load_valid(path)?,
+        None => Config::from_yaml("{sources: [], sinks: []}")
+            .map_err(|problem| anyhow::anyhow!("{problem}"))?,
+    };
+    if args.cluster_name.is_some() {
+        config.cluster_name = args.cluster_name.clone();
+    }
+    let index = match &args.inventory {
+        Some(path) => EndpointIndex::build(
+            &crate::cluster::Inventory::load(path)?,
+            &config.enrichment.labels,
+        ),
+        None => EndpointIndex::default(),
+    };
+    if args.max_line_bytes == 0 {
+        anyhow::bail!("--max-line-bytes must be at least 1");
+    }
+    if args.syslog.is_some() {
+        // Delivery retries and give-ups are reported on stderr as the daemon logs them.
+        crate::telemetry::init_logging(&crate::telemetry::TelemetryConfig {
+            log_level: "warn".into(),
+            ..config.telemetry.clone()
+        });
+    }
+    let options = EnrichOptions {
+        format: match args.input_format {
+            InputFormat::Calico => FlowFormat::Calico,
+            InputFormat::Hubble => FlowFormat::Hubble,
+        },
+        output: match args.output_format {
+            OutputFormatArg::Cef => OutputFormat::Cef,
+            OutputFormatArg::Leef => OutputFormat::Leef,
+            OutputFormatArg::Json => OutputFormat::Json,
+        },
+        max_line_bytes: args.max_line_bytes,
+        config: &config,
+        index,
+        show_progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        threats: threat_feeds(&args.feed)?,
+        syslog: syslog_target(&args)?.map(|syslog| {
+            (
+                syslog,
+                std::time::Duration::from_secs(args.syslog_timeout_secs),
+            )
+        }),
+    };
+    let summary = run(
+        options,
+        std::io::stdin().lock(),
+        std::io::stdout().lock(),
+        // Not locked for the whole run: the syslog sink logs on stderr from its own thread.
+        std::io::stderr(),
+    )?;
+    Ok(summary)
+}
+
+/// `--feed NAME=FILE` arguments as a threat matcher.
+fn threat_feeds(arguments: &[String]) -> anyhow::Result<crate::enrich::ThreatMatcher> {
+    use crate::enrich::ThreatFeed;
+    use crate::feeds::format::{self, FeedFormat};
+    use crate::netset::NetSet;
+    let matcher = crate::enrich::ThreatMatcher::default();
+    for argument in arguments {
+        let Some((name, path)) = argument
+            .split_once('=')
+            .filter(|(name, path)| !name.is_empty() && !path.is_empty())
+        else {
+            anyhow::bail!("--feed `{argument}` must be NAME=FILE");
+        };
+        let content = std::fs::read(path)
+            .map_err(|error| anyhow::anyhow!("cannot read feed {name} from {path}: {error}"))?;
+        let parsed = format::parse(&FeedFormat::default(), &content)?;
+        if !parsed.rejected.is_empty() {
+            eprintln!("feed {name}: rejected {}", parsed.rejected_summary());
+        }
+        let set = NetSet::from_ranges(parsed.v4, parsed.v6);
+        matcher.update(
+            ThreatFeed {
+                name: name.into(),
+                severity: None,
+            },
+            std::sync::Arc::new(set),
+        );
+    }
+    Ok(matcher)
 }
 
 /// Settings of one `enrich` run.

@@ -5,11 +5,95 @@
 
 use std::io::{BufWriter, Read, Write};
 use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::ValueEnum;
 
 use ipnet::IpNet;
 
 use crate::feeds::format::{self, FeedFormat};
 use crate::feeds::normalize::{self, Guards};
+
+#[derive(clap::Args)]
+pub struct NormalizeArgs {
+    /// The feed file, or `-` for standard input.
+    #[arg(value_name = "FILE|-")]
+    pub input: PathBuf,
+    #[arg(long, value_enum, default_value = "newline")]
+    pub format: FeedFormatArg,
+    /// csv: the address column, by 1-based index or header name.
+    #[arg(long, value_name = "N|NAME")]
+    pub csv_column: Option<format::Column>,
+    /// csv: the field delimiter.
+    #[arg(long, value_name = "CHAR")]
+    pub csv_delimiter: Option<char>,
+    /// json: dot-separated path to the array.
+    #[arg(long, value_name = "PATH")]
+    pub json_path: Option<String>,
+    /// json, jsonl: the object field holding the address.
+    #[arg(long, value_name = "NAME")]
+    pub json_field: Option<String>,
+    /// Never output these addresses (subtracted from the feed); a CIDR or an address;
+    /// repeatable.
+    #[arg(long, value_name = "CIDR", value_parser = never_block_entry)]
+    pub never_block: Vec<ipnet::IpNet>,
+    /// Drop IPv4 entries broader than this prefix length.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=32))]
+    pub min_prefix_v4: Option<u8>,
+    /// Drop IPv6 entries broader than this prefix length.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub min_prefix_v6: Option<u8>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum FeedFormatArg {
+    Newline,
+    Csv,
+    Json,
+    Jsonl,
+}
+
+/// Runs `threatflow feed normalize` with its command-line arguments.
+pub fn normalize_command(args: NormalizeArgs) -> anyhow::Result<NormalizeSummary> {
+    use crate::feeds::format::FormatKind;
+    let format = FeedFormat {
+        kind: match args.format {
+            FeedFormatArg::Newline => FormatKind::Newline,
+            FeedFormatArg::Csv => FormatKind::Csv,
+            FeedFormatArg::Json => FormatKind::Json,
+            FeedFormatArg::Jsonl => FormatKind::Jsonl,
+        },
+        column: args.csv_column,
+        delimiter: args.csv_delimiter,
+        path: args.json_path,
+        field: args.json_field,
+        ..FeedFormat::default()
+    };
+    let mut problems = crate::problems::Problems::default();
+    format.validate("--format", &mut problems);
+    if !problems.is_empty() {
+        anyhow::bail!("the format options do not fit:\n{problems}");
+    }
+    let guards = Guards {
+        never_block: crate::netset::NetSet::from_nets(&args.never_block),
+        min_prefix_v4: args.min_prefix_v4,
+        min_prefix_v6: args.min_prefix_v6,
+        max_entries: None,
+    };
+    let stdout = std::io::stdout().lock();
+    if args.input.as_os_str() == "-" {
+        normalize(&format, &guards, std::io::stdin().lock(), stdout)
+    } else {
+        let file = std::fs::File::open(&args.input)
+            .map_err(|error| anyhow::anyhow!("cannot read {}: {error}", args.input.display()))?;
+        normalize(&format, &guards, file, stdout)
+    }
+}
+
+fn never_block_entry(text: &str) -> Result<ipnet::IpNet, String> {
+    crate::netset::parse_cidr(text)
+        .ok_or_else(|| format!("`{text}` is not a CIDR or an IP address"))
+}
 
 /// What a normalization did, for the summary on standard error.
 #[derive(Clone, Debug, Default)]

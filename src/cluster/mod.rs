@@ -112,6 +112,95 @@ impl Cluster {
     }
 }
 
+/// Where the model's objects come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Watches of the API server, scoped to the union of the consumers' scopes.
+    Watch(WatchScope),
+    /// A `kubectl get pods,services,namespaces,nodes,jobs -A -o json` file, read once.
+    Inventory(std::path::PathBuf),
+    /// No cluster context.
+    Empty,
+}
+
+/// The model could not be filled.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Kubernetes(#[from] crate::deps::KubeUnavailable),
+    #[error(transparent)]
+    Inventory(#[from] objects::InventoryError),
+}
+
+/// The running model: its watches, if it has any.
+pub struct ClusterStage {
+    pub cluster: Cluster,
+    pub source: Source,
+    watch: Option<watch::ClusterWatch>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl ClusterStage {
+    /// Fills a model from `source`; watches run until [`ClusterStage::stop`].
+    pub async fn start(
+        deps: &crate::deps::Deps,
+        source: Source,
+        metrics: watch::WatchMetrics,
+    ) -> Result<ClusterStage, StartError> {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (cluster, watch) = match &source {
+            Source::Watch(scope) => {
+                let client = deps.kube("enrichment.kubernetes").await?;
+                let cluster = Cluster::new(deps.clock.clone());
+                let watch = watch::ClusterWatch::start(
+                    client,
+                    scope,
+                    cluster.clone(),
+                    metrics,
+                    deps.readiness.clone(),
+                    stop.clone(),
+                );
+                (cluster, Some(watch))
+            }
+            Source::Inventory(path) => {
+                let inventory = Inventory::load(path)?;
+                tracing::info!(path = %path.display(), pods = inventory.pods.len(), services = inventory.services.len(), "loaded inventory");
+                (
+                    Cluster::from_inventory(&inventory, deps.clock.clone()),
+                    None,
+                )
+            }
+            Source::Empty => (Cluster::empty(deps.clock.clone()), None),
+        };
+        Ok(ClusterStage {
+            cluster,
+            source,
+            watch,
+            stop,
+        })
+    }
+
+    /// The watches' state, when the model is watched.
+    pub fn watch_status(&self) -> Option<watch::WatchStatus> {
+        self.watch.as_ref().map(watch::ClusterWatch::status)
+    }
+
+    /// [`ClusterStage::watch_status`] for a status page.
+    pub fn watch_status_source(
+        &self,
+    ) -> Option<impl Fn() -> watch::WatchStatus + Send + Sync + 'static> {
+        self.watch.as_ref().map(watch::ClusterWatch::status_source)
+    }
+
+    /// Stops the watches and waits for them.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        if let Some(watch) = self.watch {
+            watch.join().await;
+        }
+    }
+}
+
 /// What part of the cluster a consumer needs watched: one namespace or all, and the pods a
 /// label selector picks or all. The watches follow the union of the consumers' scopes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -24,6 +24,56 @@ pub use labels::LabelFilter;
 pub use projection::{EndpointProjection, SharedIndex};
 pub use threat::{Matches, ThreatFeed, ThreatMatcher};
 
+/// Enrichment's view of the cluster: the endpoint index, kept as a projection of the model,
+/// with released addresses evicted after the grace period.
+pub struct Enrichment {
+    pub index: SharedIndex,
+    /// Opens once the model holds the initial lists.
+    pub gate: Arc<crate::cluster::SyncGate>,
+    /// How long the first records wait for the gate.
+    pub sync_timeout: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+    eviction: tokio::task::JoinHandle<()>,
+}
+
+impl Enrichment {
+    pub fn start(
+        cluster: &crate::cluster::Cluster,
+        settings: &EnrichmentConfig,
+        metrics: projection::IndexMetrics,
+    ) -> Enrichment {
+        use std::time::Duration;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let index = SharedIndex::default();
+        let kubernetes = settings.kubernetes.as_ref();
+        let eviction = projection::project(
+            cluster,
+            index.clone(),
+            settings.labels.clone(),
+            kubernetes
+                .map(KubernetesEnrichment::scope)
+                .unwrap_or_default(),
+            Duration::from_secs(kubernetes.map_or(300, |settings| settings.grace_period_secs)),
+            metrics,
+            stop.clone(),
+        );
+        Enrichment {
+            index,
+            gate: cluster.gate().clone(),
+            sync_timeout: Duration::from_secs(
+                kubernetes.map_or(0, |settings| settings.sync_timeout_secs),
+            ),
+            stop,
+            eviction,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.eviction.await;
+    }
+}
+
 /// A flow record with the context the index had for its endpoints.
 #[derive(Clone, Debug)]
 pub struct EnrichedRecord {

@@ -76,8 +76,8 @@ pub enum SetupError {
     },
     #[error("cannot build the HTTP client for feeds (feed_settings.ca_file?)")]
     Client(#[source] FetchError),
-    #[error("cannot connect to the Kubernetes API (in-cluster credentials or KUBECONFIG)")]
-    Kubernetes(#[source] kube::Error),
+    #[error(transparent)]
+    Kubernetes(#[from] crate::deps::KubeUnavailable),
 }
 
 /// What the last syncs of a feed did, as served on `/status` and shown by `threatflow status`.
@@ -207,25 +207,6 @@ pub struct FeedRunner {
     threats: Option<ThreatMatcher>,
     /// Only the leader publishes; the others pull and match (`standby`).
     leadership: Leadership,
-}
-
-/// The Kubernetes client, when some enforcing feed publishes to the Kubernetes API.
-pub async fn kubernetes_client(
-    feeds: &[FeedConfig],
-    settings: &FeedSettings,
-) -> Result<Option<kube::Client>, SetupError> {
-    let needed = feeds.iter().any(|feed| feed.mode == FeedMode::Enforce)
-        && settings
-            .publish
-            .as_ref()
-            .is_some_and(|publish| publish.kind == PublishKind::Kubernetes);
-    if !needed {
-        return Ok(None);
-    }
-    kube::Client::try_default()
-        .await
-        .map(Some)
-        .map_err(SetupError::Kubernetes)
 }
 
 /// The HTTP client for feeds: `feed_settings.ca_file` is trusted besides the system's roots.

@@ -278,6 +278,123 @@ impl Emitter {
     }
 }
 
+/// The running sources of a run, and the checkpoint files their positions go to.
+pub struct Sources {
+    tasks: Vec<(String, tokio::task::JoinHandle<Result<(), SourceError>>)>,
+    /// The names of the sources that failed so far.
+    failures: Vec<String>,
+    checkpoints: Vec<CheckpointStore>,
+    persister: tokio::task::JoinHandle<()>,
+    persister_stop: CancellationToken,
+}
+
+/// How a run's sources read.
+#[derive(Clone, Debug)]
+pub struct SourceSettings {
+    pub batch_max_records: usize,
+    /// Read what exists now, then end.
+    pub once: bool,
+    /// How long a Kafka source waits at shutdown for its records in the pipeline.
+    pub drain_timeout: Duration,
+}
+
+impl Sources {
+    /// Starts every source; each sends its batches to `output` until it ends (`once`,
+    /// standard input closing) or `shutdown`. Positions are saved every second.
+    pub fn start(
+        sources: &[super::config::SourceConfig],
+        settings: &SourceSettings,
+        output: &mpsc::Sender<SourceBatch>,
+        metrics: &SourceMetrics,
+        shutdown: &CancellationToken,
+    ) -> Sources {
+        use super::config::SourceKind;
+        let mut checkpoints = Vec::new();
+        let mut tasks = Vec::new();
+        for source in sources {
+            metrics.init_source(&source.name);
+            let context = SourceContext {
+                name: Arc::from(source.name.as_str()),
+                format: source.format,
+                max_line_bytes: source.max_line_bytes,
+                batch_max_records: settings.batch_max_records,
+                output: output.clone(),
+                metrics: metrics.clone(),
+                shutdown: shutdown.clone(),
+            };
+            let task = match (source.kind, &source.file, &source.kafka) {
+                (SourceKind::Kafka, _, Some(kafka)) => {
+                    let run = super::kafka::KafkaRun {
+                        once: settings.once,
+                        drain_timeout: settings.drain_timeout,
+                    };
+                    let kafka = kafka.clone();
+                    tokio::task::spawn_blocking(move || super::kafka::run(kafka, run, context))
+                }
+                (SourceKind::File, Some(file), _) => {
+                    let store = file.checkpoint_path.clone().map(CheckpointStore::new);
+                    checkpoints.extend(store.clone());
+                    tokio::spawn(run_file(file.clone(), store, settings.once, context))
+                }
+                _ => tokio::spawn(run_reader(tokio::io::stdin(), context)),
+            };
+            tasks.push((source.name.clone(), task));
+        }
+        let persister_stop = CancellationToken::new();
+        let persister = tokio::spawn({
+            let (stores, stop) = (checkpoints.clone(), persister_stop.clone());
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => persist(&stores),
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            }
+        });
+        Sources {
+            tasks,
+            failures: Vec::new(),
+            checkpoints,
+            persister,
+            persister_stop,
+        }
+    }
+
+    /// Waits for every source to end; returns the names of those that failed (logged).
+    /// Cancel-safe: what has ended stays noted.
+    pub async fn join(&mut self) -> Vec<String> {
+        while let Some((_, task)) = self.tasks.last_mut() {
+            let result = task.await;
+            let (name, _) = self.tasks.pop().expect("the task just awaited");
+            let failed = match result {
+                Ok(Ok(())) => continue,
+                Ok(Err(error)) => crate::telemetry::ErrorChain(&error).to_string(),
+                Err(join_error) => join_error.to_string(),
+            };
+            tracing::error!(source = %name, error = %failed, "source failed");
+            self.failures.push(name);
+        }
+        self.failures.clone()
+    }
+
+    /// Saves the positions one last time (once everything delivered has been acknowledged).
+    pub async fn finish(self) {
+        self.persister_stop.cancel();
+        let _ = self.persister.await;
+        persist(&self.checkpoints);
+    }
+}
+
+fn persist(stores: &[CheckpointStore]) {
+    for store in stores {
+        if let Err(error) = store.persist() {
+            tracing::error!(%error, "cannot save a checkpoint; a restart may re-send lines");
+        }
+    }
+}
+
 /// Reads standard input (or any reader) to its end.
 pub async fn run_reader(
     mut reader: impl AsyncRead + Unpin,

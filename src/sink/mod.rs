@@ -13,6 +13,7 @@ pub mod field;
 pub mod json;
 pub mod kafka;
 pub mod leef;
+pub mod queue;
 pub mod syslog;
 
 use std::path::PathBuf;
@@ -40,6 +41,7 @@ pub use config::{OutputFormat, SinkConfig, SinkKind, WhenFull};
 use json::JsonEncoder;
 use kafka::{KafkaKey, KafkaWriter};
 use leef::LeefEncoder;
+pub use queue::SinkQueue;
 use syslog::{SyslogClient, SyslogFramer, Timestamps};
 
 /// Records on their way to one sink, with that sink's share of the acknowledgement.
@@ -704,6 +706,73 @@ impl Sink {
         }
         self.transport.close().await;
         report
+    }
+}
+
+/// A run's sinks: each behind its own bounded queue, whose sending ends the processor holds.
+pub struct Sinks {
+    pub queues: Vec<SinkQueue>,
+    tasks: Vec<tokio::task::JoinHandle<SinkReport>>,
+}
+
+/// How a run's sinks queue and drain.
+#[derive(Clone, Copy, Debug)]
+pub struct SinkSettings {
+    pub queue_batches: usize,
+    /// Once `drain` is cancelled, how long undelivered batches are retried.
+    pub drain_timeout: Duration,
+}
+
+impl Sinks {
+    /// Starts every sink. The drain window opens when `drain` is cancelled (a stop signal,
+    /// or the sources having ended).
+    pub fn start(
+        sinks: &[SinkConfig],
+        context: &SinkContext,
+        settings: SinkSettings,
+        metrics: &SinkMetrics,
+        drain: &CancellationToken,
+    ) -> Result<Sinks, SinkError> {
+        let mut queues = Vec::new();
+        let mut tasks = Vec::new();
+        for config in sinks {
+            metrics.init_sink(&config.name);
+            let sink = Sink::new(config, context)?;
+            let (sender, receiver) = mpsc::channel::<Batch>(settings.queue_batches);
+            queues.push(SinkQueue::new(
+                sender,
+                config.drops_when_full(sinks.len()),
+                metrics.dropped_counter(&config.name, "destination_full"),
+                metrics.queued_gauge(&config.name),
+                &config.name,
+                tokio::runtime::Handle::current(),
+            ));
+            tasks.push(tokio::spawn(sink.run(
+                receiver,
+                metrics.clone(),
+                drain.clone(),
+                settings.drain_timeout,
+                None,
+            )));
+        }
+        Ok(Sinks { queues, tasks })
+    }
+
+    /// Takes the queues for the processor; the sinks end when it drops them.
+    pub fn take_queues(&mut self) -> Vec<SinkQueue> {
+        std::mem::take(&mut self.queues)
+    }
+
+    /// Waits until every sink has delivered or given up; returns the records given up on.
+    pub async fn join(self) -> u64 {
+        let mut undelivered = 0;
+        for task in self.tasks {
+            match task.await {
+                Ok(report) => undelivered += report.undelivered,
+                Err(error) => tracing::error!(%error, "a sink task failed"),
+            }
+        }
+        undelivered
     }
 }
 
