@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::cluster::{SharedClock, SystemClock};
+use crate::clock::{SharedClock, SystemClock};
 use crate::identity::Identity;
 use crate::k8s::leader::Leadership;
 use crate::telemetry::Readiness;

@@ -9,6 +9,7 @@
 pub mod ack;
 pub mod app;
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod deps;

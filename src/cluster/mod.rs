@@ -11,7 +11,6 @@
 //!
 //! Nothing here knows what a consumer does with the objects: no flow records, no firewall.
 
-pub mod clock;
 pub mod gate;
 pub mod model;
 pub mod objects;
@@ -23,7 +22,7 @@ use std::sync::Arc;
 use parking_lot::{RwLock, RwLockReadGuard};
 use tokio::sync::watch as signal;
 
-pub use clock::{Clock, SharedClock, SystemClock, TokioClock};
+pub use crate::clock::{Clock, SharedClock, SystemClock, TokioClock};
 pub use gate::SyncGate;
 pub use model::{Kind, Model, Seen};
 pub use objects::Inventory;

@@ -1,8 +1,9 @@
-//! The model's clock: epoch milliseconds for the times objects take and release addresses.
+//! The clock seam: epoch milliseconds for the times cluster objects take and release
+//! addresses, and for anything else that must be tested without waiting.
 //!
 //! Production reads the system clock. Tests use [`TokioClock`], which follows tokio's clock, so
-//! a test with paused time (`start_paused`) moves the model's time with `tokio::time::advance`
-//! instead of sleeping.
+//! a test with paused time (`start_paused`) moves this clock with `tokio::time::advance` instead
+//! of sleeping.
 
 use std::fmt::Debug;
 use std::sync::Arc;
