@@ -126,13 +126,15 @@ proptest! {
         // Exactly the keys the mapping produces for this record, in order, none invented.
         let keys: Vec<&str> = cef.pairs.iter().map(|(key, _)| key.as_str()).collect();
         let mut expected_keys = vec!["rt", "start", "end", "src", "spt", "c6a3Label", "c6a3", "dpt", "proto", "act", "deviceDirection", "in", "out", "cnt", "shost"];
-        expected_keys.extend(["cs1Label", "cs1"]);
+        // The destination was addressed as the service: it is in the service's namespace.
+        expected_keys.extend(["cs1Label", "cs1", "cs2Label", "cs2"]);
         if !labels.is_empty() { expected_keys.extend(["cs3Label", "cs3"]); }
         expected_keys.extend(["cs5Label", "cs5"]);
         expected_keys.extend(["destinationServiceName", "sproc", "dvchost", "deviceExternalId"]);
         prop_assert_eq!(keys, expected_keys);
         // Every value survives.
         prop_assert_eq!(cef.labelled("srcNamespace").map(str::to_owned), Some(expected(&namespace)));
+        prop_assert_eq!(cef.labelled("dstNamespace").map(str::to_owned), Some(expected(&namespace)));
         prop_assert_eq!(cef.get("shost").map(str::to_owned), Some(expected(&name)));
         prop_assert_eq!(cef.get("sproc").map(str::to_owned), Some(expected(&process)));
         prop_assert_eq!(cef.labelled("policy").map(str::to_owned), Some(expected(&policy)));

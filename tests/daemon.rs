@@ -6,14 +6,17 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use common::{binary, parse_cef, terminate};
+use parking_lot::Mutex;
+
+use common::daemon::Daemon;
+use common::{binary, http_get, metric, parse_cef, wait_for};
 
 /// A Calico flow-log line whose source port identifies it.
 fn flow_line(id: u32) -> String {
@@ -33,14 +36,8 @@ fn append(path: &Path, ids: std::ops::Range<u32>) {
     }
 }
 
-/// Polls `condition` until it holds, or fails the test after 30 s with `what`.
-fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+/// How long a test waits for the daemon to do something.
+const WAIT: Duration = Duration::from_secs(30);
 
 /// Source ports of the JSON records in the sink file, with how often each occurs.
 fn delivered(path: &Path) -> BTreeMap<u64, usize> {
@@ -55,40 +52,10 @@ fn delivered(path: &Path) -> BTreeMap<u64, usize> {
     counts
 }
 
-fn start(config: &Path, stdin: Stdio) -> Child {
-    Command::new(binary())
-        .args(["run", "--config", config.to_str().unwrap()])
-        .current_dir(common::root())
-        .stdin(stdin)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (status, body)
+fn start(config: &Path, stdin: Stdio) -> Daemon {
+    Daemon::spawn(&["run", "--config", config.to_str().unwrap()], |command| {
+        command.stdin(stdin);
+    })
 }
 
 #[test]
@@ -99,7 +66,6 @@ fn tails_through_rotation_and_truncation_and_resumes_without_loss_or_duplicates(
         dir.path().join("out.jsonl"),
         dir.path().join("flows.checkpoint"),
     );
-    let port = free_port();
     let config = dir.path().join("threatflow.yaml");
     std::fs::write(
         &config,
@@ -107,7 +73,7 @@ fn tails_through_rotation_and_truncation_and_resumes_without_loss_or_duplicates(
             "sources:\n  - name: calico\n    type: file\n    file: {{path: {log}, checkpoint_path: {checkpoint}, poll_interval_ms: 20}}\n\
              sinks:\n  - {{name: out, type: file, format: json, file: {{path: {out}}}}}\n\
              pipeline: {{batch_max_records: 16}}\n\
-             telemetry: {{listen_addr: '127.0.0.1:{port}', log_level: info}}\n",
+             telemetry: {{listen_addr: '127.0.0.1:0', log_level: info}}\n",
             log = log.display(),
             checkpoint = checkpoint.display(),
             out = out.display(),
@@ -117,17 +83,18 @@ fn tails_through_rotation_and_truncation_and_resumes_without_loss_or_duplicates(
 
     append(&log, 0..30);
     let daemon = start(&config, Stdio::null());
-    wait_for("the first 30 records", || delivered(&out).len() == 30);
-    wait_for("readiness", || http_get(port, "/readyz").0 == 200);
+    let port = daemon.telemetry_port();
+    wait_for("the first 30 records", WAIT, || delivered(&out).len() == 30);
+    wait_for("readiness", WAIT, || http_get(port, "/readyz").0 == 200);
     assert_eq!(http_get(port, "/healthz").0, 200);
 
     append(&log, 30..40);
-    wait_for("appended records", || delivered(&out).len() == 40);
+    wait_for("appended records", WAIT, || delivered(&out).len() == 40);
 
     // Rename rotation: the old file is finished, then the new one is followed.
     std::fs::rename(&log, dir.path().join("flows.log.1")).unwrap();
     append(&log, 40..50);
-    wait_for("records after a rename rotation", || {
+    wait_for("records after a rename rotation", WAIT, || {
         delivered(&out).len() == 50
     });
 
@@ -139,7 +106,7 @@ fn tails_through_rotation_and_truncation_and_resumes_without_loss_or_duplicates(
         .open(&log)
         .unwrap();
     append(&log, 50..52);
-    wait_for("records after copy-truncate", || {
+    wait_for("records after copy-truncate", WAIT, || {
         delivered(&out).len() == 52
     });
 
@@ -154,17 +121,17 @@ fn tails_through_rotation_and_truncation_and_resumes_without_loss_or_duplicates(
         assert!(metrics.contains(expected), "{expected} not in:\n{metrics}");
     }
 
-    let logs = terminate(daemon);
+    let logs = daemon.terminate();
     assert!(logs.contains("stopped"), "{logs}");
     assert!(checkpoint.exists());
 
     // Lines written while stopped are picked up from the checkpoint; nothing is sent twice.
     append(&log, 52..60);
     let daemon = start(&config, Stdio::null());
-    wait_for("records written while stopped", || {
+    wait_for("records written while stopped", WAIT, || {
         delivered(&out).len() == 60
     });
-    terminate(daemon);
+    daemon.terminate();
     let counts = delivered(&out);
     assert_eq!(
         counts.keys().copied().collect::<Vec<_>>(),
@@ -197,16 +164,16 @@ fn restart_after_a_rotation_while_stopped_finishes_the_rotated_file_first() {
     .unwrap();
     append(&log, 0..5);
     let daemon = start(&config, Stdio::null());
-    wait_for("the first records", || delivered(&out).len() == 5);
-    terminate(daemon);
+    wait_for("the first records", WAIT, || delivered(&out).len() == 5);
+    daemon.terminate();
 
     // While stopped: more lines, then a rotation, then lines in the new file.
     append(&log, 5..8);
     std::fs::rename(&log, dir.path().join("flows.log.1")).unwrap();
     append(&log, 8..10);
     let daemon = start(&config, Stdio::null());
-    wait_for("every record", || delivered(&out).len() == 10);
-    terminate(daemon);
+    wait_for("every record", WAIT, || delivered(&out).len() == 10);
+    daemon.terminate();
     assert!(delivered(&out).values().all(|&count| count == 1));
 }
 
@@ -257,7 +224,7 @@ impl Receiver {
                         let message =
                             String::from_utf8(pending[space + 1..space + 1 + len].to_vec())
                                 .unwrap();
-                        sink.lock().unwrap().push(message);
+                        sink.lock().push(message);
                         pending.drain(..space + 1 + len);
                     }
                 }
@@ -295,13 +262,13 @@ fn syslog_sink_delivers_every_record_across_a_receiver_restart() {
     )
     .unwrap();
     let mut daemon = start(&config, Stdio::piped());
-    let mut stdin = daemon.stdin.take().unwrap();
+    let mut stdin = daemon.stdin();
     for id in 0..500 {
         stdin.write_all(flow_line(id).as_bytes()).unwrap();
     }
     stdin.flush().unwrap();
-    wait_for("the first 500 records", || {
-        messages.lock().unwrap().len() >= 500
+    wait_for("the first 500 records", WAIT, || {
+        messages.lock().len() >= 500
     });
 
     // The receiver goes away; records keep coming; the receiver comes back.
@@ -313,14 +280,7 @@ fn syslog_sink_delivers_every_record_across_a_receiver_restart() {
     std::thread::sleep(Duration::from_millis(300));
     let receiver = Receiver::start(port, messages.clone());
     drop(stdin);
-    let status = daemon.wait().unwrap();
-    let mut logs = String::new();
-    daemon
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
+    let (status, logs) = daemon.wait_within(WAIT);
     assert!(status.success(), "{logs}");
     assert!(
         logs.contains("write failed; retrying the batch"),
@@ -328,7 +288,7 @@ fn syslog_sink_delivers_every_record_across_a_receiver_restart() {
     );
     receiver.stop();
 
-    let messages = messages.lock().unwrap();
+    let messages = messages.lock();
     let mut ports = BTreeMap::<u32, usize>::new();
     for message in messages.iter() {
         // `<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID SD MSG`
@@ -425,17 +385,17 @@ fn records_from_an_idle_stdin_are_not_held_back_waiting_for_a_full_batch() {
     )
     .unwrap();
     let mut daemon = start(&config, Stdio::piped());
-    let mut stdin = daemon.stdin.take().unwrap();
+    let mut stdin = daemon.stdin();
     for id in 0..7 {
         stdin.write_all(flow_line(id).as_bytes()).unwrap();
     }
     stdin.flush().unwrap();
     // Input stays open: the seven records must still arrive.
-    wait_for("a partial batch from an idle input", || {
+    wait_for("a partial batch from an idle input", WAIT, || {
         delivered(&out).len() == 7
     });
     drop(stdin);
-    assert!(daemon.wait().unwrap().success());
+    assert!(daemon.wait_within(WAIT).0.success());
 }
 
 #[test]
@@ -450,7 +410,6 @@ fn a_changed_config_is_applied_without_a_restart_and_an_invalid_one_is_refused()
         dir.path().join("first.jsonl"),
         dir.path().join("second.jsonl"),
     );
-    let port = free_port();
     let write_config = |out: &Path| {
         // Written to a new file and renamed over the old one, as the kubelet swaps a
         // ConfigMap's files.
@@ -458,7 +417,7 @@ fn a_changed_config_is_applied_without_a_restart_and_an_invalid_one_is_refused()
         std::fs::write(
             &staged,
             format!(
-                "sources:\n  - {{name: flows, type: file, file: {{path: {}, checkpoint_path: {}, poll_interval_ms: 50}}}}\nsinks:\n  - {{name: out, type: file, format: json, file: {{path: {}}}}}\ntelemetry: {{listen_addr: \"127.0.0.1:{port}\"}}\n",
+                "sources:\n  - {{name: flows, type: file, file: {{path: {}, checkpoint_path: {}, poll_interval_ms: 50}}}}\nsinks:\n  - {{name: out, type: file, format: json, file: {{path: {}}}}}\ntelemetry: {{listen_addr: \"127.0.0.1:0\"}}\n",
                 log.display(),
                 checkpoint.display(),
                 out.display()
@@ -469,19 +428,34 @@ fn a_changed_config_is_applied_without_a_restart_and_an_invalid_one_is_refused()
     };
     write_config(&first);
     append(&log, 0..10);
-    let child = start(&config, Stdio::null());
-    wait_for("the first records", || delivered(&first).len() == 10);
+    let daemon = start(&config, Stdio::null());
+    let port = daemon.telemetry_port();
+    wait_for("the first records", WAIT, || delivered(&first).len() == 10);
+    wait_for("the first records to be counted", WAIT, || {
+        metric(port, "threatflow_sink_records_total{sink=\"out\"}") == Some(10.0)
+    });
 
     // A valid change: the pipeline drains and restarts with the new sink, in the same process.
+    // The listener stays up throughout: a scraper polling it never sees an error.
+    let scraping = Arc::new(AtomicBool::new(true));
+    let scraper = std::thread::spawn({
+        let scraping = scraping.clone();
+        move || {
+            let mut scrapes = 0;
+            while scraping.load(Ordering::SeqCst) {
+                assert_eq!(http_get(port, "/metrics").0, 200, "/metrics answered");
+                assert_eq!(http_get(port, "/readyz").0, 200, "/readyz answered");
+                scrapes += 1;
+            }
+            scrapes
+        }
+    });
     write_config(&second);
-    wait_for("the new config to be running", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            && http_get(port, "/metrics")
-                .1
-                .contains("threatflow_config_reloads_total{outcome=\"applied\"} 1")
+    wait_for("the new config to be running", WAIT, || {
+        metric(port, "threatflow_config_reloads_total{outcome=\"applied\"}") == Some(1.0)
     });
     append(&log, 10..20);
-    wait_for("records through the new sink", || {
+    wait_for("records through the new sink", WAIT, || {
         delivered(&second).len() == 10
     });
     assert_eq!(
@@ -493,10 +467,15 @@ fn a_changed_config_is_applied_without_a_restart_and_an_invalid_one_is_refused()
         (10..20).collect::<Vec<_>>(),
         "resumed from the saved position"
     );
+    scraping.store(false, Ordering::SeqCst);
+    assert!(scraper.join().unwrap() > 0);
+    wait_for("the counters to go on across the reload", WAIT, || {
+        metric(port, "threatflow_sink_records_total{sink=\"out\"}") == Some(20.0)
+    });
 
     // An invalid change is refused; the running config stays and says so.
     std::fs::write(&config, "sinks:\n  - {name: out, type: file}\n").unwrap();
-    wait_for("the refusal to show", || {
+    wait_for("the refusal to show", WAIT, || {
         let (status, body) = http_get(port, "/readyz");
         status == 200 && body.contains("refused") && body.contains("sinks[0].file")
     });
@@ -504,8 +483,10 @@ fn a_changed_config_is_applied_without_a_restart_and_an_invalid_one_is_refused()
         .1
         .contains("threatflow_config_reloads_total{outcome=\"refused\"} 1"));
     append(&log, 20..25);
-    wait_for("records still flowing", || delivered(&second).len() == 15);
-    let stderr = terminate(child);
+    wait_for("records still flowing", WAIT, || {
+        delivered(&second).len() == 15
+    });
+    let stderr = daemon.terminate();
     assert!(
         stderr.contains("refused, the running config stays"),
         "{stderr}"

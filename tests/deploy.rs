@@ -7,8 +7,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -282,43 +281,29 @@ fn the_dashboard_queries_only_metrics_threatflow_exposes() {
 
     // A running instance's metric families: a Kafka source (its broker need not answer), a
     // feed in monitor mode, a sink.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("threatflow.yaml");
     std::fs::write(
         &config,
         format!(
-            "sources: [{{name: kafka, type: kafka, kafka: {{brokers: [\"127.0.0.1:9\"], topics: [{{name: flows}}]}}}}]\nsinks: [{{name: out, type: stdout}}]\nfeeds: [{{name: drop, url: 'file://{}', mode: monitor}}]\ntelemetry: {{listen_addr: \"127.0.0.1:{port}\"}}\n",
+            "sources: [{{name: kafka, type: kafka, kafka: {{brokers: [\"127.0.0.1:9\"], topics: [{{name: flows}}]}}}}]\nsinks: [{{name: out, type: stdout}}]\nfeeds: [{{name: drop, url: 'file://{}', mode: monitor}}]\ntelemetry: {{listen_addr: \"127.0.0.1:0\"}}\n",
             common::root().join("connectors/feeds/fixtures/firehol-level1.netset").display()
         ),
     )
     .unwrap();
-    let mut child = Command::new(common::binary())
-        .args(["run", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let exposed = loop {
-        assert!(std::time::Instant::now() < deadline, "no /metrics");
-        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            write!(stream, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-            let mut text = String::new();
-            stream.read_to_string(&mut text).unwrap();
-            // Once the feed has synced.
-            if text.contains("threatflow_feed_entries{") {
-                break text;
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let daemon = common::daemon::Daemon::run(&config);
+    let port = daemon.telemetry_port();
+    let mut exposed = String::new();
+    // Once the feed has synced.
+    common::wait_for(
+        "the feed's metrics",
+        std::time::Duration::from_secs(20),
+        || {
+            exposed = common::http_get(port, "/metrics").1;
+            exposed.contains("threatflow_feed_entries{")
+        },
+    );
+    drop(daemon);
     let missing: Vec<&String> = used
         .iter()
         .filter(|name| {

@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use common::http::{HttpServer, Reply};
 
 use threatflow::feeds::fetch::{FetchError, FetchSettings, Fetched, Fetcher, Validators};
 use threatflow::feeds::format::{self, FeedFormat};
@@ -17,136 +16,81 @@ use threatflow::feeds::format::{self, FeedFormat};
 const FEED: &str = include_str!("../connectors/feeds/fixtures/feodo.txt");
 const FEED_GZ: &[u8] = include_bytes!("fixtures/feodo.txt.gz");
 
-/// An HTTP request's head, or `None` when the client went away first.
-async fn read_request(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<String> {
-    let mut request = Vec::new();
-    let mut buffer = [0u8; 4096];
-    while !request.windows(4).any(|window| window == b"\r\n\r\n") {
-        match stream.read(&mut buffer).await {
-            Ok(0) | Err(_) => return None,
-            Ok(read) => request.extend_from_slice(&buffer[..read]),
-        }
-    }
-    Some(String::from_utf8_lossy(&request).into_owned())
-}
-
-/// A feed server; `hits` counts requests per path.
-struct FeedServer {
-    base: String,
-    hits: Arc<std::sync::Mutex<HashMap<String, usize>>>,
-}
-
-impl FeedServer {
-    async fn start() -> FeedServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let hits: Arc<std::sync::Mutex<HashMap<String, usize>>> = Arc::default();
-        let counter = hits.clone();
-        tokio::spawn(async move {
-            loop {
-                let (mut stream, _) = listener.accept().await.unwrap();
-                let hits = counter.clone();
-                tokio::spawn(async move {
-                    let Some(request) = read_request(&mut stream).await else {
-                        return;
-                    };
-                    let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                    let header = |name: &str| {
-                        request
-                            .lines()
-                            .find(|line| line.to_ascii_lowercase().starts_with(&format!("{name}:")))
-                            .map(|line| line.split_once(':').unwrap().1.trim().to_owned())
-                    };
-                    let count = {
-                        let mut hits = hits.lock().unwrap();
-                        let count = hits.entry(path.clone()).or_default();
-                        *count += 1;
-                        *count
-                    };
-                    let respond = |status: &str, headers: &str, body: &[u8]| {
-                        let mut response = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n", body.len()).into_bytes();
-                        response.extend_from_slice(body);
-                        response
-                    };
-                    let response = match path.as_str() {
-                        "/feed" => {
-                            if header("if-none-match").as_deref() == Some("\"v1\"") {
-                                b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nConnection: close\r\n\r\n".to_vec()
-                            } else {
-                                assert_eq!(
-                                    header("authorization").as_deref(),
-                                    Some("Bearer s3cret"),
-                                    "the configured header is sent"
-                                );
-                                respond("200 OK", "Content-Type: text/plain\r\nETag: \"v1\"\r\nLast-Modified: Tue, 07 Oct 2025 10:46:43 GMT\r\n", FEED.as_bytes())
-                            }
-                        }
-                        "/missing" => respond("404 Not Found", "", b"no such feed"),
-                        "/always-304" => {
-                            b"HTTP/1.1 304 Not Modified\r\nConnection: close\r\n\r\n".to_vec()
-                        }
-                        "/moved" => respond("301 Moved Permanently", "Location: /gzip\r\n", b""),
-                        "/loop" => respond("302 Found", "Location: /loop\r\n", b""),
-                        "/broken" => respond("500 Internal Server Error", "", b"oops"),
-                        "/busy" if count < 3 => {
-                            respond("503 Service Unavailable", "Retry-After: 0\r\n", b"busy")
-                        }
-                        "/busy" => respond("200 OK", "", FEED.as_bytes()),
-                        "/slow" => {
-                            tokio::time::sleep(Duration::from_secs(5)).await;
-                            respond("200 OK", "", FEED.as_bytes())
-                        }
-                        "/truncated" => {
-                            let mut response = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", FEED.len()).into_bytes();
-                            response.extend_from_slice(&FEED.as_bytes()[..FEED.len() / 3]);
-                            response
-                        }
-                        "/oversized" => respond("200 OK", "", &vec![b'1'; 2 * 1024 * 1024]),
-                        "/endless" => {
-                            // No length: a stream that goes on past any sane cap.
-                            let _ = stream
-                                .write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
-                                .await;
-                            let line = b"10.0.0.1\n".repeat(10_000);
-                            for _ in 0..100 {
-                                if stream.write_all(&line).await.is_err() {
-                                    return;
-                                }
-                            }
-                            return;
-                        }
-                        "/gzip" => respond(
-                            "200 OK",
-                            "Content-Encoding: gzip\r\nContent-Type: text/plain\r\n",
-                            FEED_GZ,
-                        ),
-                        "/html" => respond(
-                            "200 OK",
-                            "Content-Type: text/html; charset=utf-8\r\n",
-                            b"<html><body>Please log in</body></html>",
-                        ),
-                        "/garbage" => respond(
-                            "200 OK",
-                            "Content-Type: text/plain\r\n",
-                            b"\x00\x01binary junk\nmore ### junk\n",
-                        ),
-                        _ => respond("404 Not Found", "", b""),
-                    };
-                    let _ = stream.write_all(&response).await;
-                    let _ = stream.shutdown().await;
-                });
+/// A feed server answering every way feed servers do, on the shared HTTP harness.
+async fn feed_server() -> HttpServer {
+    let busy = Arc::new(AtomicUsize::new(0));
+    HttpServer::start(move |request| {
+        let text = |status, headers: &[(&str, &str)], body: &[u8]| {
+            headers
+                .iter()
+                .fold(Reply::status(status, body), |reply, (name, value)| {
+                    reply.with_header(name, value)
+                })
+        };
+        match request.path() {
+            "/feed" if request.header("if-none-match") == Some("\"v1\"") => {
+                text(304, &[("ETag", "\"v1\"")], b"")
             }
-        });
-        FeedServer { base, hits }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn hits(&self, path: &str) -> usize {
-        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
-    }
+            "/feed" => {
+                assert_eq!(
+                    request.header("authorization"),
+                    Some("Bearer s3cret"),
+                    "the configured header is sent"
+                );
+                text(
+                    200,
+                    &[
+                        ("Content-Type", "text/plain"),
+                        ("ETag", "\"v1\""),
+                        ("Last-Modified", "Tue, 07 Oct 2025 10:46:43 GMT"),
+                    ],
+                    FEED.as_bytes(),
+                )
+            }
+            "/missing" => Reply::status(404, "no such feed"),
+            "/always-304" => Reply::status(304, ""),
+            "/moved" => text(301, &[("Location", "/gzip")], b""),
+            "/loop" => text(302, &[("Location", "/loop")], b""),
+            "/broken" => Reply::status(500, "oops"),
+            "/busy" if busy.fetch_add(1, Ordering::SeqCst) < 2 => {
+                text(503, &[("Retry-After", "0")], b"busy")
+            }
+            "/busy" => Reply::ok(FEED),
+            "/slow" => Reply::ok(FEED).delayed(Duration::from_secs(5)),
+            "/truncated" => {
+                let mut response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    FEED.len()
+                )
+                .into_bytes();
+                response.extend_from_slice(&FEED.as_bytes()[..FEED.len() / 3]);
+                Reply::Raw(response)
+            }
+            "/oversized" => Reply::ok(vec![b'1'; 2 * 1024 * 1024]),
+            // No length: a stream that goes on past any sane cap.
+            "/endless" => Reply::Endless {
+                chunk: b"10.0.0.1\n".repeat(10_000),
+                times: 100,
+            },
+            "/gzip" => text(
+                200,
+                &[("Content-Encoding", "gzip"), ("Content-Type", "text/plain")],
+                FEED_GZ,
+            ),
+            "/html" => text(
+                200,
+                &[("Content-Type", "text/html; charset=utf-8")],
+                b"<html><body>Please log in</body></html>",
+            ),
+            "/garbage" => text(
+                200,
+                &[("Content-Type", "text/plain")],
+                b"\x00\x01binary junk\nmore ### junk\n",
+            ),
+            _ => Reply::status(404, ""),
+        }
+    })
+    .await
 }
 
 fn fetcher() -> Fetcher {
@@ -179,7 +123,7 @@ fn entries(fetched: &Fetched) -> usize {
 
 #[tokio::test]
 async fn conditional_requests_and_validators() {
-    let server = FeedServer::start().await;
+    let server = feed_server().await;
     let fetched = fetcher()
         .fetch(&server.url("/feed"), &token(), &Validators::default())
         .await
@@ -211,7 +155,7 @@ async fn conditional_requests_and_validators() {
 
 #[tokio::test]
 async fn client_errors_are_not_retried_and_server_errors_are() {
-    let server = FeedServer::start().await;
+    let server = feed_server().await;
     let error = fetcher()
         .fetch(&server.url("/missing"), &[], &Validators::default())
         .await
@@ -243,7 +187,7 @@ async fn client_errors_are_not_retried_and_server_errors_are() {
 
 #[tokio::test]
 async fn slow_truncated_and_oversized_responses_fail_with_a_reason() {
-    let server = FeedServer::start().await;
+    let server = feed_server().await;
     let error = fetcher()
         .fetch(&server.url("/slow"), &[], &Validators::default())
         .await
@@ -276,7 +220,7 @@ async fn slow_truncated_and_oversized_responses_fail_with_a_reason() {
 
 #[tokio::test]
 async fn gzip_html_and_garbage() {
-    let server = FeedServer::start().await;
+    let server = feed_server().await;
     let fetched = fetcher()
         .fetch(&server.url("/gzip"), &[], &Validators::default())
         .await
@@ -364,42 +308,18 @@ async fn files_and_bad_urls() {
 /// An https feed server under a test CA (`common::pki`): `/feed` serves the feed,
 /// `/downgrade` redirects to the same feed over plain http.
 async fn https_feed_server(dir: &std::path::Path, plain_base: &str) -> String {
-    common::pki::make(dir);
-    let acceptor = tokio_rustls::TlsAcceptor::from(common::pki::server_config(dir));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
     let plain = plain_base.to_owned();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let (acceptor, plain) = (acceptor.clone(), plain.clone());
-            tokio::spawn(async move {
-                let Ok(mut stream) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let Some(request) = read_request(&mut stream).await else {
-                    return;
-                };
-                let response = match request.split_whitespace().nth(1) {
-                    Some("/downgrade") => format!(
-                        "HTTP/1.1 302 Found\r\nLocation: {plain}/busy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    ),
-                    _ => format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{FEED}",
-                        FEED.len()
-                    ),
-                };
-                let _ = stream.write_all(response.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
-    format!("https://localhost:{port}")
+    let server = HttpServer::start_tls(dir, move |request| match request.path() {
+        "/downgrade" => Reply::status(302, "").with_header("Location", &format!("{plain}/busy")),
+        _ => Reply::ok(FEED),
+    })
+    .await;
+    server.base
 }
 
 #[tokio::test]
 async fn https_feeds_under_a_private_ca_and_no_redirect_to_plain_http() {
-    let plain = FeedServer::start().await;
+    let plain = feed_server().await;
     let dir = tempfile::tempdir().unwrap();
     let base = https_feed_server(dir.path(), &plain.base).await;
     let settings = threatflow::feeds::config::FeedSettings {
@@ -425,8 +345,8 @@ async fn https_feeds_under_a_private_ca_and_no_redirect_to_plain_http() {
         "{refused:?}"
     );
     assert_eq!(
-        plain.hits.lock().unwrap().get("/busy"),
-        None,
+        plain.hits("/busy"),
+        0,
         "the plain http server was never asked"
     );
     // Without the CA, the private certificate is refused.

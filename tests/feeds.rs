@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::daemon::Daemon;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -386,15 +388,10 @@ fn status_and_render_show_the_feed() {
     let dir = tempfile::tempdir().unwrap();
     let (feed, out) = (dir.path().join("feed.txt"), dir.path().join("calico"));
     std::fs::write(&feed, "1.2.3.4\n5.6.7.0/24\nbogus\n").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let config = feeds_config(dir.path(), &feed, &out, "");
     let text = std::fs::read_to_string(&config).unwrap().replace(
         "telemetry: {log_level: info}",
-        &format!("telemetry: {{log_level: info, listen_addr: '127.0.0.1:{port}'}}"),
+        "telemetry: {log_level: info, listen_addr: '127.0.0.1:0'}",
     );
     std::fs::write(
         &config,
@@ -449,11 +446,8 @@ fn status_and_render_show_the_feed() {
         .unwrap();
     assert!(String::from_utf8_lossy(&missing.stderr).contains("has no feed `nope` (it has: test)"));
 
-    let mut daemon = Command::new(common::binary())
-        .args(["run", "--config", config.to_str().unwrap()])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let daemon = Daemon::run(&config);
+    let port = daemon.telemetry_port();
     let status = || {
         Command::new(common::binary())
             .args(["status", "--addr", &format!("127.0.0.1:{port}")])
@@ -488,11 +482,7 @@ fn status_and_render_show_the_feed() {
     let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(json["feeds"][0]["rejected_lines"]["invalid_entry"], 1);
     assert!(json["feeds"][0]["last_successful_apply"].is_string());
-    Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(daemon.wait().unwrap().success());
+    daemon.terminate();
 }
 
 #[test]
@@ -511,24 +501,10 @@ fn a_daemon_with_feeds_ends_when_its_input_ends() {
         ),
     )
     .unwrap();
-    let mut daemon = Command::new(common::binary())
-        .args(["run", "--config", config.to_str().unwrap()])
-        .current_dir(common::root())
-        .stdin(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    drop(daemon.stdin.take());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = daemon.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            daemon.kill().unwrap();
-            panic!("the daemon kept running after its only source ended");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    assert!(status.success());
+    let mut daemon = Daemon::spawn(&["run", "--config", config.to_str().unwrap()], |command| {
+        command.stdin(Stdio::piped());
+    });
+    drop(daemon.stdin());
+    let (status, stderr) = daemon.wait_within(std::time::Duration::from_secs(20));
+    assert!(status.success(), "{stderr}");
 }

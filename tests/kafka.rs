@@ -6,13 +6,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::binary;
+use common::daemon::Daemon;
 use common::kafka::Broker;
+use common::{binary, wait_for};
 
 /// A Calico flow-log line whose `bytes_in` identifies it.
 fn flow_line(id: u64) -> Vec<u8> {
@@ -43,14 +43,6 @@ fn delivered(path: &Path) -> BTreeMap<u64, usize> {
         }
     }
     counts
-}
-
-fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 struct Setup {
@@ -107,25 +99,13 @@ fn run_once(config: &Path) -> Output {
     output
 }
 
-fn start(config: &Path) -> Child {
-    Command::new(binary())
-        .args(["run", "--config", config.to_str().unwrap()])
-        .current_dir(common::root())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+fn start(config: &Path) -> Daemon {
+    Daemon::run(config)
 }
 
 /// The value of one series on a running instance's /metrics.
 fn metric(port: u16, series: &str) -> Option<i64> {
-    use std::io::Write;
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+    common::metric(port, series).map(|value| value as i64)
 }
 
 #[test]
@@ -245,8 +225,7 @@ fn a_killed_process_loses_nothing_and_repeats_at_most_a_batch_per_partition() {
     wait_for("records to arrive", Duration::from_secs(30), || {
         delivered(&out).len() >= 5_000
     });
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
 
     // Every record before a committed offset was delivered. (Record i is at partition i % 3,
     // offset i / 3.)
@@ -263,12 +242,13 @@ fn a_killed_process_loses_nothing_and_repeats_at_most_a_batch_per_partition() {
         }
     }
 
-    run_once(&config);
+    let output = run_once(&config);
     let after = delivered(&out);
     assert_eq!(
         after.len() as u64,
         TOTAL,
-        "every record delivered at least once"
+        "every record delivered at least once: {}",
+        String::from_utf8_lossy(&output.stderr)
     );
     let mut repeated = [0usize; 3];
     for (&id, &count) in &after {
@@ -292,17 +272,13 @@ fn nothing_is_committed_while_the_destination_is_down_and_delivery_resumes() {
         .local_addr()
         .unwrap()
         .port();
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let config = setup.config(
         "threatflow.yaml",
         "      topics: [{name: flows}]",
-        &format!("  - {{name: siem, type: syslog, format: json, syslog: {{host: 127.0.0.1, port: {port}, transport: tcp, framing: lf}}}}\ntelemetry: {{listen_addr: \"127.0.0.1:{metrics_port}\"}}"),
+        &format!("  - {{name: siem, type: syslog, format: json, syslog: {{host: 127.0.0.1, port: {port}, transport: tcp, framing: lf}}}}\ntelemetry: {{listen_addr: \"127.0.0.1:0\"}}"),
     );
     let child = start(&config);
+    let metrics_port = child.telemetry_port();
     broker.produce("flows", None, 2, &flow_lines(0..500));
     wait_for(
         "the records to be in flight",
@@ -330,7 +306,7 @@ fn nothing_is_committed_while_the_destination_is_down_and_delivery_resumes() {
 
     // The receiver comes up: everything arrives, then is committed.
     let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let received = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
     let sink = received.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
@@ -340,23 +316,22 @@ fn nothing_is_committed_while_the_destination_is_down_and_delivery_resumes() {
                 use std::io::BufRead;
                 for line in std::io::BufReader::new(stream).lines() {
                     let Ok(line) = line else { return };
-                    sink.lock().unwrap().push(line);
+                    sink.lock().push(line);
                 }
             });
         }
     });
     wait_for("the records to arrive", Duration::from_secs(60), || {
-        received.lock().unwrap().len() >= 500
+        received.lock().len() >= 500
     });
     wait_for(
         "the offsets to be committed",
         Duration::from_secs(30),
         || broker.committed("threatflow", "flows", 2) == vec![250, 250],
     );
-    common::terminate(child);
+    child.terminate();
     let ids: std::collections::BTreeSet<u64> = received
         .lock()
-        .unwrap()
         .iter()
         .map(|line| {
             let json = &line[line.find('{').unwrap()..];
@@ -412,7 +387,7 @@ fn two_replicas_split_the_partitions_and_one_takes_over_when_the_other_leaves() 
     // killed outright is taken over once the broker expires its session; tansu 0.6 keeps a
     // killed member in the group's assignment, so that path is the broker's and is not
     // exercised here (a killed process's own side is the SIGKILL test above).
-    common::terminate(a);
+    a.terminate();
     broker.produce("flows", None, 4, &flow_lines(400..800));
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut taken_over = false;
@@ -420,7 +395,7 @@ fn two_replicas_split_the_partitions_and_one_takes_over_when_the_other_leaves() 
         std::thread::sleep(Duration::from_millis(50));
         taken_over = (400..800).all(|id| delivered(&setup.path("b.jsonl")).contains_key(&id));
     }
-    let stderr = common::terminate(b);
+    let stderr = b.terminate();
     assert!(
         taken_over,
         "the survivor did not take over every partition: {stderr}"
@@ -499,7 +474,7 @@ fn tls_settings_pass_through_and_the_broker_certificate_is_verified() {
     );
     let child = start(&config);
     std::thread::sleep(Duration::from_secs(4));
-    let stderr = common::terminate(child);
+    let stderr = child.terminate();
     assert!(delivered(&setup.path("untrusted.jsonl")).is_empty());
     assert!(stderr.contains("certificate verify failed"), "{stderr}");
     assert_eq!(broker.committed("other", "flows", 1), vec![-1]);
@@ -550,7 +525,7 @@ fn a_kafka_sink_that_cannot_deliver_commits_nothing_upstream() {
         vec![-1],
         "nothing committed past undelivered records"
     );
-    let stderr = common::terminate_undelivered(child);
+    let stderr = child.terminate_undelivered();
     assert!(
         stderr.contains("write failed; retrying the batch"),
         "{stderr}"

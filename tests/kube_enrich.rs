@@ -132,12 +132,8 @@ fn now_ms() -> i64 {
 }
 
 /// Polls `condition` until it holds, or fails after 20 s with `what`.
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn eventually(what: &str, condition: impl FnMut() -> bool) {
+    common::eventually(what, Duration::from_secs(20), condition).await;
 }
 
 /// The standard small cluster: namespace `shop`, node `node-a`, a dual-stack web pod selected
@@ -468,34 +464,22 @@ async fn the_daemon_holds_records_until_synced_and_agrees_with_the_offline_cli()
     api.set_forbidden("services", true);
     let dir = tempfile::tempdir().unwrap();
     let (log, out) = (dir.path().join("flows.log"), dir.path().join("out.cef"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let config = dir.path().join("threatflow.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "cluster_name: test\n\
-             sources:\n  - name: calico\n    type: file\n    file: {{path: {log}, poll_interval_ms: 20}}\n\
-             sinks:\n  - {{name: out, type: file, format: cef, file: {{path: {out}}}}}\n\
-             enrichment:\n  kubernetes: {{grace_period_secs: 60}}\n\
-             telemetry: {{listen_addr: '127.0.0.1:{port}'}}\n",
-            log = log.display(),
-            out = out.display(),
-        ),
-    )
-    .unwrap();
+    let yaml = format!(
+        "cluster_name: test\n\
+         sources:\n  - name: calico\n    type: file\n    file: {{path: {log}, poll_interval_ms: 20}}\n\
+         sinks:\n  - {{name: out, type: file, format: cef, file: {{path: {out}}}}}\n\
+         enrichment:\n  kubernetes: {{grace_period_secs: 60}}\n",
+        log = log.display(),
+        out = out.display(),
+    );
+    std::fs::write(&config, &yaml).unwrap();
     let lines: String = (1000..1010).map(flow_to_service).collect();
     std::fs::write(&log, &lines).unwrap();
 
-    let mut daemon = std::process::Command::new(common::binary())
-        .args(["run", "--config", config.to_str().unwrap()])
-        .env("KUBECONFIG", api.kubeconfig(dir.path()))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // In this process, against the double's client, on a telemetry port of its own.
+    let daemon = common::daemon::InProcess::start(&yaml, Some(api.client())).await;
+    let port = daemon.port;
     eventually_async("/readyz naming the missing list", || async {
         http_get(port, "/readyz").await
             == (
@@ -537,8 +521,8 @@ async fn the_daemon_holds_records_until_synced_and_agrees_with_the_offline_cli()
         shown.contains("kubernetes: synced; 2 pods, 1 services, 1 nodes, 1 namespaces, 1 jobs"),
         "{shown}"
     );
-    terminate(daemon.id());
-    assert!(daemon.wait().unwrap().success());
+    let report = daemon.stop().await;
+    assert_eq!((report.records, report.undelivered), (10, 0));
 
     let daemon_output = std::fs::read_to_string(&out).unwrap();
     for line in daemon_output.lines() {
@@ -572,14 +556,6 @@ async fn the_daemon_holds_records_until_synced_and_agrees_with_the_offline_cli()
     let offline = cli.wait_with_output().unwrap();
     assert!(offline.status.success());
     assert_eq!(String::from_utf8(offline.stdout).unwrap(), daemon_output);
-}
-
-/// Asks a process to stop (SIGTERM).
-fn terminate(pid: u32) {
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
 }
 
 async fn eventually_async<F: std::future::Future<Output = bool>>(

@@ -5,30 +5,23 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::daemon::Daemon;
 use common::kube_api::KubeApi;
 
-fn start(config: &Path, kubeconfig: &Path, identity: &str) -> Child {
-    Command::new(common::binary())
-        .args(["run", "--config", config.to_str().unwrap()])
-        .env("KUBECONFIG", kubeconfig)
-        .env("POD_NAME", identity)
-        .env("POD_NAMESPACE", "threatflow")
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+fn start(config: &Path, kubeconfig: &Path, identity: &str) -> Daemon {
+    Daemon::spawn(&["run", "--config", config.to_str().unwrap()], |command| {
+        command
+            .env("KUBECONFIG", kubeconfig)
+            .env("POD_NAME", identity)
+            .env("POD_NAMESPACE", "threatflow")
+            .env_remove("KUBERNETES_SERVICE_HOST");
+    })
 }
 
-async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_for(what: &str, condition: impl FnMut() -> bool) {
+    common::eventually(what, Duration::from_secs(30), condition).await;
 }
 
 /// Writes (not reads) to the cluster by the client with `token`, leases aside.
@@ -44,12 +37,7 @@ fn cluster_writes(api: &KubeApi, token: &str) -> Vec<String> {
 
 /// A replica's /status.
 fn leader_status(port: u16) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(stream, "GET /status HTTP/1.0\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    serde_json::from_str(response.split_once("\r\n\r\n").unwrap().1).unwrap()
+    serde_json::from_str(&common::http_get(port, "/status").1).unwrap()
 }
 
 fn holder(api: &KubeApi) -> Option<String> {
@@ -65,25 +53,20 @@ async fn one_replica_publishes_and_the_other_takes_over_when_it_dies() {
     let feed = dir.path().join("feed.txt");
     std::fs::write(&feed, "1.2.3.4\n").unwrap();
     // The same config but for each replica's telemetry port.
-    let config = |name: &str, port: u16| {
+    let config = |name: &str| {
         let path = dir.path().join(format!("{name}.yaml"));
         std::fs::write(
             &path,
             format!(
-                "feeds:\n  - {{name: demo, url: 'file://{}', period_secs: 3600}}\nfeed_settings:\n  publish: {{type: kubernetes}}\nleader_election: {{lease_duration_secs: 3, renew_deadline_secs: 2, retry_period_secs: 1}}\ntelemetry: {{listen_addr: \"127.0.0.1:{port}\"}}\n",
+                "feeds:\n  - {{name: demo, url: 'file://{}', period_secs: 3600}}\nfeed_settings:\n  publish: {{type: kubernetes}}\nleader_election: {{lease_duration_secs: 3, renew_deadline_secs: 2, retry_period_secs: 1}}\ntelemetry: {{listen_addr: \"127.0.0.1:0\"}}\n",
                 feed.display()
             ),
         )
         .unwrap();
         path
     };
-    let port_b = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let mut a = start(
-        &config("a", 0),
+        &config("a"),
         &api.kubeconfig_as(dir.path(), "a"),
         "replica-a",
     );
@@ -93,10 +76,11 @@ async fn one_replica_publishes_and_the_other_takes_over_when_it_dies() {
     })
     .await;
     let b = start(
-        &config("b", port_b),
+        &config("b"),
         &api.kubeconfig_as(dir.path(), "b"),
         "replica-b",
     );
+    let port_b = b.telemetry_port();
     // B pulls the feed (for matching) and renews its view of the Lease, but never writes.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(holder(&api).as_deref(), Some("replica-a"));
@@ -118,8 +102,7 @@ async fn one_replica_publishes_and_the_other_takes_over_when_it_dies() {
 
     // The leader dies without releasing the Lease; the feed changes meanwhile.
     std::fs::write(&feed, "1.2.3.4\n5.6.7.8\n").unwrap();
-    a.kill().unwrap();
-    a.wait().unwrap();
+    a.kill();
     let killed = Instant::now();
     let writes_by_a = cluster_writes(&api, "a").len();
     wait_for("replica-b to take over and publish the new content", || {
@@ -143,11 +126,6 @@ async fn one_replica_publishes_and_the_other_takes_over_when_it_dies() {
     assert_eq!(leader_status(port_b)["leader"], true);
 
     // A leader that stops releases the Lease.
-    Command::new("kill")
-        .args(["-TERM", &b.id().to_string()])
-        .status()
-        .unwrap();
-    let output = b.wait_with_output().unwrap();
-    assert!(output.status.success());
+    b.terminate();
     assert_eq!(holder(&api), None, "released on shutdown");
 }

@@ -5,10 +5,12 @@
 
 mod common;
 
+use common::daemon::Daemon;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::receivers::{Kind, Receiver};
@@ -49,12 +51,8 @@ fn received_ids(receiver: &Receiver) -> BTreeMap<u32, usize> {
 }
 
 /// Polls until `condition` holds, or fails after `seconds` with `what`.
-fn wait_for(what: &str, seconds: u64, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_for(what: &str, seconds: u64, condition: impl FnMut() -> bool) {
+    common::wait_for(what, Duration::from_secs(seconds), condition);
 }
 
 /// `threatflow enrich ... --syslog URL` over the records `ids`.
@@ -147,7 +145,7 @@ fn syslog_ng_receives_every_record_over_udp_tcp_and_tls() {
 }
 
 /// A daemon tailing a flow log into the receiver's octet-counted TCP port.
-fn daemon(dir: &Path, port: u16) -> Child {
+fn daemon(dir: &Path, port: u16) -> Daemon {
     let config = dir.join("threatflow.yaml");
     std::fs::write(
         &config,
@@ -163,12 +161,7 @@ fn daemon(dir: &Path, port: u16) -> Child {
         ),
     )
     .unwrap();
-    Command::new(binary())
-        .args(["run", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    Daemon::run(&config)
 }
 
 fn append(dir: &Path, ids: std::ops::Range<u32>) {
@@ -181,11 +174,8 @@ fn append(dir: &Path, ids: std::ops::Range<u32>) {
         .unwrap();
 }
 
-fn stop(mut daemon: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status();
-    assert!(daemon.wait().unwrap().success());
+fn stop(daemon: Daemon) {
+    daemon.terminate();
 }
 
 /// A receiver restarted mid-stream (it appends to the same file): the records before and
@@ -282,11 +272,6 @@ fn a_stalled_syslog_ng_bounds_memory_and_delivery_resumes() {
 fn a_stalled_destination_does_not_stall_the_others() {
     let receiver = Receiver::start(Kind::Rsyslog);
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let config = dir.path().join("threatflow.yaml");
     let archive = dir.path().join("archive.jsonl");
     std::fs::write(
@@ -296,19 +281,15 @@ fn a_stalled_destination_does_not_stall_the_others() {
              sources:\n  - name: calico\n    type: file\n    file: {{path: {log}, poll_interval_ms: 20}}\n\
              sinks:\n  - {{name: siem, type: syslog, syslog: {{host: 127.0.0.1, port: {siem}, write_timeout_ms: 500}}}}\n  - {{name: archive, type: file, format: json, file: {{path: {archive}}}}}\n\
              pipeline: {{batch_max_records: 100, queue_batches: 4}}\n\
-             telemetry: {{listen_addr: '127.0.0.1:{port}'}}\n",
+             telemetry: {{listen_addr: '127.0.0.1:0'}}\n",
             log = dir.path().join("flows.log").display(),
             siem = receiver.ports.tcp_octet,
             archive = archive.display(),
         ),
     )
     .unwrap();
-    let daemon = Command::new(binary())
-        .args(["run", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let daemon = Daemon::run(&config);
+    let port = daemon.telemetry_port();
     receiver.stall();
     append(dir.path(), 0..30_000);
     let archived = || {
@@ -325,19 +306,9 @@ fn a_stalled_destination_does_not_stall_the_others() {
         archived(),
         30_000,
         "the archive got every record: {}",
-        std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default()
+        daemon.stderr()
     );
-    let metrics = {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        write!(
-            stream,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut stream, &mut text).unwrap();
-        text
-    };
+    let metrics = common::http_get(port, "/metrics").1;
     let dropped: f64 = metrics
         .lines()
         .find_map(|line| {
@@ -384,31 +355,18 @@ fn tls_with_a_client_certificate() {
             ),
         )
         .unwrap();
-        let mut daemon = Command::new(binary())
-            .args(["run", "--config", config.to_str().unwrap()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        daemon
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(lines(0..200).as_bytes())
-            .unwrap();
-        let output = daemon.wait_with_output().unwrap();
-        let log = String::from_utf8_lossy(&output.stderr);
+        let mut daemon = Daemon::spawn(&["run", "--config", config.to_str().unwrap()], |command| {
+            command.stdin(Stdio::piped());
+        });
+        daemon.stdin().write_all(lines(0..200).as_bytes()).unwrap();
+        let (status, log) = daemon.wait_within(Duration::from_secs(60));
         if client {
-            assert!(output.status.success(), "{log}");
+            assert!(status.success(), "{log}");
             wait_for("the records", 30, || {
                 received_ids(&receiver).len() == expected
             });
         } else {
-            assert!(
-                !output.status.success(),
-                "without a client certificate: {log}"
-            );
+            assert!(!status.success(), "without a client certificate: {log}");
             assert!(
                 log.contains("tls_handshake") || log.contains("write failed"),
                 "{log}"

@@ -219,6 +219,9 @@ pub struct EndpointView<'a> {
     pub info: Option<&'a EndpointInfo>,
     /// The workload named by labels a filter has since removed.
     label_workload: Option<&'a str>,
+    /// For the destination: the namespace of the service it was addressed as, when it was
+    /// addressed as a service (its cluster or load-balancer IP), not as a pod.
+    service_namespace: Option<&'a str>,
 }
 
 impl EnrichedRecord {
@@ -228,11 +231,15 @@ impl EnrichedRecord {
                 flow: &self.flow.source,
                 info: self.source.as_deref(),
                 label_workload: self.label_workloads[0].as_deref(),
+                service_namespace: None,
             },
             Side::Dest => EndpointView {
                 flow: &self.flow.dest,
                 info: self.dest.as_deref(),
                 label_workload: self.label_workloads[1].as_deref(),
+                service_namespace: self
+                    .dest_service_name()
+                    .and_then(|(namespace, _)| namespace),
             },
         }
     }
@@ -277,11 +284,14 @@ impl<'a> EndpointView<'a> {
         }
     }
 
+    /// The collector's namespace, else the index's, else (a destination addressed as a
+    /// service) the service's.
     pub fn namespace(&self) -> Option<&'a str> {
         self.flow
             .namespace
             .as_deref()
             .or(self.info.and_then(|info| info.namespace.as_deref()))
+            .or(self.service_namespace)
     }
 
     pub fn labels(&self) -> Option<&'a [Text]> {
@@ -360,6 +370,11 @@ mod tests {
         assert_eq!(
             enriched.dest_service_name(),
             Some((Some("kube-system"), "kube-dns"))
+        );
+        assert_eq!(
+            enriched.side(Side::Dest).namespace(),
+            Some("kube-system"),
+            "a flow to a service's cluster IP is in the service's namespace"
         );
     }
 

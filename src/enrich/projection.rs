@@ -664,6 +664,45 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn released_addresses_are_evicted_by_the_timer_after_the_grace_period() {
+        let cluster = Cluster::new(Arc::new(crate::clock::TokioClock::new()));
+        let index = SharedIndex::default();
+        let stop = CancellationToken::new();
+        let eviction = project(
+            &cluster,
+            index.clone(),
+            LabelFilter::default(),
+            WatchScope::default(),
+            Duration::from_secs(60),
+            IndexMetrics::default(),
+            stop.clone(),
+        );
+        let clock = cluster.clock().clone();
+        cluster.update(|model| model.apply_pod(pod("a", "10.0.0.5"), clock.now_ms(), Seen::Live));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let deleted_ms = clock.now_ms();
+        cluster.update(|model| model.delete_pod("uid-a", deleted_ms));
+        let held = || {
+            index
+                .read()
+                .endpoint(ip("10.0.0.5"), deleted_ms - 1)
+                .map(|found| found.released)
+        };
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        assert_eq!(
+            held(),
+            Some(true),
+            "a late flow still resolves within the grace period"
+        );
+        // The timer runs every tenth of the grace period: gone at most 6 s after it passed.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert_eq!(held(), None);
+        assert!(index.read().is_empty());
+        stop.cancel();
+        eviction.await.unwrap();
+    }
+
     #[test]
     fn memory_stays_flat_under_churn() {
         let mut state = state();

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use crate::k8s::apply::{fnv1a, Object, Ownership};
-use crate::k8s::calico::{self, GlobalNetworkSet, GlobalNetworkSetSpec, ObjectMeta, Tier};
+use crate::k8s::calico;
 use crate::netset::NetSet;
 
 /// The label naming the feed an object belongs to.
@@ -75,15 +75,7 @@ pub fn tier_ownership() -> Ownership {
 /// The tier the deny policies go in: evaluated at `tier_order`, and passing what no feed
 /// denies on to the next tier.
 pub fn tier(policy: &PolicySettings) -> Object {
-    let metadata = ObjectMeta {
-        name: policy.tier.clone(),
-        ..ObjectMeta::default()
-    };
-    tier_ownership().stamp(Object::Tier(Tier::new(
-        metadata,
-        policy.tier_order,
-        calico::Action::Pass,
-    )))
+    tier_ownership().stamp(calico::passing_tier(policy.tier.clone(), policy.tier_order))
 }
 
 /// Renders `set` for `feed` with the user's `labels`.
@@ -124,32 +116,23 @@ pub fn render(
         .into_iter()
         .enumerate()
         .map(|(index, nets)| {
-            let metadata = ObjectMeta {
-                name: set_name(&settings.name_prefix, feed, index),
-                labels: labels.clone(),
-                annotations: BTreeMap::new(),
-            };
-            let spec = GlobalNetworkSetSpec {
-                nets: nets.into_iter().map(str::to_owned).collect(),
-                ..GlobalNetworkSetSpec::default()
-            };
-            ownership.stamp(Object::NetworkSet(GlobalNetworkSet::new(metadata, spec)))
+            ownership.stamp(calico::network_set(
+                set_name(&settings.name_prefix, feed, index),
+                labels.clone(),
+                nets.into_iter().map(str::to_owned).collect(),
+            ))
         })
         .collect();
     let shards = objects.len();
     if let Some(policy) = &settings.policy {
         // Feed names are validated to `[a-z0-9-]`, so they cannot change the selector.
-        let metadata = ObjectMeta {
-            name: format!(
-                "{}.{}{feed}",
-                policy.tier,
-                settings.name_prefix.replace('.', "-")
-            ),
-            ..ObjectMeta::default()
-        };
-        let policy =
-            calico::deny_sets_policy(metadata, &policy.tier, policy.order, FEED_LABEL, feed);
-        objects.push(ownership.stamp(Object::Policy(policy)));
+        let name = format!(
+            "{}.{}{feed}",
+            policy.tier,
+            settings.name_prefix.replace('.', "-")
+        );
+        let policy = calico::deny_sets_policy(name, &policy.tier, policy.order, FEED_LABEL, feed);
+        objects.push(ownership.stamp(policy));
     }
     let hashes: Vec<&str> = objects.iter().filter_map(Object::content_hash).collect();
     let content_hash = format!("{:016x}", fnv1a(hashes.join(",").as_bytes()));
@@ -172,7 +155,7 @@ pub fn set_name(prefix: &str, feed: &str, shard: usize) -> String {
 mod tests {
     use super::*;
     use crate::k8s::apply::MANAGED_BY_LABEL;
-    use crate::k8s::calico::GlobalNetworkPolicy;
+    use crate::k8s::calico::{GlobalNetworkPolicy, GlobalNetworkSet};
     use std::net::Ipv4Addr;
 
     fn sets(rendered: &Rendered) -> Vec<&GlobalNetworkSet> {

@@ -140,7 +140,7 @@ impl FeedMetrics {
         );
         registry.register(
             "shards",
-            "GlobalNetworkSets the feed is published as",
+            "Network sets (shards) the feed is published as",
             metrics.shards.clone(),
         );
         registry.register(

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::apply::Object;
+
 pub const API_VERSION: &str = "projectcalico.org/v3";
 pub const GROUP: &str = "projectcalico.org";
 
@@ -312,11 +314,43 @@ impl Tier {
     }
 }
 
-/// A policy that denies traffic to and from the global network sets labelled `label=value`
-/// and passes everything else to the next tier. The selector matches only global network sets
-/// (`!has(projectcalico.org/namespace)`), never pods that happen to carry the same label.
-/// `value` must already be a validated label value, so it cannot change the selector.
-pub fn deny_sets_policy(
+/// A network set of `nets` named `name` with `labels`, ready for the apply path.
+pub fn network_set(name: String, labels: BTreeMap<String, String>, nets: Vec<String>) -> Object {
+    let metadata = ObjectMeta {
+        name,
+        labels,
+        annotations: BTreeMap::new(),
+    };
+    let spec = GlobalNetworkSetSpec {
+        nets,
+        ..GlobalNetworkSetSpec::default()
+    };
+    Object::NetworkSet(GlobalNetworkSet::new(metadata, spec))
+}
+
+/// A tier evaluated at `order` that passes what its policies do not decide to the next tier.
+pub fn passing_tier(name: String, order: f64) -> Object {
+    let metadata = ObjectMeta {
+        name,
+        ..ObjectMeta::default()
+    };
+    Object::Tier(Tier::new(metadata, order, Action::Pass))
+}
+
+/// A policy named `name` in `tier` that denies traffic to and from the global network sets
+/// labelled `label=value` and passes everything else to the next tier. The selector matches
+/// only global network sets (`!has(projectcalico.org/namespace)`), never pods that happen to
+/// carry the same label. `value` must already be a validated label value, so it cannot change
+/// the selector.
+pub fn deny_sets_policy(name: String, tier: &str, order: f64, label: &str, value: &str) -> Object {
+    let metadata = ObjectMeta {
+        name,
+        ..ObjectMeta::default()
+    };
+    Object::Policy(deny_sets(metadata, tier, order, label, value))
+}
+
+fn deny_sets(
     metadata: ObjectMeta,
     tier: &str,
     order: f64,

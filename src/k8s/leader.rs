@@ -11,8 +11,9 @@
 //! anyone else may start. On shutdown the leader releases the Lease, so a successor takes over
 //! at once.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -20,6 +21,7 @@ use kube::api::{Api, PostParams};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::Identity;
@@ -130,6 +132,39 @@ impl Leadership {
     }
 }
 
+/// Where the Lease lives: the Kubernetes API, or (in tests) memory.
+pub trait LeaseStore: Send + Sync + 'static {
+    /// The Lease, if it exists.
+    fn get(&self, name: &str) -> impl Future<Output = Result<Option<Lease>, kube::Error>> + Send;
+    /// Creates the Lease; a 409 error if it exists.
+    fn create(&self, lease: &Lease) -> impl Future<Output = Result<(), kube::Error>> + Send;
+    /// Replaces the Lease at the resource version it was read at; a 409 error if someone
+    /// else wrote it meanwhile.
+    fn replace(
+        &self,
+        name: &str,
+        lease: &Lease,
+    ) -> impl Future<Output = Result<(), kube::Error>> + Send;
+}
+
+impl LeaseStore for Api<Lease> {
+    async fn get(&self, name: &str) -> Result<Option<Lease>, kube::Error> {
+        self.get_opt(name).await
+    }
+
+    async fn create(&self, lease: &Lease) -> Result<(), kube::Error> {
+        Api::create(self, &PostParams::default(), lease)
+            .await
+            .map(drop)
+    }
+
+    async fn replace(&self, name: &str, lease: &Lease) -> Result<(), kube::Error> {
+        Api::replace(self, name, &PostParams::default(), lease)
+            .await
+            .map(drop)
+    }
+}
+
 /// Runs an election until `stop`; the returned [`Leadership`] follows it.
 pub fn start(
     client: kube::Client,
@@ -138,11 +173,29 @@ pub fn start(
     leading_metric: prometheus_client::metrics::gauge::Gauge,
     stop: CancellationToken,
 ) -> (Leadership, tokio::task::JoinHandle<()>) {
+    let store: Api<Lease> = Api::namespaced(client, &settings.namespace(identity));
+    start_with(
+        store,
+        settings,
+        settings.identity(identity),
+        leading_metric,
+        stop,
+    )
+}
+
+/// [`start`] with the Lease in `store`, as `identity`.
+pub fn start_with<S: LeaseStore>(
+    store: S,
+    settings: &LeaderElectionConfig,
+    identity: String,
+    leading_metric: prometheus_client::metrics::gauge::Gauge,
+    stop: CancellationToken,
+) -> (Leadership, tokio::task::JoinHandle<()>) {
     let (sender, leading) = watch::channel(false);
     let elector = Elector {
-        api: Api::namespaced(client, &settings.namespace(identity)),
+        api: store,
         name: settings.lease_name.clone(),
-        identity: settings.identity(identity),
+        identity,
         lease_duration: Duration::from_secs(settings.lease_duration_secs),
         renew_deadline: Duration::from_secs(settings.renew_deadline_secs),
         retry_period: Duration::from_secs(settings.retry_period_secs),
@@ -163,8 +216,8 @@ pub fn start(
 /// What identifies one renewal of a Lease: its holder and renew time.
 type LeaseRecord = (Option<String>, Option<MicroTime>);
 
-struct Elector {
-    api: Api<Lease>,
+struct Elector<S> {
+    api: S,
     name: String,
     identity: String,
     lease_duration: Duration,
@@ -177,7 +230,7 @@ struct Elector {
     metric: prometheus_client::metrics::gauge::Gauge,
 }
 
-impl Elector {
+impl<S: LeaseStore> Elector<S> {
     async fn run(mut self, stop: CancellationToken) {
         tracing::info!(lease = %self.name, identity = %self.identity, "leader election: candidate");
         let mut last_renewal: Option<Instant> = None;
@@ -222,7 +275,7 @@ impl Elector {
     /// One round: returns whether this replica holds the Lease now.
     async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
         let now = MicroTime(jiff::Timestamp::now());
-        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+        let Some(mut lease) = self.api.get(&self.name).await? else {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.name.clone()),
@@ -237,8 +290,8 @@ impl Elector {
                     ..LeaseSpec::default()
                 }),
             };
-            return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
+            return match self.api.create(&lease).await {
+                Ok(()) => Ok(true),
                 Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
                 Err(error) => Err(error),
             };
@@ -273,12 +326,8 @@ impl Elector {
         spec.lease_duration_seconds = Some(self.lease_duration.as_secs() as i32);
         spec.renew_time = Some(now);
         // A replace at the version just read: if someone else wrote meanwhile, it fails.
-        match self
-            .api
-            .replace(&self.name, &PostParams::default(), &lease)
-            .await
-        {
-            Ok(_) => Ok(true),
+        match self.api.replace(&self.name, &lease).await {
+            Ok(()) => Ok(true),
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
             Err(error) => Err(error),
         }
@@ -287,7 +336,7 @@ impl Elector {
     /// Gives the Lease up, so that another replica takes over without waiting for it to
     /// expire.
     async fn release(&self) {
-        let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else {
+        let Ok(Some(mut lease)) = self.api.get(&self.name).await else {
             return;
         };
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
@@ -296,15 +345,175 @@ impl Elector {
         }
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
-        match self
-            .api
-            .replace(&self.name, &PostParams::default(), &lease)
-            .await
-        {
-            Ok(_) => tracing::info!(lease = %self.name, "leader election: released the Lease"),
+        match self.api.replace(&self.name, &lease).await {
+            Ok(()) => tracing::info!(lease = %self.name, "leader election: released the Lease"),
             Err(error) => {
                 tracing::warn!(lease = %self.name, %error, "leader election: cannot release the Lease; it expires on its own")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+
+    /// A Lease in memory, replaced only at the version read (like the API server), and able
+    /// to fail every call (an API server out of reach).
+    #[derive(Clone, Default)]
+    struct MemoryStore {
+        lease: Arc<Mutex<Option<Lease>>>,
+        version: Arc<Mutex<u64>>,
+        down: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    fn conflict() -> kube::Error {
+        kube::Error::Api(Box::new(
+            kube::core::Status::failure("the object has been modified", "Conflict").with_code(409),
+        ))
+    }
+
+    impl MemoryStore {
+        fn check(&self) -> Result<(), kube::Error> {
+            match self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                true => Err(kube::Error::Api(Box::new(
+                    kube::core::Status::failure("unavailable", "ServiceUnavailable").with_code(503),
+                ))),
+                false => Ok(()),
+            }
+        }
+
+        fn store(&self, mut lease: Lease) {
+            let mut version = self.version.lock();
+            *version += 1;
+            lease.metadata.resource_version = Some(version.to_string());
+            *self.lease.lock() = Some(lease);
+        }
+
+        fn holder(&self) -> Option<String> {
+            self.lease
+                .lock()
+                .as_ref()
+                .and_then(|lease| lease.spec.as_ref()?.holder_identity.clone())
+        }
+
+        fn transitions(&self) -> i32 {
+            self.lease
+                .lock()
+                .as_ref()
+                .and_then(|lease| lease.spec.as_ref()?.lease_transitions)
+                .unwrap_or(0)
+        }
+    }
+
+    impl LeaseStore for MemoryStore {
+        async fn get(&self, _name: &str) -> Result<Option<Lease>, kube::Error> {
+            self.check()?;
+            Ok(self.lease.lock().clone())
+        }
+
+        async fn create(&self, lease: &Lease) -> Result<(), kube::Error> {
+            self.check()?;
+            if self.lease.lock().is_some() {
+                return Err(conflict());
+            }
+            self.store(lease.clone());
+            Ok(())
+        }
+
+        async fn replace(&self, _name: &str, lease: &Lease) -> Result<(), kube::Error> {
+            self.check()?;
+            let current = self
+                .lease
+                .lock()
+                .as_ref()
+                .and_then(|lease| lease.metadata.resource_version.clone());
+            if current != lease.metadata.resource_version {
+                return Err(conflict());
+            }
+            self.store(lease.clone());
+            Ok(())
+        }
+    }
+
+    fn settings() -> LeaderElectionConfig {
+        LeaderElectionConfig {
+            lease_name: "threatflow".into(),
+            namespace: None,
+            identity: None,
+            lease_duration_secs: 3,
+            renew_deadline_secs: 2,
+            retry_period_secs: 1,
+        }
+    }
+
+    fn candidate(
+        store: &MemoryStore,
+        name: &str,
+    ) -> (Leadership, tokio::task::JoinHandle<()>, CancellationToken) {
+        let stop = CancellationToken::new();
+        let (leadership, task) = start_with(
+            store.clone(),
+            &settings(),
+            name.into(),
+            Default::default(),
+            stop.clone(),
+        );
+        (leadership, task, stop)
+    }
+
+    async fn seconds(n: u64) {
+        tokio::time::sleep(Duration::from_secs(n)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_leads_a_dead_leader_is_replaced_after_expiry_and_a_stopping_one_releases() {
+        let store = MemoryStore::default();
+        let (a, a_task, _a_stop) = candidate(&store, "a");
+        seconds(1).await;
+        let (b, b_task, b_stop) = candidate(&store, "b");
+        for _ in 0..5 {
+            seconds(1).await;
+            assert!(a.is_leader() && !b.is_leader(), "exactly one leads");
+        }
+        assert_eq!(store.holder().as_deref(), Some("a"));
+
+        // `a` dies without releasing: `b` waits for the Lease to expire by its own clock.
+        a_task.abort();
+        seconds(2).await;
+        assert!(!b.is_leader(), "not before the Lease expired");
+        seconds(3).await;
+        assert!(b.is_leader());
+        assert_eq!(
+            (store.holder().as_deref(), store.transitions()),
+            (Some("b"), 1)
+        );
+
+        // A leader that stops hands the Lease over at once.
+        b_stop.cancel();
+        b_task.await.unwrap();
+        assert_eq!(store.holder(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_that_cannot_renew_steps_down_before_its_lease_can_pass_on() {
+        let store = MemoryStore::default();
+        let (a, _task, _stop) = candidate(&store, "a");
+        seconds(1).await;
+        assert!(a.is_leader());
+        store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        let cut = Instant::now();
+        let mut leadership = a.clone();
+        let stepped_down = tokio::time::timeout(Duration::from_secs(10), async {
+            while leadership.changed().await {}
+        })
+        .await;
+        assert!(stepped_down.is_ok());
+        assert!(
+            cut.elapsed() < Duration::from_secs(3),
+            "stepped down after {:?}, before the 3 s Lease could expire",
+            cut.elapsed()
+        );
     }
 }

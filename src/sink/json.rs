@@ -191,7 +191,7 @@ mod tests {
         JsonEncoder::new(Some("c1")).encode(&record, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            r#"{"start_time_ms":1000,"end_time_ms":2000,"proto":"UDP","action":"allow","reporter":"src","source":{"ip":"10.244.1.5","port":40000,"type":"wep","name":"frontend-7d9f8c6b5d-x2k4l","pod":"frontend-7d9f8c6b5d-x2k4l","namespace":"web","labels":["app=frontend","pod-template-hash=7d9f8c6b5d"],"namespace_labels":["team=storefront"],"workload":"Deployment/frontend","node":"node-a","services":["web/frontend"]},"dest":{"ip":"10.96.0.10","port":53,"type":"net"},"dest_service":{"namespace":"kube-system","name":"kube-dns"},"bytes_in":0,"bytes_out":0,"packets_in":0,"packets_out":0,"num_flows":0,"num_flows_started":0,"num_flows_completed":0,"process_name":"a\nb","reporting_node":"node-a","cluster":"c1"}"#
+            r#"{"start_time_ms":1000,"end_time_ms":2000,"proto":"UDP","action":"allow","reporter":"src","source":{"ip":"10.244.1.5","port":40000,"type":"wep","name":"frontend-7d9f8c6b5d-x2k4l","pod":"frontend-7d9f8c6b5d-x2k4l","namespace":"web","labels":["app=frontend","pod-template-hash=7d9f8c6b5d"],"namespace_labels":["team=storefront"],"workload":"Deployment/frontend","node":"node-a","services":["web/frontend"]},"dest":{"ip":"10.96.0.10","port":53,"type":"net","namespace":"kube-system"},"dest_service":{"namespace":"kube-system","name":"kube-dns"},"bytes_in":0,"bytes_out":0,"packets_in":0,"packets_out":0,"num_flows":0,"num_flows_started":0,"num_flows_completed":0,"process_name":"a\nb","reporting_node":"node-a","cluster":"c1"}"#
         );
     }
 }

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod daemon;
+pub mod http;
 pub mod kafka;
 pub mod kube_api;
 pub mod pki;
@@ -140,37 +142,59 @@ pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_threatflow"))
 }
 
-/// Stops a daemon with SIGTERM, checks that it drained and exited 0, and returns its stderr.
-pub fn terminate(child: std::process::Child) -> String {
-    let (status, stderr) = stop(child);
-    assert!(status.success(), "exit {status}: {stderr}");
-    stderr
+/// Polls `condition` until it holds, or fails the test after `timeout` with `what`.
+pub fn wait_for(what: &str, timeout: std::time::Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
-/// Stops a daemon with SIGTERM whose sink cannot deliver: it gives up after the drain timeout
-/// and exits 1.
-pub fn terminate_undelivered(child: std::process::Child) -> String {
-    let (status, stderr) = stop(child);
-    assert_eq!(status.code(), Some(1), "{stderr}");
-    stderr
+/// [`wait_for`] from async code: polls without blocking the runtime.
+pub async fn eventually(
+    what: &str,
+    timeout: std::time::Duration,
+    mut condition: impl FnMut() -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
-fn stop(mut child: std::process::Child) -> (std::process::ExitStatus, String) {
-    use std::io::Read;
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    (status, stderr)
+/// `GET path` on a local port; the status and body.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of a metric series on a local telemetry port, e.g.
+/// `threatflow_sink_records_total{sink="out"}`.
+pub fn metric(port: u16, series: &str) -> Option<f64> {
+    let (_, text) = http_get(port, "/metrics");
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }
 
 /// The repository root (tests run with it as the working directory).
