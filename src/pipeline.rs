@@ -26,6 +26,7 @@ use crate::flow::source::SourceBatch;
 use crate::flow::{FlowFormat, RejectCounts, RejectReason, Rejection};
 use crate::problems::Problems;
 use crate::sink::{Batch, SinkQueue};
+use crate::telemetry;
 
 /// The dead-letter file: one JSON object per rejected line.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -291,43 +292,14 @@ struct ThreatLabels {
 
 impl FlowMetrics {
     pub fn register(registry: &mut Registry) -> FlowMetrics {
-        let metrics = FlowMetrics::default();
-        registry.register(
-            "records",
-            "Lines parsed into flow records",
-            metrics.records.clone(),
-        );
-        registry.register(
-            "rejected",
-            "Lines rejected, by reason",
-            metrics.rejected.clone(),
-        );
-        registry.register(
-            "enriched_endpoints",
-            "Endpoints that gained cluster context from the index",
-            metrics.enriched_endpoints.clone(),
-        );
-        registry.register(
-            "threat_matches",
-            "Records whose source or destination a threat feed lists, per feed",
-            metrics.threat_matches.clone(),
-        );
-        registry.register(
-            "index_lookups",
-            "Endpoint lookups in the index, by outcome (hit, miss, hit_after_delete: a pod deleted within the grace period, no_address: an aggregated record)",
-            metrics.index_lookups.clone(),
-        );
-        registry.register(
-            "sync_timeouts",
-            "Times records went on before the Kubernetes lists were in the index",
-            metrics.sync_timeouts.clone(),
-        );
-        for outcome in Lookup::ALL {
-            drop(metrics.index_lookups.get_or_create(&LookupLabels {
-                outcome: outcome.as_str(),
-            }));
+        FlowMetrics {
+            records: telemetry::family(registry, "records", "Lines parsed into flow records", []),
+            rejected: telemetry::family(registry, "rejected", "Lines rejected, by reason", []),
+            enriched_endpoints: telemetry::family(registry, "enriched_endpoints", "Endpoints that gained cluster context from the index", []),
+            threat_matches: telemetry::family(registry, "threat_matches", "Records whose source or destination a threat feed lists, per feed", []),
+            index_lookups: telemetry::family(registry, "index_lookups", "Endpoint lookups in the index, by outcome (hit, miss, hit_after_delete: a pod deleted within the grace period, no_address: an aggregated record)", Lookup::ALL.map(|outcome| LookupLabels { outcome: outcome.as_str() })),
+            sync_timeouts: telemetry::metric(registry, "sync_timeouts", "Times records went on before the Kubernetes lists were in the index"),
         }
-        metrics
     }
 
     /// Creates the threat-match series of `feed` at zero.

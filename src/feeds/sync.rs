@@ -36,7 +36,7 @@ use crate::net::http::HttpSettings;
 use crate::net::tls::{TlsSettings, Trust};
 use crate::netset::NetSet;
 use crate::secret::SecretError;
-use crate::telemetry::ErrorChain;
+use crate::telemetry::{self, ErrorChain};
 
 /// A sync did not complete; `kind()` is the metric label.
 #[derive(Debug, thiserror::Error)]
@@ -132,43 +132,45 @@ pub struct FeedMetrics {
 
 impl FeedMetrics {
     pub fn register(registry: &mut Registry) -> FeedMetrics {
-        let metrics = FeedMetrics::default();
-        registry.register(
-            "entries",
-            "CIDRs in the set in force",
-            metrics.entries.clone(),
-        );
-        registry.register(
-            "shards",
-            "Network sets (shards) the feed is published as",
-            metrics.shards.clone(),
-        );
-        registry.register(
-            "last_fetch_timestamp_seconds",
-            "Last pull that got an answer",
-            metrics.last_fetch.clone(),
-        );
-        registry.register(
-            "last_apply_timestamp_seconds",
-            "Last successful publication",
-            metrics.last_apply.clone(),
-        );
-        registry.register(
-            "syncs",
-            "Syncs by outcome (applied, unchanged, not_modified, or the error kind)",
-            metrics.syncs.clone(),
-        );
-        registry.register(
-            "rejected_lines",
-            "Feed lines rejected, by reason",
-            metrics.rejected.clone(),
-        );
-        registry.register(
-            "removed_entries",
-            "Entries removed by a guard, by guard",
-            metrics.removed.clone(),
-        );
-        metrics
+        FeedMetrics {
+            entries: telemetry::family(registry, "entries", "CIDRs in the set in force", []),
+            shards: telemetry::family(
+                registry,
+                "shards",
+                "Network sets (shards) the feed is published as",
+                [],
+            ),
+            last_fetch: telemetry::family(
+                registry,
+                "last_fetch_timestamp_seconds",
+                "Last pull that got an answer",
+                [],
+            ),
+            last_apply: telemetry::family(
+                registry,
+                "last_apply_timestamp_seconds",
+                "Last successful publication",
+                [],
+            ),
+            syncs: telemetry::family(
+                registry,
+                "syncs",
+                "Syncs by outcome (applied, unchanged, not_modified, or the error kind)",
+                [],
+            ),
+            rejected: telemetry::family(
+                registry,
+                "rejected_lines",
+                "Feed lines rejected, by reason",
+                [],
+            ),
+            removed: telemetry::family(
+                registry,
+                "removed_entries",
+                "Entries removed by a guard, by guard",
+                [],
+            ),
+        }
     }
 
     fn labels(feed: &str) -> FeedLabels {

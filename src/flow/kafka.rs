@@ -44,6 +44,7 @@ use super::FlowFormat;
 use crate::ack::AckToken;
 use crate::kafka::{with_connection, KafkaSetupError};
 use crate::problems::Problems;
+use crate::telemetry;
 
 with_connection! {
     /// Consuming flow records from Kafka topics in a consumer group.
@@ -158,38 +159,14 @@ pub struct KafkaMetrics {
 
 impl KafkaMetrics {
     pub fn register(registry: &mut Registry) -> KafkaMetrics {
-        let metrics = KafkaMetrics::default();
-        registry.register(
-            "in_flight_records",
-            "Records read and not yet delivered or dropped",
-            metrics.in_flight.clone(),
-        );
-        registry.register(
-            "lag_records",
-            "Records in the assigned partitions not yet read (from the client's statistics, every 5 s)",
-            metrics.lag.clone(),
-        );
-        registry.register(
-            "assigned_partitions",
-            "Partitions assigned to this replica",
-            metrics.assigned.clone(),
-        );
-        registry.register(
-            "rebalances",
-            "Partition assignments received",
-            metrics.rebalances.clone(),
-        );
-        registry.register(
-            "abandoned_batches",
-            "Batches of revoked partitions not delivered within revoke_timeout_ms (not committed; re-read by the next owner)",
-            metrics.abandoned.clone(),
-        );
-        registry.register(
-            "errors",
-            "Consumer errors (broker unreachable, unknown topic, ...); the client retries",
-            metrics.errors.clone(),
-        );
-        metrics
+        KafkaMetrics {
+            in_flight: telemetry::family(registry, "in_flight_records", "Records read and not yet delivered or dropped", []),
+            lag: telemetry::family(registry, "lag_records", "Records in the assigned partitions not yet read (from the client's statistics, every 5 s)", []),
+            assigned: telemetry::family(registry, "assigned_partitions", "Partitions assigned to this replica", []),
+            rebalances: telemetry::family(registry, "rebalances", "Partition assignments received", []),
+            abandoned: telemetry::family(registry, "abandoned_batches", "Batches of revoked partitions not delivered within revoke_timeout_ms (not committed; re-read by the next owner)", []),
+            errors: telemetry::family(registry, "errors", "Consumer errors (broker unreachable, unknown topic, ...); the client retries", []),
+        }
     }
 
     /// The series of one source, created at zero.

@@ -28,6 +28,7 @@ use super::config::{FileSourceConfig, StartAt};
 use super::lines::{LineBatch, LineSplitter};
 use super::FlowFormat;
 use crate::ack::AckToken;
+use crate::telemetry;
 
 const READ_CHUNK_BYTES: usize = 256 * 1024;
 /// A batch is handed on once it holds this many bytes, whatever its line count.
@@ -101,26 +102,23 @@ pub struct SourceMetrics {
 
 impl SourceMetrics {
     pub fn register(registry: &mut Registry) -> SourceMetrics {
-        let metrics = SourceMetrics::default();
-        registry.register("bytes", "Bytes read", metrics.bytes.clone());
-        registry.register(
-            "lines",
-            "Lines read (before parsing)",
-            metrics.lines.clone(),
-        );
-        registry.register(
-            "rotations",
-            "Files followed through a rename rotation",
-            metrics.rotations.clone(),
-        );
-        registry.register(
-            "truncations",
-            "Files that shrank (copy-truncate) and were read again from the start",
-            metrics.truncations.clone(),
-        );
-        let kafka =
-            super::kafka::KafkaMetrics::register(registry.sub_registry_with_prefix("kafka"));
-        SourceMetrics { kafka, ..metrics }
+        SourceMetrics {
+            bytes: telemetry::family(registry, "bytes", "Bytes read", []),
+            lines: telemetry::family(registry, "lines", "Lines read (before parsing)", []),
+            rotations: telemetry::family(
+                registry,
+                "rotations",
+                "Files followed through a rename rotation",
+                [],
+            ),
+            truncations: telemetry::family(
+                registry,
+                "truncations",
+                "Files that shrank (copy-truncate) and were read again from the start",
+                [],
+            ),
+            kafka: super::kafka::KafkaMetrics::register(registry.sub_registry_with_prefix("kafka")),
+        }
     }
 
     /// Creates the series of `source` at zero.

@@ -34,7 +34,7 @@ use crate::enrich::EnrichedRecord;
 use crate::kafka::KafkaSetupError;
 use crate::net::backoff::Backoff;
 use crate::net::tls::TlsError;
-use crate::telemetry::ErrorChain;
+use crate::telemetry::{self, ErrorChain};
 use cef::CefConfig;
 use cef::{CefEncoder, EncodeStats, Trim};
 pub use config::{OutputFormat, SinkConfig, SinkKind, WhenFull};
@@ -340,48 +340,16 @@ pub struct SinkMetrics {
 
 impl SinkMetrics {
     pub fn register(registry: &mut Registry) -> SinkMetrics {
-        let metrics = SinkMetrics::default();
-        registry.register(
-            "records",
-            "Records written and acknowledged",
-            metrics.records.clone(),
-        );
-        registry.register(
-            "bytes",
-            "Bytes written, framing included",
-            metrics.bytes.clone(),
-        );
-        registry.register(
-            "batches",
-            "Batches written and acknowledged",
-            metrics.batches.clone(),
-        );
-        registry.register(
-            "errors",
-            "Failed writes by error kind (each is retried)",
-            metrics.errors.clone(),
-        );
-        registry.register(
-            "dropped_records",
-            "Records given up on, by reason",
-            metrics.dropped.clone(),
-        );
-        registry.register(
-            "truncated_fields",
-            "Field values shortened to their key's maximum length",
-            metrics.truncated_fields.clone(),
-        );
-        registry.register(
-            "shortened_records",
-            "Records whose free-text fields were shortened or left out to fit max_message_bytes",
-            metrics.shortened.clone(),
-        );
-        registry.register(
-            "queued_batches",
-            "Batches waiting in the sink's queue (at pipeline.queue_batches it is full and slows the sources)",
-            metrics.queued.clone(),
-        );
-        metrics
+        SinkMetrics {
+            records: telemetry::family(registry, "records", "Records written and acknowledged", []),
+            bytes: telemetry::family(registry, "bytes", "Bytes written, framing included", []),
+            batches: telemetry::family(registry, "batches", "Batches written and acknowledged", []),
+            errors: telemetry::family(registry, "errors", "Failed writes by error kind (each is retried)", []),
+            dropped: telemetry::family(registry, "dropped_records", "Records given up on, by reason", []),
+            truncated_fields: telemetry::family(registry, "truncated_fields", "Field values shortened to their key's maximum length", []),
+            shortened: telemetry::family(registry, "shortened_records", "Records whose free-text fields were shortened or left out to fit max_message_bytes", []),
+            queued: telemetry::family(registry, "queued_batches", "Batches waiting in the sink's queue (at pipeline.queue_batches it is full and slows the sources)", []),
+        }
     }
 
     /// The queue-depth gauge of `sink`.
