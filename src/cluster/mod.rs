@@ -131,6 +131,15 @@ pub enum StartError {
     Inventory(#[from] objects::InventoryError),
 }
 
+impl StartError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StartError::Kubernetes(_) => "kubernetes",
+            StartError::Inventory(_) => "inventory",
+        }
+    }
+}
+
 /// The running model: its watches, if it has any.
 pub struct ClusterStage {
     pub cluster: Cluster,

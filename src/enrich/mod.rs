@@ -219,9 +219,10 @@ pub struct EndpointView<'a> {
     pub info: Option<&'a EndpointInfo>,
     /// The workload named by labels a filter has since removed.
     label_workload: Option<&'a str>,
-    /// For the destination: the namespace of the service it was addressed as, when it was
-    /// addressed as a service (its cluster or load-balancer IP), not as a pod.
-    service_namespace: Option<&'a str>,
+    /// For the destination: the record, whose service names the namespace when the
+    /// destination was addressed as a service (its cluster or load-balancer IP), not as a pod.
+    /// Read only when asked (views are made per encoded field).
+    addressed_as_service: Option<&'a EnrichedRecord>,
 }
 
 impl EnrichedRecord {
@@ -231,15 +232,13 @@ impl EnrichedRecord {
                 flow: &self.flow.source,
                 info: self.source.as_deref(),
                 label_workload: self.label_workloads[0].as_deref(),
-                service_namespace: None,
+                addressed_as_service: None,
             },
             Side::Dest => EndpointView {
                 flow: &self.flow.dest,
                 info: self.dest.as_deref(),
                 label_workload: self.label_workloads[1].as_deref(),
-                service_namespace: self
-                    .dest_service_name()
-                    .and_then(|(namespace, _)| namespace),
+                addressed_as_service: Some(self),
             },
         }
     }
@@ -291,7 +290,11 @@ impl<'a> EndpointView<'a> {
             .namespace
             .as_deref()
             .or(self.info.and_then(|info| info.namespace.as_deref()))
-            .or(self.service_namespace)
+            .or_else(|| {
+                self.addressed_as_service?
+                    .dest_service_name()
+                    .and_then(|(namespace, _)| namespace)
+            })
     }
 
     pub fn labels(&self) -> Option<&'a [Text]> {

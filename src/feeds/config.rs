@@ -346,34 +346,8 @@ fn check_label(key: &str, value: &str) -> Result<(), String> {
     if RESERVED_LABELS.contains(&key) {
         return Err(format!("`{key}` is set by threatflow"));
     }
-    let segment_ok = |text: &str, max: usize, allow_empty: bool| {
-        (allow_empty && text.is_empty())
-            || (text.len() <= max
-                && text
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-                && text
-                    .bytes()
-                    .next()
-                    .is_some_and(|b| b.is_ascii_alphanumeric())
-                && text
-                    .bytes()
-                    .last()
-                    .is_some_and(|b| b.is_ascii_alphanumeric()))
-    };
-    let (prefix, name) = match key.split_once('/') {
-        Some((prefix, name)) => (Some(prefix), name),
-        None => (None, key),
-    };
-    let prefix_ok = prefix.is_none_or(|prefix| {
-        prefix.len() <= 253 && prefix.split('.').all(|part| segment_ok(part, 63, false))
-    });
-    if !prefix_ok || !segment_ok(name, 63, false) {
-        return Err(format!("`{key}` is not a valid label key"));
-    }
-    if !segment_ok(value, 63, true) {
-        return Err(format!("`{value}` is not a valid label value"));
-    }
+    crate::cluster::selector::label_key(key)?;
+    crate::cluster::selector::label_value(value)?;
     Ok(())
 }
 

@@ -107,8 +107,7 @@ impl FetchError {
             FetchError::Body { .. } => "body",
             FetchError::File { .. } => "file",
             FetchError::Url { .. } => "url",
-            FetchError::Http(HttpError::Header { .. }) => "header",
-            FetchError::Http(_) => "client",
+            FetchError::Http(error) => error.kind(),
         }
     }
 

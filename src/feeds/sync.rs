@@ -80,6 +80,16 @@ pub enum SetupError {
     Kubernetes(#[from] crate::deps::KubeUnavailable),
 }
 
+impl SetupError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SetupError::Secret { source, .. } => source.kind(),
+            SetupError::Client(error) => error.kind(),
+            SetupError::Kubernetes(_) => "kubernetes",
+        }
+    }
+}
+
 /// What the last syncs of a feed did, as served on `/status` and shown by `threatflow status`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct FeedStatus {

@@ -45,6 +45,16 @@ pub enum HttpError {
     Header { name: String },
 }
 
+impl HttpError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HttpError::Tls(error) => error.kind(),
+            HttpError::Client(_) => "client",
+            HttpError::Header { .. } => "header",
+        }
+    }
+}
+
 /// Builds a client. Connections are kept alive between requests.
 pub fn client(settings: &HttpSettings) -> Result<reqwest::Client, HttpError> {
     tls::install_provider();
@@ -79,6 +89,16 @@ pub enum BodyError {
     Timeout,
     #[error("the body ended early or could not be decoded")]
     Broken(#[source] reqwest::Error),
+}
+
+impl BodyError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BodyError::TooLarge { .. } => "too_large",
+            BodyError::Timeout => "timeout",
+            BodyError::Broken(_) => "body",
+        }
+    }
 }
 
 /// Reads a response's body, refusing more than `limit` bytes (after decompression) without

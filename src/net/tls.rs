@@ -79,6 +79,18 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
+impl TlsError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TlsError::Read { .. } => "tls_read",
+            TlsError::NoCertificate { .. } => "tls_no_certificate",
+            TlsError::NoRoots => "tls_no_roots",
+            TlsError::ServerName(_) => "tls_server_name",
+            TlsError::Rustls(_) => "tls",
+        }
+    }
+}
+
 /// Installs the process-wide crypto provider (ring) that kube and reqwest use; harmless when
 /// already installed.
 pub fn install_provider() {

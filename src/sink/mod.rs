@@ -223,6 +223,15 @@ pub enum SinkError {
     },
 }
 
+impl SinkError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkError::Tls { .. } => "tls",
+            SinkError::Kafka { source, .. } => source.kind(),
+        }
+    }
+}
+
 impl WriteError {
     /// Retrying cannot help: standard output was closed (`| head`).
     fn is_permanent(&self) -> bool {
