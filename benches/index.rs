@@ -100,6 +100,7 @@ fn inventory() -> Inventory {
         nodes,
         namespaces,
         jobs: Vec::new(),
+        policies: Vec::new(),
     }
 }
 

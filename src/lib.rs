@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ack;
+pub mod address_sync;
 pub mod app;
 pub mod cli;
 pub mod clock;
@@ -15,6 +16,7 @@ pub mod config;
 pub mod deps;
 pub mod enrich;
 pub mod feeds;
+pub mod firewall;
 pub mod flow;
 pub mod identity;
 pub mod k8s;

@@ -31,8 +31,10 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::address_sync::sync::{FirewallMetrics, StatusBoard as FirewallBoard, TargetStatus};
+use crate::address_sync::AddressSync;
 use crate::cluster::watch::{WatchMetrics, WatchStatus};
-use crate::cluster::{ClusterStage, Source};
+use crate::cluster::{ClusterStage, Source, WatchScope};
 use crate::config::Config;
 use crate::deps::Deps;
 use crate::enrich::projection::IndexMetrics;
@@ -90,6 +92,7 @@ pub struct Metrics {
     pub feed: FeedMetrics,
     pub watch: WatchMetrics,
     pub index: IndexMetrics,
+    pub firewall: FirewallMetrics,
     /// 1 while this replica writes to the cluster.
     pub leader: Gauge,
     pub config_reloads: ReloadCounter,
@@ -113,6 +116,7 @@ impl Metrics {
             feed: FeedMetrics::register(registry.sub_registry_with_prefix("feed")),
             watch,
             index,
+            firewall: FirewallMetrics::register(registry.sub_registry_with_prefix("firewall")),
             leader: telemetry::metric(
                 registry,
                 "leader",
@@ -127,6 +131,8 @@ impl Metrics {
 #[derive(Serialize)]
 struct Status {
     feeds: Vec<FeedStatus>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    firewall: Vec<TargetStatus>,
     kubernetes: Option<KubernetesStatus>,
     leader: bool,
 }
@@ -153,6 +159,7 @@ type KubernetesStatusSource = Box<dyn Fn() -> KubernetesStatus + Send + Sync>;
 #[derive(Clone, Default)]
 struct StatusSources {
     feeds: StatusBoard,
+    firewall: FirewallBoard,
     kubernetes: Arc<Mutex<Option<KubernetesStatusSource>>>,
     leadership: Arc<Mutex<Option<Leadership>>>,
 }
@@ -277,15 +284,22 @@ pub async fn run(
     result.map(|()| total)
 }
 
-/// Where the model's objects come from under `config`.
+/// Where the model's objects come from under `config`: the inventory file, else watches
+/// scoped to what enrichment and the firewall address sync need together.
 fn cluster_source(config: &Config) -> Source {
+    let firewall = config.firewall.as_ref().map(crate::address_sync::scope);
     match (
         &config.enrichment.kubernetes,
         &config.enrichment.inventory_path,
+        firewall,
     ) {
-        (Some(kubernetes), _) => Source::Watch(kubernetes.scope()),
-        (None, Some(path)) => Source::Inventory(path.clone()),
-        (None, None) => Source::Empty,
+        (_, Some(path), _) => Source::Inventory(path.clone()),
+        (Some(kubernetes), None, Some(firewall)) => {
+            Source::Watch(WatchScope::union([&kubernetes.scope(), &firewall]))
+        }
+        (Some(kubernetes), None, None) => Source::Watch(kubernetes.scope()),
+        (None, None, Some(firewall)) => Source::Watch(firewall),
+        (None, None, None) => Source::Empty,
     }
 }
 
@@ -339,6 +353,7 @@ impl ClusterContext {
 struct Run {
     sources: Sources,
     feeds: Feeds,
+    firewall: AddressSync,
     feeds_stop: CancellationToken,
     processor: crate::pipeline::ProcessorThread,
     sinks: Sinks,
@@ -374,6 +389,32 @@ impl Run {
             &feeds_stop,
         )
         .await?;
+
+        // The address sync writes to firewalls on its own schedule; a batch run syncs each
+        // target once before its flows.
+        let firewall = match &config.firewall {
+            Some(firewall) => {
+                AddressSync::start(
+                    deps,
+                    firewall,
+                    config.cluster_name.as_deref(),
+                    &cluster.stage.cluster,
+                    &metrics.firewall,
+                    &status.firewall,
+                    once,
+                    &feeds_stop,
+                )
+                .await?
+            }
+            None => AddressSync::default(),
+        };
+        let firewall = match once {
+            true => {
+                firewall.join().await;
+                AddressSync::default()
+            }
+            false => firewall,
+        };
 
         let drain = stop.child_token();
         let drain_timeout = Duration::from_secs(config.pipeline.drain_timeout_secs);
@@ -460,6 +501,7 @@ impl Run {
         Ok(Run {
             sources,
             feeds,
+            firewall,
             feeds_stop,
             processor,
             sinks,
@@ -483,6 +525,7 @@ impl Run {
         self.drain.cancel();
         self.feeds_stop.cancel();
         self.feeds.join().await;
+        self.firewall.join().await;
         let processed = self.processor.join().await?;
         let undelivered = processed.refused + self.sinks.join().await;
         self.sources.finish().await;
@@ -537,6 +580,7 @@ impl Telemetry {
             let source: telemetry::StatusSource = Arc::new(move || {
                 let status = Status {
                     feeds: status.feeds.lock().values().cloned().collect(),
+                    firewall: status.firewall.lock().values().cloned().collect(),
                     kubernetes: status.kubernetes.lock().as_ref().map(|status| status()),
                     leader: status
                         .leadership

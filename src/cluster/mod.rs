@@ -1,7 +1,8 @@
 //! The watched model of the cluster, shared by every consumer: enrichment's endpoint index,
-//! and the firewall integrations that publish pods to address groups.
+//! and the firewall address sync that publishes pods to address groups.
 //!
-//! [`Model`] holds the trimmed objects (pods, services, nodes, namespaces, jobs) with their
+//! [`Model`] holds the trimmed objects (pods, services, nodes, namespaces, jobs, and Calico
+//! GlobalNetworkPolicies when a consumer asks for them) with their
 //! labels unfiltered. It is filled through the same methods from an inventory file
 //! ([`objects::Inventory`]) or from the watches ([`watch`]), which run once per process with
 //! the union of the consumers' scopes. Consumers either observe it change by change (an
@@ -158,7 +159,9 @@ impl ClusterStage {
         let stop = tokio_util::sync::CancellationToken::new();
         let (cluster, watch) = match &source {
             Source::Watch(scope) => {
-                let client = deps.kube("enrichment.kubernetes").await?;
+                let client = deps
+                    .kube("the cluster model (enrichment.kubernetes, firewall)")
+                    .await?;
                 let cluster = Cluster::new(deps.clock.clone());
                 let watch = watch::ClusterWatch::start(
                     client,
@@ -209,14 +212,16 @@ impl ClusterStage {
     }
 }
 
-/// What part of the cluster a consumer needs watched: one namespace or all, and the pods a
-/// label selector picks or all. The watches follow the union of the consumers' scopes.
+/// What part of the cluster a consumer needs watched: one namespace or all, the pods a label
+/// selector picks or all, and whether Calico policies too. The watches follow the union of the consumers' scopes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WatchScope {
     /// Only this namespace's pods, services and jobs (nodes are always watched).
     pub namespace: Option<String>,
     /// Only the pods this selector picks.
     pub pods: Option<LabelSelector>,
+    /// Calico GlobalNetworkPolicies too (for publishing what policies select).
+    pub policies: bool,
 }
 
 impl WatchScope {
@@ -234,6 +239,7 @@ impl WatchScope {
             if union.pods != scope.pods {
                 union.pods = None;
             }
+            union.policies |= scope.policies;
         }
         union
     }
@@ -327,11 +333,11 @@ mod tests {
     fn the_watch_scope_is_the_union_of_the_consumers() {
         let shop = WatchScope {
             namespace: Some("shop".into()),
-            pods: None,
+            ..WatchScope::default()
         };
         let web = WatchScope {
             namespace: Some("web".into()),
-            pods: None,
+            ..WatchScope::default()
         };
         assert_eq!(WatchScope::union([&shop, &shop]), shop);
         assert_eq!(WatchScope::union([&shop, &web]), WatchScope::default());

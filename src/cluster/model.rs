@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::objects::{Inventory, JobInfo, NamespaceInfo, NodeInfo, PodInfo, ServiceInfo};
+use super::objects::{
+    Inventory, JobInfo, NamespaceInfo, NodeInfo, PodInfo, PolicyInfo, ServiceInfo,
+};
 use super::selector::{Labels, Selects};
 
 /// How an object reached the model.
@@ -32,15 +34,18 @@ pub enum Kind {
     Node,
     Namespace,
     Job,
+    /// Calico GlobalNetworkPolicies (only for consumers that publish what policies select).
+    Policy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Pod,
         Kind::Service,
         Kind::Node,
         Kind::Namespace,
         Kind::Job,
+        Kind::Policy,
     ];
 
     pub fn plural(self) -> &'static str {
@@ -50,6 +55,7 @@ impl Kind {
             Kind::Node => "nodes",
             Kind::Namespace => "namespaces",
             Kind::Job => "jobs",
+            Kind::Policy => "globalnetworkpolicies",
         }
     }
 }
@@ -213,6 +219,8 @@ pub enum Change<'a> {
     },
     /// A job's owner changed, or it came or went.
     Job { namespace: &'a str, name: &'a str },
+    /// A Calico GlobalNetworkPolicy changed, or came or went.
+    Policy { name: &'a str },
 }
 
 /// A change, when it happened, and how it was seen.
@@ -237,6 +245,7 @@ pub struct ObjectCounts {
     pub nodes: usize,
     pub namespaces: usize,
     pub jobs: usize,
+    pub policies: usize,
 }
 
 /// The trimmed cluster objects.
@@ -250,6 +259,8 @@ pub struct Model {
     nodes: HashMap<String, Node>,
     /// `(namespace, name)` -> the job's controller owner.
     jobs: HashMap<(String, String), Option<(String, String)>>,
+    /// Calico GlobalNetworkPolicies by name.
+    policies: BTreeMap<String, PolicyInfo>,
     observers: Vec<Box<dyn Observer>>,
     /// Bumped by every change.
     generation: u64,
@@ -293,6 +304,9 @@ impl Model {
         for pod in &inventory.pods {
             self.apply_pod(pod.clone(), 0, Seen::Listed);
         }
+        for policy in &inventory.policies {
+            self.apply_policy(policy.clone(), 0, Seen::Listed);
+        }
     }
 
     /// Adds an observer and shows it every object in the model, as listed.
@@ -329,6 +343,9 @@ impl Model {
             };
             observer.observe(self, &event(change));
         }
+        for name in self.policies.keys() {
+            observer.observe(self, &event(Change::Policy { name }));
+        }
         self.observers.push(observer);
     }
 
@@ -344,6 +361,7 @@ impl Model {
             nodes: self.nodes.len(),
             namespaces: self.namespaces.len(),
             jobs: self.jobs.len(),
+            policies: self.policies.len(),
         }
     }
 
@@ -484,8 +502,24 @@ impl Model {
         }
     }
 
-    /// UIDs of the pods, names of the nodes and namespaces, `namespace/name` of the services
-    /// and jobs: what a relist compares against.
+    /// A Calico GlobalNetworkPolicy was added or changed.
+    pub fn apply_policy(&mut self, policy: PolicyInfo, now_ms: i64, seen: Seen) {
+        if self.policies.get(&policy.name) == Some(&policy) {
+            return;
+        }
+        let name = policy.name.clone();
+        self.policies.insert(name.clone(), policy);
+        self.dispatch(Applied::Policy(name), now_ms, seen);
+    }
+
+    pub fn delete_policy(&mut self, name: &str, now_ms: i64) {
+        if self.policies.remove(name).is_some() {
+            self.dispatch(Applied::Policy(name.to_owned()), now_ms, Seen::Live);
+        }
+    }
+
+    /// UIDs of the pods, names of the nodes, namespaces and policies, `namespace/name` of the
+    /// services and jobs: what a relist compares against.
     pub fn keys(&self, kind: Kind) -> Vec<String> {
         match kind {
             Kind::Pod => self.pods.keys().map(|uid| uid.to_string()).collect(),
@@ -505,6 +539,7 @@ impl Model {
                 .keys()
                 .map(|(namespace, name)| format!("{namespace}/{name}"))
                 .collect(),
+            Kind::Policy => self.policies.keys().cloned().collect(),
         }
     }
 
@@ -523,6 +558,7 @@ impl Model {
                 let (namespace, name) = split();
                 self.delete_job(namespace, name, now_ms);
             }
+            Kind::Policy => self.delete_policy(key, now_ms),
         }
     }
 
@@ -582,6 +618,11 @@ impl Model {
         self.nodes.values()
     }
 
+    /// The Calico GlobalNetworkPolicies, by name.
+    pub fn policies(&self) -> impl Iterator<Item = &PolicyInfo> {
+        self.policies.values()
+    }
+
     /// A job's controller owner (`kind`, `name`), if the job is known and has one.
     pub fn job_owner(&self, namespace: &str, name: &str) -> Option<(&str, &str)> {
         self.jobs
@@ -607,6 +648,7 @@ enum Applied {
         name: String,
     },
     Job((String, String)),
+    Policy(String),
 }
 
 impl Applied {
@@ -632,6 +674,7 @@ impl Applied {
                 current: model.nodes.get(name),
             },
             Applied::Job((namespace, name)) => Change::Job { namespace, name },
+            Applied::Policy(name) => Change::Policy { name },
         }
     }
 }

@@ -23,6 +23,7 @@ pub struct Inventory {
     pub nodes: Vec<NodeInfo>,
     pub namespaces: Vec<NamespaceInfo>,
     pub jobs: Vec<JobInfo>,
+    pub policies: Vec<PolicyInfo>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -69,6 +70,17 @@ pub struct NamespaceInfo {
     pub labels: BTreeMap<String, String>,
 }
 
+/// A Calico GlobalNetworkPolicy, for the pods its selector picks (its rules are not kept).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyInfo {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// `spec.tier`; `default` when unset, as in Calico.
+    pub tier: String,
+    /// `spec.selector` as written; empty selects every endpoint.
+    pub selector: String,
+}
+
 /// A Job, for the CronJob that owns it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct JobInfo {
@@ -111,8 +123,8 @@ impl Inventory {
         })
     }
 
-    /// Parses a `v1 List` of pods, services, nodes, namespaces and jobs; other kinds are
-    /// ignored.
+    /// Parses a `v1 List` of pods, services, nodes, namespaces, jobs and Calico
+    /// GlobalNetworkPolicies; other kinds are ignored.
     pub fn from_json(bytes: &[u8]) -> Result<Inventory, (String, serde_json::Error)> {
         let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
         let list: KubeList = serde_path_to_error::deserialize(deserializer)
@@ -125,6 +137,7 @@ impl Inventory {
                 KubeObject::Node(node) => inventory.nodes.push(node.into()),
                 KubeObject::Namespace(namespace) => inventory.namespaces.push(namespace.into()),
                 KubeObject::Job(job) => inventory.jobs.push(job.into()),
+                KubeObject::GlobalNetworkPolicy(policy) => inventory.policies.push(policy.into()),
                 KubeObject::Other => {}
             }
         }
@@ -145,6 +158,7 @@ enum KubeObject {
     Node(KubeNode),
     Namespace(KubeNamespace),
     Job(KubeJob),
+    GlobalNetworkPolicy(KubePolicy),
     #[serde(other)]
     Other,
 }
@@ -433,6 +447,38 @@ impl From<KubeJob> for JobInfo {
     }
 }
 
+/// A Calico GlobalNetworkPolicy's name, labels, tier and selector, trimmed on parse.
+#[derive(Clone, Debug, Deserialize)]
+pub struct KubePolicy {
+    #[serde(deserialize_with = "trimmed_meta")]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: KubePolicySpec,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct KubePolicySpec {
+    #[serde(default)]
+    pub tier: Option<String>,
+    #[serde(default)]
+    pub selector: Option<String>,
+}
+
+impl From<KubePolicy> for PolicyInfo {
+    fn from(mut policy: KubePolicy) -> PolicyInfo {
+        PolicyInfo {
+            name: name(&mut policy.metadata),
+            labels: labels(&mut policy.metadata),
+            tier: policy
+                .spec
+                .tier
+                .filter(|tier| !tier.is_empty())
+                .unwrap_or_else(|| "default".to_owned()),
+            selector: policy.spec.selector.unwrap_or_default(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,6 +493,7 @@ mod tests {
           {"apiVersion":"v1","kind":"Service","metadata":{"name":"headless","namespace":"shop"},"spec":{"clusterIP":"None"}},
           {"apiVersion":"v1","kind":"Node","metadata":{"name":"node-a"},"status":{"addresses":[{"type":"InternalIP","address":"192.168.0.10"},{"type":"Hostname","address":"node-a"}]}},
           {"apiVersion":"v1","kind":"Namespace","metadata":{"name":"shop","labels":{"team":"payments"}}},
+          {"apiVersion":"projectcalico.org/v3","kind":"GlobalNetworkPolicy","metadata":{"name":"default.web"},"spec":{"selector":"app == 'web'","ingress":[{"action":"Allow"}]}},
           {"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"ignored"}}
         ]}"#;
         let inventory = Inventory::from_json(json).unwrap();
@@ -468,6 +515,15 @@ mod tests {
             vec!["192.168.0.10".parse::<IpAddr>().unwrap()]
         );
         assert_eq!(inventory.namespaces[0].labels["team"], "payments");
+        assert_eq!(
+            inventory.policies,
+            [PolicyInfo {
+                name: "default.web".into(),
+                labels: BTreeMap::new(),
+                tier: "default".into(),
+                selector: "app == 'web'".into(),
+            }]
+        );
     }
 
     #[test]

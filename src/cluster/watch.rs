@@ -28,7 +28,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::model::{Kind, Model, ObjectCounts, Seen};
-use super::objects::{KubeJob, KubeNamespace, KubeNode, KubePod, KubeService};
+use super::objects::{KubeJob, KubeNamespace, KubeNode, KubePod, KubePolicy, KubeService};
 use super::{Cluster, WatchScope};
 use crate::telemetry::{self, Readiness};
 
@@ -74,6 +74,30 @@ trimmed_resource!(KubeService, Service, NamespaceResourceScope, metadata_only: f
 trimmed_resource!(KubeNode, Node, ClusterResourceScope, metadata_only: false);
 trimmed_resource!(KubeNamespace, Namespace, ClusterResourceScope, metadata_only: true);
 trimmed_resource!(KubeJob, Job, NamespaceResourceScope, metadata_only: true);
+
+impl Resource for KubePolicy {
+    type DynamicType = ();
+    type Scope = ClusterResourceScope;
+
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        "GlobalNetworkPolicy".into()
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        "projectcalico.org".into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        "v3".into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        "globalnetworkpolicies".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
 
 /// A watched type: how it enters the model and how the model names it.
 trait Watched: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static {
@@ -143,9 +167,19 @@ impl Watched for KubeJob {
     }
 }
 
+impl Watched for KubePolicy {
+    const KIND: Kind = Kind::Policy;
+
+    fn apply(self, model: &mut Model, now_ms: i64, seen: Seen) {
+        model.apply_policy(self.into(), now_ms, seen);
+    }
+}
+
 /// The watches' shared view: the model, and which kinds have been listed.
 struct Shared {
     cluster: Cluster,
+    /// The kinds watched.
+    kinds: Vec<Kind>,
     synced: Mutex<HashSet<Kind>>,
     readiness: Readiness,
     metrics: WatchMetrics,
@@ -154,7 +188,7 @@ struct Shared {
 impl Shared {
     fn missing(&self) -> Vec<&'static str> {
         let synced = self.synced.lock();
-        Kind::ALL
+        self.kinds
             .iter()
             .filter(|kind| !synced.contains(kind))
             .map(|kind| kind.plural())
@@ -193,6 +227,7 @@ impl Shared {
             (Kind::Node, counts.nodes),
             (Kind::Namespace, counts.namespaces),
             (Kind::Job, counts.jobs),
+            (Kind::Policy, counts.policies),
         ] {
             self.metrics
                 .objects
@@ -237,9 +272,15 @@ impl ClusterWatch {
         readiness: Readiness,
         stop: CancellationToken,
     ) -> ClusterWatch {
-        readiness.wait_for(READINESS_PART, waiting_for(&Kind::ALL.map(Kind::plural)));
+        let kinds: Vec<Kind> = Kind::ALL
+            .into_iter()
+            .filter(|kind| *kind != Kind::Policy || scope.policies)
+            .collect();
+        let plurals: Vec<&str> = kinds.iter().map(|kind| kind.plural()).collect();
+        readiness.wait_for(READINESS_PART, waiting_for(&plurals));
         let shared = Arc::new(Shared {
             cluster,
+            kinds,
             synced: Mutex::default(),
             readiness,
             metrics,
@@ -259,7 +300,7 @@ impl ClusterWatch {
         if let Some(namespace) = namespace {
             namespace_config = namespace_config.fields(&format!("metadata.name={namespace}"));
         }
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(watch(pods, pod_config, shared.clone(), stop.clone())),
             tokio::spawn(watch(services, base.clone(), shared.clone(), stop.clone())),
             tokio::spawn(watch(jobs, base.clone(), shared.clone(), stop.clone())),
@@ -270,12 +311,20 @@ impl ClusterWatch {
                 stop.clone(),
             )),
             tokio::spawn(watch(
-                Api::<KubeNamespace>::all(client),
+                Api::<KubeNamespace>::all(client.clone()),
                 namespace_config,
                 shared.clone(),
-                stop,
+                stop.clone(),
             )),
         ];
+        if scope.policies {
+            tasks.push(tokio::spawn(watch(
+                Api::<KubePolicy>::all(client),
+                base,
+                shared.clone(),
+                stop,
+            )));
+        }
         ClusterWatch { shared, tasks }
     }
 

@@ -13,6 +13,7 @@ use std::path::Path;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::address_sync::config::FirewallConfig;
 use crate::enrich::EnrichmentConfig;
 use crate::feeds::config::{FeedConfig, FeedSettings};
 use crate::flow::config::SourceConfig;
@@ -50,6 +51,10 @@ pub struct Config {
     /// Guards, sharding and the publish target, for every feed.
     #[serde(default)]
     pub feed_settings: FeedSettings,
+    /// Pods' addresses kept in step with address groups on FortiGates and FortiManagers, and
+    /// served as plain-text lists for firewalls that pull.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firewall: Option<FirewallConfig>,
     /// How records are written as CEF, for sinks with `format: cef`.
     #[serde(default)]
     pub cef: CefConfig,
@@ -162,11 +167,11 @@ impl Config {
         match (
             self.sources.is_empty(),
             self.sinks.is_empty(),
-            self.feeds.is_empty(),
+            self.feeds.is_empty() && self.firewall.is_none(),
         ) {
             (true, true, true) => problems.push(
                 "(top level)",
-                "nothing to do: configure sources and sinks, or feeds",
+                "nothing to do: configure sources and sinks, feeds, or firewall",
             ),
             (false, true, _) => problems.push("sinks", "sources need at least one sink"),
             (true, false, _) => problems.push("sources", "sinks need at least one source"),
@@ -176,6 +181,9 @@ impl Config {
         crate::sink::config::validate(&self.sinks, &mut problems);
         self.enrichment.validate("enrichment", &mut problems);
         crate::feeds::config::validate(&self.feeds, &self.feed_settings, &mut problems);
+        if let Some(firewall) = &self.firewall {
+            firewall.validate("firewall", self.cluster_name.as_deref(), &mut problems);
+        }
         if let Some(election) = &self.leader_election {
             election.validate("leader_election", &mut problems);
         }
@@ -239,8 +247,12 @@ impl Config {
                 items.join(", ")
             }
         };
+        let firewall = match &self.firewall {
+            Some(firewall) => format!("; firewall: {}", firewall.summary()),
+            None => String::new(),
+        };
         format!(
-            "sources: {}; enrichment: {}; sinks: {}; feeds: {}{publish}; metrics: {telemetry}",
+            "sources: {}; enrichment: {}; sinks: {}; feeds: {}{publish}{firewall}; metrics: {telemetry}",
             or_none(sources),
             self.enrichment.summary(),
             or_none(sinks),

@@ -87,6 +87,7 @@ impl KubernetesEnrichment {
                 .pod_label_selector
                 .as_deref()
                 .and_then(|selector| LabelSelector::parse(selector).ok()),
+            policies: false,
         }
     }
 }

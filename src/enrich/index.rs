@@ -207,6 +207,7 @@ mod tests {
                 labels: [("team".into(), "payments".into())].into(),
             }],
             jobs: vec![],
+            policies: vec![],
         };
         let index = EndpointIndex::from_inventory(&inventory);
         let web = index.endpoint(ip("fd00::5"), 0).unwrap().owner;

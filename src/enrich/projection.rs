@@ -282,6 +282,7 @@ impl Observer for EndpointProjection {
                         .owner()
                         .is_some_and(|(kind, owner)| kind == "Job" && owner == name)
             }),
+            Change::Policy { .. } => {}
         }
     }
 }

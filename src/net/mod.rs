@@ -5,4 +5,5 @@
 
 pub mod backoff;
 pub mod http;
+pub mod rate;
 pub mod tls;

@@ -1,6 +1,7 @@
-//! TLS client setup, one way for every client: certificates are verified against a CA file or
-//! the system's trust store, a client certificate is optional, and turning verification off
-//! takes an explicit setting and is logged as a warning naming the client.
+//! TLS setup, one way for every client: certificates are verified against a CA file or the
+//! system's trust store, a client certificate is optional, and turning verification off takes
+//! an explicit setting and is logged as a warning naming the client. Servers (the firewall
+//! lists' endpoint) load their certificate from mounted PEM files.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -140,6 +141,21 @@ pub fn client_config(
         }
         _ => builder.with_no_client_auth(),
     })
+}
+
+/// A server's TLS configuration from a PEM certificate chain and key (a mounted Secret).
+pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError> {
+    let chain = certificates("server certificate", cert)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Read {
+        what: "server key",
+        path: key.display().to_string(),
+        source,
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?)
 }
 
 /// The name to verify a server's certificate against: `settings.server_name`, else `host`.

@@ -1,0 +1,626 @@
+//! The `firewall` config section: the groups to publish, the targets to keep them on, and the
+//! pull endpoint; and its validation.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::firewall::selector::Selector;
+use crate::firewall::Family;
+use crate::net::tls::TlsSettings;
+use crate::problems::Problems;
+use crate::secret::SecretSource;
+
+/// Pods' addresses published to firewalls as address groups.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallConfig {
+    /// The groups to publish, each picking pods with a Calico selector.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupConfig>,
+    /// Calico-compatible mode: every GlobalNetworkPolicy this picks becomes a group named
+    /// after the policy, holding the pods its `spec.selector` picks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_policies: Option<MirrorConfig>,
+    /// How address objects are named.
+    #[serde(default)]
+    pub names: NameConfig,
+    /// Pod changes within this many milliseconds go out as one sync.
+    #[serde(default = "default_debounce_ms")]
+    pub debounce_ms: u64,
+    /// Every this many seconds, each target's objects are read again and any drift (an owned
+    /// object edited or deleted by hand) is repaired.
+    #[serde(default = "default_reconcile_interval_secs")]
+    pub reconcile_interval_secs: u64,
+    /// FortiGates, through the FortiOS REST API.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fortigate: Vec<FortiGateConfig>,
+    /// FortiManagers, through JSON-RPC.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fortimanager: Vec<FortiManagerConfig>,
+    /// Serve every group as a plain-text IP list, for firewalls that pull (FortiGate external
+    /// threat feeds, PAN-OS External Dynamic Lists): no firewall credentials in the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serve: Option<ServeConfig>,
+}
+
+fn default_debounce_ms() -> u64 {
+    1000
+}
+fn default_reconcile_interval_secs() -> u64 {
+    60
+}
+
+/// A group of addresses.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    /// The group's name on every target: letters, digits, `.`, `-` and `_`, at most 60.
+    /// IPv6 groups get `.v6` appended.
+    pub name: String,
+    /// A Calico selector over pod labels, e.g. `app == 'web' && tier in {'a', 'b'}`.
+    /// `projectcalico.org/namespace`, `projectcalico.org/orchestrator` and `pcns.<key>` (the
+    /// pod's namespace's labels) work as in Calico. Default: every pod.
+    #[serde(default = "default_selector")]
+    pub selector: String,
+    /// A Calico selector over namespace labels (`projectcalico.org/name` is the namespace's
+    /// name): only pods in the namespaces it picks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<String>,
+    /// `pod` publishes pod IPs (routable pods); `node` publishes the IPs of the nodes the
+    /// pods run on (outgoing NAT: traffic leaves with node IPs).
+    #[serde(default)]
+    pub addresses: AddressKind,
+    /// The address families to publish.
+    #[serde(default = "default_families")]
+    pub families: Vec<Family>,
+}
+
+fn default_selector() -> String {
+    "all()".into()
+}
+fn default_families() -> Vec<Family> {
+    vec![Family::V4]
+}
+
+/// Which addresses stand for a pod.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AddressKind {
+    #[default]
+    Pod,
+    Node,
+}
+
+/// Calico-compatible mode.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// A Calico selector over GlobalNetworkPolicy labels; `projectcalico.org/tier` is the
+    /// policy's tier and `projectcalico.org/name` its name.
+    #[serde(default = "default_mirror_selector")]
+    pub selector: String,
+    #[serde(default)]
+    pub addresses: AddressKind,
+    #[serde(default = "default_families")]
+    pub families: Vec<Family>,
+}
+
+fn default_mirror_selector() -> String {
+    "projectcalico.org/tier == 'default'".into()
+}
+
+/// Address object names. Characters other than letters, digits, `.`, `-` and `_` become `-`;
+/// a name longer than the target allows is shortened and ends with `~` and a hash.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct NameConfig {
+    /// A pod's address: `{namespace}` and `{pod}` are replaced.
+    pub pod: String,
+    /// A node's address: `{node}` is replaced.
+    pub node: String,
+    /// The address (`0.0.0.0/32`, or `::/128`) that keeps a group non-empty on targets that
+    /// do not allow empty groups (FortiOS before 7.2).
+    pub placeholder: String,
+}
+
+impl Default for NameConfig {
+    fn default() -> Self {
+        NameConfig {
+            pod: "k8s.{namespace}.{pod}".into(),
+            node: "k8s.node.{node}".into(),
+            placeholder: "k8s.no-members".into(),
+        }
+    }
+}
+
+/// One FortiGate.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FortiGateConfig {
+    /// A unique name, for status and metrics.
+    pub name: String,
+    /// `https://host[:port]` of the management interface.
+    pub url: String,
+    /// The VDOM; default: the management VDOM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vdom: Option<String>,
+    /// The REST API admin's key, sent as `Authorization: Bearer`.
+    pub api_key: SecretSource,
+    #[serde(default)]
+    pub tls: TlsSettings,
+    /// The groups this device gets (names from `groups`, or mirrored policies'); default:
+    /// all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
+    /// Requests per second, at most.
+    #[serde(default = "default_requests_per_second")]
+    pub requests_per_second: f64,
+    /// Most members in one group; larger groups are split into nested groups.
+    #[serde(default = "default_group_max_members")]
+    pub group_max_members: usize,
+    /// Limit for one request.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+fn default_requests_per_second() -> f64 {
+    10.0
+}
+fn default_group_max_members() -> usize {
+    600
+}
+fn default_timeout_secs() -> u64 {
+    15
+}
+
+/// One FortiManager ADOM.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FortiManagerConfig {
+    /// A unique name, for status and metrics.
+    pub name: String,
+    /// `https://host[:port]`.
+    pub url: String,
+    #[serde(default = "default_adom")]
+    pub adom: String,
+    /// An API user's key (FortiManager 7.2.2 and later), sent as `Authorization: Bearer`.
+    /// Or set `username` and `password` for a login session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<SecretSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<SecretSource>,
+    #[serde(default)]
+    pub tls: TlsSettings,
+    /// The groups this ADOM gets; default: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
+    /// Policy packages to install to their devices after each change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub install: Vec<InstallConfig>,
+    /// Longest an install task may run.
+    #[serde(default = "default_install_timeout_secs")]
+    pub install_timeout_secs: u64,
+    /// How often an install task is polled, in milliseconds.
+    #[serde(default = "default_install_poll_ms")]
+    pub install_poll_ms: u64,
+    /// Requests per second, at most.
+    #[serde(default = "default_requests_per_second")]
+    pub requests_per_second: f64,
+    /// Most members in one group; larger groups are split into nested groups.
+    #[serde(default = "default_group_max_members")]
+    pub group_max_members: usize,
+    /// Limit for one request.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+fn default_adom() -> String {
+    "root".into()
+}
+fn default_install_timeout_secs() -> u64 {
+    600
+}
+fn default_install_poll_ms() -> u64 {
+    3000
+}
+
+/// A policy package install.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstallConfig {
+    pub package: String,
+    /// The devices to install to; default: the package's installation targets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scope: Vec<InstallScope>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstallScope {
+    pub device: String,
+    #[serde(default = "default_vdom")]
+    pub vdom: String,
+}
+
+fn default_vdom() -> String {
+    "root".into()
+}
+
+/// The pull endpoint.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Where to listen, e.g. `0.0.0.0:9444`.
+    pub listen_addr: SocketAddr,
+    /// Serve HTTPS with this certificate (a mounted Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServeTls>,
+    /// Require HTTP Basic authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuth>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServeTls {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    pub username: String,
+    pub password: SecretSource,
+}
+
+/// Characters group names keep on every target, and in a URL path.
+fn safe_name(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
+fn check_selector(path: String, text: &str, problems: &mut Problems) {
+    if let Err(error) = Selector::parse(text) {
+        problems.push(path, format!("`{text}`: {error}"));
+    }
+}
+
+fn check_https(path: String, url: &str, problems: &mut Problems) {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) if parsed.scheme() == "https" && parsed.host().is_some() => {
+            if !parsed.username().is_empty()
+                || parsed.password().is_some()
+                || parsed.query().is_some()
+            {
+                problems.push(path, "must not carry credentials or a query: credentials come from their own settings");
+            }
+        }
+        Ok(_) => problems.push(
+            path,
+            format!(
+                "`{url}` must be an https:// URL: credentials would cross the network in clear"
+            ),
+        ),
+        Err(error) => problems.push(path, format!("`{url}` is not a URL: {error}")),
+    }
+}
+
+impl FirewallConfig {
+    pub fn validate(&self, path: &str, cluster_name: Option<&str>, problems: &mut Problems) {
+        let mut names = HashSet::new();
+        for (i, group) in self.groups.iter().enumerate() {
+            let at = format!("{path}.groups[{i}]");
+            if !safe_name(&group.name, 60) {
+                problems.push(
+                    format!("{at}.name"),
+                    format!(
+                        "`{}` must be 1 to 60 letters, digits, `.`, `-` or `_`",
+                        group.name
+                    ),
+                );
+            } else if !names.insert(group.name.as_str()) {
+                problems.push(
+                    format!("{at}.name"),
+                    format!("`{}` is used twice", group.name),
+                );
+            }
+            check_selector(format!("{at}.selector"), &group.selector, problems);
+            if let Some(namespaces) = &group.namespace_selector {
+                check_selector(format!("{at}.namespace_selector"), namespaces, problems);
+            }
+            check_families(format!("{at}.families"), &group.families, problems);
+        }
+        if let Some(mirror) = &self.mirror_policies {
+            check_selector(
+                format!("{path}.mirror_policies.selector"),
+                &mirror.selector,
+                problems,
+            );
+            check_families(
+                format!("{path}.mirror_policies.families"),
+                &mirror.families,
+                problems,
+            );
+        }
+        if self.groups.is_empty() && self.mirror_policies.is_none() {
+            problems.push(
+                path,
+                "nothing to publish: configure groups or mirror_policies",
+            );
+        }
+        for (field, template, placeholder) in [
+            ("pod", &self.names.pod, "{pod}"),
+            ("node", &self.names.node, "{node}"),
+        ] {
+            if !template.contains(placeholder) {
+                problems.push(
+                    format!("{path}.names.{field}"),
+                    format!("must contain {placeholder}, or every {field} gets the same name"),
+                );
+            }
+        }
+        if !safe_name(&self.names.placeholder, 79) {
+            problems.push(
+                format!("{path}.names.placeholder"),
+                "must be 1 to 79 letters, digits, `.`, `-` or `_`",
+            );
+        }
+        if self.debounce_ms > 60_000 {
+            problems.push(format!("{path}.debounce_ms"), "must be at most 60000");
+        }
+        if self.reconcile_interval_secs < 5 {
+            problems.push(
+                format!("{path}.reconcile_interval_secs"),
+                "must be at least 5",
+            );
+        }
+        let targets = !self.fortigate.is_empty() || !self.fortimanager.is_empty();
+        if targets && cluster_name.is_none() {
+            problems.push("cluster_name", "firewall targets need the cluster's name: it marks the objects this cluster owns, so two clusters never take each other's");
+        }
+        if !targets && self.serve.is_none() {
+            problems.push(
+                path,
+                "no target: configure fortigate, fortimanager or serve",
+            );
+        }
+        let mut target_names = HashSet::new();
+        let known = |group: &str| names.contains(group);
+        let mut check_target =
+            |at: &str,
+             name: &str,
+             url: &str,
+             tls: &TlsSettings,
+             groups: &Option<Vec<String>>,
+             (requests_per_second, group_max_members, timeout_secs): (f64, usize, u64),
+             problems: &mut Problems| {
+                if !crate::problems::is_dns_label(name, 63) {
+                    problems.push(
+                        format!("{at}.name"),
+                        format!("`{name}` must be 1 to 63 lower-case letters, digits or `-`"),
+                    );
+                } else if !target_names.insert(name.to_owned()) {
+                    problems.push(
+                        format!("{at}.name"),
+                        format!("`{name}` is used twice among the targets"),
+                    );
+                }
+                check_https(format!("{at}.url"), url, problems);
+                tls.validate(&format!("{at}.tls"), problems);
+                for (j, group) in groups.iter().flatten().enumerate() {
+                    if !known(group) && self.mirror_policies.is_none() {
+                        problems.push(
+                            format!("{at}.groups[{j}]"),
+                            format!("`{group}` is not one of firewall.groups"),
+                        );
+                    }
+                }
+                if !(requests_per_second > 0.0 && requests_per_second <= 1000.0) {
+                    problems.push(
+                        format!("{at}.requests_per_second"),
+                        "must be above 0 and at most 1000",
+                    );
+                }
+                if group_max_members < 2 {
+                    problems.push(format!("{at}.group_max_members"), "must be at least 2");
+                }
+                if timeout_secs == 0 {
+                    problems.push(format!("{at}.timeout_secs"), "must be at least 1");
+                }
+            };
+        for (i, device) in self.fortigate.iter().enumerate() {
+            let at = format!("{path}.fortigate[{i}]");
+            check_target(
+                &at,
+                &device.name,
+                &device.url,
+                &device.tls,
+                &device.groups,
+                (
+                    device.requests_per_second,
+                    device.group_max_members,
+                    device.timeout_secs,
+                ),
+                problems,
+            );
+            device.api_key.validate(&format!("{at}.api_key"), problems);
+        }
+        for (i, manager) in self.fortimanager.iter().enumerate() {
+            let at = format!("{path}.fortimanager[{i}]");
+            check_target(
+                &at,
+                &manager.name,
+                &manager.url,
+                &manager.tls,
+                &manager.groups,
+                (
+                    manager.requests_per_second,
+                    manager.group_max_members,
+                    manager.timeout_secs,
+                ),
+                problems,
+            );
+            match (&manager.api_key, &manager.username, &manager.password) {
+                (Some(key), None, None) => key.validate(&format!("{at}.api_key"), problems),
+                (None, Some(_), Some(password)) => {
+                    password.validate(&format!("{at}.password"), problems)
+                }
+                _ => problems.push(at.clone(), "set api_key, or username and password"),
+            }
+            if manager.adom.is_empty() {
+                problems.push(format!("{at}.adom"), "must not be empty");
+            }
+            for (j, install) in manager.install.iter().enumerate() {
+                if install.package.is_empty() {
+                    problems.push(format!("{at}.install[{j}].package"), "must not be empty");
+                }
+            }
+            if manager.install_poll_ms == 0 || manager.install_timeout_secs == 0 {
+                problems.push(
+                    format!("{at}.install_poll_ms"),
+                    "install_poll_ms and install_timeout_secs must be above 0",
+                );
+            }
+        }
+        if let Some(serve) = &self.serve {
+            if let Some(auth) = &serve.basic_auth {
+                if auth.username.is_empty() || auth.username.contains(':') {
+                    problems.push(
+                        format!("{path}.serve.basic_auth.username"),
+                        "must be non-empty, without `:`",
+                    );
+                }
+                auth.password
+                    .validate(&format!("{path}.serve.basic_auth.password"), problems);
+            }
+        }
+    }
+
+    /// One line for the startup summary.
+    pub fn summary(&self) -> String {
+        let mut targets: Vec<String> = self
+            .fortigate
+            .iter()
+            .map(|device| format!("fortigate {}", device.name))
+            .chain(
+                self.fortimanager
+                    .iter()
+                    .map(|manager| format!("fortimanager {}", manager.name)),
+            )
+            .collect();
+        if let Some(serve) = &self.serve {
+            targets.push(format!("serving lists on {}", serve.listen_addr));
+        }
+        let mirror = match self.mirror_policies {
+            Some(_) => " and mirrored policies",
+            None => "",
+        };
+        format!(
+            "{} group(s){mirror} to {}",
+            self.groups.len(),
+            targets.join(", ")
+        )
+    }
+}
+
+fn check_families(path: String, families: &[Family], problems: &mut Problems) {
+    let unique: HashSet<&Family> = families.iter().collect();
+    if families.is_empty() || unique.len() != families.len() {
+        problems.push(path, "list ipv4, ipv6 or both, once each");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> FirewallConfig {
+        yaml_serde::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn every_mistake_is_reported_with_its_path() {
+        let config = parse(
+            r#"
+groups:
+  - name: web
+    selector: "app = 'web'"
+  - name: web
+    namespace_selector: "has(team"
+    families: [ipv4, ipv4]
+  - name: "bad name/x"
+fortigate:
+  - name: fgt
+    url: http://10.0.0.1
+    api_key: {}
+    groups: [nope]
+fortimanager:
+  - name: fgt
+    url: https://fmg.example.com/?access_token=x
+    api_key: {value_from_env: KEY}
+    username: admin
+names:
+  pod: "k8s.{namespace}"
+reconcile_interval_secs: 1
+"#,
+        );
+        let mut problems = Problems::default();
+        config.validate("firewall", None, &mut problems);
+        assert_eq!(
+            problems.paths(),
+            [
+                "firewall.groups[0].selector",
+                "firewall.groups[1].name",
+                "firewall.groups[1].namespace_selector",
+                "firewall.groups[1].families",
+                "firewall.groups[2].name",
+                "firewall.names.pod",
+                "firewall.reconcile_interval_secs",
+                "cluster_name",
+                "firewall.fortigate[0].url",
+                "firewall.fortigate[0].groups[0]",
+                "firewall.fortigate[0].api_key",
+                "firewall.fortimanager[0].name",
+                "firewall.fortimanager[0].url",
+                "firewall.fortimanager[0]",
+            ],
+            "{problems}"
+        );
+        assert!(
+            problems
+                .to_string()
+                .contains("not a Calico selector at character 4"),
+            "{problems}"
+        );
+    }
+
+    #[test]
+    fn a_minimal_config_is_valid() {
+        let config = parse(
+            r#"
+groups: [{name: web, selector: "app == 'web'", families: [ipv4, ipv6]}]
+fortigate:
+  - name: fgt-east
+    url: https://fgt.example.com
+    api_key: {value_from_file: /etc/threatflow/fgt/api-key}
+"#,
+        );
+        let mut problems = Problems::default();
+        config.validate("firewall", Some("prod"), &mut problems);
+        assert!(problems.is_empty(), "{problems}");
+        assert_eq!(config.debounce_ms, 1000);
+        assert_eq!(config.fortigate[0].group_max_members, 600);
+    }
+}

@@ -1,0 +1,491 @@
+//! What the groups hold now: each configured group's pods (or their nodes), and in
+//! Calico-compatible mode one group per mirrored GlobalNetworkPolicy, computed from the
+//! cluster model. Every target and the pull endpoint read the same [`Published`] snapshot.
+//!
+//! Selection is indexed: pods are indexed by label once per snapshot, and a selector that
+//! requires some `key == 'value'` is evaluated only on the pods that have it, so 500 groups over
+//! 10,000 pods cost little more than the pods they pick.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::config::{AddressKind, FirewallConfig, NameConfig};
+use crate::cluster::model::{LabelList, Model, Pod};
+use crate::cluster::Labels;
+use crate::firewall::selector::Selector;
+use crate::firewall::{Family, GroupSpec};
+
+/// The pseudo-labels Calico gives every pod.
+const NAMESPACE_LABEL: &str = "projectcalico.org/namespace";
+const ORCHESTRATOR_LABEL: &str = "projectcalico.org/orchestrator";
+/// A namespace's name, as its selectors see it.
+const NAME_LABEL: &str = "projectcalico.org/name";
+/// A policy's tier, as the mirror selector sees it.
+const TIER_LABEL: &str = "projectcalico.org/tier";
+
+/// One group as it is now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Group {
+    pub families: Vec<Family>,
+    /// Address object name -> address, by family.
+    pub members: BTreeMap<Family, BTreeMap<String, IpNet>>,
+}
+
+/// Every group, by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Published {
+    pub groups: BTreeMap<String, Group>,
+    /// Mirrored policies whose selector does not parse, with the reason (they publish no
+    /// group).
+    pub skipped: BTreeMap<String, String>,
+}
+
+impl Published {
+    /// The groups `wanted` names (all of them for `None`), as the specs a target publishes:
+    /// one per family, IPv6 ones named with `.v6` appended.
+    pub fn specs(&self, wanted: Option<&BTreeSet<String>>) -> Vec<GroupSpec> {
+        let mut specs = Vec::new();
+        for (name, group) in &self.groups {
+            if wanted.is_some_and(|wanted| !wanted.contains(name)) {
+                continue;
+            }
+            for family in &group.families {
+                specs.push(GroupSpec {
+                    name: family_name(name, *family),
+                    family: *family,
+                    members: group.members.get(family).cloned().unwrap_or_default(),
+                });
+            }
+        }
+        specs
+    }
+
+    /// A group's addresses, one per line, IPv4 first: the pull endpoint's body.
+    pub fn list(&self, name: &str) -> Option<String> {
+        let group = self.groups.get(name)?;
+        let mut text = String::new();
+        for members in group.members.values() {
+            let unique: BTreeSet<&IpNet> = members.values().collect();
+            for net in unique {
+                text.push_str(&net.addr().to_string());
+                text.push('\n');
+            }
+        }
+        Some(text)
+    }
+}
+
+/// A group's name in one family.
+pub fn family_name(name: &str, family: Family) -> String {
+    match family {
+        Family::V4 => name.to_owned(),
+        Family::V6 => format!("{name}.v6"),
+    }
+}
+
+/// How one group picks its members.
+#[derive(Clone, Debug)]
+struct Definition {
+    name: String,
+    pods: Selector,
+    namespaces: Option<Selector>,
+    addresses: AddressKind,
+    families: Vec<Family>,
+}
+
+/// The groups to compute, parsed once from the config.
+#[derive(Clone, Debug)]
+pub struct Groups {
+    definitions: Vec<Definition>,
+    mirror: Option<(Selector, AddressKind, Vec<Family>)>,
+    names: NameConfig,
+}
+
+/// A pod's labels as Calico selectors see them: its own, its namespace's name and the
+/// orchestrator, and its namespace's labels as `pcns.<key>`.
+struct PodLabels<'a> {
+    pod: &'a Pod,
+    namespace: &'a LabelList,
+}
+
+impl Labels for PodLabels<'_> {
+    fn label(&self, key: &str) -> Option<&str> {
+        match key {
+            NAMESPACE_LABEL => Some(self.pod.namespace()),
+            ORCHESTRATOR_LABEL => Some("k8s"),
+            _ => match key.strip_prefix("pcns.") {
+                Some(key) => self.namespace.label(key),
+                None => self.pod.label(key),
+            },
+        }
+    }
+}
+
+/// A namespace's labels with its name as `projectcalico.org/name`.
+struct NamespaceLabels<'a> {
+    name: &'a str,
+    labels: &'a LabelList,
+}
+
+impl Labels for NamespaceLabels<'_> {
+    fn label(&self, key: &str) -> Option<&str> {
+        match key {
+            NAME_LABEL => Some(self.name),
+            _ => self.labels.label(key),
+        }
+    }
+}
+
+/// A policy's labels with its tier and name.
+struct PolicyLabels<'a> {
+    policy: &'a crate::cluster::objects::PolicyInfo,
+}
+
+impl Labels for PolicyLabels<'_> {
+    fn label(&self, key: &str) -> Option<&str> {
+        match self.policy.labels.get(key) {
+            Some(value) => Some(value),
+            None => match key {
+                TIER_LABEL => Some(&self.policy.tier),
+                NAME_LABEL => Some(&self.policy.name),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// The pods of one snapshot, indexed by label.
+struct Index<'a> {
+    pods: Vec<(&'a Pod, &'a LabelList)>,
+    /// `(key, value)` -> positions in `pods`.
+    by_label: HashMap<(&'a str, &'a str), Vec<u32>>,
+}
+
+impl<'a> Index<'a> {
+    fn new(model: &'a Model, empty: &'a LabelList) -> Index<'a> {
+        let mut pods = Vec::new();
+        let mut by_label: HashMap<(&str, &str), Vec<u32>> = HashMap::new();
+        for pod in model.all_pods() {
+            let namespace = model
+                .namespace(pod.namespace())
+                .map_or(empty, |namespace| &namespace.labels);
+            let position = pods.len() as u32;
+            pods.push((pod, namespace));
+            for label in pod.labels().iter() {
+                by_label.entry(label).or_default().push(position);
+            }
+            by_label
+                .entry((NAMESPACE_LABEL, pod.namespace()))
+                .or_default()
+                .push(position);
+        }
+        Index { pods, by_label }
+    }
+
+    /// The pods `selector` picks, in namespaces `namespaces` allows (all for `None`).
+    fn select(&self, selector: &Selector, namespaces: Option<&HashSet<&str>>) -> Vec<&'a Pod> {
+        let pick = |position: usize| {
+            let (pod, namespace) = self.pods[position];
+            let allowed = namespaces.is_none_or(|allowed| allowed.contains(pod.namespace()));
+            (allowed && selector.matches(&PodLabels { pod, namespace }, true)).then_some(pod)
+        };
+        let indexed = selector
+            .required_label()
+            .filter(|(key, _)| !key.starts_with("pcns.") && *key != ORCHESTRATOR_LABEL);
+        match indexed {
+            Some(label) => self
+                .by_label
+                .get(&label)
+                .into_iter()
+                .flatten()
+                .filter_map(|position| pick(*position as usize))
+                .collect(),
+            None => (0..self.pods.len()).filter_map(pick).collect(),
+        }
+    }
+}
+
+/// The first address of `family` among `ips`, as a host prefix.
+fn first_of(ips: &[IpAddr], family: Family) -> Option<IpNet> {
+    ips.iter()
+        .find(|ip| match family {
+            Family::V4 => ip.is_ipv4(),
+            Family::V6 => ip.is_ipv6(),
+        })
+        .map(|ip| IpNet::from(*ip))
+}
+
+impl Groups {
+    /// The groups of a validated config.
+    pub fn new(config: &FirewallConfig) -> Groups {
+        let parse =
+            |text: &str| Selector::parse(text).unwrap_or(Selector::Not(Box::new(Selector::All)));
+        Groups {
+            definitions: config
+                .groups
+                .iter()
+                .map(|group| Definition {
+                    name: group.name.clone(),
+                    pods: parse(&group.selector),
+                    namespaces: group.namespace_selector.as_deref().map(parse),
+                    addresses: group.addresses,
+                    families: group.families.clone(),
+                })
+                .collect(),
+            mirror: config.mirror_policies.as_ref().map(|mirror| {
+                (
+                    parse(&mirror.selector),
+                    mirror.addresses,
+                    mirror.families.clone(),
+                )
+            }),
+            names: config.names.clone(),
+        }
+    }
+
+    /// Whether Calico policies must be watched.
+    pub fn mirrors_policies(&self) -> bool {
+        self.mirror.is_some()
+    }
+
+    /// Every group's members in `model` now.
+    pub fn compute(&self, model: &Model) -> Published {
+        let empty = LabelList::default();
+        let index = Index::new(model, &empty);
+        let mut published = Published::default();
+        let mut definitions: Vec<Definition> = self.definitions.clone();
+        if let Some((selector, addresses, families)) = &self.mirror {
+            for policy in model.policies() {
+                if !selector.matches(&PolicyLabels { policy }, false) {
+                    continue;
+                }
+                if self
+                    .definitions
+                    .iter()
+                    .any(|group| group.name == policy.name)
+                {
+                    published.skipped.insert(
+                        policy.name.clone(),
+                        "a configured group has this name".into(),
+                    );
+                    continue;
+                }
+                match Selector::parse(&policy.selector) {
+                    Ok(pods) => definitions.push(Definition {
+                        name: policy.name.clone(),
+                        pods,
+                        namespaces: None,
+                        addresses: *addresses,
+                        families: families.clone(),
+                    }),
+                    Err(error) => {
+                        published
+                            .skipped
+                            .insert(policy.name.clone(), error.to_string());
+                    }
+                }
+            }
+        }
+        for definition in &definitions {
+            let namespaces: Option<HashSet<&str>> =
+                definition.namespaces.as_ref().map(|selector| {
+                    model
+                        .namespaces()
+                        .filter(|(name, namespace)| {
+                            selector.matches(
+                                &NamespaceLabels {
+                                    name,
+                                    labels: &namespace.labels,
+                                },
+                                false,
+                            )
+                        })
+                        .map(|(name, _)| name)
+                        .collect()
+                });
+            let mut group = Group {
+                families: definition.families.clone(),
+                members: BTreeMap::new(),
+            };
+            for pod in index.select(&definition.pods, namespaces.as_ref()) {
+                for family in &definition.families {
+                    if let Some((name, net)) =
+                        self.member(model, pod, definition.addresses, *family)
+                    {
+                        group.members.entry(*family).or_default().insert(name, net);
+                    }
+                }
+            }
+            published.groups.insert(definition.name.clone(), group);
+        }
+        published
+    }
+
+    /// The address that stands for `pod` in `family`: the pod's own, or its node's.
+    fn member(
+        &self,
+        model: &Model,
+        pod: &Pod,
+        kind: AddressKind,
+        family: Family,
+    ) -> Option<(String, IpNet)> {
+        let suffix = match family {
+            Family::V4 => "",
+            Family::V6 => ".v6",
+        };
+        match kind {
+            AddressKind::Pod => {
+                let net = first_of(pod.ips(), family)?;
+                let name = self
+                    .names
+                    .pod
+                    .replace("{namespace}", pod.namespace())
+                    .replace("{pod}", pod.name());
+                Some((name + suffix, net))
+            }
+            AddressKind::Node => {
+                let node = model.node(pod.node()?)?;
+                // A finished pod no longer puts its node in the group.
+                if pod.ips().is_empty() && !pod.host_network() {
+                    return None;
+                }
+                let net = first_of(&node.internal_ips, family)?;
+                Some((self.names.node.replace("{node}", &node.name) + suffix, net))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::objects::{Inventory, NamespaceInfo, NodeInfo, PodInfo, PolicyInfo};
+
+    fn pod(name: &str, namespace: &str, labels: &[(&str, &str)], ips: &[&str]) -> PodInfo {
+        PodInfo {
+            uid: format!("uid-{namespace}-{name}"),
+            name: name.into(),
+            namespace: namespace.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            node: Some("node-a".into()),
+            ips: ips.iter().map(|ip| ip.parse().unwrap()).collect(),
+            ..PodInfo::default()
+        }
+    }
+
+    fn model() -> Model {
+        let inventory = Inventory {
+            pods: vec![
+                pod("web-1", "shop", &[("app", "web")], &["10.0.0.1", "fd00::1"]),
+                pod("web-2", "shop", &[("app", "web")], &["10.0.0.2"]),
+                pod("api-1", "shop", &[("app", "api")], &["10.0.0.3"]),
+                pod("web-1", "dev", &[("app", "web")], &["10.0.1.1"]),
+                pod("done", "shop", &[("app", "web")], &[]),
+            ],
+            namespaces: vec![
+                NamespaceInfo {
+                    name: "shop".into(),
+                    labels: [("env".to_owned(), "prod".to_owned())].into(),
+                },
+                NamespaceInfo {
+                    name: "dev".into(),
+                    labels: [("env".to_owned(), "dev".to_owned())].into(),
+                },
+            ],
+            nodes: vec![NodeInfo {
+                name: "node-a".into(),
+                internal_ips: vec!["192.168.0.10".parse().unwrap()],
+                ..NodeInfo::default()
+            }],
+            policies: vec![
+                PolicyInfo {
+                    name: "default.web".into(),
+                    tier: "default".into(),
+                    selector: "app == 'web' && pcns.env == 'prod'".into(),
+                    ..PolicyInfo::default()
+                },
+                PolicyInfo {
+                    name: "security.block".into(),
+                    tier: "security".into(),
+                    selector: "all()".into(),
+                    ..PolicyInfo::default()
+                },
+                PolicyInfo {
+                    name: "default.broken".into(),
+                    tier: "default".into(),
+                    selector: "app = 'x'".into(),
+                    ..PolicyInfo::default()
+                },
+            ],
+            ..Inventory::default()
+        };
+        Model::from_inventory(&inventory, Vec::new())
+    }
+
+    fn config(yaml: &str) -> FirewallConfig {
+        yaml_serde::from_str(yaml).unwrap()
+    }
+
+    fn names(published: &Published, group: &str, family: Family) -> Vec<String> {
+        published.groups[group]
+            .members
+            .get(&family)
+            .map(|members| members.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn groups_pick_pods_by_labels_namespaces_and_pseudo_labels() {
+        let groups = Groups::new(&config(
+            r#"
+groups:
+  - {name: web, selector: "app == 'web'", families: [ipv4, ipv6]}
+  - {name: prod-web, selector: "app == 'web'", namespace_selector: "env == 'prod'"}
+  - {name: shop, selector: "projectcalico.org/namespace == 'shop' && !has(nothing)"}
+  - {name: nodes, selector: "app == 'api'", addresses: node}
+  - {name: none, selector: "app == 'absent'"}
+"#,
+        ));
+        let published = groups.compute(&model());
+        assert_eq!(
+            names(&published, "web", Family::V4),
+            ["k8s.dev.web-1", "k8s.shop.web-1", "k8s.shop.web-2"]
+        );
+        assert_eq!(names(&published, "web", Family::V6), ["k8s.shop.web-1.v6"]);
+        assert_eq!(
+            names(&published, "prod-web", Family::V4),
+            ["k8s.shop.web-1", "k8s.shop.web-2"]
+        );
+        assert_eq!(
+            names(&published, "shop", Family::V4),
+            ["k8s.shop.api-1", "k8s.shop.web-1", "k8s.shop.web-2"]
+        );
+        assert_eq!(names(&published, "nodes", Family::V4), ["k8s.node.node-a"]);
+        assert!(names(&published, "none", Family::V4).is_empty());
+        assert_eq!(
+            published.list("web").unwrap(),
+            "10.0.0.1\n10.0.0.2\n10.0.1.1\nfd00::1\n"
+        );
+        let specs = published.specs(Some(&BTreeSet::from(["web".to_owned()])));
+        let spec_names: Vec<&str> = specs.iter().map(|spec| spec.name.as_str()).collect();
+        assert_eq!(spec_names, ["web", "web.v6"]);
+    }
+
+    #[test]
+    fn mirrored_policies_become_groups_named_after_them() {
+        let groups = Groups::new(&config("mirror_policies: {}\n"));
+        assert!(groups.mirrors_policies());
+        let published = groups.compute(&model());
+        assert_eq!(published.groups.keys().collect::<Vec<_>>(), ["default.web"]);
+        assert_eq!(
+            names(&published, "default.web", Family::V4),
+            ["k8s.shop.web-1", "k8s.shop.web-2"]
+        );
+        assert!(published.skipped["default.broken"].contains("not a Calico selector"));
+    }
+}

@@ -1,0 +1,342 @@
+//! Firewall address sync: pods' (or their nodes') addresses kept in step with address groups
+//! on FortiGates and FortiManagers, and served as plain-text lists for firewalls that pull.
+//!
+//! ```text
+//! cluster model --changes, debounced--> publisher: Groups::compute -> Published snapshot
+//!     snapshot --watch channel--> one sync loop per target (read / plan / apply, as leader)
+//!     snapshot --watch channel--> pull endpoint (/v1/groups/<name>.txt)
+//! ```
+//!
+//! [`groups`] turns the model into what each group holds; [`sync`] runs one loop per target
+//! over any [`crate::firewall::Target`]; [`serve`] is the pull endpoint. A new target type is a
+//! new module in `firewall` and a few lines in [`AddressSync::start`]; a new kind of group a new
+//! source of [`groups::Published`] entries. A slow or failing target only holds its own loop:
+//! the publisher never waits for a target, and the flow pipeline and the feeds never wait for
+//! any of this.
+
+pub mod config;
+pub mod groups;
+pub mod serve;
+pub mod sync;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::Cluster;
+use crate::deps::Deps;
+use crate::firewall::fortigate::{FortiGate, FortiGateSettings};
+use crate::firewall::fortimanager::{Credentials, FortiManager, FortiManagerSettings, Install};
+use crate::firewall::{Marker, Target, TargetError};
+use crate::net::http::{redact_url, HttpSettings};
+use crate::net::tls::{TlsSettings, Trust};
+use config::FirewallConfig;
+use groups::{Groups, Published};
+use sync::{FirewallMetrics, Runner, StatusBoard, TargetStatus};
+
+/// The address sync could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("firewall.{target}")]
+    Secret {
+        target: String,
+        #[source]
+        source: crate::secret::SecretError,
+    },
+    #[error("firewall.{target}: {source}")]
+    Target { target: String, source: TargetError },
+    #[error(transparent)]
+    Serve(#[from] serve::ServeError),
+}
+
+impl StartError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StartError::Secret { source, .. } => source.kind(),
+            StartError::Target { source, .. } => source.kind(),
+            StartError::Serve(_) => "serve",
+        }
+    }
+}
+
+/// The running address sync.
+#[derive(Default)]
+pub struct AddressSync {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// One configured target, before it runs.
+struct Planned {
+    name: String,
+    kind: &'static str,
+    url: String,
+    groups: Option<BTreeSet<String>>,
+    target: Box<dyn Target>,
+}
+
+fn http_settings(kind: &str, name: &str, tls: &TlsSettings, timeout_secs: u64) -> HttpSettings {
+    HttpSettings {
+        connect_timeout: Duration::from_secs(10),
+        timeout: Duration::from_secs(timeout_secs),
+        tls: tls.clone(),
+        trust: Trust::CaFileOrSystem,
+        client: format!("firewall.{kind} {name}"),
+    }
+}
+
+/// Every configured target, built (secrets read, clients set up) but not contacted.
+fn targets(config: &FirewallConfig, cluster_name: &str) -> Result<Vec<Planned>, StartError> {
+    let marker = Marker::new(cluster_name);
+    let mut planned = Vec::new();
+    for device in &config.fortigate {
+        let path = format!("fortigate {}", device.name);
+        let api_key = device
+            .api_key
+            .read(&format!("{path} api_key"))
+            .map_err(|source| StartError::Secret {
+                target: path.clone(),
+                source,
+            })?;
+        let target = FortiGate::new(FortiGateSettings {
+            url: device.url.clone(),
+            vdom: device.vdom.clone(),
+            api_key,
+            http: http_settings("fortigate", &device.name, &device.tls, device.timeout_secs),
+            requests_per_second: device.requests_per_second,
+            group_max_members: device.group_max_members,
+            marker: marker.clone(),
+        })
+        .map_err(|source| StartError::Target {
+            target: path,
+            source,
+        })?;
+        planned.push(Planned {
+            name: device.name.clone(),
+            kind: "fortigate",
+            url: redact_url(&device.url),
+            groups: device
+                .groups
+                .as_ref()
+                .map(|groups| groups.iter().cloned().collect()),
+            target: Box::new(target),
+        });
+    }
+    for manager in &config.fortimanager {
+        let path = format!("fortimanager {}", manager.name);
+        let secret_error = |source| StartError::Secret {
+            target: path.clone(),
+            source,
+        };
+        let credentials = match (&manager.api_key, &manager.username, &manager.password) {
+            (Some(key), _, _) => {
+                Credentials::ApiKey(key.read(&format!("{path} api_key")).map_err(secret_error)?)
+            }
+            (None, Some(user), Some(password)) => Credentials::Login {
+                user: user.clone(),
+                password: password
+                    .read(&format!("{path} password"))
+                    .map_err(secret_error)?,
+            },
+            _ => {
+                return Err(StartError::Target {
+                    target: path,
+                    source: TargetError::Setup("set api_key, or username and password".into()),
+                })
+            }
+        };
+        let target = FortiManager::new(FortiManagerSettings {
+            url: manager.url.clone(),
+            adom: manager.adom.clone(),
+            credentials,
+            http: http_settings(
+                "fortimanager",
+                &manager.name,
+                &manager.tls,
+                manager.timeout_secs,
+            ),
+            requests_per_second: manager.requests_per_second,
+            group_max_members: manager.group_max_members,
+            marker: marker.clone(),
+            install: manager
+                .install
+                .iter()
+                .map(|install| Install {
+                    package: install.package.clone(),
+                    scope: install
+                        .scope
+                        .iter()
+                        .map(|scope| (scope.device.clone(), scope.vdom.clone()))
+                        .collect(),
+                })
+                .collect(),
+            install_poll: Duration::from_millis(manager.install_poll_ms),
+            install_timeout: Duration::from_secs(manager.install_timeout_secs),
+        })
+        .map_err(|source| StartError::Target {
+            target: path,
+            source,
+        })?;
+        planned.push(Planned {
+            name: manager.name.clone(),
+            kind: "fortimanager",
+            url: redact_url(&manager.url),
+            groups: manager
+                .groups
+                .as_ref()
+                .map(|groups| groups.iter().cloned().collect()),
+            target: Box::new(target),
+        });
+    }
+    Ok(planned)
+}
+
+/// Computes a new snapshot of the groups after each (debounced) change of the model, once its
+/// initial lists are in.
+async fn publish(
+    cluster: Cluster,
+    groups: Groups,
+    debounce: Duration,
+    sender: watch::Sender<Option<Arc<Published>>>,
+    metrics: FirewallMetrics,
+    stop: CancellationToken,
+) {
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        _ = cluster.gate().wait() => {}
+    }
+    let mut changes = cluster.changes();
+    loop {
+        changes.borrow_and_update();
+        let published = groups.compute(&cluster.read());
+        for (policy, reason) in &published.skipped {
+            let already = sender
+                .borrow()
+                .as_ref()
+                .is_some_and(|previous| previous.skipped.contains_key(policy));
+            if !already {
+                tracing::warn!(
+                    policy,
+                    reason,
+                    "a mirrored policy's selector is not usable; it publishes no group"
+                );
+            }
+        }
+        let changed = sender.borrow().as_deref() != Some(&published);
+        if changed {
+            let previous = sender.borrow().as_deref().cloned().unwrap_or_default();
+            metrics.groups(&previous, &published);
+            sender.send_replace(Some(Arc::new(published)));
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+        // Let a burst of changes (a rollout) settle into one snapshot.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(debounce) => {}
+        }
+    }
+}
+
+impl AddressSync {
+    /// Starts the publisher, one loop per target and the pull endpoint. With `once`, each
+    /// target syncs once and [`AddressSync::join`] returns after that.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start(
+        deps: &Deps,
+        config: &FirewallConfig,
+        cluster_name: Option<&str>,
+        cluster: &Cluster,
+        metrics: &FirewallMetrics,
+        board: &StatusBoard,
+        once: bool,
+        stop: &CancellationToken,
+    ) -> Result<AddressSync, StartError> {
+        let planned = targets(config, cluster_name.unwrap_or_default())?;
+        {
+            let mut board = board.lock();
+            board.clear();
+            for target in &planned {
+                board.insert(
+                    target.name.clone(),
+                    TargetStatus {
+                        name: target.name.clone(),
+                        kind: target.kind,
+                        url: target.url.clone(),
+                        state: "pending",
+                        ..TargetStatus::default()
+                    },
+                );
+            }
+        }
+        let (sender, receiver) = watch::channel(None);
+        let mut tasks = Vec::new();
+        if let Some(serve) = config.serve.as_ref().filter(|_| !once) {
+            tasks.push(serve::start(serve, receiver.clone(), stop.clone()).await?);
+        }
+        let publisher_stop = stop.child_token();
+        let publisher = tokio::spawn(publish(
+            cluster.clone(),
+            Groups::new(config),
+            Duration::from_millis(config.debounce_ms),
+            sender,
+            metrics.clone(),
+            publisher_stop.clone(),
+        ));
+        let mut runners = Vec::new();
+        for target in planned {
+            let runner = Runner {
+                name: target.name,
+                target: target.target,
+                groups: target.groups,
+                placeholder: config.names.placeholder.clone(),
+                reconcile_interval: Duration::from_secs(config.reconcile_interval_secs),
+                leadership: deps.leadership.clone(),
+                metrics: metrics.clone(),
+                board: board.clone(),
+            };
+            runners.push(tokio::spawn(runner.run(
+                receiver.clone(),
+                once,
+                stop.clone(),
+            )));
+        }
+        if once {
+            // One sync each; then the publisher is no longer needed.
+            tasks.push(tokio::spawn(async move {
+                for runner in runners {
+                    let _ = runner.await;
+                }
+                publisher_stop.cancel();
+                let _ = publisher.await;
+            }));
+        } else {
+            tasks.extend(runners);
+            tasks.push(publisher);
+        }
+        Ok(AddressSync { tasks })
+    }
+
+    /// Waits for every task (after `stop`; with `once`, after each target's sync).
+    pub async fn join(self) {
+        for task in self.tasks {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "a firewall task failed");
+            }
+        }
+    }
+}
+
+/// The cluster scope the address sync needs: every namespace and pod, and policies when it
+/// mirrors them.
+pub fn scope(config: &FirewallConfig) -> crate::cluster::WatchScope {
+    crate::cluster::WatchScope {
+        namespace: None,
+        pods: None,
+        policies: config.mirror_policies.is_some(),
+    }
+}
