@@ -47,7 +47,13 @@ enum Command {
         #[command(subcommand)]
         command: FeedCommand,
     },
-    /// Show the status of a running instance's feeds (from its telemetry listener).
+    /// Work with firewall targets.
+    Firewall {
+        #[command(subcommand)]
+        command: FirewallCommand,
+    },
+    /// Show the status of a running instance's feeds, firewall targets and cluster model
+    /// (from its telemetry listener).
     Status {
         /// The instance's `telemetry.listen_addr`.
         #[arg(long, default_value = "127.0.0.1:9898")]
@@ -78,6 +84,20 @@ enum FeedCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum FirewallCommand {
+    /// Print what a sync would change on each firewall target (reads the targets, writes
+    /// nothing).
+    Plan {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// The cluster as a `kubectl get pods,namespaces,nodes,globalnetworkpolicies -A -o
+        /// json` file; default: the config's inventory, else the API server.
+        #[arg(long, value_name = "FILE")]
+        inventory: Option<PathBuf>,
+    },
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Version => {
@@ -102,6 +122,19 @@ fn main() -> ExitCode {
         Command::Feed {
             command: FeedCommand::Render { config, feed },
         } => printed(block_on(cli::feed::render(&config, &feed))),
+        Command::Firewall {
+            command: FirewallCommand::Plan { config, inventory },
+        } => match block_on(cli::firewall::plan_command(&config, inventory.as_deref())) {
+            Ok(report) => {
+                print!("{}", report.text);
+                if report.failed > 0 {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(error) => usage_error(&error),
+        },
         Command::Status { addr, json } => printed(block_on(cli::feed::status(&addr, json))),
         Command::Feed {
             command: FeedCommand::Normalize(args),

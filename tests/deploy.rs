@@ -144,6 +144,7 @@ fn rbac_is_least_privilege() {
             "globalnetworkpolicies:list",
             "globalnetworkpolicies:patch",
             "globalnetworkpolicies:delete",
+            "globalnetworkpolicies:watch",
             "tiers:get",
             "tiers:list",
             "tiers:patch",
@@ -283,14 +284,17 @@ fn the_dashboard_queries_only_metrics_threatflow_exposes() {
     assert!(used.len() >= 15, "{used:?}");
 
     // A running instance's metric families: a Kafka source (its broker need not answer), a
-    // feed in monitor mode, a sink.
+    // feed in monitor mode, a sink, a firewall target (it need not answer either).
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("threatflow.yaml");
+    std::fs::write(dir.path().join("key"), "k").unwrap();
     std::fs::write(
         &config,
         format!(
-            "sources: [{{name: kafka, type: kafka, kafka: {{brokers: [\"127.0.0.1:9\"], topics: [{{name: flows}}]}}}}]\nsinks: [{{name: out, type: stdout}}]\nfeeds: [{{name: drop, url: 'file://{}', mode: monitor}}]\ntelemetry: {{listen_addr: \"127.0.0.1:0\"}}\n",
-            common::root().join("connectors/feeds/fixtures/firehol-level1.netset").display()
+            "cluster_name: test\nsources: [{{name: kafka, type: kafka, kafka: {{brokers: [\"127.0.0.1:9\"], topics: [{{name: flows}}]}}}}]\nsinks: [{{name: out, type: stdout}}]\nfeeds: [{{name: drop, url: 'file://{}', mode: monitor}}]\nenrichment: {{inventory_path: {}}}\nfirewall: {{groups: [{{name: all}}], fortigate: [{{name: fgt, url: 'https://127.0.0.1:9', api_key: {{value_from_file: {}}}}}]}}\ntelemetry: {{listen_addr: \"127.0.0.1:0\"}}\n",
+            common::root().join("connectors/feeds/fixtures/firehol-level1.netset").display(),
+            common::root().join("deploy/local/inventory.json").display(),
+            dir.path().join("key").display(),
         ),
     )
     .unwrap();
@@ -304,13 +308,17 @@ fn the_dashboard_queries_only_metrics_threatflow_exposes() {
         || {
             exposed = common::http_get(port, "/metrics").1;
             exposed.contains("threatflow_feed_entries{")
+                && exposed.contains("threatflow_firewall_group_members{")
         },
     );
     drop(daemon);
     let missing: Vec<&String> = used
         .iter()
         .filter(|name| {
-            let family = name.strip_suffix("_total").unwrap_or(name);
+            let family = ["_total", "_bucket"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name);
             !exposed.contains(&format!("# TYPE {family} "))
         })
         .collect();

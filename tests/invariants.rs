@@ -1,5 +1,6 @@
 //! The invariants ARCHITECTURE.md states about where things live, checked on the source:
-//! Calico's wire types only in `src/k8s/`, and each vendor's wire format only in its module.
+//! Calico's wire types only in `src/k8s/`, and each vendor's wire format (collectors,
+//! encoders, Kafka, FortiOS, FortiManager) only in its module.
 //! Comments and unit-test modules are not code and are skipped.
 
 mod common;
@@ -71,7 +72,9 @@ fn nothing_outside_k8s_knows_calicos_wire_types() {
             "TierSpec",
             "projectcalico.org",
         ],
-        &["k8s/"],
+        // The inventory reads every kind a `kubectl get -o json` list holds, Calico's policies
+        // among them (parsed by k8s's own type).
+        &["k8s/", "cluster/objects.rs"],
     );
 }
 
@@ -102,5 +105,20 @@ fn each_vendor_wire_format_stays_in_its_module() {
         "the Kubernetes API's watch machinery",
         &["watcher::watcher("],
         &["cluster/watch.rs"],
+    );
+    only_in(
+        "FortiOS's REST API",
+        &["/api/v2/cmdb", "cli_error"],
+        &["firewall/fortigate.rs"],
+    );
+    only_in(
+        "Fortinet's address tables",
+        &["\"addrgrp\"", "\"addrgrp6\""],
+        &["firewall/fortigate.rs", "firewall/fortimanager.rs"],
+    );
+    only_in(
+        "FortiManager's JSON-RPC",
+        &["/jsonrpc", "/pm/config/", "sys/login/user", "/workspace/"],
+        &["firewall/fortimanager.rs"],
     );
 }

@@ -110,7 +110,7 @@ pub struct MirrorConfig {
 }
 
 fn default_mirror_selector() -> String {
-    "projectcalico.org/tier == 'default'".into()
+    format!("{} == 'default'", crate::k8s::calico::labels::TIER)
 }
 
 /// Address object names. Characters other than letters, digits, `.`, `-` and `_` become `-`;

@@ -3,8 +3,8 @@
 //! cluster model. Every target and the pull endpoint read the same [`Published`] snapshot.
 //!
 //! Selection is indexed: pods are indexed by label once per snapshot, and a selector that
-//! requires some `key == 'value'` is evaluated only on the pods that have it, so 500 groups over
-//! 10,000 pods cost little more than the pods they pick.
+//! requires some `key == 'value'` (or `key in {...}`) is evaluated only on the pods that have
+//! it, so 500 groups over 10,000 pods cost little more than the pods they pick.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
@@ -17,13 +17,10 @@ use crate::cluster::Labels;
 use crate::firewall::selector::Selector;
 use crate::firewall::{Family, GroupSpec};
 
-/// The pseudo-labels Calico gives every pod.
-const NAMESPACE_LABEL: &str = "projectcalico.org/namespace";
-const ORCHESTRATOR_LABEL: &str = "projectcalico.org/orchestrator";
-/// A namespace's name, as its selectors see it.
-const NAME_LABEL: &str = "projectcalico.org/name";
-/// A policy's tier, as the mirror selector sees it.
-const TIER_LABEL: &str = "projectcalico.org/tier";
+use crate::k8s::calico::labels::{
+    NAME as NAME_LABEL, NAMESPACE as NAMESPACE_LABEL, NAMESPACE_PREFIX,
+    ORCHESTRATOR as ORCHESTRATOR_LABEL, TIER as TIER_LABEL,
+};
 
 /// One group as it is now.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -115,7 +112,7 @@ impl Labels for PodLabels<'_> {
         match key {
             NAMESPACE_LABEL => Some(self.pod.namespace()),
             ORCHESTRATOR_LABEL => Some("k8s"),
-            _ => match key.strip_prefix("pcns.") {
+            _ => match key.strip_prefix(NAMESPACE_PREFIX) {
                 Some(key) => self.namespace.label(key),
                 None => self.pod.label(key),
             },
@@ -193,15 +190,24 @@ impl<'a> Index<'a> {
         };
         let indexed = selector
             .required_label()
-            .filter(|(key, _)| !key.starts_with("pcns.") && *key != ORCHESTRATOR_LABEL);
+            .filter(|(key, _)| !key.starts_with(NAMESPACE_PREFIX) && *key != ORCHESTRATOR_LABEL);
         match indexed {
-            Some(label) => self
-                .by_label
-                .get(&label)
-                .into_iter()
-                .flatten()
-                .filter_map(|position| pick(*position as usize))
-                .collect(),
+            Some((key, values)) => {
+                let mut positions: Vec<u32> = values
+                    .iter()
+                    .filter_map(|value| self.by_label.get(&(key, *value)))
+                    .flatten()
+                    .copied()
+                    .collect();
+                if values.len() > 1 {
+                    positions.sort_unstable();
+                    positions.dedup();
+                }
+                positions
+                    .into_iter()
+                    .filter_map(|position| pick(position as usize))
+                    .collect()
+            }
             None => (0..self.pods.len()).filter_map(pick).collect(),
         }
     }

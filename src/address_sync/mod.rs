@@ -69,12 +69,15 @@ pub struct AddressSync {
 }
 
 /// One configured target, before it runs.
-struct Planned {
-    name: String,
-    kind: &'static str,
-    url: String,
-    groups: Option<BTreeSet<String>>,
-    target: Box<dyn Target>,
+pub struct Configured {
+    pub name: String,
+    /// `fortigate` or `fortimanager`.
+    pub kind: &'static str,
+    /// The URL, redacted for display.
+    pub url: String,
+    /// The groups it gets (all for `None`).
+    pub groups: Option<BTreeSet<String>>,
+    pub target: Box<dyn Target>,
 }
 
 fn http_settings(kind: &str, name: &str, tls: &TlsSettings, timeout_secs: u64) -> HttpSettings {
@@ -88,7 +91,7 @@ fn http_settings(kind: &str, name: &str, tls: &TlsSettings, timeout_secs: u64) -
 }
 
 /// Every configured target, built (secrets read, clients set up) but not contacted.
-fn targets(config: &FirewallConfig, cluster_name: &str) -> Result<Vec<Planned>, StartError> {
+pub fn targets(config: &FirewallConfig, cluster_name: &str) -> Result<Vec<Configured>, StartError> {
     let marker = Marker::new(cluster_name);
     let mut planned = Vec::new();
     for device in &config.fortigate {
@@ -113,7 +116,7 @@ fn targets(config: &FirewallConfig, cluster_name: &str) -> Result<Vec<Planned>, 
             target: path,
             source,
         })?;
-        planned.push(Planned {
+        planned.push(Configured {
             name: device.name.clone(),
             kind: "fortigate",
             url: redact_url(&device.url),
@@ -179,7 +182,7 @@ fn targets(config: &FirewallConfig, cluster_name: &str) -> Result<Vec<Planned>, 
             target: path,
             source,
         })?;
-        planned.push(Planned {
+        planned.push(Configured {
             name: manager.name.clone(),
             kind: "fortimanager",
             url: redact_url(&manager.url),
@@ -289,6 +292,7 @@ impl AddressSync {
         ));
         let mut runners = Vec::new();
         for target in planned {
+            metrics.init_target(&target.name);
             let runner = Runner {
                 name: target.name,
                 target: target.target,

@@ -26,7 +26,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::groups::Published;
-use crate::firewall::{self, Family, Objects, Op, OpOutcome, Plan, Target, TargetError};
+use crate::firewall::{
+    self, Family, GroupSpec, Limits, Objects, Op, OpOutcome, Plan, Target, TargetError,
+};
 use crate::k8s::leader::Leadership;
 use crate::net::backoff::Backoff;
 use crate::telemetry;
@@ -156,6 +158,30 @@ impl FirewallMetrics {
         }
     }
 
+    /// Creates a target's series at zero, so "none yet" reads as 0.
+    pub fn init_target(&self, target: &str) {
+        let labels = FirewallMetrics::target(target);
+        for outcome in ["applied", "unchanged", "standby"] {
+            drop(self.syncs.get_or_create(&SyncLabels {
+                target: target.to_owned(),
+                outcome: outcome.to_owned(),
+            }));
+        }
+        for verb in ["create", "update", "delete"] {
+            for object in ["address", "group"] {
+                drop(self.operations.get_or_create(&OperationLabels {
+                    target: target.to_owned(),
+                    kind: format!("{verb}_{object}"),
+                    outcome: "done",
+                }));
+            }
+        }
+        drop(self.duration.get_or_create(&labels));
+        drop(self.drift.get_or_create(&labels));
+        drop(self.owned.get_or_create(&labels));
+        drop(self.pending.get_or_create(&labels));
+    }
+
     fn target(target: &str) -> TargetLabels {
         TargetLabels {
             target: target.to_owned(),
@@ -223,6 +249,9 @@ struct Kept {
     actual: Option<Objects>,
     /// Deletes refused as in use, retried at a reconcile.
     in_use: BTreeSet<(Family, String)>,
+    /// Objects the target refused, or whose names someone else holds, with why; left out of
+    /// the groups and retried at a reconcile.
+    blocked: BTreeMap<(Family, String), String>,
 }
 
 impl Runner {
@@ -333,8 +362,7 @@ impl Runner {
         kept: &mut Kept,
         full: bool,
     ) -> Result<(), TargetError> {
-        let read = full || kept.actual.is_none();
-        if read {
+        if full || kept.actual.is_none() {
             let fresh = self.target.read().await?;
             if let Some(previous) = &kept.actual {
                 let drift = differences(previous, &fresh);
@@ -348,25 +376,22 @@ impl Runner {
             }
             kept.actual = Some(fresh);
             if full {
+                // What was refused is tried again, once per reconcile.
                 kept.in_use.clear();
+                kept.blocked.clear();
             }
         }
-        let actual = kept.actual.as_mut().expect("read above");
         let specs = published.specs(self.groups.as_ref());
-        let desired = firewall::desired(&specs, self.target.limits(), &self.placeholder);
-        let mut plan = Plan::new(&desired, actual);
-        plan.ops.retain(|op| {
-            !matches!(op, Op::DeleteAddress { .. } | Op::DeleteGroup { .. })
-                || !kept.in_use.contains(&(op.family(), op.name().to_owned()))
-        });
+        let plan = self.plan(&specs, kept);
         let labels = FirewallMetrics::target(&self.name);
         self.metrics
             .pending
             .get_or_create(&labels)
             .set(plan.ops.len() as i64);
+        let owned = kept.actual.as_ref().map_or(0, Objects::len);
         if !self.leadership.is_leader() {
             self.metrics.sync(&self.name, "standby");
-            let (owned, pending) = (actual.len(), plan.ops.len());
+            let pending = plan.ops.len();
             self.update_status(|status| {
                 status.state = "standby";
                 status.owned_objects = owned;
@@ -376,75 +401,110 @@ impl Runner {
         }
         if plan.is_empty() && !self.target.has_pending_work() {
             self.metrics.sync(&self.name, "unchanged");
-            self.succeeded(actual.len(), 0, BTreeMap::new());
+            self.succeeded(owned, 0, kept.blocked.clone());
             return Ok(());
+        }
+        // Addresses first, on their own: a name held by someone else must not end up in a
+        // group, so the groups are planned again without the addresses that did not go in.
+        let (addresses, rest): (Vec<Op>, Vec<Op>) = plan
+            .ops
+            .into_iter()
+            .partition(|op| matches!(op, Op::CreateAddress { .. } | Op::UpdateAddress { .. }));
+        let mut pending = self.apply(Plan { ops: addresses }, kept).await?;
+        let rest = match pending > 0 {
+            true => self.plan(&specs, kept),
+            false => Plan { ops: rest },
+        };
+        pending += self.apply(rest, kept).await?;
+        self.target.publish().await?;
+        self.metrics
+            .pending
+            .get_or_create(&labels)
+            .set(pending as i64);
+        self.metrics.sync(&self.name, "applied");
+        let owned = kept.actual.as_ref().map_or(0, Objects::len);
+        tracing::info!(target_name = %self.name, refused = kept.blocked.len(), "firewall synced");
+        self.succeeded(owned, pending, kept.blocked.clone());
+        Ok(())
+    }
+
+    fn plan(&self, specs: &[GroupSpec], kept: &Kept) -> Plan {
+        plan(
+            specs,
+            self.target.limits(),
+            &self.placeholder,
+            kept.actual.as_ref().expect("read before planning"),
+            &kept.blocked,
+            &kept.in_use,
+        )
+    }
+
+    /// Applies `plan`, keeps track of what took effect, and returns how many operations did
+    /// not; a target error stops it.
+    async fn apply(&mut self, plan: Plan, kept: &mut Kept) -> Result<usize, TargetError> {
+        if plan.is_empty() {
+            return Ok(0);
         }
         for op in &plan.ops {
             tracing::debug!(target_name = %self.name, %op, "firewall operation");
         }
         let applied = self.target.apply(&plan).await;
-        let mut refused = BTreeMap::new();
-        let mut took_effect = vec![false; plan.ops.len()];
+        let actual = kept.actual.as_mut().expect("read before applying");
+        let mut done = 0;
         for (index, outcome) in &applied.outcomes {
             let op = &plan.ops[*index];
-            self.metrics
-                .operations
-                .get_or_create(&OperationLabels {
-                    target: self.name.clone(),
-                    kind: format!("{}_{}", op.verb(), op.object()),
-                    outcome: outcome.label(),
-                })
-                .inc();
+            self.count(op, outcome.label());
+            let key = (op.family(), op.name().to_owned());
             match outcome {
                 OpOutcome::Done => {
-                    took_effect[*index] = true;
+                    done += 1;
                     record(actual, op);
                 }
                 OpOutcome::InUse => {
-                    kept.in_use.insert((op.family(), op.name().to_owned()));
+                    kept.in_use.insert(key);
                 }
                 OpOutcome::Conflict { owner } => {
                     let owner = owner.as_deref().unwrap_or("no comment");
                     tracing::warn!(target_name = %self.name, object = op.name(), owner, "the name is held by an object this cluster does not own; left alone");
-                    refused.insert(
-                        op.name().to_owned(),
+                    kept.blocked.insert(
+                        key,
                         format!("held by an object this cluster does not own ({owner})"),
                     );
                 }
                 OpOutcome::Refused { reason } => {
                     tracing::warn!(target_name = %self.name, object = op.name(), reason, "the target refused an object");
-                    refused.insert(op.name().to_owned(), reason.clone());
+                    kept.blocked.insert(key, reason.clone());
                 }
             }
         }
-        let pending = took_effect.iter().filter(|done| !**done).count();
-        self.metrics
-            .pending
-            .get_or_create(&labels)
-            .set(pending as i64);
         if let Some(error) = applied.error {
-            let failed = plan.ops.len() - applied.outcomes.len();
-            for op in plan.ops.iter().skip(applied.outcomes.len()).take(failed) {
-                self.metrics
-                    .operations
-                    .get_or_create(&OperationLabels {
-                        target: self.name.clone(),
-                        kind: format!("{}_{}", op.verb(), op.object()),
-                        outcome: "failed",
-                    })
-                    .inc();
+            let taken: BTreeSet<usize> = applied.outcomes.iter().map(|(index, _)| *index).collect();
+            for (index, op) in plan.ops.iter().enumerate() {
+                if !taken.contains(&index) {
+                    self.count(op, "failed");
+                }
             }
-            self.update_status(|status| status.refused = refused);
             return Err(error);
         }
-        self.metrics.sync(&self.name, "applied");
-        let done = took_effect.iter().filter(|done| **done).count();
-        tracing::info!(target_name = %self.name, operations = done, refused = refused.len(), "firewall synced");
-        self.succeeded(actual.len(), pending, refused);
-        Ok(())
+        Ok(plan.ops.len() - done)
     }
 
-    fn succeeded(&self, owned: usize, pending: usize, refused: BTreeMap<String, String>) {
+    fn count(&self, op: &Op, outcome: &'static str) {
+        self.metrics
+            .operations
+            .get_or_create(&OperationLabels {
+                target: self.name.clone(),
+                kind: format!("{}_{}", op.verb(), op.object()),
+                outcome,
+            })
+            .inc();
+    }
+
+    fn succeeded(&self, owned: usize, pending: usize, blocked: BTreeMap<(Family, String), String>) {
+        let refused: BTreeMap<String, String> = blocked
+            .into_iter()
+            .map(|((_, name), reason)| (name, reason))
+            .collect();
         self.metrics
             .owned
             .get_or_create(&FirewallMetrics::target(&self.name))
@@ -463,6 +523,39 @@ impl Runner {
             status.refused = refused;
         });
     }
+}
+
+/// The plan from `actual` to what `specs` need on a target with `limits`, leaving out the
+/// addresses in `blocked` (refused, or held by someone else: kept out of the groups too) and
+/// the deletes in `in_use`.
+pub fn plan(
+    specs: &[GroupSpec],
+    limits: Limits,
+    placeholder: &str,
+    actual: &Objects,
+    blocked: &BTreeMap<(Family, String), String>,
+    in_use: &BTreeSet<(Family, String)>,
+) -> Plan {
+    let mut specs = specs.to_vec();
+    if !blocked.is_empty() {
+        for spec in &mut specs {
+            let family = spec.family;
+            spec.members.retain(|name, _| {
+                !blocked.contains_key(&(family, firewall::fit_name(name, limits.name_max)))
+            });
+        }
+    }
+    let desired = firewall::desired(&specs, limits, placeholder);
+    let mut plan = Plan::new(&desired, actual);
+    plan.ops.retain(|op| {
+        let key = (op.family(), op.name().to_owned());
+        match op {
+            Op::DeleteAddress { .. } | Op::DeleteGroup { .. } => !in_use.contains(&key),
+            Op::CreateAddress { .. } | Op::UpdateAddress { .. } => !blocked.contains_key(&key),
+            _ => true,
+        }
+    });
+    plan
 }
 
 /// Objects that differ between two reads.

@@ -284,6 +284,45 @@ pub async fn status(addr: &str, json: bool) -> anyhow::Result<String> {
                         kubernetes["addresses"]["released"].as_u64().unwrap_or(0),
         ));
     }
+    let targets = status["firewall"].as_array().cloned().unwrap_or_default();
+    if !targets.is_empty() {
+        let row = |cells: [String; 7]| {
+            format!(
+                "{:<24} {:<13} {:<8} {:<20} {:>6} {:>7}  {}\n",
+                cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6]
+            )
+        };
+        table.push('\n');
+        table.push_str(&row([
+            "TARGET",
+            "KIND",
+            "STATE",
+            "LAST SYNC",
+            "OWNED",
+            "PENDING",
+            "LAST ERROR",
+        ]
+        .map(str::to_owned)));
+        for target in &targets {
+            let text = |key: &str| target[key].as_str().unwrap_or("-").to_owned();
+            let number = |key: &str| target[key].as_u64().unwrap_or(0).to_string();
+            let error = &target["last_error"];
+            let error = match (error["message"].as_str(), error["object"].as_str()) {
+                (Some(message), Some(object)) => format!("{object}: {message}"),
+                (Some(message), None) => message.to_owned(),
+                _ => "-".to_owned(),
+            };
+            table.push_str(&row([
+                text("name"),
+                text("kind"),
+                text("state"),
+                text("last_sync"),
+                number("owned_objects"),
+                number("pending_operations"),
+                error,
+            ]));
+        }
+    }
     if status["leader"] == false {
         table.push_str(
             "

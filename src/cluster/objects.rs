@@ -15,6 +15,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 use serde::{Deserialize, Deserializer};
 
+use crate::k8s::calico::PolicySelector;
+
 /// Everything enrichment knows about the cluster.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Inventory {
@@ -70,7 +72,7 @@ pub struct NamespaceInfo {
     pub labels: BTreeMap<String, String>,
 }
 
-/// A Calico GlobalNetworkPolicy, for the pods its selector picks (its rules are not kept).
+/// A Calico policy, for the pods its selector picks (its rules are not kept).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PolicyInfo {
     pub name: String,
@@ -158,7 +160,9 @@ enum KubeObject {
     Node(KubeNode),
     Namespace(KubeNamespace),
     Job(KubeJob),
-    GlobalNetworkPolicy(KubePolicy),
+    // Calico's policies, for the firewall address sync (the one Calico kind an inventory
+    // holds that threatflow reads).
+    GlobalNetworkPolicy(PolicySelector),
     #[serde(other)]
     Other,
 }
@@ -447,33 +451,14 @@ impl From<KubeJob> for JobInfo {
     }
 }
 
-/// A Calico GlobalNetworkPolicy's name, labels, tier and selector, trimmed on parse.
-#[derive(Clone, Debug, Deserialize)]
-pub struct KubePolicy {
-    #[serde(deserialize_with = "trimmed_meta")]
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: KubePolicySpec,
-}
-
-#[derive(Clone, Debug, Default, Deserialize)]
-pub struct KubePolicySpec {
-    #[serde(default)]
-    pub tier: Option<String>,
-    #[serde(default)]
-    pub selector: Option<String>,
-}
-
-impl From<KubePolicy> for PolicyInfo {
-    fn from(mut policy: KubePolicy) -> PolicyInfo {
+impl From<PolicySelector> for PolicyInfo {
+    fn from(policy: PolicySelector) -> PolicyInfo {
+        let tier = policy.tier().to_owned();
+        let mut metadata = policy.metadata;
         PolicyInfo {
-            name: name(&mut policy.metadata),
-            labels: labels(&mut policy.metadata),
-            tier: policy
-                .spec
-                .tier
-                .filter(|tier| !tier.is_empty())
-                .unwrap_or_else(|| "default".to_owned()),
+            name: name(&mut metadata),
+            labels: labels(&mut metadata),
+            tier,
             selector: policy.spec.selector.unwrap_or_default(),
         }
     }

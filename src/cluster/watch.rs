@@ -28,8 +28,9 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::model::{Kind, Model, ObjectCounts, Seen};
-use super::objects::{KubeJob, KubeNamespace, KubeNode, KubePod, KubePolicy, KubeService};
+use super::objects::{KubeJob, KubeNamespace, KubeNode, KubePod, KubeService};
 use super::{Cluster, WatchScope};
+use crate::k8s::calico::PolicySelector;
 use crate::telemetry::{self, Readiness};
 
 /// Implements `kube::Resource` for a trimmed type by borrowing the resource identity of the
@@ -74,30 +75,6 @@ trimmed_resource!(KubeService, Service, NamespaceResourceScope, metadata_only: f
 trimmed_resource!(KubeNode, Node, ClusterResourceScope, metadata_only: false);
 trimmed_resource!(KubeNamespace, Namespace, ClusterResourceScope, metadata_only: true);
 trimmed_resource!(KubeJob, Job, NamespaceResourceScope, metadata_only: true);
-
-impl Resource for KubePolicy {
-    type DynamicType = ();
-    type Scope = ClusterResourceScope;
-
-    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
-        "GlobalNetworkPolicy".into()
-    }
-    fn group(_: &()) -> std::borrow::Cow<'_, str> {
-        "projectcalico.org".into()
-    }
-    fn version(_: &()) -> std::borrow::Cow<'_, str> {
-        "v3".into()
-    }
-    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
-        "globalnetworkpolicies".into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
 
 /// A watched type: how it enters the model and how the model names it.
 trait Watched: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static {
@@ -167,7 +144,7 @@ impl Watched for KubeJob {
     }
 }
 
-impl Watched for KubePolicy {
+impl Watched for PolicySelector {
     const KIND: Kind = Kind::Policy;
 
     fn apply(self, model: &mut Model, now_ms: i64, seen: Seen) {
@@ -319,7 +296,7 @@ impl ClusterWatch {
         ];
         if scope.policies {
             tasks.push(tokio::spawn(watch(
-                Api::<KubePolicy>::all(client),
+                Api::<PolicySelector>::all(client),
                 base,
                 shared.clone(),
                 stop,

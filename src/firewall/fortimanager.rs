@@ -90,7 +90,7 @@ pub struct FortiManager {
     workspace: Option<bool>,
     /// This session holds the ADOM's workspace lock.
     locked: bool,
-    /// An install that failed is tried again by the next apply.
+    /// Changes not installed yet (or an install that failed), for the next publish.
     install_pending: bool,
     next_id: u64,
 }
@@ -793,23 +793,28 @@ impl Target for FortiManager {
 
     fn apply<'a>(&'a mut self, plan: &'a Plan) -> BoxFuture<'a, Applied> {
         Box::pin(async move {
-            let mut applied = self.change(plan).await;
-            let changed = applied
+            let applied = self.change(plan).await;
+            if applied
                 .outcomes
                 .iter()
-                .any(|(_, outcome)| *outcome == OpOutcome::Done);
-            if applied.error.is_some() || !(changed || self.install_pending) {
-                return applied;
+                .any(|(_, outcome)| *outcome == OpOutcome::Done)
+            {
+                self.install_pending = !self.settings.install.is_empty();
             }
-            self.install_pending = !self.settings.install.is_empty();
+            applied
+        })
+    }
+
+    fn publish(&mut self) -> BoxFuture<'_, Result<(), TargetError>> {
+        Box::pin(async move {
+            if !self.install_pending {
+                return Ok(());
+            }
             for install in self.settings.install.clone() {
-                if let Err(error) = self.install(&install).await {
-                    applied.error = Some(error);
-                    return applied;
-                }
+                self.install(&install).await?;
             }
             self.install_pending = false;
-            applied
+            Ok(())
         })
     }
 

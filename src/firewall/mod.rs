@@ -122,8 +122,15 @@ pub trait Target: Send {
     /// outcomes of what took effect before it.
     fn apply<'a>(&'a mut self, plan: &'a Plan) -> BoxFuture<'a, Applied>;
 
-    /// Work left from an earlier apply that an empty plan should still do (an install that
-    /// failed).
+    /// After a sync that changed something, or while work is pending: make the changes take
+    /// effect beyond the target's own database (a FortiManager installs its policy packages
+    /// to the devices). Nothing for a target whose writes take effect at once.
+    fn publish(&mut self) -> BoxFuture<'_, Result<(), TargetError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Whether an earlier [`Target::publish`] failed and must be tried again, even with
+    /// nothing new to write.
     fn has_pending_work(&self) -> bool {
         false
     }

@@ -98,12 +98,13 @@ impl Selector {
         }
     }
 
-    /// A `key == 'value'` every resource the selector picks must have, if there is one: an
-    /// index of labels can then narrow the candidates before the selector is evaluated.
-    pub fn required_label(&self) -> Option<(&str, &str)> {
+    /// A label key and values one of which every resource the selector picks must have
+    /// (from `key == 'value'` or `key in {...}`), if there is such a key: an index of labels
+    /// can then narrow the candidates before the selector is evaluated.
+    pub fn required_label(&self) -> Option<(&str, Vec<&str>)> {
         match self {
-            Selector::Equal(key, value) => Some((key, value)),
-            Selector::In(key, values) if values.len() == 1 => Some((key, &values[0])),
+            Selector::Equal(key, value) => Some((key, vec![value.as_str()])),
+            Selector::In(key, values) => Some((key, values.iter().map(String::as_str).collect())),
             Selector::And(left, right) => left.required_label().or_else(|| right.required_label()),
             _ => None,
         }
@@ -459,16 +460,18 @@ mod tests {
             Selector::parse(text)
                 .unwrap()
                 .required_label()
-                .map(|(key, value)| format!("{key}={value}"))
+                .map(|(key, values)| format!("{key}={}", values.join("|")))
         };
         assert_eq!(required("app == 'web'").as_deref(), Some("app=web"));
         assert_eq!(
             required("has(x) && tier in {'db'}").as_deref(),
             Some("tier=db")
         );
+        assert_eq!(required("tier in {'a', 'b'}").as_deref(), Some("tier=a|b"));
+        assert_eq!(required("tier in {}").as_deref(), Some("tier="));
         assert_eq!(required("app == 'web' || app == 'api'"), None);
         assert_eq!(required("!(app == 'web')"), None);
-        assert_eq!(required("tier in {'a', 'b'}"), None);
+        assert_eq!(required("tier not in {'a'}"), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Calico's `projectcalico.org/v3` wire types that threatflow writes: `GlobalNetworkSet`,
-//! `GlobalNetworkPolicy` (and its staged form) with the full rule model, and `Tier`.
+//! `GlobalNetworkPolicy` (and its staged form) with the full rule model, and `Tier`; the
+//! trimmed policy it reads (`PolicySelector`), and the pseudo-labels of Calico's selectors.
 //!
 //! Field names and shapes follow Calico's API reference; optional fields are left out of the
 //! serialized object when unset, so the same input always serializes to the same bytes. What
@@ -14,6 +15,72 @@ use super::apply::Object;
 
 pub const API_VERSION: &str = "projectcalico.org/v3";
 pub const GROUP: &str = "projectcalico.org";
+
+/// The labels Calico's selectors know besides an object's own.
+pub mod labels {
+    /// A workload's namespace.
+    pub const NAMESPACE: &str = "projectcalico.org/namespace";
+    /// A workload's orchestrator (`k8s` for pods).
+    pub const ORCHESTRATOR: &str = "projectcalico.org/orchestrator";
+    /// A namespace's (or a policy's) name.
+    pub const NAME: &str = "projectcalico.org/name";
+    /// A policy's tier.
+    pub const TIER: &str = "projectcalico.org/tier";
+    /// A workload's namespace's labels, as `pcns.<key>`.
+    pub const NAMESPACE_PREFIX: &str = "pcns.";
+}
+
+/// A GlobalNetworkPolicy as threatflow reads it (the firewall address sync publishes what
+/// policies select): its metadata, tier and selector; the rules are skipped unread.
+#[derive(Clone, Debug, Deserialize)]
+pub struct PolicySelector {
+    pub metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    #[serde(default)]
+    pub spec: PolicySelectorSpec,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct PolicySelectorSpec {
+    #[serde(default)]
+    pub tier: Option<String>,
+    #[serde(default)]
+    pub selector: Option<String>,
+}
+
+impl PolicySelector {
+    /// The tier: `default` when unset, as in Calico.
+    pub fn tier(&self) -> &str {
+        self.spec
+            .tier
+            .as_deref()
+            .filter(|tier| !tier.is_empty())
+            .unwrap_or("default")
+    }
+}
+
+impl kube::Resource for PolicySelector {
+    type DynamicType = ();
+    type Scope = k8s_openapi::ClusterResourceScope;
+
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        "GlobalNetworkPolicy".into()
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        GROUP.into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        "v3".into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        "globalnetworkpolicies".into()
+    }
+    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &mut self.metadata
+    }
+}
 
 /// `metadata`: what threatflow sets on an object.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

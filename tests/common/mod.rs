@@ -8,6 +8,8 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod fortigate;
+pub mod fortimanager;
 pub mod http;
 pub mod kafka;
 pub mod kube_api;

@@ -1,0 +1,806 @@
+//! A FortiManager test double speaking JSON-RPC (`POST /jsonrpc`) on the loopback HTTP
+//! harness, with the behaviour a client must cope with (`fortinet-apis.md` §5.2):
+//!
+//! - the envelope: `id` echoed, `result` aligned with `params` (several per call), each
+//!   `{status: {code, message}, url, data?}`, HTTP 200 whatever the codes;
+//! - auth: `exec sys/login/user` (`user`, `passwd`) returns a `session`; wrong credentials
+//!   `-22`; `exec sys/logout`; sessions idle longer than `idle_timeout` answer `-11` (as an
+//!   expired session does); an API key in `Authorization: Bearer`, and `?access_token=`
+//!   refused (from 7.4.7 on);
+//! - ADOM objects under `/pm/config/adom/<adom>/obj/firewall/{address,address6,addrgrp,
+//!   addrgrp6}`: `get` (with `filter` `==`/`like`, `fields`), `add` (`-2` when the name is
+//!   taken), `update` (`-3` when missing; attributes merged, `member` replaced), `set`,
+//!   `delete` (`-3` missing, `-10015` when a group or a policy package rule refers to it);
+//!   unknown members `-10131`; empty groups `-9998` before 7.2; bad URLs `-6`; `\/` for `/` in
+//!   names; `subnet` returned as `[ip, mask]`, members as a list of names; `type` as a number
+//!   unless `verbose: 1`;
+//! - workspace mode (`workspace-mode` `normal`): writes without the caller's lock `-10147`; a
+//!   lock held by another session `-20055`; `lockinfo`; changes visible to others only after
+//!   `commit`; `unlock` without commit discards them; a lock ends with its session;
+//! - `exec /securityconsole/install/package` returns a task that `get /task/task/<id>` shows
+//!   progressing over `install_steps` polls, failing with a line `detail` when told to;
+//! - fault injection: the next requests can get an HTML 5xx, a reset connection, or a delay.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+pub use super::fortigate::Fault;
+use super::http::{HttpServer, Reply, Request};
+
+/// How the manager behaves.
+#[derive(Clone, Debug)]
+pub struct Knobs {
+    /// `v7.4.3`, `v7.0.12`, ...: sets whether groups may be empty (7.2 and later).
+    pub version: String,
+    pub users: BTreeMap<String, String>,
+    pub api_keys: Vec<String>,
+    /// `disabled` or `normal`.
+    pub workspace_mode: String,
+    pub idle_timeout: Duration,
+    /// Polls an install task takes to reach 100%.
+    pub install_steps: u32,
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Knobs {
+            version: "v7.4.3".into(),
+            users: BTreeMap::from([("threatflow".to_owned(), "fmg-password".to_owned())]),
+            api_keys: vec!["fmg-key".into()],
+            workspace_mode: "disabled".into(),
+            idle_timeout: Duration::from_secs(900),
+            install_steps: 2,
+        }
+    }
+}
+
+type Objects = BTreeMap<(String, String, String), Value>;
+
+struct Session {
+    user: String,
+    last_used: Instant,
+}
+
+/// An install task.
+#[derive(Clone, Debug)]
+pub struct Task {
+    pub id: i64,
+    pub package: String,
+    pub scope: Value,
+    polls: u32,
+    pub fail: Option<String>,
+    /// Committed addresses and groups when the install started.
+    pub objects: usize,
+}
+
+#[derive(Default)]
+struct State {
+    knobs: Knobs,
+    /// `(adom, table, name)` -> object, as committed.
+    committed: Objects,
+    /// The lock holder's uncommitted view, when the workspace is locked.
+    working: Option<Objects>,
+    /// The session holding the ADOM lock, and its user.
+    lock: Option<(String, String)>,
+    sessions: BTreeMap<String, Session>,
+    next_session: u64,
+    faults: VecDeque<Fault>,
+    tasks: Vec<Task>,
+    fail_next_install: Option<String>,
+    /// Names a policy package rule refers to (deleting them is refused).
+    referenced: Vec<String>,
+    logouts: u32,
+}
+
+/// A running FortiManager double.
+#[derive(Clone)]
+pub struct FortiManager {
+    pub server: HttpServer,
+    state: Arc<Mutex<State>>,
+}
+
+const TABLES: [&str; 4] = ["address", "address6", "addrgrp", "addrgrp6"];
+
+fn ok(url: &str, data: Option<Value>) -> Value {
+    let mut result = json!({"status": {"code": 0, "message": "OK"}, "url": url});
+    if let Some(data) = data {
+        result["data"] = data;
+    }
+    result
+}
+
+fn fail(url: &str, code: i64, message: &str) -> Value {
+    json!({"status": {"code": code, "message": message}, "url": url})
+}
+
+fn version_at_least(version: &str, major: u32, minor: u32) -> bool {
+    let mut parts = version
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .map(|part| part.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
+}
+
+impl FortiManager {
+    /// Serves HTTPS under the test PKI in `dir`.
+    pub async fn start(dir: &std::path::Path, knobs: Knobs) -> FortiManager {
+        let state = Arc::new(Mutex::new(State {
+            knobs,
+            ..State::default()
+        }));
+        let handler_state = state.clone();
+        let server = HttpServer::start_tls(dir, move |request| {
+            let mut state = handler_state.lock();
+            match state.faults.pop_front() {
+                Some(Fault::Html(status)) => {
+                    Reply::status(status, "<html><body>Bad Gateway</body></html>")
+                        .with_header("Content-Type", "text/html")
+                }
+                Some(Fault::Reset) => Reply::Close,
+                Some(Fault::Delay(delay)) => respond(&mut state, request).delayed(delay),
+                None => respond(&mut state, request),
+            }
+        })
+        .await;
+        FortiManager { server, state }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.base.clone()
+    }
+
+    pub fn inject(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.state.lock().faults.extend(faults);
+    }
+
+    pub fn set_idle_timeout(&self, timeout: Duration) {
+        self.state.lock().knobs.idle_timeout = timeout;
+    }
+
+    /// Adds a committed object as an admin would.
+    pub fn seed(&self, table: &str, object: Value) {
+        let name = object["name"].as_str().unwrap().to_owned();
+        self.state
+            .lock()
+            .committed
+            .insert(("root".into(), table.into(), name), stored(table, object));
+    }
+
+    /// A committed object.
+    pub fn object(&self, table: &str, name: &str) -> Option<Value> {
+        self.state
+            .lock()
+            .committed
+            .get(&("root".to_owned(), table.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    pub fn names(&self, table: &str) -> Vec<String> {
+        self.state
+            .lock()
+            .committed
+            .keys()
+            .filter(|(_, t, _)| t == table)
+            .map(|(_, _, name)| name.clone())
+            .collect()
+    }
+
+    pub fn members(&self, table: &str, name: &str) -> Vec<String> {
+        self.object(table, name)
+            .map(|group| {
+                group["member"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|member| member.as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Another admin locks the ADOM (from the GUI).
+    pub fn lock_as(&self, user: &str) {
+        let mut state = self.state.lock();
+        state.lock = Some(("gui-session".into(), user.into()));
+        state.working = Some(state.committed.clone());
+    }
+
+    /// The other admin unlocks without saving.
+    pub fn release_lock(&self) {
+        let mut state = self.state.lock();
+        state.lock = None;
+        state.working = None;
+    }
+
+    pub fn is_locked(&self) -> bool {
+        self.state.lock().lock.is_some()
+    }
+
+    /// A policy package rule refers to `name`.
+    pub fn reference(&self, name: &str) {
+        self.state.lock().referenced.push(name.into());
+    }
+
+    pub fn fail_next_install(&self, detail: &str) {
+        self.state.lock().fail_next_install = Some(detail.into());
+    }
+
+    pub fn tasks(&self) -> Vec<Task> {
+        self.state.lock().tasks.clone()
+    }
+
+    pub fn logouts(&self) -> u32 {
+        self.state.lock().logouts
+    }
+
+    /// Every request's `(method, url)` pairs, in order.
+    pub fn calls(&self) -> Vec<(String, String)> {
+        self.server
+            .requests()
+            .iter()
+            .filter_map(|request| serde_json::from_slice::<Value>(&request.body).ok())
+            .flat_map(|body| {
+                let method = body["method"].as_str().unwrap_or_default().to_owned();
+                body["params"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |param| {
+                        (
+                            method.clone(),
+                            param["url"].as_str().unwrap_or_default().to_owned(),
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    /// Object writes (`add`, `update`, `set`, `delete` params), in order.
+    pub fn writes(&self) -> Vec<(String, String)> {
+        self.calls()
+            .into_iter()
+            .filter(|(method, url)| {
+                matches!(method.as_str(), "add" | "update" | "set" | "delete")
+                    && url.contains("/obj/")
+            })
+            .collect()
+    }
+}
+
+/// An object as the manager keeps it: `subnet` as `[ip, mask]`, members as names.
+fn stored(table: &str, mut object: Value) -> Value {
+    if table == "address" {
+        let subnet = match &object["subnet"] {
+            Value::String(text) => text
+                .parse::<ipnet::Ipv4Net>()
+                .ok()
+                .map(|net| json!([net.addr().to_string(), net.netmask().to_string()])),
+            Value::Array(parts) if parts.len() == 2 => Some(object["subnet"].clone()),
+            _ => None,
+        };
+        if let Some(subnet) = subnet {
+            object["subnet"] = subnet;
+        }
+    }
+    if table.starts_with("addrgrp") {
+        object["member"] = match &object["member"] {
+            Value::String(member) => json!([member]),
+            Value::Array(members) => json!(members
+                .iter()
+                .map(|member| member
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| member["name"].as_str().unwrap_or_default().to_owned()))
+                .collect::<Vec<_>>()),
+            _ => json!([]),
+        };
+    }
+    object
+}
+
+/// Splits `/pm/config/adom/<adom>/obj/firewall/<table>[/<name>]`, undoing `\/`.
+fn object_url(url: &str) -> Option<(String, String, Option<String>)> {
+    let url = url.trim_start_matches('/');
+    let rest = url.strip_prefix("pm/config/adom/")?;
+    let (adom, rest) = rest.split_once('/')?;
+    let rest = rest.strip_prefix("obj/firewall/")?;
+    // Split on `/` not preceded by `\`.
+    let mut parts = Vec::new();
+    let mut current = String::new();
+    let mut chars = rest.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&'/') => {
+                current.push('/');
+                chars.next();
+            }
+            '/' => parts.push(std::mem::take(&mut current)),
+            c => current.push(c),
+        }
+    }
+    parts.push(current);
+    let table = parts.first()?.clone();
+    if !TABLES.contains(&table.as_str()) || parts.len() > 2 {
+        return None;
+    }
+    Some((adom.to_owned(), table, parts.get(1).cloned()))
+}
+
+fn matches_filter(object: &Value, filter: &Value) -> bool {
+    let Some(terms) = filter.as_array() else {
+        return true;
+    };
+    if terms.len() == 3 && terms[0].is_string() {
+        let field = terms[0].as_str().unwrap();
+        let found = object[field].as_str().unwrap_or_default();
+        let value = terms[2].as_str().unwrap_or_default();
+        return match terms[1].as_str() {
+            Some("==") => found == value,
+            Some("like") => {
+                let pattern = value.trim_matches('%');
+                found.contains(pattern)
+            }
+            _ => false,
+        };
+    }
+    true
+}
+
+impl State {
+    fn writable(&self, session: Option<&str>) -> bool {
+        self.knobs.workspace_mode == "disabled"
+            || matches!((&self.lock, session), (Some((holder, _)), Some(session)) if holder == session)
+    }
+
+    /// The objects `session` sees: its uncommitted work if it holds the lock.
+    fn view(&mut self, session: Option<&str>) -> &mut Objects {
+        let holds = matches!((&self.lock, session), (Some((holder, _)), Some(session)) if holder == session);
+        match (holds, &mut self.working) {
+            (true, Some(working)) => working,
+            _ => &mut self.committed,
+        }
+    }
+
+    fn referenced(&self, objects: &Objects, adom: &str, table: &str, name: &str) -> bool {
+        let groups = if table.ends_with('6') {
+            "addrgrp6"
+        } else {
+            "addrgrp"
+        };
+        self.referenced.iter().any(|referenced| referenced == name)
+            || objects.iter().any(|((a, t, _), group)| {
+                a == adom
+                    && t == groups
+                    && group["member"]
+                        .as_array()
+                        .is_some_and(|members| members.iter().any(|member| member == name))
+            })
+    }
+
+    fn check(
+        &self,
+        objects: &Objects,
+        adom: &str,
+        table: &str,
+        object: &Value,
+    ) -> Result<(), (i64, String)> {
+        let name = object["name"].as_str().unwrap_or_default();
+        if name.is_empty() || name.len() > 79 {
+            return Err((-10, "The data is invalid for selected url".into()));
+        }
+        if table.starts_with("addrgrp") {
+            let members = object["member"].as_array().cloned().unwrap_or_default();
+            if members.is_empty() && !version_at_least(&self.knobs.version, 7, 2) {
+                return Err((-9998, "empty member in address group".into()));
+            }
+            let addresses = if table.ends_with('6') {
+                "address6"
+            } else {
+                "address"
+            };
+            for member in members {
+                let member = member.as_str().unwrap_or_default();
+                let known = [addresses, table].iter().any(|t| {
+                    objects.contains_key(&(adom.to_owned(), t.to_string(), member.to_owned()))
+                });
+                if !known || member == name {
+                    return Err((
+                        -10131,
+                        format!(
+                            "datasrc invalid. object: firewall {table} member. detail: {member}"
+                        ),
+                    ));
+                }
+            }
+        }
+        if table == "address"
+            && object["subnet"]
+                .as_array()
+                .is_none_or(|parts| parts.len() != 2)
+        {
+            return Err((-10, "The data is invalid for selected url".into()));
+        }
+        Ok(())
+    }
+
+    /// One object request.
+    fn object_call(
+        &mut self,
+        method: &str,
+        param: &Value,
+        session: Option<&str>,
+        verbose: bool,
+    ) -> Value {
+        let url = param["url"].as_str().unwrap_or_default();
+        let Some((adom, table, name)) = object_url(url) else {
+            return fail(url, -6, "Invalid url");
+        };
+        if adom != "root" {
+            return fail(url, -6, "Invalid url");
+        }
+        let writes = method != "get";
+        if writes && !self.writable(session) {
+            return fail(url, -10147, "no write permission");
+        }
+        let version = self.knobs.version.clone();
+        let _ = version;
+        let mut objects = self.view(session).clone();
+        let result = match (method, name) {
+            ("get", None) => {
+                let fields: Vec<String> = param["fields"]
+                    .as_array()
+                    .map(|fields| {
+                        fields
+                            .iter()
+                            .filter_map(|f| f.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let data: Vec<Value> = objects
+                    .iter()
+                    .filter(|((a, t, _), object)| {
+                        *a == adom && *t == table && matches_filter(object, &param["filter"])
+                    })
+                    .map(|(_, object)| {
+                        let mut object = object.clone();
+                        if !fields.is_empty() {
+                            if let Value::Object(map) = &mut object {
+                                map.retain(|field, _| fields.contains(field));
+                            }
+                        }
+                        if !verbose && object["type"] == json!("ipmask") {
+                            object["type"] = json!(0);
+                        }
+                        object
+                    })
+                    .collect();
+                ok(url, Some(Value::Array(data)))
+            }
+            ("get", Some(name)) => match objects.get(&(adom.clone(), table.clone(), name)) {
+                Some(object) => ok(url, Some(object.clone())),
+                None => fail(url, -3, "Object does not exist"),
+            },
+            ("add" | "set", None) => {
+                let data = match &param["data"] {
+                    Value::Array(items) => items.clone(),
+                    item => vec![item.clone()],
+                };
+                for item in data {
+                    let object = stored(&table, item);
+                    let name = object["name"].as_str().unwrap_or_default().to_owned();
+                    let key = (adom.clone(), table.clone(), name.clone());
+                    if method == "add" && objects.contains_key(&key) {
+                        return fail(url, -2, "Object already exists");
+                    }
+                    let sibling = match table.as_str() {
+                        "address" => "addrgrp",
+                        "addrgrp" => "address",
+                        "address6" => "addrgrp6",
+                        _ => "address6",
+                    };
+                    if objects.contains_key(&(adom.clone(), sibling.to_owned(), name.clone())) {
+                        return fail(url, -2, "Object already exists");
+                    }
+                    if let Err((code, message)) = self.check(&objects, &adom, &table, &object) {
+                        return fail(url, code, &message);
+                    }
+                    objects.insert(key, object);
+                }
+                *self.view(session) = objects;
+                return ok(url, None);
+            }
+            ("update" | "set", Some(name)) => {
+                let key = (adom.clone(), table.clone(), name.clone());
+                let Some(mut object) = objects.get(&key).cloned() else {
+                    if method == "set" {
+                        let object = stored(&table, param["data"].clone());
+                        if let Err((code, message)) = self.check(&objects, &adom, &table, &object) {
+                            return fail(url, code, &message);
+                        }
+                        objects.insert(key, object);
+                        *self.view(session) = objects;
+                        return ok(url, Some(json!({"name": name})));
+                    }
+                    return fail(url, -3, "Object does not exist");
+                };
+                let changes = stored(&table, param["data"].clone());
+                if let Value::Object(changes) = changes {
+                    for (field, value) in changes {
+                        object[field] = value;
+                    }
+                }
+                if let Err((code, message)) = self.check(&objects, &adom, &table, &object) {
+                    return fail(url, code, &message);
+                }
+                objects.insert(key, object);
+                ok(url, Some(json!({"name": name})))
+            }
+            ("delete", Some(name)) => {
+                let key = (adom.clone(), table.clone(), name.clone());
+                if !objects.contains_key(&key) {
+                    return fail(url, -3, "Object does not exist");
+                }
+                if self.referenced(&objects, &adom, &table, &name) {
+                    return fail(url, -10015, "used");
+                }
+                objects.remove(&key);
+                ok(url, None)
+            }
+            ("delete", None) => fail(url, -9, "The command is invalid for selected url"),
+            _ => fail(url, -9, "The command is invalid for selected url"),
+        };
+        if writes && result["status"]["code"] == json!(0) {
+            *self.view(session) = objects;
+        }
+        result
+    }
+
+    fn workspace(&mut self, action: &str, url: &str, session: Option<&str>, user: &str) -> Value {
+        let session = session.unwrap_or("api-key");
+        match action {
+            "lock" => match &self.lock {
+                Some((holder, _)) if holder != session => {
+                    fail(url, -20055, "Workspace is locked by other user")
+                }
+                _ => {
+                    self.lock = Some((session.to_owned(), user.to_owned()));
+                    self.working = Some(self.committed.clone());
+                    ok(url, None)
+                }
+            },
+            "commit" => match (&self.lock, &self.working) {
+                (Some((holder, _)), Some(working)) if holder == session => {
+                    self.committed = working.clone();
+                    ok(url, None)
+                }
+                _ => fail(url, -20017, "Lock required"),
+            },
+            "unlock" => match &self.lock {
+                Some((holder, _)) if holder == session => {
+                    self.lock = None;
+                    self.working = None;
+                    ok(url, None)
+                }
+                _ => fail(url, -20017, "Lock required"),
+            },
+            _ => fail(url, -6, "Invalid url"),
+        }
+    }
+
+    fn install(&mut self, url: &str, data: &Value) -> Value {
+        let id = 1000 + self.tasks.len() as i64;
+        let objects = self.committed.len();
+        self.tasks.push(Task {
+            id,
+            package: data["pkg"].as_str().unwrap_or_default().to_owned(),
+            scope: data["scope"].clone(),
+            polls: 0,
+            fail: self.fail_next_install.take(),
+            objects,
+        });
+        ok(url, Some(json!({"task": id})))
+    }
+
+    fn task(&mut self, url: &str, id: i64) -> Value {
+        let steps = self.knobs.install_steps.max(1);
+        let Some(task) = self.tasks.iter_mut().find(|task| task.id == id) else {
+            return fail(url, -3, "Object does not exist");
+        };
+        task.polls += 1;
+        let percent = (task.polls * 100 / steps).min(100);
+        let failed = percent == 100 && task.fail.is_some();
+        let line = json!({"name": "FGT-EDGE-1", "vdom": "root", "state": if failed { "error" } else { "done" },
+            "err": if failed { 1 } else { 0 }, "detail": task.fail.clone().unwrap_or_else(|| "install and save finished status=OK".into()), "percent": percent});
+        ok(
+            url,
+            Some(
+                json!({"id": id, "percent": percent, "num_done": if percent == 100 && !failed { 1 } else { 0 },
+            "num_err": if failed { 1 } else { 0 }, "num_lines": 1, "state": if percent == 100 { "done" } else { "running" }, "line": [line], "title": format!("install {}", task.package)}),
+            ),
+        )
+    }
+}
+
+fn respond(state: &mut State, request: &Request) -> Reply {
+    if request.path() != "/jsonrpc" || request.method != "POST" {
+        return Reply::status(404, "<html>Not Found</html>");
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&request.body) else {
+        return Reply::json(
+            200,
+            &json!({"id": null, "result": [fail("", -8, "Invalid parameter")]}),
+        );
+    };
+    let id = body["id"].clone();
+    let method = body["method"].as_str().unwrap_or_default().to_owned();
+    let params = body["params"].as_array().cloned().unwrap_or_default();
+    let reply = |results: Vec<Value>, session: Option<&str>| {
+        let mut reply = json!({"id": id, "result": results});
+        if let Some(session) = session {
+            reply["session"] = json!(session);
+        }
+        Reply::json(200, &reply)
+    };
+    // Login and logout.
+    if method == "exec" && params.len() == 1 {
+        let url = params[0]["url"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches('/');
+        if url == "sys/login/user" {
+            let data = match &params[0]["data"] {
+                Value::Array(items) => items.first().cloned().unwrap_or_default(),
+                item => item.clone(),
+            };
+            let user = data["user"].as_str().unwrap_or_default().to_owned();
+            let password = data["passwd"].as_str().unwrap_or_default();
+            if state.knobs.users.get(&user).map(String::as_str) != Some(password) {
+                return reply(vec![fail("sys/login/user", -22, "Login fail")], None);
+            }
+            state.next_session += 1;
+            let session = format!(
+                "session-{}-{:x}",
+                state.next_session,
+                Instant::now().elapsed().as_nanos()
+            );
+            state.sessions.insert(
+                session.clone(),
+                Session {
+                    user,
+                    last_used: Instant::now(),
+                },
+            );
+            return reply(vec![ok("sys/login/user", None)], Some(&session));
+        }
+    }
+    // Who is calling.
+    let bearer = request
+        .header("authorization")
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    if request.query("access_token").is_some() && version_at_least(&state.knobs.version, 7, 4) {
+        return Reply::status(401, "");
+    }
+    let session = body["session"].as_str().map(str::to_owned);
+    let now = Instant::now();
+    let idle = state.knobs.idle_timeout;
+    let (user, session) = match (&bearer, &session) {
+        (Some(key), _) if state.knobs.api_keys.contains(key) => ("api-user".to_owned(), None),
+        (Some(_), _) => return Reply::status(401, ""),
+        (None, Some(session)) => {
+            let expired = state
+                .sessions
+                .get(session)
+                .is_none_or(|known| now.duration_since(known.last_used) > idle);
+            if expired {
+                if state.sessions.remove(session).is_some()
+                    && state
+                        .lock
+                        .as_ref()
+                        .is_some_and(|(holder, _)| holder == session)
+                {
+                    // A lock ends with its session, unsaved work with it.
+                    state.lock = None;
+                    state.working = None;
+                }
+                let results = params
+                    .iter()
+                    .map(|param| {
+                        fail(
+                            param["url"].as_str().unwrap_or_default(),
+                            -11,
+                            "No permission for the resource",
+                        )
+                    })
+                    .collect();
+                return reply(results, None);
+            }
+            let known = state.sessions.get_mut(session).unwrap();
+            known.last_used = now;
+            (known.user.clone(), Some(session.clone()))
+        }
+        (None, None) => {
+            let results = params
+                .iter()
+                .map(|param| {
+                    fail(
+                        param["url"].as_str().unwrap_or_default(),
+                        -11,
+                        "No permission for the resource",
+                    )
+                })
+                .collect();
+            return reply(results, None);
+        }
+    };
+    let session = session.as_deref();
+    let mut results = Vec::new();
+    for param in &params {
+        let url = param["url"].as_str().unwrap_or_default();
+        let trimmed = url.trim_start_matches('/');
+        let verbose = param["verbose"] == json!(1) || body["verbose"] == json!(1);
+        let result = match (method.as_str(), trimmed) {
+            ("exec", "sys/logout") => {
+                if let Some(session) = session {
+                    state.sessions.remove(session);
+                    if state
+                        .lock
+                        .as_ref()
+                        .is_some_and(|(holder, _)| holder == session)
+                    {
+                        state.lock = None;
+                        state.working = None;
+                    }
+                }
+                state.logouts += 1;
+                ok(url, None)
+            }
+            ("get", "sys/status") => ok(
+                url,
+                Some(
+                    json!({"Version": format!("{}-build2487 240514 (GA.M)", state.knobs.version), "Hostname": "FMG-VM64", "Admin Domain Configuration": "Enabled"}),
+                ),
+            ),
+            ("get", "cli/global/system/global") => {
+                let mode = state.knobs.workspace_mode.clone();
+                let value = if verbose {
+                    json!(mode)
+                } else {
+                    json!(if mode == "disabled" { 0 } else { 1 })
+                };
+                ok(url, Some(json!({"workspace-mode": value})))
+            }
+            ("get", "dvmdb/adom/root/workspace/lockinfo") => match &state.lock {
+                Some((holder, user)) => ok(
+                    url,
+                    Some(
+                        json!([{"lock_user": user, "lock_sid": holder, "lock_time": 1_700_000_000, "dirty": 0}]),
+                    ),
+                ),
+                None => ok(url, None),
+            },
+            ("exec", workspace) if workspace.starts_with("dvmdb/adom/root/workspace/") => {
+                let action = workspace
+                    .trim_start_matches("dvmdb/adom/root/workspace/")
+                    .to_owned();
+                state.workspace(&action, url, session, &user)
+            }
+            ("exec", "securityconsole/install/package") => state.install(url, &param["data"]),
+            ("get", task) if task.starts_with("task/task/") => {
+                let id = task.trim_start_matches("task/task/").parse().unwrap_or(-1);
+                state.task(url, id)
+            }
+            (method, _) if trimmed.starts_with("pm/config/") => {
+                state.object_call(method, param, session, verbose)
+            }
+            _ => fail(url, -6, "Invalid url"),
+        };
+        results.push(result);
+    }
+    reply(results, session)
+}
