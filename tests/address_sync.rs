@@ -582,14 +582,14 @@ async fn mirrored_policies_and_the_pull_endpoint() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_standby_plans_but_writes_nothing() {
+async fn a_standby_plans_but_writes_nothing_until_it_leads() {
     let dir = tempfile::tempdir().unwrap();
     let api = KubeApi::start().await;
     seed_cluster(&api);
     let now = jiff::Timestamp::now().to_string();
     api.seed("leases", json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
         "metadata": {"name": "threatflow", "namespace": "threatflow"},
-        "spec": {"holderIdentity": "replica-a", "leaseDurationSeconds": 3600, "acquireTime": now, "renewTime": now, "leaseTransitions": 0}}));
+        "spec": {"holderIdentity": "replica-a", "leaseDurationSeconds": 4, "acquireTime": now, "renewTime": now, "leaseTransitions": 0}}));
     let fortigate = fgt::FortiGate::start(dir.path(), fgt::Knobs::default()).await;
     let yaml = format!(
         "cluster_name: prod\nleader_election: {{namespace: threatflow, identity: replica-b}}\nfirewall:\n  debounce_ms: 100\n  groups:\n    - {{name: web, selector: \"app == 'web'\"}}\n  fortigate:\n{}",
@@ -612,6 +612,20 @@ async fn a_standby_plans_but_writes_nothing() {
         "it reads"
     );
     assert!(fortigate.writes().is_empty());
+
+    // The holder stops renewing: this replica takes over and writes, once.
+    common::eventually("the takeover", Duration::from_secs(20), || {
+        fortigate.members("addrgrp", "web") == ["k8s.shop.web-1"]
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fortigate.server.clear();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let requests = fortigate.server.requests().len();
+    assert!(
+        requests <= 4,
+        "{requests} requests in a second after the takeover"
+    );
     daemon.stop().await;
 }
 

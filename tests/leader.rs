@@ -124,6 +124,17 @@ async fn one_replica_publishes_and_the_other_takes_over_when_it_dies() {
     assert!(!cluster_writes(&api, "b").is_empty());
     assert_eq!(cluster_writes(&api, "a").len(), writes_by_a);
     assert_eq!(leader_status(port_b)["leader"], true);
+    // It synced on taking over, and then waits for its period, not pass after pass.
+    let feed_calls = || {
+        api.callers()
+            .iter()
+            .filter(|(caller, _, path)| caller == "b" && path.contains("globalnetworksets"))
+            .count()
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let settled = feed_calls();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(feed_calls(), settled, "no sync after the takeover's");
 
     // A leader that stops releases the Lease.
     b.terminate();

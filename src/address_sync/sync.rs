@@ -276,6 +276,8 @@ impl Runner {
             self.target.close().await;
             return;
         }
+        // One receiver for the whole loop, so each change of leadership wakes it once.
+        let mut leadership = self.leadership.clone();
         let mut full = true;
         loop {
             let Some(snapshot) = published.borrow_and_update().clone() else {
@@ -306,7 +308,6 @@ impl Runner {
             if once {
                 break;
             }
-            let mut leadership = self.leadership.clone();
             full = tokio::select! {
                 _ = stop.cancelled() => break,
                 changed = published.changed(), if retry_at.is_none() => {

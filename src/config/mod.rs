@@ -68,8 +68,8 @@ pub struct Config {
     /// Logs, metrics and health endpoints.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
-    /// With several replicas: elect one, through a Lease, to publish feeds to the cluster.
-    /// Without it, this instance always publishes.
+    /// With several replicas: elect one, through a Lease, to publish feeds to the cluster and
+    /// write to firewalls. Without it, this instance always does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader_election: Option<LeaderElectionConfig>,
 }

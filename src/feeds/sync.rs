@@ -343,6 +343,9 @@ impl FeedRunner {
     /// Syncs now, then every period until `shutdown`; with `once`, syncs once.
     pub async fn run(mut self, once: bool, shutdown: CancellationToken) {
         let period = Duration::from_secs(self.feed.period_secs);
+        // One receiver for the whole loop: a clone made per pass would still hold the version
+        // it was cloned at, and wake at once on every pass after the first change.
+        let mut leadership = self.leadership.clone();
         loop {
             let span = tracing::info_span!("feed_sync", feed = %self.feed.name);
             // A sync waiting on a slow feed server must not hold up shutdown; what it left
@@ -355,7 +358,6 @@ impl FeedRunner {
                 return;
             }
             // A replica that becomes leader publishes at once rather than at its next period.
-            let mut leadership = self.leadership.clone();
             let became_leader = async { while !leadership.changed().await {} };
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}
