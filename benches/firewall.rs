@@ -117,7 +117,7 @@ fn objects(groups: &Groups, model: &Model, limits: Limits) -> Objects {
 
 fn plan(c: &mut Criterion) {
     let model = model();
-    let groups = Groups::new(&config());
+    let groups = Groups::new(&config(), "bench");
     let limits = Limits {
         name_max: 79,
         group_max_members: 600,

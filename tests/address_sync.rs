@@ -110,14 +110,14 @@ async fn pods_that_start_stop_and_change_labels_follow_into_the_groups() {
     // A hand-made address with a name threatflow will want, and another cluster's objects.
     fortigate.seed(
         "address",
-        json!({"name": "k8s.shop.web-2", "subnet": "192.0.2.2/32", "comment": "made by hand"}),
+        json!({"name": "prod.shop.web-2", "subnet": "192.0.2.2/32", "comment": "made by hand"}),
     );
     let staging = Marker::new("staging");
     fortigate.seed(
         "address",
-        json!({"name": "k8s.shop.web-7", "subnet": "10.9.9.7/32", "comment": staging.comment()}),
+        json!({"name": "staging.shop.web-7", "subnet": "10.9.9.7/32", "comment": staging.comment()}),
     );
-    fortigate.seed("addrgrp", json!({"name": "web-staging", "member": [{"name": "k8s.shop.web-7"}], "comment": staging.comment()}));
+    fortigate.seed("addrgrp", json!({"name": "web-staging", "member": [{"name": "staging.shop.web-7"}], "comment": staging.comment()}));
     let yaml = format!(
         "cluster_name: prod\nfirewall:\n  debounce_ms: 200\n  groups:\n    - {{name: web, selector: \"app == 'web'\", families: [ipv4, ipv6]}}\n    - {{name: shop-nodes, selector: \"projectcalico.org/namespace == 'shop'\", addresses: node}}\n  fortigate:\n{}  fortimanager:\n{}",
         fortigate_yaml(&fortigate, dir.path()),
@@ -125,24 +125,24 @@ async fn pods_that_start_stop_and_change_labels_follow_into_the_groups() {
     );
     let daemon = common::daemon::InProcess::start(&yaml, Some(api.client())).await;
     until("the first sync", || {
-        fortigate.members("addrgrp", "web") == ["k8s.shop.web-1"]
-            && fortimanager.members("addrgrp", "web") == ["k8s.shop.web-1"]
+        fortigate.members("addrgrp", "web") == ["prod.shop.web-1"]
+            && fortimanager.members("addrgrp", "web") == ["prod.shop.web-1"]
     })
     .await;
     assert_eq!(
         fortigate.members("addrgrp6", "web.v6"),
-        ["k8s.shop.web-1.v6"]
+        ["prod.shop.web-1.v6"]
     );
     assert_eq!(
-        fortigate.object("address6", "k8s.shop.web-1.v6").unwrap()["ip6"],
+        fortigate.object("address6", "prod.shop.web-1.v6").unwrap()["ip6"],
         "fd00:10:244:1::5/128"
     );
     assert_eq!(
         fortigate.members("addrgrp", "shop-nodes"),
-        ["k8s.node.node-a"]
+        ["prod.node.node-a"]
     );
     assert_eq!(
-        fortigate.object("address", "k8s.node.node-a").unwrap()["subnet"],
+        fortigate.object("address", "prod.node.node-a").unwrap()["subnet"],
         "192.168.0.10 255.255.255.255"
     );
     assert!(
@@ -165,21 +165,21 @@ async fn pods_that_start_stop_and_change_labels_follow_into_the_groups() {
     let mut refused = Value::Null;
     for _ in 0..100 {
         refused = target(&status(port).await, "fgt")["refused"].clone();
-        if refused["k8s.shop.web-2"].is_string() {
+        if refused["prod.shop.web-2"].is_string() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
-        refused["k8s.shop.web-2"]
+        refused["prod.shop.web-2"]
             .as_str()
             .unwrap()
             .contains("made by hand"),
         "{refused}"
     );
-    assert_eq!(fortigate.members("addrgrp", "web"), ["k8s.shop.web-1"]);
+    assert_eq!(fortigate.members("addrgrp", "web"), ["prod.shop.web-1"]);
     assert_eq!(
-        fortigate.object("address", "k8s.shop.web-2").unwrap()["subnet"],
+        fortigate.object("address", "prod.shop.web-2").unwrap()["subnet"],
         "192.0.2.2 255.255.255.255"
     );
 
@@ -189,7 +189,7 @@ async fn pods_that_start_stop_and_change_labels_follow_into_the_groups() {
         pod("shop", "web-3", &["10.244.1.8"], json!({"app": "web"})),
     );
     until("web-3", || {
-        fortigate.members("addrgrp", "web") == ["k8s.shop.web-1", "k8s.shop.web-3"]
+        fortigate.members("addrgrp", "web") == ["prod.shop.web-1", "prod.shop.web-3"]
     })
     .await;
     api.seed(
@@ -197,11 +197,11 @@ async fn pods_that_start_stop_and_change_labels_follow_into_the_groups() {
         pod("shop", "web-3", &["10.244.1.8"], json!({"app": "batch"})),
     );
     until("web-3 relabelled", || {
-        fortigate.members("addrgrp", "web") == ["k8s.shop.web-1"]
+        fortigate.members("addrgrp", "web") == ["prod.shop.web-1"]
     })
     .await;
     until("its address deleted", || {
-        fortigate.object("address", "k8s.shop.web-3").is_none()
+        fortigate.object("address", "prod.shop.web-3").is_none()
     })
     .await;
     api.remove("pods", "shop/web-1");
@@ -210,17 +210,17 @@ async fn pods_that_start_stop_and_change_labels_follow_into_the_groups() {
         pod("shop", "web-9", &["10.244.1.5"], json!({"app": "web"})),
     );
     until("the IP under its new pod", || {
-        fortigate.members("addrgrp", "web") == ["k8s.shop.web-9"]
-            && fortimanager.members("addrgrp", "web") == ["k8s.shop.web-2", "k8s.shop.web-9"]
+        fortigate.members("addrgrp", "web") == ["prod.shop.web-9"]
+            && fortimanager.members("addrgrp", "web") == ["prod.shop.web-2", "prod.shop.web-9"]
     })
     .await;
     until("web-1's address gone", || {
-        fortigate.object("address", "k8s.shop.web-1").is_none()
-            && fortimanager.object("address", "k8s.shop.web-1").is_none()
+        fortigate.object("address", "prod.shop.web-1").is_none()
+            && fortimanager.object("address", "prod.shop.web-1").is_none()
     })
     .await;
     assert_eq!(
-        fortigate.object("address", "k8s.shop.web-9").unwrap()["subnet"],
+        fortigate.object("address", "prod.shop.web-9").unwrap()["subnet"],
         "10.244.1.5 255.255.255.255"
     );
     assert!(
@@ -230,14 +230,14 @@ async fn pods_that_start_stop_and_change_labels_follow_into_the_groups() {
 
     // Nobody else's objects changed; no table was ever purged; the key never left the header.
     assert_eq!(
-        fortigate.object("address", "k8s.shop.web-2").unwrap()["comment"],
+        fortigate.object("address", "prod.shop.web-2").unwrap()["comment"],
         "made by hand"
     );
     assert_eq!(
         fortigate.members("addrgrp", "web-staging"),
-        ["k8s.shop.web-7"]
+        ["staging.shop.web-7"]
     );
-    assert!(fortigate.object("address", "k8s.shop.web-7").is_some());
+    assert!(fortigate.object("address", "staging.shop.web-7").is_some());
     assert!(fortigate.purges().is_empty());
     assert!(fortigate
         .server
@@ -268,8 +268,9 @@ async fn pods_that_start_stop_and_change_labels_follow_into_the_groups() {
         "{shown}"
     );
     assert!(
-        shown
-            .contains("k8s.shop.web-2: held by an object this cluster does not own (made by hand)"),
+        shown.contains(
+            "prod.shop.web-2: held by an object this cluster does not own (made by hand)"
+        ),
         "{shown}"
     );
 
@@ -304,7 +305,7 @@ async fn drift_is_repaired_and_a_locked_workspace_is_waited_for() {
     let daemon = common::daemon::InProcess::start(&yaml, Some(api.client())).await;
     let port = daemon.port;
     until("the FortiGate", || {
-        fortigate.members("addrgrp", "web") == ["k8s.shop.web-1"]
+        fortigate.members("addrgrp", "web") == ["prod.shop.web-1"]
     })
     .await;
     let mut fmg_status = Value::Null;
@@ -326,7 +327,7 @@ async fn drift_is_repaired_and_a_locked_workspace_is_waited_for() {
     assert!(fortimanager.writes().is_empty());
     fortimanager.release_lock();
     until("the FortiManager after the lock", || {
-        fortimanager.members("addrgrp", "web") == ["k8s.shop.web-1"]
+        fortimanager.members("addrgrp", "web") == ["prod.shop.web-1"]
     })
     .await;
     // The retries were spaced out, not a tight loop.
@@ -339,16 +340,16 @@ async fn drift_is_repaired_and_a_locked_workspace_is_waited_for() {
 
     // Someone edits an owned address and empties the group by hand; the reconcile puts them
     // back.
-    fortigate.edit("address", "k8s.shop.web-1", |address| {
+    fortigate.edit("address", "prod.shop.web-1", |address| {
         address["subnet"] = json!("10.1.1.1/32")
     });
     fortigate.edit("addrgrp", "web", |group| {
-        group["member"] = json!([{"name": "k8s.shop.web-1"}, {"name": "k8s.shop.web-1"}])
+        group["member"] = json!([{"name": "prod.shop.web-1"}, {"name": "prod.shop.web-1"}])
     });
     fortigate.remove("addrgrp", "web");
     until("the repair", || {
-        fortigate.members("addrgrp", "web") == ["k8s.shop.web-1"]
-            && fortigate.object("address", "k8s.shop.web-1").unwrap()["subnet"]
+        fortigate.members("addrgrp", "web") == ["prod.shop.web-1"]
+            && fortigate.object("address", "prod.shop.web-1").unwrap()["subnet"]
                 == "10.244.1.5 255.255.255.255"
     })
     .await;
@@ -496,7 +497,7 @@ async fn mirrored_policies_and_the_pull_endpoint() {
     );
     let daemon = common::daemon::InProcess::start(&yaml, Some(api.client())).await;
     until("the mirrored group", || {
-        fortigate.members("addrgrp", "default.web-ingress") == ["k8s.shop.web-1"]
+        fortigate.members("addrgrp", "default.web-ingress") == ["prod.shop.web-1"]
     })
     .await;
     assert!(
@@ -615,7 +616,7 @@ async fn a_standby_plans_but_writes_nothing_until_it_leads() {
 
     // The holder stops renewing: this replica takes over and writes, once.
     common::eventually("the takeover", Duration::from_secs(20), || {
-        fortigate.members("addrgrp", "web") == ["k8s.shop.web-1"]
+        fortigate.members("addrgrp", "web") == ["prod.shop.web-1"]
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -634,7 +635,7 @@ async fn a_standby_plans_but_writes_nothing_until_it_leads() {
 async fn the_plan_command_prints_the_changes_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let fortigate = fgt::FortiGate::start(dir.path(), fgt::Knobs::default()).await;
-    fortigate.seed("address", json!({"name": "k8s.shop.gone", "subnet": "10.0.0.99/32", "comment": Marker::new("prod").comment()}));
+    fortigate.seed("address", json!({"name": "prod.shop.gone", "subnet": "10.0.0.99/32", "comment": Marker::new("prod").comment()}));
     let inventory = dir.path().join("inventory.json");
     std::fs::write(
         &inventory,
@@ -680,9 +681,9 @@ async fn the_plan_command_prints_the_changes_and_writes_nothing() {
     assert_eq!(
         stdout.lines().skip(1).collect::<Vec<_>>(),
         [
-            "  create ipv4 address k8s.shop.web-1 = 10.244.1.5/32",
+            "  create ipv4 address prod.shop.web-1 = 10.244.1.5/32",
             "  create ipv4 group web (1 members)",
-            "  delete ipv4 address k8s.shop.gone",
+            "  delete ipv4 address prod.shop.gone",
         ],
         "{stdout}"
     );

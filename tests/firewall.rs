@@ -93,7 +93,28 @@ async fn sync(
     let actual = target.read().await?;
     let desired = firewall::desired(groups, target.limits(), "k8s.no-members");
     let plan = Plan::new(&desired, &actual);
+    if plan.is_empty() {
+        let error = target.publish().await.err();
+        return Ok((
+            plan,
+            Applied {
+                outcomes: Vec::new(),
+                error,
+            },
+        ));
+    }
+    if let Err(error) = target.begin().await {
+        return Ok((
+            plan,
+            Applied {
+                outcomes: Vec::new(),
+                error: Some(error),
+            },
+        ));
+    }
     let mut applied = target.apply(&plan).await;
+    let kept = target.finish(applied.error.is_none()).await;
+    applied.error = applied.error.or(kept.err());
     if applied.error.is_none() {
         applied.error = target.publish().await.err();
     }
@@ -525,15 +546,14 @@ async fn a_failure_inside_the_workspace_unlocks_without_committing() {
     client.read().await.unwrap();
     let desired = firewall::desired(&web(), client.limits(), "x");
     let plan = Plan::new(&desired, &Default::default());
-    // Lock and the first write go through; the second write's connection resets.
-    double.inject([
-        Fault::Delay(Duration::ZERO),
-        Fault::Delay(Duration::ZERO),
-        Fault::Reset,
-    ]);
+    client.begin().await.unwrap();
+    assert!(double.is_locked());
+    // The first write goes through; the second write's connection resets.
+    double.inject([Fault::Delay(Duration::ZERO), Fault::Reset]);
     let applied = client.apply(&plan).await;
     assert_eq!(applied.error.unwrap().kind(), "unavailable");
-    assert!(applied.outcomes.is_empty(), "nothing took effect");
+    assert_eq!(applied.outcomes.len(), 2, "the first call's two addresses");
+    client.finish(false).await.unwrap();
     assert!(double.names("address").is_empty(), "nothing committed");
     assert!(!double.is_locked(), "unlocked");
 }
@@ -626,10 +646,11 @@ async fn fortimanager_installs_packages_and_retries_a_failed_install() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fortimanager_owns_only_its_objects_and_leaves_referenced_ones() {
     let dir = tempfile::tempdir().unwrap();
+    // A 7.4 manager whose ADOM is a 7.0 one: the ADOM's version decides about empty groups.
     let double = fmg::FortiManager::start(
         dir.path(),
         fmg::Knobs {
-            version: "v7.0.12".into(),
+            adom_version: (7, 0),
             ..fmg::Knobs::default()
         },
     )
@@ -698,4 +719,173 @@ async fn fortimanager_owns_only_its_objects_and_leaves_referenced_ones() {
         names.contains("k8s.shop.web-1") && names.contains("k8s.other"),
         "{names:?}"
     );
+}
+
+/// Between reads the sync works from what it last saw; an object deleted by hand and its name
+/// taken since is never updated or deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_taken_over_since_the_last_read_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let fortigate = fgt::FortiGate::start(dir.path(), fgt::Knobs::default()).await;
+    let fortimanager = fmg::FortiManager::start(dir.path(), fmg::Knobs::default()).await;
+    let mut targets: Vec<Box<dyn Target>> = vec![
+        Box::new(fortigate_client(&fortigate, dir.path(), "prod", "fgt-key")),
+        Box::new(fortimanager_client(
+            &fortimanager,
+            dir.path(),
+            login(),
+            Vec::new(),
+        )),
+    ];
+    let two = vec![group(
+        "web",
+        Family::V4,
+        &[("a", "10.0.0.1/32"), ("b", "10.0.0.2/32")],
+    )];
+    for target in &mut targets {
+        let (_, applied) = sync(target.as_mut(), &two).await.unwrap();
+        assert!(applied.error.is_none());
+    }
+    let seen: Vec<_> = {
+        let mut seen = Vec::new();
+        for target in &mut targets {
+            seen.push(target.read().await.unwrap());
+        }
+        seen
+    };
+    // An admin replaces both addresses with objects of their own.
+    fortigate.remove("addrgrp", "web");
+    fortigate.remove("address", "a");
+    fortigate.remove("address", "b");
+    fortigate.seed(
+        "address",
+        json!({"name": "a", "subnet": "192.0.2.1/32", "comment": "hand"}),
+    );
+    fortigate.seed(
+        "address",
+        json!({"name": "b", "subnet": "192.0.2.2/32", "comment": "hand"}),
+    );
+    for name in ["a", "b"] {
+        fortimanager.seed(
+            "address",
+            json!({"name": name, "subnet": "192.0.2.9/32", "comment": "hand"}),
+        );
+    }
+    // The next plan, from what was last seen: update a, delete b.
+    let changed = vec![group("web", Family::V4, &[("a", "10.0.0.9/32")])];
+    for (target, seen) in targets.iter_mut().zip(&seen) {
+        let desired = firewall::desired(&changed, target.limits(), "x");
+        let mut plan = Plan::new(&desired, seen);
+        plan.ops.retain(|op| op.object() == "address");
+        target.begin().await.unwrap();
+        let applied = target.apply(&plan).await;
+        target.finish(true).await.unwrap();
+        let outcomes = outcomes(&plan, &applied);
+        assert_eq!(
+            outcomes["update ipv4 address a = 10.0.0.9/32"],
+            OpOutcome::Conflict {
+                owner: Some("hand".into())
+            }
+        );
+        assert_eq!(
+            outcomes["delete ipv4 address b"],
+            OpOutcome::Conflict {
+                owner: Some("hand".into())
+            }
+        );
+    }
+    assert_eq!(fortigate.object("address", "a").unwrap()["comment"], "hand");
+    assert_eq!(
+        fortigate.object("address", "b").unwrap()["subnet"],
+        "192.0.2.2 255.255.255.255"
+    );
+    assert_eq!(
+        fortimanager.object("address", "a").unwrap()["comment"],
+        "hand"
+    );
+    assert!(fortimanager.object("address", "b").is_some());
+}
+
+/// A group larger than the device's member limit goes in as nested groups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_beyond_the_member_limit_are_nested() {
+    let dir = tempfile::tempdir().unwrap();
+    let double = fgt::FortiGate::start(
+        dir.path(),
+        fgt::Knobs {
+            max_group_members: 4,
+            ..fgt::Knobs::default()
+        },
+    )
+    .await;
+    let mut client = FortiGate::new(FortiGateSettings {
+        url: double.url(),
+        vdom: None,
+        api_key: "fgt-key".into(),
+        http: http(dir.path()),
+        requests_per_second: 1000.0,
+        group_max_members: 4,
+        marker: Marker::new("prod"),
+    })
+    .unwrap();
+    let members: Vec<(String, String)> = (0..30)
+        .map(|i| (format!("m{i}"), format!("10.0.0.{i}/32")))
+        .collect();
+    let members: Vec<(&str, &str)> = members
+        .iter()
+        .map(|(name, net)| (name.as_str(), net.as_str()))
+        .collect();
+    let (plan, applied) = sync(&mut client, &[group("big", Family::V4, &members)])
+        .await
+        .unwrap();
+    assert!(applied.error.is_none());
+    assert!(
+        applied.outcomes.iter().all(|(_, o)| *o == OpOutcome::Done),
+        "{:?}",
+        outcomes(&plan, &applied)
+    );
+    fn leaves(double: &fgt::FortiGate, name: &str, out: &mut Vec<String>) {
+        let members = double.members("addrgrp", name);
+        if members.is_empty() {
+            out.push(name.to_owned());
+        }
+        assert!(members.len() <= 4);
+        for member in members {
+            leaves(double, &member, out);
+        }
+    }
+    let mut found = Vec::new();
+    leaves(&double, "big", &mut found);
+    found.sort();
+    let mut expected: Vec<String> = (0..30).map(|i| format!("m{i}")).collect();
+    expected.sort();
+    assert_eq!(found, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_adom_workspace_is_locked_only_where_the_adom_asks() {
+    let dir = tempfile::tempdir().unwrap();
+    for (locked, expected) in [(false, 0), (true, 1)] {
+        let knobs = fmg::Knobs {
+            workspace_mode: "per-adom".into(),
+            adom_workspace: locked,
+            ..fmg::Knobs::default()
+        };
+        let double = fmg::FortiManager::start(dir.path(), knobs).await;
+        let mut client = fortimanager_client(
+            &double,
+            dir.path(),
+            Credentials::ApiKey("fmg-key".into()),
+            Vec::new(),
+        );
+        let (_, applied) = sync(&mut client, &web()).await.unwrap();
+        assert!(applied.error.is_none(), "{:?}", applied.error);
+        let locks = double
+            .calls()
+            .iter()
+            .filter(|(_, url)| url.ends_with("workspace/lock"))
+            .count();
+        assert_eq!(locks, expected);
+        assert_eq!(double.members("addrgrp", "web").len(), 2);
+    }
 }

@@ -113,26 +113,38 @@ fn default_mirror_selector() -> String {
     format!("{} == 'default'", crate::k8s::calico::labels::TIER)
 }
 
-/// Address object names. Characters other than letters, digits, `.`, `-` and `_` become `-`;
-/// a name longer than the target allows is shortened and ends with `~` and a hash.
+/// Address object names. `{cluster}` is the cluster's name, so clusters sharing a firewall
+/// never want the same name. Characters other than letters, digits, `.`, `-` and `_` become
+/// `-`; a name longer than the target allows is shortened and ends with `~` and a hash.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct NameConfig {
-    /// A pod's address: `{namespace}` and `{pod}` are replaced.
+    /// A pod's address: `{cluster}`, `{namespace}` and `{pod}` are replaced.
     pub pod: String,
-    /// A node's address: `{node}` is replaced.
+    /// A node's address: `{cluster}` and `{node}` are replaced.
     pub node: String,
     /// The address (`0.0.0.0/32`, or `::/128`) that keeps a group non-empty on targets that
-    /// do not allow empty groups (FortiOS before 7.2).
+    /// do not allow empty groups (FortiOS before 7.2); `{cluster}` is replaced.
     pub placeholder: String,
+}
+
+impl NameConfig {
+    /// The templates with `{cluster}` replaced by `cluster`.
+    pub fn for_cluster(&self, cluster: &str) -> NameConfig {
+        NameConfig {
+            pod: self.pod.replace("{cluster}", cluster),
+            node: self.node.replace("{cluster}", cluster),
+            placeholder: self.placeholder.replace("{cluster}", cluster),
+        }
+    }
 }
 
 impl Default for NameConfig {
     fn default() -> Self {
         NameConfig {
-            pod: "k8s.{namespace}.{pod}".into(),
-            node: "k8s.node.{node}".into(),
-            placeholder: "k8s.no-members".into(),
+            pod: "{cluster}.{namespace}.{pod}".into(),
+            node: "{cluster}.node.{node}".into(),
+            placeholder: "{cluster}.no-members".into(),
         }
     }
 }
@@ -360,22 +372,48 @@ impl FirewallConfig {
                 "nothing to publish: configure groups or mirror_policies",
             );
         }
-        for (field, template, placeholder) in [
-            ("pod", &self.names.pod, "{pod}"),
-            ("node", &self.names.node, "{node}"),
+        for (field, template, needed, allowed) in [
+            (
+                "pod",
+                &self.names.pod,
+                &["{namespace}", "{pod}"][..],
+                &["{cluster}", "{namespace}", "{pod}"][..],
+            ),
+            (
+                "node",
+                &self.names.node,
+                &["{node}"][..],
+                &["{cluster}", "{node}"][..],
+            ),
+            (
+                "placeholder",
+                &self.names.placeholder,
+                &[][..],
+                &["{cluster}"][..],
+            ),
         ] {
-            if !template.contains(placeholder) {
+            let at = format!("{path}.names.{field}");
+            for placeholder in needed {
+                if !template.contains(placeholder) {
+                    problems.push(
+                        at.clone(),
+                        format!("must contain {placeholder}, or two of them can get the same name"),
+                    );
+                }
+            }
+            let mut rest = template.clone();
+            for placeholder in allowed {
+                rest = rest.replace(placeholder, "x");
+            }
+            if !safe_name(&rest, 79) {
                 problems.push(
-                    format!("{path}.names.{field}"),
-                    format!("must contain {placeholder}, or every {field} gets the same name"),
+                    at,
+                    format!(
+                        "`{template}`: only {} and letters, digits, `.`, `-` or `_`",
+                        allowed.join(", ")
+                    ),
                 );
             }
-        }
-        if !safe_name(&self.names.placeholder, 79) {
-            problems.push(
-                format!("{path}.names.placeholder"),
-                "must be 1 to 79 letters, digits, `.`, `-` or `_`",
-            );
         }
         if self.debounce_ms > 60_000 {
             problems.push(format!("{path}.debounce_ms"), "must be at most 60000");
@@ -387,8 +425,10 @@ impl FirewallConfig {
             );
         }
         let targets = !self.fortigate.is_empty() || !self.fortimanager.is_empty();
-        if targets && cluster_name.is_none() {
-            problems.push("cluster_name", "firewall targets need the cluster's name: it marks the objects this cluster owns, so two clusters never take each other's");
+        match cluster_name {
+            None if targets => problems.push("cluster_name", "firewall targets need the cluster's name: it marks the objects this cluster owns, so two clusters never take each other's"),
+            Some(name) if targets && name.len() > 200 => problems.push("cluster_name", "must be at most 200 characters with firewall targets: it goes into each object's comment (255 at most)"),
+            _ => {}
         }
         if !targets && self.serve.is_none() {
             problems.push(
@@ -573,6 +613,7 @@ fortimanager:
     username: admin
 names:
   pod: "k8s.{namespace}"
+  node: "k8s/{node}"
 reconcile_interval_secs: 1
 "#,
         );
@@ -587,6 +628,7 @@ reconcile_interval_secs: 1
                 "firewall.groups[1].families",
                 "firewall.groups[2].name",
                 "firewall.names.pod",
+                "firewall.names.node",
                 "firewall.reconcile_interval_secs",
                 "cluster_name",
                 "firewall.fortigate[0].url",

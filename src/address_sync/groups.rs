@@ -34,8 +34,9 @@ pub struct Group {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Published {
     pub groups: BTreeMap<String, Group>,
-    /// Mirrored policies whose selector does not parse, with the reason (they publish no
-    /// group).
+    /// What could not be published, with why: mirrored policies whose selector does not
+    /// parse, and address names that would stand for two addresses (a template that does not
+    /// tell two pods or nodes apart), which are left out of every group.
     pub skipped: BTreeMap<String, String>,
 }
 
@@ -97,6 +98,7 @@ struct Definition {
 pub struct Groups {
     definitions: Vec<Definition>,
     mirror: Option<(Selector, AddressKind, Vec<Family>)>,
+    /// The name templates with `{cluster}` filled in.
     names: NameConfig,
 }
 
@@ -213,6 +215,33 @@ impl<'a> Index<'a> {
     }
 }
 
+/// Leaves out of every group a name that stands for two different addresses, and says so.
+/// (`ambiguous` holds those already found within one group.)
+fn drop_ambiguous(published: &mut Published, mut ambiguous: Vec<(Family, String)>) {
+    let mut seen: HashMap<(Family, &str), IpNet> = HashMap::new();
+    for group in published.groups.values() {
+        for (family, members) in &group.members {
+            for (name, net) in members {
+                match seen.insert((*family, name.as_str()), *net) {
+                    Some(other) if other != *net => ambiguous.push((*family, name.clone())),
+                    _ => {}
+                }
+            }
+        }
+    }
+    for (family, name) in ambiguous {
+        for group in published.groups.values_mut() {
+            if let Some(members) = group.members.get_mut(&family) {
+                members.remove(&name);
+            }
+        }
+        published.skipped.insert(
+            name,
+            "the name stands for more than one address: make firewall.names tell them apart".into(),
+        );
+    }
+}
+
 /// The first address of `family` among `ips`, as a host prefix.
 fn first_of(ips: &[IpAddr], family: Family) -> Option<IpNet> {
     ips.iter()
@@ -224,8 +253,8 @@ fn first_of(ips: &[IpAddr], family: Family) -> Option<IpNet> {
 }
 
 impl Groups {
-    /// The groups of a validated config.
-    pub fn new(config: &FirewallConfig) -> Groups {
+    /// The groups of a validated config, for the cluster named `cluster`.
+    pub fn new(config: &FirewallConfig, cluster: &str) -> Groups {
         let parse =
             |text: &str| Selector::parse(text).unwrap_or(Selector::Not(Box::new(Selector::All)));
         Groups {
@@ -247,7 +276,7 @@ impl Groups {
                     mirror.families.clone(),
                 )
             }),
-            names: config.names.clone(),
+            names: config.names.for_cluster(cluster),
         }
     }
 
@@ -278,15 +307,19 @@ impl Groups {
                     );
                     continue;
                 }
-                match Selector::parse(&policy.selector) {
-                    Ok(pods) => definitions.push(Definition {
+                let namespaces = match policy.namespace_selector.trim() {
+                    "" => Ok(None),
+                    text => Selector::parse(text).map(Some),
+                };
+                match (Selector::parse(&policy.selector), namespaces) {
+                    (Ok(pods), Ok(namespaces)) => definitions.push(Definition {
                         name: policy.name.clone(),
                         pods,
-                        namespaces: None,
+                        namespaces,
                         addresses: *addresses,
                         families: families.clone(),
                     }),
-                    Err(error) => {
+                    (Err(error), _) | (_, Err(error)) => {
                         published
                             .skipped
                             .insert(policy.name.clone(), error.to_string());
@@ -294,6 +327,7 @@ impl Groups {
                 }
             }
         }
+        let mut ambiguous = Vec::new();
         for definition in &definitions {
             let namespaces: Option<HashSet<&str>> =
                 definition.namespaces.as_ref().map(|selector| {
@@ -320,12 +354,17 @@ impl Groups {
                     if let Some((name, net)) =
                         self.member(model, pod, definition.addresses, *family)
                     {
-                        group.members.entry(*family).or_default().insert(name, net);
+                        let members = group.members.entry(*family).or_default();
+                        if members.get(&name).is_some_and(|other| *other != net) {
+                            ambiguous.push((*family, name.clone()));
+                        }
+                        members.insert(name, net);
                     }
                 }
             }
             published.groups.insert(definition.name.clone(), group);
         }
+        drop_ambiguous(&mut published, ambiguous);
         published
     }
 
@@ -422,6 +461,13 @@ mod tests {
                     ..PolicyInfo::default()
                 },
                 PolicyInfo {
+                    name: "default.dev-web".into(),
+                    tier: "default".into(),
+                    selector: "app == 'web'".into(),
+                    namespace_selector: "env == 'dev'".into(),
+                    ..PolicyInfo::default()
+                },
+                PolicyInfo {
                     name: "default.broken".into(),
                     tier: "default".into(),
                     selector: "app = 'x'".into(),
@@ -447,8 +493,9 @@ mod tests {
 
     #[test]
     fn groups_pick_pods_by_labels_namespaces_and_pseudo_labels() {
-        let groups = Groups::new(&config(
-            r#"
+        let groups = Groups::new(
+            &config(
+                r#"
 groups:
   - {name: web, selector: "app == 'web'", families: [ipv4, ipv6]}
   - {name: prod-web, selector: "app == 'web'", namespace_selector: "env == 'prod'"}
@@ -456,7 +503,9 @@ groups:
   - {name: nodes, selector: "app == 'api'", addresses: node}
   - {name: none, selector: "app == 'absent'"}
 "#,
-        ));
+            ),
+            "k8s",
+        );
         let published = groups.compute(&model());
         assert_eq!(
             names(&published, "web", Family::V4),
@@ -484,14 +533,31 @@ groups:
 
     #[test]
     fn mirrored_policies_become_groups_named_after_them() {
-        let groups = Groups::new(&config("mirror_policies: {}\n"));
+        let groups = Groups::new(&config("mirror_policies: {}\n"), "k8s");
         assert!(groups.mirrors_policies());
         let published = groups.compute(&model());
-        assert_eq!(published.groups.keys().collect::<Vec<_>>(), ["default.web"]);
+        assert_eq!(
+            published.groups.keys().collect::<Vec<_>>(),
+            ["default.dev-web", "default.web"]
+        );
+        assert_eq!(
+            names(&published, "default.dev-web", Family::V4),
+            ["k8s.dev.web-1"]
+        );
         assert_eq!(
             names(&published, "default.web", Family::V4),
             ["k8s.shop.web-1", "k8s.shop.web-2"]
         );
         assert!(published.skipped["default.broken"].contains("not a Calico selector"));
+    }
+
+    #[test]
+    fn a_name_that_stands_for_two_addresses_is_left_out_and_reported() {
+        let mut config = config("groups: [{name: web, selector: \"app == 'web'\"}]\n");
+        config.names.pod = "{cluster}.{pod}".into();
+        let published = Groups::new(&config, "k8s").compute(&model());
+        // web-1 is in shop (10.0.0.1) and in dev (10.0.1.1).
+        assert_eq!(names(&published, "web", Family::V4), ["k8s.web-2"]);
+        assert!(published.skipped["k8s.web-1"].contains("more than one address"));
     }
 }

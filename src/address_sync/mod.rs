@@ -284,7 +284,7 @@ impl AddressSync {
         let publisher_stop = stop.child_token();
         let publisher = tokio::spawn(publish(
             cluster.clone(),
-            Groups::new(config),
+            Groups::new(config, cluster_name.unwrap_or_default()),
             Duration::from_millis(config.debounce_ms),
             sender,
             metrics.clone(),
@@ -297,7 +297,10 @@ impl AddressSync {
                 name: target.name,
                 target: target.target,
                 groups: target.groups,
-                placeholder: config.names.placeholder.clone(),
+                placeholder: config
+                    .names
+                    .for_cluster(cluster_name.unwrap_or_default())
+                    .placeholder,
                 reconcile_interval: Duration::from_secs(config.reconcile_interval_secs),
                 leadership: deps.leadership.clone(),
                 metrics: metrics.clone(),

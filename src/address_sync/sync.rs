@@ -252,6 +252,23 @@ struct Kept {
     /// Objects the target refused, or whose names someone else holds, with why; left out of
     /// the groups and retried at a reconcile.
     blocked: BTreeMap<(Family, String), String>,
+    /// The first operation a target error stopped, for the status.
+    failed_at: Option<String>,
+}
+
+/// How long to wait after `error`: the growing backoff, and never less than the target asked
+/// for (`Retry-After`, capped at an hour) or, after refused credentials, a minute (FortiOS
+/// locks a source out after a few failed logins).
+fn retry_delay(error: &TargetError, backoff: &mut Backoff) -> Duration {
+    let delay = backoff.next_delay();
+    let floor = match error {
+        TargetError::Unauthorized { .. } | TargetError::Forbidden(_) => Duration::from_secs(60),
+        _ => error
+            .retry_after()
+            .unwrap_or_default()
+            .min(Duration::from_secs(3600)),
+    };
+    delay.max(floor)
 }
 
 impl Runner {
@@ -284,7 +301,12 @@ impl Runner {
                 break;
             };
             let started = Instant::now();
-            let result = self.sync(&snapshot, &mut kept, full).await;
+            // A sync stopped half-way is safe: the target is read again at the next start,
+            // and closing it releases a lock the sync held.
+            let result = tokio::select! {
+                result = self.sync(&snapshot, &mut kept, full) => result,
+                _ = stop.cancelled() => break,
+            };
             self.metrics
                 .duration
                 .get_or_create(&FirewallMetrics::target(&self.name))
@@ -298,7 +320,7 @@ impl Runner {
                     retry_at = None;
                 }
                 Err(error) => {
-                    let delay = error.retry_after().unwrap_or_else(|| backoff.next_delay());
+                    let delay = retry_delay(&error, &mut backoff);
                     tracing::warn!(target_name = %self.name, error = %error, retry_in = ?delay, "firewall sync failed");
                     retry_at = Some(tokio::time::Instant::now() + delay);
                     // Whatever happened, read the target again before the next plan.
@@ -329,7 +351,7 @@ impl Runner {
         }
     }
 
-    fn fail(&self, error: &TargetError) {
+    fn fail(&self, error: &TargetError, object: Option<String>) {
         self.metrics.sync(&self.name, error.kind());
         let message = error.to_string();
         self.update_status(|status| {
@@ -337,7 +359,7 @@ impl Runner {
             status.last_error = Some(ErrorStatus {
                 kind: error.kind(),
                 message,
-                object: None,
+                object,
                 at: rfc3339(SystemTime::now()),
             });
         });
@@ -350,9 +372,10 @@ impl Runner {
         kept: &mut Kept,
         full: bool,
     ) -> Result<(), TargetError> {
+        kept.failed_at = None;
         let result = self.sync_inner(published, kept, full).await;
         if let Err(error) = &result {
-            self.fail(error);
+            self.fail(error, kept.failed_at.take());
         }
         result
     }
@@ -411,12 +434,36 @@ impl Runner {
             .ops
             .into_iter()
             .partition(|op| matches!(op, Op::CreateAddress { .. } | Op::UpdateAddress { .. }));
-        let mut pending = self.apply(Plan { ops: addresses }, kept).await?;
-        let rest = match pending > 0 {
-            true => self.plan(&specs, kept),
-            false => Plan { ops: rest },
+        // One change (one workspace lock on a FortiManager) for both steps; none for a sync
+        // that only retries an install.
+        if addresses.is_empty() && rest.is_empty() {
+            self.target.publish().await?;
+            self.succeeded(owned, 0, kept.blocked.clone());
+            return Ok(());
+        }
+        self.target.begin().await?;
+        let applied = async {
+            let mut pending = self.apply(Plan { ops: addresses }, kept).await?;
+            let rest = match pending > 0 {
+                true => self.plan(&specs, kept),
+                false => Plan { ops: rest },
+            };
+            pending += self.apply(rest, kept).await?;
+            Ok(pending)
+        }
+        .await;
+        let pending = match applied {
+            Ok(pending) => {
+                self.target.finish(true).await?;
+                pending
+            }
+            Err(error) => {
+                if let Err(finish) = self.target.finish(false).await {
+                    tracing::warn!(target_name = %self.name, error = %finish, "ending the failed change failed too");
+                }
+                return Err(error);
+            }
         };
-        pending += self.apply(rest, kept).await?;
         self.target.publish().await?;
         self.metrics
             .pending
@@ -482,6 +529,7 @@ impl Runner {
             let taken: BTreeSet<usize> = applied.outcomes.iter().map(|(index, _)| *index).collect();
             for (index, op) in plan.ops.iter().enumerate() {
                 if !taken.contains(&index) {
+                    kept.failed_at.get_or_insert_with(|| op.name().to_owned());
                     self.count(op, "failed");
                 }
             }
@@ -552,8 +600,8 @@ pub fn plan(
         let key = (op.family(), op.name().to_owned());
         match op {
             Op::DeleteAddress { .. } | Op::DeleteGroup { .. } => !in_use.contains(&key),
-            Op::CreateAddress { .. } | Op::UpdateAddress { .. } => !blocked.contains_key(&key),
-            _ => true,
+            // Refused objects (addresses and groups) wait for the next reconcile.
+            _ => !blocked.contains_key(&key),
         }
     });
     plan

@@ -59,7 +59,8 @@ pub async fn plan_command(
             (stage.cluster.clone(), Some(stage))
         }
     };
-    let published = Groups::new(firewall).compute(&cluster.read());
+    let cluster_name = config.cluster_name.as_deref().unwrap_or_default();
+    let published = Groups::new(firewall, cluster_name).compute(&cluster.read());
     if let Some(stage) = stage {
         stage.stop().await;
     }
@@ -84,7 +85,7 @@ pub async fn plan_command(
         let plan = plan(
             &specs,
             target.target.limits(),
-            &firewall.names.placeholder,
+            &firewall.names.for_cluster(cluster_name).placeholder,
             &actual,
             &BTreeMap::new(),
             &BTreeSet::new(),

@@ -81,6 +81,8 @@ pub struct PolicyInfo {
     pub tier: String,
     /// `spec.selector` as written; empty selects every endpoint.
     pub selector: String,
+    /// `spec.namespaceSelector` as written; empty: every namespace.
+    pub namespace_selector: String,
 }
 
 /// A Job, for the CronJob that owns it.
@@ -460,6 +462,7 @@ impl From<PolicySelector> for PolicyInfo {
             labels: labels(&mut metadata),
             tier,
             selector: policy.spec.selector.unwrap_or_default(),
+            namespace_selector: policy.spec.namespace_selector.unwrap_or_default(),
         }
     }
 }
@@ -507,6 +510,7 @@ mod tests {
                 labels: BTreeMap::new(),
                 tier: "default".into(),
                 selector: "app == 'web'".into(),
+                namespace_selector: String::new(),
             }]
         );
     }

@@ -8,9 +8,10 @@
 //! - Listing asks only for objects whose comment mentions threatflow, then keeps those whose
 //!   comment is this cluster's marker exactly.
 //! - A create that finds the name taken (`-5`, or HTTP 424 on older builds) reads the object:
-//!   this cluster's is updated, anyone else's is reported as a conflict and left alone. An
-//!   update of an object deleted by hand creates it again. A delete of an object still in use
-//!   (`-23`) is left for later; of one already gone (404), done.
+//!   this cluster's is updated, anyone else's is reported as a conflict and left alone. Before
+//!   an update or a delete the object is read again: one deleted by hand is created again
+//!   (update) or done (delete), one whose name someone else has taken since is left alone. A
+//!   delete of an object still in use (`-23`) is left for later.
 //! - A `DELETE` always names one object: FortiOS purges every unreferenced object of a table
 //!   on a `DELETE` of the table URL, so an empty name is refused before any request.
 //! - 401, 403 and 429 concern the whole device and stop the apply; so do 5xx replies that are
@@ -29,9 +30,6 @@ use super::{
 };
 use crate::net::http::{self, HttpSettings};
 use crate::net::rate::RateLimit;
-
-/// The most bytes one reply may have (a table listing with every owned object).
-const MAX_REPLY_BYTES: u64 = 256 << 20;
 
 /// How to reach one FortiGate.
 #[derive(Clone, Debug)]
@@ -97,7 +95,8 @@ impl Reply {
         self.status == 200 && self.envelope.status != "error"
     }
 
-    /// The name is taken: `-5` (or `-15`) from current builds, 424 from older ones.
+    /// The name may be taken: `-5` (or `-15`) from current builds, 424 from older ones (which
+    /// also use it for invalid attributes; the read that follows tells them apart).
     fn duplicate(&self) -> bool {
         matches!(self.envelope.error, Some(-5 | -15)) || self.status == 424
     }
@@ -118,7 +117,7 @@ impl Reply {
     }
 }
 
-fn table(family: Family, group: bool) -> &'static str {
+pub(crate) fn table(family: Family, group: bool) -> &'static str {
     match (family, group) {
         (Family::V4, false) => "address",
         (Family::V6, false) => "address6",
@@ -188,18 +187,6 @@ fn group_body(name: &str, members: &std::collections::BTreeSet<String>, marker: 
     json!({ "name": name, "member": members, "comment": marker.comment() })
 }
 
-/// A transport failure, as the sync loop sees it.
-pub(crate) fn transport_error(error: &reqwest::Error) -> TargetError {
-    let what = if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
-        "cannot connect"
-    } else {
-        "the connection failed"
-    };
-    TargetError::Unavailable(format!("{what}: {}", crate::telemetry::ErrorChain(error)))
-}
-
 impl FortiGate {
     pub fn new(settings: FortiGateSettings) -> Result<FortiGate, TargetError> {
         let client = http::client(&settings.http).map_err(|error| {
@@ -253,40 +240,8 @@ impl FortiGate {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body.to_string());
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|error| transport_error(&error))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let bytes = http::read_body(response, MAX_REPLY_BYTES)
-            .await
-            .map_err(|error| TargetError::Unavailable(format!("reading the reply: {error}")))?;
-        let detail = || {
-            let text = String::from_utf8_lossy(&bytes);
-            let text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
-            text
-        };
-        match status {
-            401 => {
-                let hint = headers
-                    .get("www-authenticate")
-                    .and_then(|value| value.to_str().ok())
-                    .map(|value| format!("www-authenticate: {value}"))
-                    .unwrap_or_else(detail);
-                return Err(TargetError::Unauthorized {
-                    status,
-                    detail: hint,
-                });
-            }
-            403 => return Err(TargetError::Forbidden(detail())),
-            429 => {
-                return Err(TargetError::Throttled {
-                    retry_after: http::retry_after(&headers),
-                })
-            }
-            _ => {}
-        }
+        let (status, bytes) = super::exchange(request).await?;
+        let detail = || super::excerpt(&bytes);
         let envelope: Envelope = match serde_json::from_slice(&bytes) {
             Ok(envelope) => envelope,
             Err(_) if status >= 500 => {
@@ -372,16 +327,45 @@ impl FortiGate {
             return Ok(refused_empty());
         };
         let existing = self.send(Method::GET, &path, &[], None).await?;
+        if !existing.ok() {
+            // Not there after all: the create was refused for another reason.
+            return Ok(OpOutcome::Refused {
+                reason: reply.reason(),
+            });
+        }
         let comment = existing.envelope.results[0]["comment"]
             .as_str()
             .map(str::to_owned);
-        if existing.ok() && self.marker.owns(comment.as_deref()) {
+        if self.marker.owns(comment.as_deref()) {
             let reply = self.send(Method::PUT, &path, &[], Some(body)).await?;
             return Ok(outcome(&reply));
         }
         Ok(OpOutcome::Conflict {
             owner: comment.filter(|comment| !comment.is_empty()),
         })
+    }
+
+    /// Whether the object at `path` is still this cluster's: `None` when it is gone, else the
+    /// conflict to report when it is someone else's now.
+    async fn ownership(&mut self, path: &str) -> Result<Option<Option<OpOutcome>>, TargetError> {
+        let existing = self.send(Method::GET, path, &[], None).await?;
+        if existing.status == 404 {
+            return Ok(None);
+        }
+        if !existing.ok() {
+            return Ok(Some(Some(OpOutcome::Refused {
+                reason: existing.reason(),
+            })));
+        }
+        let comment = existing.envelope.results[0]["comment"].as_str();
+        Ok(Some(match self.marker.owns(comment) {
+            true => None,
+            false => Some(OpOutcome::Conflict {
+                owner: comment
+                    .filter(|comment| !comment.is_empty())
+                    .map(str::to_owned),
+            }),
+        }))
     }
 
     async fn update(
@@ -394,6 +378,12 @@ impl FortiGate {
         let Some(path) = Self::object_path(family, group, name) else {
             return Ok(refused_empty());
         };
+        // Someone may have deleted it and taken the name since it was read.
+        match self.ownership(&path).await? {
+            None => return self.create(family, group, name, body).await,
+            Some(Some(outcome)) => return Ok(outcome),
+            Some(None) => {}
+        }
         let reply = self.send(Method::PUT, &path, &[], Some(body)).await?;
         if reply.status == 404 {
             // Deleted by hand since it was read: create it again.
@@ -411,6 +401,11 @@ impl FortiGate {
         let Some(path) = Self::object_path(family, group, name) else {
             return Ok(refused_empty());
         };
+        match self.ownership(&path).await? {
+            None => return Ok(OpOutcome::Done),
+            Some(Some(outcome)) => return Ok(outcome),
+            Some(None) => {}
+        }
         let reply = self.send(Method::DELETE, &path, &[], None).await?;
         Ok(match reply.envelope.error {
             _ if reply.ok() || reply.status == 404 => OpOutcome::Done,

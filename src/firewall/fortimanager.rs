@@ -22,15 +22,13 @@ use ipnet::IpNet;
 use reqwest::header::{HeaderMap, AUTHORIZATION};
 use serde_json::{json, Value};
 
-use super::fortigate::{parse_subnet, parse_version, transport_error};
+use super::fortigate::{parse_subnet, parse_version, table};
 use super::{
     Applied, BoxFuture, Family, Limits, Marker, Objects, Op, OpOutcome, Plan, Target, TargetError,
 };
 use crate::net::http::{self, HttpSettings};
 use crate::net::rate::RateLimit;
 
-/// The most bytes one reply may have.
-const MAX_REPLY_BYTES: u64 = 256 << 20;
 /// The most requests one call carries.
 const BATCH: usize = 100;
 
@@ -85,13 +83,17 @@ pub struct FortiManager {
     headers: HeaderMap,
     rate: RateLimit,
     session: Option<String>,
-    /// `(major, minor, patch)` and whether writes need the workspace lock, once asked.
+    /// `(major, minor, patch)`, the ADOM's FortiOS version, and whether writes need the
+    /// workspace lock, once asked.
     version: Option<(u32, u32, u32)>,
+    adom_version: Option<(u32, u32, u32)>,
     workspace: Option<bool>,
     /// This session holds the ADOM's workspace lock.
     locked: bool,
     /// Changes not installed yet (or an install that failed), for the next publish.
     install_pending: bool,
+    /// The change in progress wrote something.
+    changed: bool,
     next_id: u64,
 }
 
@@ -129,15 +131,6 @@ const NO_PERMISSION: i64 = -11;
 const EXISTS: i64 = -2;
 const MISSING: i64 = -3;
 const LOCKED_BY_OTHER: i64 = -20055;
-
-fn table(family: Family, group: bool) -> &'static str {
-    match (family, group) {
-        (Family::V4, false) => "address",
-        (Family::V6, false) => "address6",
-        (Family::V4, true) => "addrgrp",
-        (Family::V6, true) => "addrgrp6",
-    }
-}
 
 /// A name in a JSON-RPC URL: `/` must be written `\/`.
 fn escape(name: &str) -> String {
@@ -212,9 +205,11 @@ impl FortiManager {
             settings,
             session: None,
             version: None,
+            adom_version: None,
             workspace: None,
             locked: false,
             install_pending: false,
+            changed: false,
             next_id: 1,
         })
     }
@@ -253,41 +248,16 @@ impl FortiManager {
             "params": params,
             "session": self.session,
         });
-        let response = self
+        let request = self
             .client
             .post(&self.endpoint)
             .headers(self.headers.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .map_err(|error| transport_error(&error))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let bytes = http::read_body(response, MAX_REPLY_BYTES)
-            .await
-            .map_err(|error| TargetError::Unavailable(format!("reading the reply: {error}")))?;
-        let detail = || {
-            String::from_utf8_lossy(&bytes)
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(200)
-                .collect::<String>()
-        };
+            .body(body.to_string());
+        let (status, bytes) = super::exchange(request).await?;
+        let detail = || super::excerpt(&bytes);
         match status {
             200 => {}
-            401 => {
-                return Err(TargetError::Unauthorized {
-                    status,
-                    detail: detail(),
-                })
-            }
-            403 => return Err(TargetError::Forbidden(detail())),
-            429 => {
-                return Err(TargetError::Throttled {
-                    retry_after: http::retry_after(&headers),
-                })
-            }
             status if status >= 500 => {
                 return Err(TargetError::Unavailable(format!(
                     "HTTP {status}: {}",
@@ -393,24 +363,51 @@ impl FortiManager {
         if self.version.is_some() && self.workspace.is_some() {
             return Ok(());
         }
+        let adom = format!("/dvmdb/adom/{}", escape(&self.settings.adom));
         let outcomes = self
             .call(
                 "get",
                 vec![
                     json!({ "url": "/sys/status" }),
                     json!({ "url": "/cli/global/system/global", "fields": ["workspace-mode"] }),
+                    json!({ "url": adom, "fields": ["os_ver", "mr", "workspace_mode"] }),
                 ],
             )
             .await?;
         for outcome in &outcomes {
             if !outcome.ok() {
-                return Err(access_error("reading the system status", outcome));
+                return Err(access_error(
+                    "reading the system status and the ADOM",
+                    outcome,
+                ));
             }
         }
         self.version = outcomes[0].data["Version"].as_str().and_then(parse_version);
-        let mode = &outcomes[1].data["workspace-mode"];
-        self.workspace =
-            Some(!matches!(mode, Value::Null) && *mode != json!(0) && *mode != json!("disabled"));
+        // The ADOM's FortiOS version decides what its objects may be (an empty group).
+        let number = |value: &Value| {
+            value.as_u64().or_else(|| {
+                value
+                    .as_str()
+                    .and_then(|text| text.split('.').next()?.parse().ok())
+            })
+        };
+        let adom_data = &outcomes[2].data;
+        self.adom_version = number(&adom_data["os_ver"]).map(|major| {
+            (
+                major as u32,
+                number(&adom_data["mr"]).unwrap_or(0) as u32,
+                0,
+            )
+        });
+        let off = |mode: &Value| {
+            matches!(mode, Value::Null) || *mode == json!(0) || *mode == json!("disabled")
+        };
+        let global = &outcomes[1].data["workspace-mode"];
+        let per_adom = *global == json!("per-adom") || *global == json!(3);
+        self.workspace = Some(match per_adom {
+            true => !off(&adom_data["workspace_mode"]),
+            false => !off(global),
+        });
         Ok(())
     }
 
@@ -552,11 +549,12 @@ impl FortiManager {
         })
     }
 
-    /// Runs the plan's operations, each run of like ones as one call.
+    /// Runs the plan's operations, each run of like ones as one call. Objects to update or
+    /// delete are read first (one call per run): one that is gone is created again (update) or
+    /// done (delete), one that is not this cluster's any more is left alone.
     async fn write(&mut self, plan: &Plan, applied: &mut Applied) -> Result<(), TargetError> {
         let mut start = 0;
         while start < plan.ops.len() {
-            let (method, _) = self.request(&plan.ops[start]);
             let kind = |op: &Op| (op.verb(), op.object(), op.family());
             let mut end = start + 1;
             while end < plan.ops.len()
@@ -565,14 +563,69 @@ impl FortiManager {
             {
                 end += 1;
             }
-            let params = plan.ops[start..end]
-                .iter()
-                .map(|op| self.request(op).1)
-                .collect();
-            let outcomes = self.call(method, params).await?;
-            for (offset, first) in outcomes.into_iter().enumerate() {
-                let index = start + offset;
-                let outcome = self.settle(&plan.ops[index], first).await?;
+            let mut send = Vec::new();
+            let mut recreate = Vec::new();
+            for index in start..end {
+                if plan.ops[index].name().is_empty() {
+                    // Never a table URL: a delete there purges the table.
+                    applied.outcomes.push((
+                        index,
+                        OpOutcome::Refused {
+                            reason: "an object needs a name".into(),
+                        },
+                    ));
+                } else {
+                    send.push(index);
+                }
+            }
+            if plan.ops[start].verb() != "create" && !send.is_empty() {
+                let checks = send
+                    .iter()
+                    .map(|index| {
+                        let op = &plan.ops[*index];
+                        json!({ "url": self.object_url(op.family(), Self::is_group(op), op.name()), "fields": ["name", "comment"] })
+                    })
+                    .collect();
+                let checks = self.call("get", checks).await?;
+                let mut owned = Vec::new();
+                for (index, check) in send.into_iter().zip(checks) {
+                    let comment = check.data["comment"].as_str();
+                    match (check.code, plan.ops[index].verb()) {
+                        (MISSING, "delete") => applied.outcomes.push((index, OpOutcome::Done)),
+                        (MISSING, _) => recreate.push(index),
+                        (0, _) if self.settings.marker.owns(comment) => owned.push(index),
+                        (0, _) => applied.outcomes.push((
+                            index,
+                            OpOutcome::Conflict {
+                                owner: comment.filter(|c| !c.is_empty()).map(str::to_owned),
+                            },
+                        )),
+                        _ => applied.outcomes.push((
+                            index,
+                            OpOutcome::Refused {
+                                reason: check.reason(),
+                            },
+                        )),
+                    }
+                }
+                send = owned;
+            }
+            if !send.is_empty() {
+                let (method, _) = self.request(&plan.ops[send[0]]);
+                let params = send
+                    .iter()
+                    .map(|index| self.request(&plan.ops[*index]).1)
+                    .collect();
+                let outcomes = self.call(method, params).await?;
+                for (index, first) in send.into_iter().zip(outcomes) {
+                    let outcome = self.settle(&plan.ops[index], first).await?;
+                    applied.outcomes.push((index, outcome));
+                }
+            }
+            for index in recreate {
+                let op = &plan.ops[index];
+                let add = json!({ "url": self.objects_url(op.family(), Self::is_group(op)), "data": self.data(op) });
+                let outcome = refused_unless_ok(self.call_one("add", add).await?);
                 applied.outcomes.push((index, outcome));
             }
             start = end;
@@ -627,55 +680,6 @@ impl FortiManager {
             }
         }
         self.locked = false;
-    }
-
-    /// Writes `plan` under the workspace lock when the ADOM needs one.
-    async fn change(&mut self, plan: &Plan) -> Applied {
-        let mut applied = Applied::default();
-        if plan.is_empty() {
-            return applied;
-        }
-        if let Err(error) = self.discover().await {
-            applied.error = Some(error);
-            return applied;
-        }
-        if self.workspace != Some(true) {
-            if let Err(error) = self.write(plan, &mut applied).await {
-                applied.error = Some(error);
-            }
-            return applied;
-        }
-        if let Err(error) = self.lock().await {
-            applied.error = Some(error);
-            return applied;
-        }
-        let written = self.write(plan, &mut applied).await;
-        let done = applied
-            .outcomes
-            .iter()
-            .any(|(_, outcome)| *outcome == OpOutcome::Done);
-        let committed = match written {
-            Err(error) => Err(error),
-            Ok(()) if !done => Ok(()),
-            Ok(()) => match self.workspace("commit").await {
-                Ok(outcome) if outcome.ok() => Ok(()),
-                Ok(outcome) => Err(TargetError::Protocol(format!(
-                    "committing ADOM {}: {}",
-                    self.settings.adom,
-                    outcome.reason()
-                ))),
-                Err(error) => Err(error),
-            },
-        };
-        if self.locked {
-            self.unlock().await;
-        }
-        if let Err(error) = committed {
-            // Unlocked without a commit: nothing of this apply took effect.
-            applied.outcomes.clear();
-            applied.error = Some(error);
-        }
-        applied
     }
 
     /// Installs one package and follows its task to the end.
@@ -787,21 +791,61 @@ impl Target for FortiManager {
         Limits {
             name_max: 79,
             group_max_members: self.settings.group_max_members,
-            empty_groups: self.version.is_some_and(|version| version >= (7, 2, 0)),
+            empty_groups: self
+                .adom_version
+                .or(self.version)
+                .is_some_and(|version| version >= (7, 2, 0)),
         }
+    }
+
+    fn begin(&mut self) -> BoxFuture<'_, Result<(), TargetError>> {
+        Box::pin(async move {
+            self.changed = false;
+            self.discover().await?;
+            if self.workspace == Some(true) {
+                self.lock().await?;
+            }
+            Ok(())
+        })
     }
 
     fn apply<'a>(&'a mut self, plan: &'a Plan) -> BoxFuture<'a, Applied> {
         Box::pin(async move {
-            let applied = self.change(plan).await;
-            if applied
+            let mut applied = Applied::default();
+            if let Err(error) = self.write(plan, &mut applied).await {
+                applied.error = Some(error);
+            }
+            self.changed |= applied
                 .outcomes
                 .iter()
-                .any(|(_, outcome)| *outcome == OpOutcome::Done)
-            {
-                self.install_pending = !self.settings.install.is_empty();
-            }
+                .any(|(_, outcome)| *outcome == OpOutcome::Done);
             applied
+        })
+    }
+
+    fn finish(&mut self, keep: bool) -> BoxFuture<'_, Result<(), TargetError>> {
+        Box::pin(async move {
+            let committed = match (self.locked, keep && self.changed) {
+                (true, true) => match self.workspace("commit").await {
+                    Ok(outcome) if outcome.ok() => Ok(()),
+                    Ok(outcome) => Err(TargetError::NotKept(format!(
+                        "committing ADOM {}: {}",
+                        self.settings.adom,
+                        outcome.reason()
+                    ))),
+                    Err(error) => Err(error),
+                },
+                _ => Ok(()),
+            };
+            if self.locked {
+                // Without a commit, what this change wrote is discarded.
+                self.unlock().await;
+            }
+            committed?;
+            if keep && self.changed && !self.settings.install.is_empty() {
+                self.install_pending = true;
+            }
+            Ok(())
         })
     }
 
@@ -824,6 +868,10 @@ impl Target for FortiManager {
 
     fn close(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
+            if self.locked {
+                // A sync stopped half-way: drop its changes and the lock.
+                self.unlock().await;
+            }
             if self.session.is_none() {
                 return;
             }

@@ -107,7 +107,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A firewall (or a firewall manager) threatflow keeps objects on. One module per vendor
 /// implements it; the sync loop drives every target the same way: [`Target::read`] what it
-/// owns there, plan, [`Target::apply`], and [`Target::close`] at the end.
+/// owns there, plan, then [`Target::begin`], one or more [`Target::apply`], [`Target::finish`]
+/// and [`Target::publish`]; [`Target::close`] at the end.
 pub trait Target: Send {
     /// The objects on the target that carry this cluster's marker, and nothing else. Also
     /// learns the target's version, which sets its [`Target::limits`].
@@ -116,11 +117,26 @@ pub trait Target: Send {
     /// What the target allows, as far as its version is known (after a read).
     fn limits(&self) -> Limits;
 
-    /// Carries out `plan` in order. Each object the target refuses is reported in the
-    /// outcomes and the rest go on; an error that concerns the whole target (down, refusing
-    /// the credentials, locked by someone else) stops the apply and is returned beside the
-    /// outcomes of what took effect before it.
+    /// Starts a change: a FortiManager in workspace mode takes the ADOM's lock. Nothing for
+    /// a target whose writes take effect one by one.
+    fn begin(&mut self) -> BoxFuture<'_, Result<(), TargetError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Carries out `plan` in order, within a change. Each object the target refuses is
+    /// reported in the outcomes and the rest go on; an error that concerns the whole target
+    /// (down, refusing the credentials) stops the apply and is returned beside the outcomes
+    /// of what was done before it. Before it updates or deletes an object, the target checks
+    /// that the object is still this cluster's.
     fn apply<'a>(&'a mut self, plan: &'a Plan) -> BoxFuture<'a, Applied>;
+
+    /// Ends a change: with `keep`, what the applies did takes effect (a FortiManager commits
+    /// the workspace); without it (after an error), it is dropped where the target can (a
+    /// FortiManager unlocks without committing). Either way a lock is released.
+    fn finish(&mut self, keep: bool) -> BoxFuture<'_, Result<(), TargetError>> {
+        let _ = keep;
+        Box::pin(async { Ok(()) })
+    }
 
     /// After a sync that changed something, or while work is pending: make the changes take
     /// effect beyond the target's own database (a FortiManager installs its policy packages
@@ -135,7 +151,7 @@ pub trait Target: Send {
         false
     }
 
-    /// Ends the session, if the target has one.
+    /// Ends the session, if the target has one (releasing a lock a stopped sync left).
     fn close(&mut self) -> BoxFuture<'_, ()>;
 }
 
@@ -190,6 +206,8 @@ pub enum TargetError {
     Throttled { retry_after: Option<Duration> },
     #[error("the workspace is locked by {by}; retrying later")]
     Locked { by: String },
+    #[error("the change was not kept: {0}")]
+    NotKept(String),
     #[error("the session expired while the workspace was locked; nothing was committed")]
     SessionExpired,
     #[error("installing policy package {package} failed: {reason}")]
@@ -208,6 +226,7 @@ impl TargetError {
             TargetError::Forbidden(_) => "forbidden",
             TargetError::Throttled { .. } => "throttled",
             TargetError::Locked { .. } => "locked",
+            TargetError::NotKept(_) => "not_kept",
             TargetError::SessionExpired => "session_expired",
             TargetError::Install { .. } => "install",
             TargetError::Protocol(_) => "protocol",
@@ -222,6 +241,56 @@ impl TargetError {
             _ => None,
         }
     }
+}
+
+/// The most bytes one reply may have (a table listing with every owned object).
+const MAX_REPLY_BYTES: u64 = 256 << 20;
+
+/// Sends a request and reads the reply within [`MAX_REPLY_BYTES`]: its status and body. A
+/// transport failure, and a status that concerns the whole device rather than one object
+/// (401 credentials refused, 403 access denied, 429 throttled), are errors.
+pub(crate) async fn exchange(
+    request: reqwest::RequestBuilder,
+) -> Result<(u16, Vec<u8>), TargetError> {
+    let response = request.send().await.map_err(|error| {
+        let what = if error.is_timeout() {
+            "timed out"
+        } else if error.is_connect() {
+            "cannot connect"
+        } else {
+            "the connection failed"
+        };
+        TargetError::Unavailable(format!("{what}: {}", crate::telemetry::ErrorChain(&error)))
+    })?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = crate::net::http::read_body(response, MAX_REPLY_BYTES)
+        .await
+        .map_err(|error| TargetError::Unavailable(format!("reading the reply: {error}")))?;
+    match status {
+        401 => Err(TargetError::Unauthorized {
+            status,
+            detail: headers
+                .get("www-authenticate")
+                .and_then(|value| value.to_str().ok())
+                .map(|value| format!("www-authenticate: {value}"))
+                .unwrap_or_else(|| excerpt(&body)),
+        }),
+        403 => Err(TargetError::Forbidden(excerpt(&body))),
+        429 => Err(TargetError::Throttled {
+            retry_after: crate::net::http::retry_after(&headers),
+        }),
+        _ => Ok((status, body)),
+    }
+}
+
+/// The start of a reply's body, printable characters only, for an error message.
+pub(crate) fn excerpt(body: &[u8]) -> String {
+    String::from_utf8_lossy(body)
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect()
 }
 
 /// What a target allows.
@@ -296,7 +365,10 @@ pub fn desired(groups: &[GroupSpec], limits: Limits, placeholder: &str) -> Objec
     objects
 }
 
-/// Adds group `name` holding `members`, split into nested groups when they do not fit.
+/// Adds group `name` holding `members`, split into nested groups when they do not fit. The
+/// groups holding addresses are `<name>.<i>`, each address placed by a stable hash of its name
+/// (so one change touches one subgroup, and empty subgroups are left out); when there are too
+/// many of those for one group, they are held, in name order, by `<name>.l1.<i>`, and so on up.
 fn split(
     objects: &mut Objects,
     family: Family,
@@ -309,27 +381,58 @@ fn split(
         objects.groups.insert((family, name), members);
         return;
     }
-    // Enough subgroups to fill each to about three quarters; a power of two, so the count
-    // moves only when the group grows or shrinks past a step.
+    let mut level_members: Vec<BTreeSet<String>> = hashed(&members, max);
+    let mut level = 0;
+    loop {
+        let mut children = BTreeSet::new();
+        for (index, bucket) in level_members.into_iter().enumerate() {
+            if bucket.is_empty() {
+                continue;
+            }
+            let child = match level {
+                0 => format!("{name}.{index}"),
+                level => format!("{name}.l{level}.{index}"),
+            };
+            let child = fit_name(&child, name_max);
+            children.insert(child.clone());
+            objects.groups.insert((family, child), bucket);
+        }
+        if children.len() <= max {
+            objects.groups.insert((family, name), children);
+            return;
+        }
+        // Fewer groups at each level: a group of `max` holds `max` of the level below.
+        let ordered: Vec<String> = children.into_iter().collect();
+        level_members = ordered
+            .chunks(max)
+            .map(|chunk| chunk.iter().cloned().collect())
+            .collect();
+        level += 1;
+    }
+}
+
+/// `members` in buckets of at most `max` by a stable hash, the empty ones left out: enough
+/// buckets to fill each to about three quarters, a power of two so the count moves only when
+/// the group grows or shrinks past a step.
+fn hashed(members: &BTreeSet<String>, max: usize) -> Vec<BTreeSet<String>> {
     let mut count = (members.len() * 4 / 3).div_ceil(max).next_power_of_two();
-    let buckets = loop {
+    while count <= members.len().saturating_mul(8) {
         let mut buckets = vec![BTreeSet::new(); count];
-        for member in &members {
+        for member in members {
             let bucket = (crate::k8s::apply::fnv1a(member.as_bytes()) % count as u64) as usize;
             buckets[bucket].insert(member.clone());
         }
         if buckets.iter().all(|bucket| bucket.len() <= max) {
-            break buckets;
+            return buckets;
         }
         count *= 2;
-    };
-    let mut children = BTreeSet::new();
-    for (index, bucket) in buckets.into_iter().enumerate() {
-        let child = fit_name(&format!("{name}.{index}"), name_max);
-        children.insert(child.clone());
-        split(objects, family, child, bucket, max, name_max);
     }
-    split(objects, family, name, children, max, name_max);
+    // The hashes will not spread (never seen): fill buckets in order instead.
+    let members: Vec<&String> = members.iter().collect();
+    members
+        .chunks(max)
+        .map(|chunk| chunk.iter().map(|member| (*member).clone()).collect())
+        .collect()
 }
 
 #[cfg(test)]
@@ -358,6 +461,35 @@ mod tests {
             "distinct names stay distinct"
         );
         assert!(fitted.chars().all(safe) || fitted.contains('~'));
+    }
+
+    #[test]
+    fn groups_nest_as_deep_as_they_must_without_reusing_a_name() {
+        let limits = Limits {
+            name_max: 79,
+            group_max_members: 3,
+            empty_groups: true,
+        };
+        let objects = desired(&[spec("big", 200)], limits, "x");
+        fn leaves(objects: &Objects, name: &str, depth: usize, out: &mut BTreeSet<String>) {
+            assert!(depth < 20, "a cycle at {name}");
+            match objects.groups.get(&(Family::V4, name.to_owned())) {
+                Some(members) => {
+                    assert!(members.len() <= 3, "{name}: {members:?}");
+                    for member in members {
+                        leaves(objects, member, depth + 1, out);
+                    }
+                }
+                None => assert!(out.insert(name.to_owned()), "{name} reached twice"),
+            }
+        }
+        let mut reached = BTreeSet::new();
+        leaves(&objects, "big", 0, &mut reached);
+        assert_eq!(reached.len(), 200);
+        assert!(objects
+            .groups
+            .keys()
+            .any(|(_, name)| name.starts_with("big.l2.")));
     }
 
     #[test]

@@ -22,6 +22,11 @@ use std::fmt;
 
 use crate::cluster::{Labels, Selects};
 
+/// The longest selector accepted.
+pub const MAX_LENGTH: usize = 4096;
+/// The deepest nesting of `(` and `!` accepted.
+pub const MAX_DEPTH: usize = 64;
+
 /// A parsed Calico selector.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Selector {
@@ -49,9 +54,21 @@ pub struct SelectorError {
 }
 
 impl Selector {
-    /// Parses a selector; an empty one is `all()`, as in Calico.
+    /// Parses a selector; an empty one is `all()`, as in Calico. Selectors come from the
+    /// cluster too (mirrored policies), so their size is bounded: at most [`MAX_LENGTH`]
+    /// characters and [`MAX_DEPTH`] levels of `(` and `!`.
     pub fn parse(text: &str) -> Result<Selector, SelectorError> {
-        let mut parser = Parser { text, at: 0 };
+        if text.len() > MAX_LENGTH {
+            return Err(SelectorError {
+                at: MAX_LENGTH,
+                reason: format!("longer than {MAX_LENGTH} characters"),
+            });
+        }
+        let mut parser = Parser {
+            text,
+            at: 0,
+            depth: 0,
+        };
         parser.skip_space();
         if parser.at == text.len() {
             return Ok(Selector::All);
@@ -187,6 +204,8 @@ impl fmt::Display for Selector {
 struct Parser<'a> {
     text: &'a str,
     at: usize,
+    /// Open `(` and `!` around the current position.
+    depth: usize,
 }
 
 impl Parser<'_> {
@@ -255,14 +274,23 @@ impl Parser<'_> {
         if self.rest().starts_with("!=") {
             return Err(self.error("`!=` needs a label key before it"));
         }
-        if self.eat("!") {
-            return Ok(Selector::Not(Box::new(self.unary()?)));
-        }
-        if self.eat("(") {
-            let inner = self.or()?;
-            if !self.eat(")") {
-                return Err(self.error("expected `)`"));
+        let not = self.eat("!");
+        if not || self.eat("(") {
+            self.depth += 1;
+            if self.depth > MAX_DEPTH {
+                return Err(self.error(&format!("nested deeper than {MAX_DEPTH} levels")));
             }
+            let inner = match not {
+                true => Selector::Not(Box::new(self.unary()?)),
+                false => {
+                    let inner = self.or()?;
+                    if !self.eat(")") {
+                        return Err(self.error("expected `)`"));
+                    }
+                    inner
+                }
+            };
+            self.depth -= 1;
             return Ok(inner);
         }
         self.matcher()
@@ -472,6 +500,26 @@ mod tests {
         assert_eq!(required("app == 'web' || app == 'api'"), None);
         assert_eq!(required("!(app == 'web')"), None);
         assert_eq!(required("tier not in {'a'}"), None);
+    }
+
+    #[test]
+    fn hostile_selectors_are_refused_not_overflowing_the_stack() {
+        let deep = format!("{}all(){}", "(".repeat(10_000), ")".repeat(10_000));
+        let error = Selector::parse(&deep[..MAX_LENGTH]).unwrap_err();
+        assert!(error.reason.contains("nested deeper"), "{error}");
+        let error = Selector::parse(&"!".repeat(100)).unwrap_err();
+        assert!(error.reason.contains("nested deeper"), "{error}");
+        assert!(Selector::parse(&deep)
+            .unwrap_err()
+            .reason
+            .contains("longer than"));
+        let long_chain = vec!["a == 'b'"; 300].join(" && ");
+        assert!(
+            Selector::parse(&long_chain).is_ok(),
+            "a long flat chain is fine"
+        );
+        let nested = format!("{}all(){}", "(".repeat(MAX_DEPTH), ")".repeat(MAX_DEPTH));
+        assert!(Selector::parse(&nested).is_ok());
     }
 
     #[test]

@@ -40,11 +40,14 @@ pub struct PolicySelector {
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PolicySelectorSpec {
     #[serde(default)]
     pub tier: Option<String>,
     #[serde(default)]
     pub selector: Option<String>,
+    #[serde(default)]
+    pub namespace_selector: Option<String>,
 }
 
 impl PolicySelector {

@@ -15,7 +15,8 @@
 //!   (404 when missing; 500 and `-23` when a group or policy refers to it), and a DELETE of the
 //!   table URL, which purges every unreferenced object and is recorded so tests can assert it
 //!   never happens;
-//! - validation: names longer than 79 (`-166`), names shared between addresses and groups of a
+//! - validation: names longer than 79 (`-166`), comments longer than 255 (`-72`), groups
+//!   with more than `max_group_members` members (`-4`), names shared between addresses and groups of a
 //!   family (`-163`), bad `subnet` (`-8`) or `ip6` (`-254`), unknown group members (`-3`),
 //!   empty groups before 7.2 (`-20`); `subnet` accepted as CIDR or `ip mask` and returned as
 //!   `ip mask`, with `start-ip`/`end-ip` echoed;
@@ -50,6 +51,8 @@ pub struct Knobs {
     /// Older builds answer a duplicate with 424 instead of 500.
     pub legacy_duplicate: bool,
     pub vdoms: Vec<String>,
+    /// The most members a group may have (FortiOS's per-model table size).
+    pub max_group_members: usize,
 }
 
 impl Default for Knobs {
@@ -63,6 +66,7 @@ impl Default for Knobs {
             lockout: Duration::from_secs(60),
             legacy_duplicate: false,
             vdoms: vec!["root".into()],
+            max_group_members: 600,
         }
     }
 }
@@ -100,13 +104,24 @@ pub struct FortiGate {
     state: Arc<Mutex<State>>,
 }
 
-fn version_at_least(version: &str, major: u32, minor: u32) -> bool {
+/// Whether a `v7.4.5`-style version is at least `major.minor.patch`.
+pub fn version_at_least(version: &str, at_least: (u32, u32, u32)) -> bool {
     let mut parts = version
         .trim_start_matches('v')
         .split(['.', '-'])
         .map(|part| part.parse::<u32>().unwrap_or(0));
-    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    found >= (major, minor)
+    let mut next = || parts.next().unwrap_or(0);
+    (next(), next(), next()) >= at_least
+}
+
+/// The reply to a request, after the fault queued for it, if any.
+pub fn with_fault(fault: Option<Fault>, respond: impl FnOnce() -> Reply) -> Reply {
+    match fault {
+        Some(Fault::Html(status)) => html(status, "Service Unavailable"),
+        Some(Fault::Reset) => Reply::Close,
+        Some(Fault::Delay(delay)) => respond().delayed(delay),
+        None => respond(),
+    }
 }
 
 /// `a.b.c.d/n` or `a.b.c.d m.m.m.m` -> (`a.b.c.d`, `m.m.m.m`).
@@ -385,6 +400,18 @@ fn validate(
     if name.is_empty() {
         return Err(error(state, call, 500, -651, "name: empty value"));
     }
+    if object["comment"]
+        .as_str()
+        .is_some_and(|comment| comment.chars().count() > 255)
+    {
+        return Err(error(
+            state,
+            call,
+            500,
+            -72,
+            "comment: value exceeds max characters (255)",
+        ));
+    }
     if name.chars().count() > 79 {
         return Err(error(
             state,
@@ -432,7 +459,10 @@ fn validate(
         }
         "addrgrp" | "addrgrp6" => {
             let members = object["member"].as_array().cloned().unwrap_or_default();
-            if members.is_empty() && !version_at_least(&state.knobs.version, 7, 2) {
+            if members.len() > state.knobs.max_group_members {
+                return Err(error(state, call, 500, -4, "member: max entries reached"));
+            }
+            if members.is_empty() && !version_at_least(&state.knobs.version, (7, 2, 0)) {
                 return Err(error(
                     state,
                     call,
@@ -472,12 +502,8 @@ fn validate(
 
 fn handle(state: &Mutex<State>, request: &Request) -> Reply {
     let mut state = state.lock();
-    match state.faults.pop_front() {
-        Some(Fault::Html(status)) => html(status, "Service Unavailable"),
-        Some(Fault::Reset) => Reply::Close,
-        Some(Fault::Delay(delay)) => respond(&mut state, request).delayed(delay),
-        None => respond(&mut state, request),
-    }
+    let fault = state.faults.pop_front();
+    with_fault(fault, || respond(&mut state, request))
 }
 
 fn respond(state: &mut State, request: &Request) -> Reply {

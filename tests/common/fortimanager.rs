@@ -4,17 +4,20 @@
 //! - the envelope: `id` echoed, `result` aligned with `params` (several per call), each
 //!   `{status: {code, message}, url, data?}`, HTTP 200 whatever the codes;
 //! - auth: `exec sys/login/user` (`user`, `passwd`) returns a `session`; wrong credentials
-//!   `-22`; `exec sys/logout`; sessions idle longer than `idle_timeout` answer `-11` (as an
-//!   expired session does); an API key in `Authorization: Bearer`, and `?access_token=`
+//!   `-22`; `exec sys/logout`; sessions idle longer than `idle_timeout` end (the next call
+//!   answers `-11`, as an expired session does, and a lock the session held is released); an API key in `Authorization: Bearer`, and `?access_token=`
 //!   refused (from 7.4.7 on);
 //! - ADOM objects under `/pm/config/adom/<adom>/obj/firewall/{address,address6,addrgrp,
 //!   addrgrp6}`: `get` (with `filter` `==`/`like`, `fields`), `add` (`-2` when the name is
 //!   taken), `update` (`-3` when missing; attributes merged, `member` replaced), `set`,
 //!   `delete` (`-3` missing, `-10015` when a group or a policy package rule refers to it);
-//!   unknown members `-10131`; empty groups `-9998` before 7.2; bad URLs `-6`; `\/` for `/` in
+//!   unknown members `-10131`; empty groups `-9998` in an ADOM of a FortiOS version before
+//!   7.2 (the ADOM's version, `/dvmdb/adom/<adom>` `os_ver` and `mr`, not the manager's); bad
+//!   URLs `-6`; `\/` for `/` in
 //!   names; `subnet` returned as `[ip, mask]`, members as a list of names; `type` as a number
 //!   unless `verbose: 1`;
-//! - workspace mode (`workspace-mode` `normal`): writes without the caller's lock `-10147`; a
+//! - workspace mode (`workspace-mode` `normal`, or `per-adom` with the ADOM's
+//!   `workspace_mode`): writes without the caller's lock `-10147`; a
 //!   lock held by another session `-20055`; `lockinfo`; changes visible to others only after
 //!   `commit`; `unlock` without commit discards them; a lock ends with its session;
 //! - `exec /securityconsole/install/package` returns a task that `get /task/task/<id>` shows
@@ -29,6 +32,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 pub use super::fortigate::Fault;
+use super::fortigate::{version_at_least, with_fault};
 use super::http::{HttpServer, Reply, Request};
 
 /// How the manager behaves.
@@ -38,8 +42,11 @@ pub struct Knobs {
     pub version: String,
     pub users: BTreeMap<String, String>,
     pub api_keys: Vec<String>,
-    /// `disabled` or `normal`.
+    /// The ADOM's FortiOS version (`os_ver`, `mr`): what its objects may be.
+    pub adom_version: (u32, u32),
+    /// `disabled`, `normal`, or `per-adom` (then `adom_workspace` decides).
     pub workspace_mode: String,
+    pub adom_workspace: bool,
     pub idle_timeout: Duration,
     /// Polls an install task takes to reach 100%.
     pub install_steps: u32,
@@ -51,7 +58,9 @@ impl Default for Knobs {
             version: "v7.4.3".into(),
             users: BTreeMap::from([("threatflow".to_owned(), "fmg-password".to_owned())]),
             api_keys: vec!["fmg-key".into()],
+            adom_version: (7, 4),
             workspace_mode: "disabled".into(),
+            adom_workspace: false,
             idle_timeout: Duration::from_secs(900),
             install_steps: 2,
         }
@@ -117,14 +126,6 @@ fn fail(url: &str, code: i64, message: &str) -> Value {
     json!({"status": {"code": code, "message": message}, "url": url})
 }
 
-fn version_at_least(version: &str, major: u32, minor: u32) -> bool {
-    let mut parts = version
-        .trim_start_matches('v')
-        .split(['.', '-'])
-        .map(|part| part.parse::<u32>().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
-}
-
 impl FortiManager {
     /// Serves HTTPS under the test PKI in `dir`.
     pub async fn start(dir: &std::path::Path, knobs: Knobs) -> FortiManager {
@@ -135,15 +136,8 @@ impl FortiManager {
         let handler_state = state.clone();
         let server = HttpServer::start_tls(dir, move |request| {
             let mut state = handler_state.lock();
-            match state.faults.pop_front() {
-                Some(Fault::Html(status)) => {
-                    Reply::status(status, "<html><body>Bad Gateway</body></html>")
-                        .with_header("Content-Type", "text/html")
-                }
-                Some(Fault::Reset) => Reply::Close,
-                Some(Fault::Delay(delay)) => respond(&mut state, request).delayed(delay),
-                None => respond(&mut state, request),
-            }
+            let fault = state.faults.pop_front();
+            with_fault(fault, || respond(&mut state, request))
         })
         .await;
         FortiManager { server, state }
@@ -352,8 +346,17 @@ fn matches_filter(object: &Value, filter: &Value) -> bool {
 }
 
 impl State {
+    /// Whether writes need the ADOM's lock.
+    fn locking(&self) -> bool {
+        match self.knobs.workspace_mode.as_str() {
+            "disabled" => false,
+            "per-adom" => self.knobs.adom_workspace,
+            _ => true,
+        }
+    }
+
     fn writable(&self, session: Option<&str>) -> bool {
-        self.knobs.workspace_mode == "disabled"
+        !self.locking()
             || matches!((&self.lock, session), (Some((holder, _)), Some(session)) if holder == session)
     }
 
@@ -395,7 +398,8 @@ impl State {
         }
         if table.starts_with("addrgrp") {
             let members = object["member"].as_array().cloned().unwrap_or_default();
-            if members.is_empty() && !version_at_least(&self.knobs.version, 7, 2) {
+            let (major, minor) = self.knobs.adom_version;
+            if members.is_empty() && (major, minor) < (7, 2) {
                 return Err((-9998, "empty member in address group".into()));
             }
             let addresses = if table.ends_with('6') {
@@ -447,8 +451,6 @@ impl State {
         if writes && !self.writable(session) {
             return fail(url, -10147, "no write permission");
         }
-        let version = self.knobs.version.clone();
-        let _ = version;
         let mut objects = self.view(session).clone();
         let result = match (method, name) {
             ("get", None) => {
@@ -683,31 +685,37 @@ fn respond(state: &mut State, request: &Request) -> Reply {
         .header("authorization")
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(str::to_owned);
-    if request.query("access_token").is_some() && version_at_least(&state.knobs.version, 7, 4) {
+    let refuses_url_tokens = version_at_least(&state.knobs.version, (7, 6, 2))
+        || (version_at_least(&state.knobs.version, (7, 4, 7))
+            && !version_at_least(&state.knobs.version, (7, 6, 0)));
+    if request.query("access_token").is_some() && refuses_url_tokens {
         return Reply::status(401, "");
     }
     let session = body["session"].as_str().map(str::to_owned);
     let now = Instant::now();
     let idle = state.knobs.idle_timeout;
+    // Sessions idle too long end, and a lock one of them held ends with it (unsaved work too).
+    let expired: Vec<String> = state
+        .sessions
+        .iter()
+        .filter(|(_, known)| now.duration_since(known.last_used) > idle)
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in expired {
+        state.sessions.remove(&id);
+        if state.lock.as_ref().is_some_and(|(holder, _)| *holder == id) {
+            state.lock = None;
+            state.working = None;
+        }
+    }
     let (user, session) = match (&bearer, &session) {
-        (Some(key), _) if state.knobs.api_keys.contains(key) => ("api-user".to_owned(), None),
+        (Some(key), _) if state.knobs.api_keys.contains(key) => {
+            // Requests with a key act as one session of the API user (for the lock).
+            ("api-user".to_owned(), Some("api-key".to_owned()))
+        }
         (Some(_), _) => return Reply::status(401, ""),
         (None, Some(session)) => {
-            let expired = state
-                .sessions
-                .get(session)
-                .is_none_or(|known| now.duration_since(known.last_used) > idle);
-            if expired {
-                if state.sessions.remove(session).is_some()
-                    && state
-                        .lock
-                        .as_ref()
-                        .is_some_and(|(holder, _)| holder == session)
-                {
-                    // A lock ends with its session, unsaved work with it.
-                    state.lock = None;
-                    state.working = None;
-                }
+            if !state.sessions.contains_key(session) {
                 let results = params
                     .iter()
                     .map(|param| {
@@ -768,12 +776,23 @@ fn respond(state: &mut State, request: &Request) -> Reply {
             ),
             ("get", "cli/global/system/global") => {
                 let mode = state.knobs.workspace_mode.clone();
-                let value = if verbose {
-                    json!(mode)
-                } else {
-                    json!(if mode == "disabled" { 0 } else { 1 })
+                let value = match (verbose, mode.as_str()) {
+                    (true, _) => json!(mode),
+                    (false, "disabled") => json!(0),
+                    (false, "per-adom") => json!(3),
+                    (false, _) => json!(1),
                 };
                 ok(url, Some(json!({"workspace-mode": value})))
+            }
+            ("get", "dvmdb/adom/root") => {
+                let (major, minor) = state.knobs.adom_version;
+                ok(
+                    url,
+                    Some(
+                        json!({"name": "root", "os_ver": format!("{major}.0"), "mr": minor,
+                    "workspace_mode": u8::from(state.knobs.adom_workspace)}),
+                    ),
+                )
             }
             ("get", "dvmdb/adom/root/workspace/lockinfo") => match &state.lock {
                 Some((holder, user)) => ok(
