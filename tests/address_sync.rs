@@ -44,6 +44,35 @@ fn seed_cluster(api: &KubeApi) {
     );
 }
 
+/// The Kubernetes API double with a namespace, a node and two pods; a FortiGate double; a
+/// FortiManager double in workspace mode.
+struct Scene {
+    dir: tempfile::TempDir,
+    api: KubeApi,
+    fortigate: fgt::FortiGate,
+    fortimanager: fmg::FortiManager,
+}
+
+impl Scene {
+    async fn start() -> Scene {
+        let dir = tempfile::tempdir().unwrap();
+        let api = KubeApi::start().await;
+        seed_cluster(&api);
+        let fortigate = fgt::FortiGate::start(dir.path(), fgt::Knobs::default()).await;
+        let knobs = fmg::Knobs {
+            workspace_mode: "normal".into(),
+            ..fmg::Knobs::default()
+        };
+        let fortimanager = fmg::FortiManager::start(dir.path(), knobs).await;
+        Scene {
+            dir,
+            api,
+            fortigate,
+            fortimanager,
+        }
+    }
+}
+
 fn secret(dir: &Path, name: &str, value: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, format!("{value}\n")).unwrap();
@@ -95,18 +124,12 @@ fn fortimanager_yaml(double: &fmg::FortiManager, dir: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_that_start_stop_and_change_labels_follow_into_the_groups() {
-    let dir = tempfile::tempdir().unwrap();
-    let api = KubeApi::start().await;
-    seed_cluster(&api);
-    let fortigate = fgt::FortiGate::start(dir.path(), fgt::Knobs::default()).await;
-    let fortimanager = fmg::FortiManager::start(
-        dir.path(),
-        fmg::Knobs {
-            workspace_mode: "normal".into(),
-            ..fmg::Knobs::default()
-        },
-    )
-    .await;
+    let Scene {
+        dir,
+        api,
+        fortigate,
+        fortimanager,
+    } = Scene::start().await;
     // A hand-made address with a name threatflow will want, and another cluster's objects.
     fortigate.seed(
         "address",
@@ -284,18 +307,12 @@ async fn pods_that_start_stop_and_change_labels_follow_into_the_groups() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_is_repaired_and_a_locked_workspace_is_waited_for() {
-    let dir = tempfile::tempdir().unwrap();
-    let api = KubeApi::start().await;
-    seed_cluster(&api);
-    let fortigate = fgt::FortiGate::start(dir.path(), fgt::Knobs::default()).await;
-    let fortimanager = fmg::FortiManager::start(
-        dir.path(),
-        fmg::Knobs {
-            workspace_mode: "normal".into(),
-            ..fmg::Knobs::default()
-        },
-    )
-    .await;
+    let Scene {
+        dir,
+        api,
+        fortigate,
+        fortimanager,
+    } = Scene::start().await;
     fortimanager.lock_as("alice");
     let yaml = format!(
         "cluster_name: prod\nfirewall:\n  debounce_ms: 100\n  reconcile_interval_secs: 5\n  groups:\n    - {{name: web, selector: \"app == 'web'\"}}\n  fortigate:\n{}  fortimanager:\n{}",

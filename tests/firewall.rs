@@ -67,6 +67,14 @@ fn fortimanager_client(
     .unwrap()
 }
 
+/// A FortiManager in workspace mode.
+fn workspace() -> fmg::Knobs {
+    fmg::Knobs {
+        workspace_mode: "normal".into(),
+        ..fmg::Knobs::default()
+    }
+}
+
 fn login() -> Credentials {
     Credentials::Login {
         user: "threatflow".into(),
@@ -430,11 +438,7 @@ async fn the_fortigate_double_refuses_url_tokens_and_records_table_purges() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fortimanager_changes_go_lock_write_commit_unlock() {
     let dir = tempfile::tempdir().unwrap();
-    let knobs = fmg::Knobs {
-        workspace_mode: "normal".into(),
-        ..fmg::Knobs::default()
-    };
-    let double = fmg::FortiManager::start(dir.path(), knobs).await;
+    let double = fmg::FortiManager::start(dir.path(), workspace()).await;
     let mut client = fortimanager_client(&double, dir.path(), login(), Vec::new());
     let (plan, applied) = sync(&mut client, &web()).await.unwrap();
     assert!(applied.error.is_none(), "{:?}", applied.error);
@@ -507,11 +511,7 @@ async fn fortimanager_changes_go_lock_write_commit_unlock() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_held_by_another_admin_is_reported_and_never_broken() {
     let dir = tempfile::tempdir().unwrap();
-    let knobs = fmg::Knobs {
-        workspace_mode: "normal".into(),
-        ..fmg::Knobs::default()
-    };
-    let double = fmg::FortiManager::start(dir.path(), knobs).await;
+    let double = fmg::FortiManager::start(dir.path(), workspace()).await;
     double.lock_as("alice");
     let mut client = fortimanager_client(&double, dir.path(), login(), Vec::new());
     let (_, applied) = sync(&mut client, &web()).await.unwrap();
@@ -537,11 +537,7 @@ async fn a_lock_held_by_another_admin_is_reported_and_never_broken() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_inside_the_workspace_unlocks_without_committing() {
     let dir = tempfile::tempdir().unwrap();
-    let knobs = fmg::Knobs {
-        workspace_mode: "normal".into(),
-        ..fmg::Knobs::default()
-    };
-    let double = fmg::FortiManager::start(dir.path(), knobs).await;
+    let double = fmg::FortiManager::start(dir.path(), workspace()).await;
     let mut client = fortimanager_client(&double, dir.path(), login(), Vec::new());
     client.read().await.unwrap();
     let desired = firewall::desired(&web(), client.limits(), "x");

@@ -628,6 +628,20 @@ impl State {
     }
 }
 
+/// `-11` for every request of a call without a valid session (expired, or none).
+fn denied(params: &[Value]) -> Vec<Value> {
+    params
+        .iter()
+        .map(|param| {
+            fail(
+                param["url"].as_str().unwrap_or_default(),
+                -11,
+                "No permission for the resource",
+            )
+        })
+        .collect()
+}
+
 fn respond(state: &mut State, request: &Request) -> Reply {
     if request.path() != "/jsonrpc" || request.method != "POST" {
         return Reply::status(404, "<html>Not Found</html>");
@@ -716,34 +730,14 @@ fn respond(state: &mut State, request: &Request) -> Reply {
         (Some(_), _) => return Reply::status(401, ""),
         (None, Some(session)) => {
             if !state.sessions.contains_key(session) {
-                let results = params
-                    .iter()
-                    .map(|param| {
-                        fail(
-                            param["url"].as_str().unwrap_or_default(),
-                            -11,
-                            "No permission for the resource",
-                        )
-                    })
-                    .collect();
-                return reply(results, None);
+                return reply(denied(&params), None);
             }
             let known = state.sessions.get_mut(session).unwrap();
             known.last_used = now;
             (known.user.clone(), Some(session.clone()))
         }
         (None, None) => {
-            let results = params
-                .iter()
-                .map(|param| {
-                    fail(
-                        param["url"].as_str().unwrap_or_default(),
-                        -11,
-                        "No permission for the resource",
-                    )
-                })
-                .collect();
-            return reply(results, None);
+            return reply(denied(&params), None);
         }
     };
     let session = session.as_deref();
