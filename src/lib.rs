@@ -24,6 +24,7 @@ pub mod kafka;
 pub mod net;
 pub mod netset;
 pub mod pipeline;
+pub mod policy_import;
 pub mod problems;
 pub mod secret;
 pub mod sink;

@@ -65,6 +65,27 @@ impl NetSet {
         }
     }
 
+    /// Addresses in both `self` and `other`.
+    pub fn intersect(&self, other: &NetSet) -> NetSet {
+        self.subtract(&self.subtract(other))
+    }
+
+    /// Addresses in either.
+    pub fn union(&self, other: &NetSet) -> NetSet {
+        NetSet::from_ranges(
+            self.v4.iter().chain(&other.v4).copied().collect(),
+            self.v6.iter().chain(&other.v6).copied().collect(),
+        )
+    }
+
+    /// Whether the set holds `ip`.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        match ip {
+            std::net::IpAddr::V4(ip) => self.overlaps4((u32::from(ip), u32::from(ip))),
+            std::net::IpAddr::V6(ip) => self.overlaps6((u128::from(ip), u128::from(ip))),
+        }
+    }
+
     /// Whether any address of `start..=end` (IPv4) is in the set.
     pub fn overlaps4(&self, (start, end): Range4) -> bool {
         overlaps(&self.v4, start, end)

@@ -161,32 +161,7 @@ fn default_tier_order() -> f64 {
     100.0
 }
 
-/// Where feeds are published.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PublishConfig {
-    /// `kubernetes` applies the objects through the Kubernetes API (in-cluster credentials, or
-    /// the `KUBECONFIG` file); `directory` writes them as YAML files (for GitOps and the
-    /// quickstart).
-    #[serde(rename = "type")]
-    pub kind: PublishKind,
-    /// Settings of a `directory` target.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub directory: Option<DirectoryConfig>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum PublishKind {
-    Kubernetes,
-    Directory,
-}
-
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DirectoryConfig {
-    pub path: PathBuf,
-}
+pub use crate::k8s::apply::{DirectoryConfig, PublishConfig, PublishKind};
 
 /// Ranges no feed may ever publish.
 pub const ALWAYS_NEVER_BLOCK: &[&str] = &["127.0.0.0/8", "169.254.0.0/16", "::1/128", "fe80::/10"];

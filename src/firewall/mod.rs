@@ -9,6 +9,7 @@
 pub mod fortigate;
 pub mod fortimanager;
 pub mod plan;
+pub mod rules;
 pub mod selector;
 
 use std::collections::{BTreeMap, BTreeSet};

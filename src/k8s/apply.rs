@@ -17,7 +17,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use super::calico::{
     GlobalNetworkPolicy, GlobalNetworkSet, ObjectMeta, StagedGlobalNetworkPolicy, Tier,
@@ -33,6 +34,33 @@ pub const CONTENT_HASH_ANNOTATION: &str = "threatflow.io/content-hash";
 const CALICO_ENTERPRISE_CREATOR: (&str, &str) =
     ("tigera.io/creator", "intrusion-detection-controller");
 const FIELD_MANAGER: &str = "threatflow";
+
+/// Where owned objects are published (feeds' sets, imported policy).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishConfig {
+    /// `kubernetes` applies the objects through the Kubernetes API (in-cluster credentials, or
+    /// the `KUBECONFIG` file); `directory` writes them as YAML files (for GitOps and the
+    /// quickstart).
+    #[serde(rename = "type")]
+    pub kind: PublishKind,
+    /// Settings of a `directory` target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<DirectoryConfig>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishKind {
+    Kubernetes,
+    Directory,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryConfig {
+    pub path: PathBuf,
+}
 
 /// A kind of object threatflow writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

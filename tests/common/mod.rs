@@ -15,6 +15,7 @@ pub mod kafka;
 pub mod kube_api;
 pub mod pki;
 pub mod receivers;
+pub mod verdicts;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -29,6 +29,8 @@ use super::{
 use crate::net::http::{self, HttpSettings};
 use crate::net::rate::RateLimit;
 
+pub mod rules;
+
 /// The most requests one call carries.
 const BATCH: usize = 100;
 
