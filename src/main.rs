@@ -96,6 +96,9 @@ enum FirewallCommand {
         #[arg(long, value_name = "FILE")]
         inventory: Option<PathBuf>,
     },
+    /// Print the Calico tier a FortiManager export or a Panorama configuration translates
+    /// into (YAML on standard output, refused rules on standard error).
+    Import(cli::firewall::ImportArgs),
 }
 
 fn main() -> ExitCode {
@@ -128,6 +131,20 @@ fn main() -> ExitCode {
             Ok(report) => {
                 print!("{}", report.text);
                 if report.failed > 0 {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(error) => usage_error(&error),
+        },
+        Command::Firewall {
+            command: FirewallCommand::Import(args),
+        } => match cli::firewall::import_command(&args) {
+            Ok(import) => {
+                print!("{}", import.yaml);
+                eprint!("{}", import.report);
+                if import.skipped_deny {
                     ExitCode::FAILURE
                 } else {
                     ExitCode::SUCCESS

@@ -265,6 +265,16 @@ fn tier_default(translation: &Translation) -> Action {
 /// Every flow decided alike; rules the translator refused are left out of the firewall's side
 /// (and a refused allow never lets Calico allow what the firewall denies).
 pub fn check(rulebase: &Rulebase, settings: &Settings) -> Result<usize, String> {
+    check_over(rulebase, settings, &endpoints(), &traffic())
+}
+
+/// [`check`] over given endpoints and traffic.
+pub fn check_over(
+    rulebase: &Rulebase,
+    settings: &Settings,
+    endpoints: &[Endpoint],
+    traffic: &[Traffic],
+) -> Result<usize, String> {
     let translation = translate(rulebase, settings);
     let refused: BTreeSet<usize> = translation
         .skipped
@@ -282,21 +292,16 @@ pub fn check(rulebase: &Rulebase, settings: &Settings) -> Result<usize, String> 
     let conventions = conventions(settings);
     let default = tier_default(&translation);
     let mut flows = 0;
-    for source in endpoints() {
-        for destination in endpoints() {
+    for source in endpoints {
+        for destination in endpoints {
             if source == destination {
                 continue;
             }
-            for traffic in traffic() {
+            for &traffic in traffic {
                 let firewall =
-                    verdicts::firewall(&effective, &conventions, &source, &destination, traffic);
-                let calico = verdicts::calico(
-                    &translation.objects,
-                    default,
-                    &source,
-                    &destination,
-                    traffic,
-                );
+                    verdicts::firewall(&effective, &conventions, source, destination, traffic);
+                let calico =
+                    verdicts::calico(&translation.objects, default, source, destination, traffic);
                 if firewall != calico {
                     return Err(format!(
                         "{source:?} -> {destination:?} {traffic:?}: firewall {firewall:?}, calico {calico:?}\nskipped: {:?}",
@@ -304,7 +309,7 @@ pub fn check(rulebase: &Rulebase, settings: &Settings) -> Result<usize, String> 
                     ));
                 }
                 let original =
-                    verdicts::firewall(rulebase, &conventions, &source, &destination, traffic);
+                    verdicts::firewall(rulebase, &conventions, source, destination, traffic);
                 if translation.skipped_denies().next().is_none()
                     && calico == Verdict::Allow
                     && original == Verdict::Deny
@@ -461,4 +466,308 @@ fn partners_in_an_external_zone_reach_the_dmz_by_ip() {
         ),
         Verdict::Deny
     );
+}
+
+/// The reference architecture's cluster: DMZ, app and data zones by namespace (one pod
+/// overriding its namespace's zone), pods in address groups by their own label and their
+/// namespace's, a pod outside firewall control, and outside hosts (partners, the internet, a
+/// blocked host, corporate admins, an address in no zone).
+fn reference_endpoints() -> Vec<Endpoint> {
+    let external = |ip: &str| Endpoint::External {
+        ip: ip.parse().unwrap(),
+    };
+    vec![
+        pod(
+            "web-1",
+            "10.2.1.10",
+            &[(GROUP, "web-frontends")],
+            &[(ZONE, "dmz")],
+        ),
+        pod(
+            "proxy",
+            "10.2.1.20",
+            &[(GROUP, "proxies")],
+            &[(ZONE, "dmz")],
+        ),
+        pod(
+            "bff",
+            "10.2.1.30",
+            &[(ZONE, "app"), (GROUP, "api-servers")],
+            &[(ZONE, "dmz")],
+        ),
+        pod(
+            "api",
+            "10.2.2.10",
+            &[(GROUP, "api-servers")],
+            &[(ZONE, "app"), (GROUP, "shop-all")],
+        ),
+        pod(
+            "worker",
+            "10.2.2.20",
+            &[(GROUP, "workers")],
+            &[(ZONE, "app"), (GROUP, "shop-all")],
+        ),
+        pod(
+            "postgres",
+            "10.2.3.10",
+            &[(GROUP, "databases")],
+            &[(ZONE, "data")],
+        ),
+        pod(
+            "replica",
+            "10.2.3.11",
+            &[(GROUP, "databases")],
+            &[(ZONE, "data")],
+        ),
+        pod(
+            "redis",
+            "10.2.3.20",
+            &[(GROUP, "caches")],
+            &[(ZONE, "data")],
+        ),
+        pod(
+            "audit-db",
+            "10.2.3.30",
+            &[(GROUP, "audit")],
+            &[(ZONE, "data")],
+        ),
+        pod("prometheus", "10.2.9.10", &[], &[]),
+        external("203.0.113.15"),
+        external("203.0.113.200"),
+        external("198.51.100.7"),
+        external("198.51.100.66"),
+        external("192.0.2.5"),
+        external("192.0.2.100"),
+        external("8.8.8.8"),
+    ]
+}
+
+fn reference_traffic() -> Vec<Traffic> {
+    vec![
+        Traffic::tcp(40000, 80),
+        Traffic::tcp(40000, 443),
+        Traffic::tcp(40000, 8050),
+        Traffic::tcp(40000, 5432),
+        Traffic::tcp(40000, 6379),
+        Traffic::tcp(2000, 22),
+        Traffic::tcp(80, 22),
+        Traffic::tcp(40000, 7),
+        Traffic::udp(5353, 53),
+        Traffic::udp(5353, 514),
+        Traffic::icmp(8, 0),
+    ]
+}
+
+fn reference_settings() -> Settings {
+    let mut settings = settings();
+    settings.external_zones = BTreeMap::from([
+        (
+            "wan".to_owned(),
+            vec![net("198.51.100.0/24"), net("203.0.113.0/24")],
+        ),
+        ("corp".to_owned(), vec![net("192.0.2.0/24")]),
+    ]);
+    settings
+}
+
+fn reference(file: &str, device_group: Option<&str>) -> Rulebase {
+    let path = common::root().join("tests/fixtures/firewall").join(file);
+    let text = std::fs::read_to_string(path).unwrap();
+    threatflow::policy_import::rulebase_of_export(&text, device_group, file).unwrap()
+}
+
+fn endpoint(name: &str) -> Endpoint {
+    reference_endpoints()
+        .into_iter()
+        .find(|endpoint| match endpoint {
+            Endpoint::Pod { name: pod, .. } => pod == name,
+            Endpoint::External { ip } => ip.to_string() == name,
+        })
+        .unwrap()
+}
+
+/// The reference rulebase, read from either manager: every flow of the grid decided alike,
+/// only the rule with users refused (an allow), and the architecture's intent spot-checked.
+fn reference_architecture_holds(rulebase: &Rulebase) {
+    let settings = reference_settings();
+    assert!(rulebase.rules.len() >= 25, "{} rules", rulebase.rules.len());
+    let translation = translate(rulebase, &settings);
+    let refused: Vec<(&str, Verdict)> = translation
+        .skipped
+        .iter()
+        .map(|skipped| (skipped.name.as_str(), skipped.verdict))
+        .collect();
+    assert_eq!(refused, [("dba-console", Verdict::Allow)]);
+    assert_eq!(translation.disabled, 2);
+    let flows = check_over(
+        rulebase,
+        &settings,
+        &reference_endpoints(),
+        &reference_traffic(),
+    )
+    .unwrap();
+    assert!(flows > 2500, "{flows} flows");
+    let default = tier_default(&translation);
+    let calico = |source: &str, destination: &str, traffic: Traffic| {
+        verdicts::calico(
+            &translation.objects,
+            default,
+            &endpoint(source),
+            &endpoint(destination),
+            traffic,
+        )
+    };
+    let https = Traffic::tcp(40000, 443);
+    let api = Traffic::tcp(40000, 8050);
+    let postgres = Traffic::tcp(40000, 5432);
+    for (source, destination, traffic, verdict, why) in [
+        ("198.51.100.7", "web-1", https, Verdict::Allow, "public web"),
+        (
+            "198.51.100.66",
+            "web-1",
+            https,
+            Verdict::Deny,
+            "a blocked source",
+        ),
+        (
+            "web-1",
+            "postgres",
+            postgres,
+            Verdict::Deny,
+            "a deny shadows the allow after it",
+        ),
+        (
+            "web-1",
+            "bff",
+            api,
+            Verdict::Allow,
+            "one of several sources",
+        ),
+        ("proxy", "api", api, Verdict::Allow, "the other source"),
+        (
+            "worker",
+            "audit-db",
+            postgres,
+            Verdict::Deny,
+            "deny before allow",
+        ),
+        (
+            "worker",
+            "postgres",
+            postgres,
+            Verdict::Allow,
+            "a nested group",
+        ),
+        (
+            "web-1",
+            "worker",
+            https,
+            Verdict::Deny,
+            "a negated destination",
+        ),
+        ("203.0.113.15", "api", api, Verdict::Allow, "a partner"),
+        (
+            "198.51.100.7",
+            "api",
+            api,
+            Verdict::Deny,
+            "a negated source",
+        ),
+        (
+            "192.0.2.5",
+            "postgres",
+            postgres,
+            Verdict::Deny,
+            "the refused allow stays closed",
+        ),
+        (
+            "prometheus",
+            "postgres",
+            postgres,
+            Verdict::Deny,
+            "a pod in no zone matches no zone's rule",
+        ),
+    ] {
+        assert_eq!(
+            calico(source, destination, traffic),
+            verdict,
+            "{source} -> {destination}: {why}"
+        );
+    }
+}
+
+#[test]
+fn the_reference_architecture_from_fortimanager() {
+    let rulebase = reference("reference-fortimanager.json", None);
+    reference_architecture_holds(&rulebase);
+}
+
+#[test]
+fn the_reference_architecture_from_panorama() {
+    let rulebase = reference("reference-panorama.xml", Some("k8s-zones"));
+    assert_eq!(
+        rulebase.rules[0].name, "block-bad-sources",
+        "shared pre-rules first"
+    );
+    assert_eq!(
+        rulebase.rules.last().unwrap().name,
+        "dns-out",
+        "post-rules last"
+    );
+    reference_architecture_holds(&rulebase);
+}
+
+/// `threatflow firewall import` prints the tier, byte for byte the committed YAML (which a
+/// reviewer reads as a diff when the rules change), and reports the refused rule.
+#[test]
+fn the_import_command_prints_the_committed_yaml() {
+    for (file, device_group, golden) in [
+        (
+            "reference-fortimanager.json",
+            None,
+            "reference-fortimanager.yaml",
+        ),
+        (
+            "reference-panorama.xml",
+            Some("k8s-zones"),
+            "reference-panorama.yaml",
+        ),
+    ] {
+        let fixtures = common::root().join("tests/fixtures/firewall");
+        let mut command = std::process::Command::new(common::binary());
+        command
+            .args([
+                "firewall",
+                "import",
+                "--tier",
+                "zones",
+                "--tier-order",
+                "50",
+            ])
+            .arg("--from")
+            .arg(fixtures.join(file))
+            .args([
+                "--external-zone",
+                "wan=198.51.100.0/24,203.0.113.0/24",
+                "--external-zone",
+                "corp=192.0.2.0/24",
+            ]);
+        if let Some(device_group) = device_group {
+            command.args(["--device-group", device_group]);
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        assert!(stderr.contains("`dba-console`"), "{stderr}");
+        let yaml = String::from_utf8(output.stdout).unwrap();
+        let golden = fixtures.join(golden);
+        if std::env::var_os("THREATFLOW_UPDATE_GOLDEN").is_some() {
+            std::fs::write(&golden, &yaml).unwrap();
+        }
+        assert_eq!(
+            yaml,
+            std::fs::read_to_string(&golden).unwrap(),
+            "{file}: the output changed; if that is intended, run with THREATFLOW_UPDATE_GOLDEN=1 and review the diff"
+        );
+    }
 }

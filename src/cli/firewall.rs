@@ -14,6 +14,7 @@ use crate::cluster::watch::WatchMetrics;
 use crate::cluster::{Cluster, ClusterStage, Source, SystemClock};
 use crate::config::Config;
 use crate::deps::Deps;
+use crate::policy_import::translate;
 use crate::telemetry::Readiness;
 
 /// What `firewall plan` found.
@@ -104,4 +105,106 @@ pub async fn plan_command(
         }
     }
     Ok(PlanReport { text, failed })
+}
+
+/// `threatflow firewall import`'s arguments.
+#[derive(clap::Args)]
+pub struct ImportArgs {
+    /// A FortiManager JSON export (a package's `firewall/policy` and the ADOM's objects, as the
+    /// JSON-RPC API returns them) or a Panorama `running-config.xml`.
+    #[arg(long = "from", value_name = "FILE")]
+    pub from: std::path::PathBuf,
+    /// The Calico tier the policy goes in.
+    #[arg(long, value_name = "NAME")]
+    pub tier: String,
+    /// For a Panorama configuration: the device group whose rules apply (`shared` for the
+    /// shared rules alone).
+    #[arg(long, value_name = "NAME")]
+    pub device_group: Option<String>,
+    #[arg(long, default_value_t = translate::DEFAULT_TIER_ORDER)]
+    pub tier_order: f64,
+    /// Write StagedGlobalNetworkPolicy objects (recorded, not enforced).
+    #[arg(long)]
+    pub staged: bool,
+    #[arg(long, default_value = translate::DEFAULT_ZONE_LABEL)]
+    pub zone_label: String,
+    #[arg(long, default_value = translate::DEFAULT_GROUP_LABEL)]
+    pub group_label: String,
+    /// A zone outside the cluster and its networks, e.g. `wan=0.0.0.0/0,::/0`; repeatable.
+    #[arg(long, value_name = "ZONE=CIDR,...")]
+    pub external_zone: Vec<String>,
+}
+
+/// What `firewall import` made: the YAML, and a report for standard error.
+pub struct ImportReport {
+    pub yaml: String,
+    pub report: String,
+    /// A deny rule was refused: the daemon would not publish this.
+    pub skipped_deny: bool,
+}
+
+/// Translates an export into the tier's Calico objects.
+pub fn import_command(args: &ImportArgs) -> anyhow::Result<ImportReport> {
+    let text = std::fs::read_to_string(&args.from)
+        .with_context(|| format!("cannot read {}", args.from.display()))?;
+    let mut problems = Vec::new();
+    if let Err(problem) = crate::policy_import::check_tier(&args.tier) {
+        problems.push(format!("--tier: {problem}"));
+    }
+    let mut settings = translate::Settings::new(&args.tier);
+    settings.tier_order = args.tier_order;
+    settings.staged = args.staged;
+    settings.zone_label.clone_from(&args.zone_label);
+    settings.group_label.clone_from(&args.group_label);
+    for zone in &args.external_zone {
+        match crate::policy_import::parse_external_zone(zone) {
+            Ok((zone, nets)) => {
+                settings.external_zones.insert(zone, nets);
+            }
+            Err(problem) => problems.push(format!("--external-zone {problem}")),
+        }
+    }
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("\n"));
+    }
+    // The file's name, not its path: the objects do not depend on where the export lies.
+    let origin = args.from.file_name().map_or_else(
+        || args.from.display().to_string(),
+        |name| name.to_string_lossy().into_owned(),
+    );
+    let rulebase =
+        crate::policy_import::rulebase_of_export(&text, args.device_group.as_deref(), &origin)
+            .map_err(|error| anyhow::anyhow!("{}: {error}", args.from.display()))?;
+    let translation = translate::translate(&rulebase, &settings);
+    let mut yaml = format!("---\n{}", translation.tier.to_yaml());
+    for object in &translation.objects {
+        yaml.push_str("---\n");
+        yaml.push_str(&object.to_yaml());
+    }
+    let mut report = format!(
+        "{}: {} rules translated into {} objects, {} disabled, {} refused\n",
+        rulebase.origin,
+        translation.translated,
+        translation.objects.len(),
+        translation.disabled,
+        translation.skipped.len()
+    );
+    for skipped in &translation.skipped {
+        report.push_str(&format!(
+            "  refused rule {} `{}` ({:?}): {}\n",
+            skipped.position, skipped.name, skipped.verdict, skipped.reason
+        ));
+    }
+    let skipped_deny = translation.skipped_denies().next().is_some();
+    if skipped_deny {
+        report.push_str(
+            "a refused deny rule would let through what the firewall stops: the daemon does not \
+             publish this rulebase unless `allow_skipped_denies` is set\n",
+        );
+    }
+    Ok(ImportReport {
+        yaml,
+        report,
+        skipped_deny,
+    })
 }

@@ -8,6 +8,7 @@
 
 pub mod fortigate;
 pub mod fortimanager;
+pub mod panorama;
 pub mod plan;
 pub mod rules;
 pub mod selector;

@@ -67,6 +67,27 @@ pub struct Settings {
     pub external_zones: BTreeMap<String, Vec<IpNet>>,
 }
 
+/// The default label naming a pod's (or namespace's) zone.
+pub const DEFAULT_ZONE_LABEL: &str = "firewall.threatflow.io/zone";
+/// The default label naming a pod's (or namespace's) address group.
+pub const DEFAULT_GROUP_LABEL: &str = "firewall.threatflow.io/address-group";
+/// The default tier order: before Calico's `default` tier, after tiers ordered below 100.
+pub const DEFAULT_TIER_ORDER: f64 = 100.0;
+
+impl Settings {
+    /// Enforced policy in `tier`, the default labels, no external zones.
+    pub fn new(tier: impl Into<String>) -> Settings {
+        Settings {
+            tier: tier.into(),
+            tier_order: DEFAULT_TIER_ORDER,
+            staged: false,
+            zone_label: DEFAULT_ZONE_LABEL.to_owned(),
+            group_label: DEFAULT_GROUP_LABEL.to_owned(),
+            external_zones: BTreeMap::new(),
+        }
+    }
+}
+
 /// A rule that was not translated.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Skipped {
@@ -200,6 +221,38 @@ fn and(left: Option<Selector>, right: Selector) -> Selector {
         Some(left) => Selector::And(Box::new(left), Box::new(right)),
         None => right,
     }
+}
+
+/// Port entries of one protocol and the same source ports as one entry (one Calico rule lists
+/// them all); the rest as they are.
+fn merge_ports(entries: BTreeSet<ServiceEntry>) -> Vec<ServiceEntry> {
+    type Range = (u16, u16);
+    let mut ports: BTreeMap<(PortProtocol, Vec<Range>), BTreeSet<Range>> = BTreeMap::new();
+    let mut merged = Vec::new();
+    for entry in entries {
+        match entry {
+            ServiceEntry::Ports {
+                protocol,
+                destination,
+                source,
+            } => ports
+                .entry((protocol, source))
+                .or_default()
+                .extend(destination),
+            other => merged.push(other),
+        }
+    }
+    merged.extend(
+        ports
+            .into_iter()
+            .map(|((protocol, source), destination)| ServiceEntry::Ports {
+                protocol,
+                destination: destination.into_iter().collect(),
+                source,
+            }),
+    );
+    merged.sort();
+    merged
 }
 
 /// Whether a value can be written in a Calico selector (in one kind of quotes).
@@ -504,7 +557,7 @@ impl<'a> Translator<'a> {
         if entries.contains(&ServiceEntry::Any) {
             return Ok(vec![ServiceEntry::Any]);
         }
-        Ok(entries.into_iter().collect())
+        Ok(merge_ports(entries))
     }
 
     /// The Calico rules of one direction: every source alternative with every destination
