@@ -309,7 +309,7 @@ fn check_selector(path: String, text: &str, problems: &mut Problems) {
     }
 }
 
-fn check_https(path: String, url: &str, problems: &mut Problems) {
+pub(crate) fn check_https(path: String, url: &str, problems: &mut Problems) {
     match reqwest::Url::parse(url) {
         Ok(parsed) if parsed.scheme() == "https" && parsed.host().is_some() => {
             if !parsed.username().is_empty()

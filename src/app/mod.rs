@@ -45,6 +45,9 @@ use crate::flow::source::{SourceBatch, SourceMetrics, SourceSettings, Sources};
 use crate::flow::RejectCounts;
 use crate::k8s::leader::{self, LeaderElectionConfig, Leadership};
 use crate::pipeline::{DeadLetter, FlowMetrics, Processor};
+use crate::policy_import::run::{
+    ImportMetrics, PolicyImport, SourceStatus, StatusBoard as ImportBoard,
+};
 use crate::sink::{SinkContext, SinkMetrics, SinkSettings, Sinks};
 use crate::telemetry::{self, Readiness};
 use reload::{ConfigWatch, OutcomeLabels, ReloadCounter};
@@ -93,6 +96,7 @@ pub struct Metrics {
     pub watch: WatchMetrics,
     pub index: IndexMetrics,
     pub firewall: FirewallMetrics,
+    pub policy_import: ImportMetrics,
     /// 1 while this replica writes to the cluster.
     pub leader: Gauge,
     pub config_reloads: ReloadCounter,
@@ -117,6 +121,9 @@ impl Metrics {
             watch,
             index,
             firewall: FirewallMetrics::register(registry.sub_registry_with_prefix("firewall")),
+            policy_import: ImportMetrics::register(
+                registry.sub_registry_with_prefix("policy_import"),
+            ),
             leader: telemetry::metric(
                 registry,
                 "leader",
@@ -133,6 +140,8 @@ struct Status {
     feeds: Vec<FeedStatus>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     firewall: Vec<TargetStatus>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    policy_import: Vec<SourceStatus>,
     kubernetes: Option<KubernetesStatus>,
     leader: bool,
 }
@@ -160,6 +169,7 @@ type KubernetesStatusSource = Box<dyn Fn() -> KubernetesStatus + Send + Sync>;
 struct StatusSources {
     feeds: StatusBoard,
     firewall: FirewallBoard,
+    policy_import: ImportBoard,
     kubernetes: Arc<Mutex<Option<KubernetesStatusSource>>>,
     leadership: Arc<Mutex<Option<Leadership>>>,
 }
@@ -354,6 +364,7 @@ struct Run {
     sources: Sources,
     feeds: Feeds,
     firewall: AddressSync,
+    policy_import: PolicyImport,
     feeds_stop: CancellationToken,
     processor: crate::pipeline::ProcessorThread,
     sinks: Sinks,
@@ -414,6 +425,28 @@ impl Run {
                 AddressSync::default()
             }
             false => firewall,
+        };
+        // Firewall managers' rulebases become tiers on their own schedule (once, in a batch).
+        let policy_import = match &config.policy_import {
+            Some(import) => {
+                PolicyImport::start(
+                    deps,
+                    import,
+                    &metrics.policy_import,
+                    &status.policy_import,
+                    once,
+                    &feeds_stop,
+                )
+                .await?
+            }
+            None => PolicyImport::default(),
+        };
+        let policy_import = match once {
+            true => {
+                policy_import.join().await;
+                PolicyImport::default()
+            }
+            false => policy_import,
         };
 
         let drain = stop.child_token();
@@ -502,6 +535,7 @@ impl Run {
             sources,
             feeds,
             firewall,
+            policy_import,
             feeds_stop,
             processor,
             sinks,
@@ -526,6 +560,7 @@ impl Run {
         self.feeds_stop.cancel();
         self.feeds.join().await;
         self.firewall.join().await;
+        self.policy_import.join().await;
         let processed = self.processor.join().await?;
         let undelivered = processed.refused + self.sinks.join().await;
         self.sources.finish().await;
@@ -581,6 +616,7 @@ impl Telemetry {
                 let status = Status {
                     feeds: status.feeds.lock().values().cloned().collect(),
                     firewall: status.firewall.lock().values().cloned().collect(),
+                    policy_import: status.policy_import.lock().values().cloned().collect(),
                     kubernetes: status.kubernetes.lock().as_ref().map(|status| status()),
                     leader: status
                         .leadership

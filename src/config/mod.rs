@@ -55,6 +55,10 @@ pub struct Config {
     /// served as plain-text lists for firewalls that pull.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firewall: Option<FirewallConfig>,
+    /// Zone-based policy from firewall managers: FortiManager policy packages and Panorama
+    /// rulebases enforced as Calico tiers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_import: Option<crate::policy_import::config::PolicyImportConfig>,
     /// How records are written as CEF, for sinks with `format: cef`.
     #[serde(default)]
     pub cef: CefConfig,
@@ -167,11 +171,11 @@ impl Config {
         match (
             self.sources.is_empty(),
             self.sinks.is_empty(),
-            self.feeds.is_empty() && self.firewall.is_none(),
+            self.feeds.is_empty() && self.firewall.is_none() && self.policy_import.is_none(),
         ) {
             (true, true, true) => problems.push(
                 "(top level)",
-                "nothing to do: configure sources and sinks, feeds, or firewall",
+                "nothing to do: configure sources and sinks, feeds, firewall, or policy_import",
             ),
             (false, true, _) => problems.push("sinks", "sources need at least one sink"),
             (true, false, _) => problems.push("sources", "sinks need at least one source"),
@@ -183,6 +187,9 @@ impl Config {
         crate::feeds::config::validate(&self.feeds, &self.feed_settings, &mut problems);
         if let Some(firewall) = &self.firewall {
             firewall.validate("firewall", self.cluster_name.as_deref(), &mut problems);
+        }
+        if let Some(import) = &self.policy_import {
+            import.validate("policy_import", &mut problems);
         }
         if let Some(election) = &self.leader_election {
             election.validate("leader_election", &mut problems);
@@ -251,8 +258,12 @@ impl Config {
             Some(firewall) => format!("; firewall: {}", firewall.summary()),
             None => String::new(),
         };
+        let import = match &self.policy_import {
+            Some(import) => format!("; policy import: {}", import.summary()),
+            None => String::new(),
+        };
         format!(
-            "sources: {}; enrichment: {}; sinks: {}; feeds: {}{publish}{firewall}; metrics: {telemetry}",
+            "sources: {}; enrichment: {}; sinks: {}; feeds: {}{publish}{firewall}{import}; metrics: {telemetry}",
             or_none(sources),
             self.enrichment.summary(),
             or_none(sinks),

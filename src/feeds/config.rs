@@ -268,20 +268,7 @@ pub fn validate(feeds: &[FeedConfig], settings: &FeedSettings, problems: &mut Pr
         }
     }
     match &settings.publish {
-        Some(PublishConfig {
-            kind: PublishKind::Directory,
-            directory: None,
-        }) => problems.push(
-            "feed_settings.publish.directory",
-            "a `directory` target needs a `directory:` section with a `path`",
-        ),
-        Some(PublishConfig {
-            kind: PublishKind::Kubernetes,
-            directory: Some(_),
-        }) => problems.push(
-            "feed_settings.publish.directory",
-            "only a `directory` target takes a `directory:` section",
-        ),
+        Some(publish) => publish.validate("feed_settings.publish", problems),
         None if feeds.iter().any(|feed| feed.mode == FeedMode::Enforce) => problems.push(
             "feed_settings.publish",
             "feeds in `enforce` mode need a publish target (or set their mode to `monitor`)",

@@ -19,18 +19,13 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::config::{
-    FeedConfig, FeedMode, FeedSettings, HeaderConfig, PublishKind, ALWAYS_NEVER_BLOCK,
-};
+use super::config::{FeedConfig, FeedMode, FeedSettings, HeaderConfig, ALWAYS_NEVER_BLOCK};
 use super::fetch::{FetchError, FetchSettings, Fetched, Fetcher, Validators};
 use super::format::{self, FormatError};
 use super::normalize::{self, check_shrink, Guards, Refusal};
 use super::render::{self, render, PolicySettings, RenderSettings, Rendered};
 use crate::enrich::threat::{ThreatFeed, ThreatMatcher};
-use crate::k8s::apply::{
-    Adopt, ApplyError, ApplyReport, Conflict, DirectoryTarget, KubernetesTarget, Object,
-    ObjectKind, Target,
-};
+use crate::k8s::apply::{Adopt, ApplyError, ApplyReport, Conflict, Object, ObjectKind, Target};
 use crate::k8s::leader::Leadership;
 use crate::net::http::HttpSettings;
 use crate::net::tls::{TlsSettings, Trust};
@@ -286,14 +281,7 @@ impl FeedRunner {
         };
         let tier = render.policy.as_ref().map(render::tier);
         let target = match (&settings.publish, feed.mode) {
-            (Some(publish), FeedMode::Enforce) => match publish.kind {
-                PublishKind::Directory => publish.directory.as_ref().map(|directory| {
-                    Target::Directory(DirectoryTarget::new(directory.path.clone()))
-                }),
-                PublishKind::Kubernetes => {
-                    kubernetes.map(|client| Target::Kubernetes(KubernetesTarget::new(client)))
-                }
-            },
+            (Some(publish), FeedMode::Enforce) => publish.target(kubernetes),
             _ => None,
         };
         board.lock().insert(

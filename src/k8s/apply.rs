@@ -49,6 +49,35 @@ pub struct PublishConfig {
     pub directory: Option<DirectoryConfig>,
 }
 
+impl PublishConfig {
+    pub fn validate(&self, path: &str, problems: &mut crate::problems::Problems) {
+        match (self.kind, &self.directory) {
+            (PublishKind::Directory, None) => problems.push(
+                format!("{path}.directory"),
+                "a `directory` target needs a `directory:` section with a `path`",
+            ),
+            (PublishKind::Kubernetes, Some(_)) => problems.push(
+                format!("{path}.directory"),
+                "only a `directory` target takes a `directory:` section",
+            ),
+            _ => {}
+        }
+    }
+
+    /// The target, given a Kubernetes client when the kind needs one.
+    pub fn target(&self, kubernetes: Option<kube::Client>) -> Option<Target> {
+        match self.kind {
+            PublishKind::Directory => self
+                .directory
+                .as_ref()
+                .map(|directory| Target::Directory(DirectoryTarget::new(directory.path.clone()))),
+            PublishKind::Kubernetes => {
+                kubernetes.map(|client| Target::Kubernetes(KubernetesTarget::new(client)))
+            }
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PublishKind {

@@ -2,6 +2,8 @@
 //! rulebases, read into [`crate::firewall::rules::Rulebase`] and translated ([`translate`])
 //! into Calico policy in a tier of their own.
 
+pub mod config;
+pub mod run;
 pub mod translate;
 
 use crate::firewall::fortimanager::rules as fortimanager;

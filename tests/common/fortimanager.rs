@@ -22,6 +22,11 @@
 //!   `commit`; `unlock` without commit discards them; a lock ends with its session;
 //! - `exec /securityconsole/install/package` returns a task that `get /task/task/<id>` shows
 //!   progressing over `install_steps` polls, failing with a line `detail` when told to;
+//! - policy packages (`fortinet-apis.md` §2.7): `get /pm/pkg/adom/<adom>/<pkg>` with its
+//!   `obj ver`, which moves with every change of the package's rules;
+//!   `/pm/config/adom/<adom>/pkg/<pkg>/firewall/policy` in sequence, each rule with its
+//!   `obj seq`; the ADOM's services (`obj/firewall/service/custom`, `service/group`) and
+//!   normalized interfaces (`obj/dynamic/interface`) read from tables a test sets;
 //! - fault injection: the next requests can get an HTML 5xx, a reset connection, or a delay.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -103,6 +108,10 @@ struct State {
     /// Names a policy package rule refers to (deleting them is refused).
     referenced: Vec<String>,
     logouts: u32,
+    /// Policy packages: name -> (`obj ver`, rules in sequence).
+    packages: BTreeMap<String, (u64, Vec<Value>)>,
+    /// Read-only ADOM tables by path under `obj/` (`firewall/service/custom`, ...).
+    tables: BTreeMap<String, Vec<Value>>,
 }
 
 /// A running FortiManager double.
@@ -113,6 +122,12 @@ pub struct FortiManager {
 }
 
 const TABLES: [&str; 4] = ["address", "address6", "addrgrp", "addrgrp6"];
+/// ADOM tables a test sets and the API only reads.
+const READ_ONLY_TABLES: [&str; 3] = [
+    "firewall/service/custom",
+    "firewall/service/group",
+    "dynamic/interface",
+];
 
 fn ok(url: &str, data: Option<Value>) -> Value {
     let mut result = json!({"status": {"code": 0, "message": "OK"}, "url": url});
@@ -194,6 +209,41 @@ impl FortiManager {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// An admin edits a policy package's rules (in sequence); its `obj ver` moves.
+    pub fn edit_package(&self, package: &str, edit: impl FnOnce(&mut Vec<Value>)) {
+        let mut state = self.state.lock();
+        let (version, rules) = state.packages.entry(package.to_owned()).or_default();
+        edit(rules);
+        *version += 1;
+    }
+
+    /// Sets a read-only ADOM table (`firewall/service/custom`, `dynamic/interface`, ...).
+    pub fn set_table(&self, table: &str, items: Vec<Value>) {
+        self.state.lock().tables.insert(table.to_owned(), items);
+    }
+
+    /// Loads a package and the ADOM's objects from an export (a JSON-RPC reply of `get`s).
+    pub fn load_export(&self, export: &Value) {
+        for result in export["result"].as_array().unwrap() {
+            let url = result["url"].as_str().unwrap();
+            let items = result["data"].as_array().cloned().unwrap_or_default();
+            if let Some((_, package)) = url.split_once("/pkg/") {
+                let package = package.trim_end_matches("/firewall/policy");
+                self.edit_package(package, |rules| *rules = items);
+                continue;
+            }
+            let table = url.split_once("/obj/").unwrap().1;
+            match table.strip_prefix("firewall/") {
+                Some(objects) if TABLES.contains(&objects) => {
+                    for item in items {
+                        self.seed(objects, item);
+                    }
+                }
+                _ => self.set_table(table, items),
+            }
+        }
     }
 
     /// Another admin locks the ADOM (from the GUI).
@@ -807,6 +857,48 @@ fn respond(state: &mut State, request: &Request) -> Reply {
             ("get", task) if task.starts_with("task/task/") => {
                 let id = task.trim_start_matches("task/task/").parse().unwrap_or(-1);
                 state.task(url, id)
+            }
+            ("get", package) if package.starts_with("pm/pkg/adom/root/") => {
+                let name = package.trim_start_matches("pm/pkg/adom/root/");
+                match state.packages.get(name) {
+                    Some((version, _)) => ok(
+                        url,
+                        Some(
+                            json!({"name": name, "obj ver": version, "oid": 4242, "type": "pkg",
+                            "scope member": [{"name": "fgt-edge", "vdom": "root"}]}),
+                        ),
+                    ),
+                    None => fail(url, -3, "Object does not exist"),
+                }
+            }
+            ("get", rules) if rules.starts_with("pm/config/adom/root/pkg/") => {
+                let package = rules
+                    .trim_start_matches("pm/config/adom/root/pkg/")
+                    .strip_suffix("/firewall/policy");
+                match package.and_then(|package| state.packages.get(package)) {
+                    Some((_, rules)) => {
+                        let rules: Vec<Value> = rules
+                            .iter()
+                            .enumerate()
+                            .map(|(index, rule)| {
+                                let mut rule = rule.clone();
+                                rule["obj seq"] = json!(index + 1);
+                                rule
+                            })
+                            .collect();
+                        ok(url, Some(Value::Array(rules)))
+                    }
+                    None => fail(url, -3, "Object does not exist"),
+                }
+            }
+            ("get", table)
+                if table
+                    .strip_prefix("pm/config/adom/root/obj/")
+                    .is_some_and(|table| READ_ONLY_TABLES.contains(&table)) =>
+            {
+                let table = table.trim_start_matches("pm/config/adom/root/obj/");
+                let items = state.tables.get(table).cloned().unwrap_or_default();
+                ok(url, Some(Value::Array(items)))
             }
             (method, _) if trimmed.starts_with("pm/config/") => {
                 state.object_call(method, param, session, verbose)

@@ -13,6 +13,7 @@ pub mod fortimanager;
 pub mod http;
 pub mod kafka;
 pub mod kube_api;
+pub mod panorama;
 pub mod pki;
 pub mod receivers;
 pub mod verdicts;
