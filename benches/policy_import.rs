@@ -70,7 +70,10 @@ fn export() -> Value {
                 match (r + k) % 5 {
                     0 => vec!["all".into()],
                     1 | 2 => vec![format!("grp-{}", (r * 7 + k) % GROUPS)],
-                    3 => vec![format!("grp-{}", (r + k) % GROUPS), format!("addr-{}", (r * 11 + k) % ADDRESSES)],
+                    3 => vec![
+                        format!("grp-{}", (r + k) % GROUPS),
+                        format!("addr-{}", (r * 11 + k) % ADDRESSES),
+                    ],
                     _ => vec![format!("addr-{}", (r * 13 + k) % ADDRESSES)],
                 }
             };
@@ -102,7 +105,10 @@ fn export() -> Value {
 fn settings() -> Settings {
     let mut settings = Settings::new("zones");
     settings.external_zones = BTreeMap::from([
-        ("wan".to_owned(), vec!["0.0.0.0/1".parse().unwrap(), "128.0.0.0/1".parse().unwrap()]),
+        (
+            "wan".to_owned(),
+            vec!["0.0.0.0/1".parse().unwrap(), "128.0.0.0/1".parse().unwrap()],
+        ),
         ("corp".to_owned(), vec!["172.16.0.0/12".parse().unwrap()]),
     ]);
     settings

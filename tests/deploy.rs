@@ -288,16 +288,19 @@ fn the_dashboard_queries_only_metrics_threatflow_exposes() {
     assert!(used.len() >= 15, "{used:?}");
 
     // A running instance's metric families: a Kafka source (its broker need not answer), a
-    // feed in monitor mode, a sink, a firewall target (it need not answer either).
+    // feed in monitor mode, a sink, a firewall target and a policy source (they need not
+    // answer either).
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("threatflow.yaml");
     std::fs::write(dir.path().join("key"), "k").unwrap();
     std::fs::write(
         &config,
         format!(
-            "cluster_name: test\nsources: [{{name: kafka, type: kafka, kafka: {{brokers: [\"127.0.0.1:9\"], topics: [{{name: flows}}]}}}}]\nsinks: [{{name: out, type: stdout}}]\nfeeds: [{{name: drop, url: 'file://{}', mode: monitor}}]\nenrichment: {{inventory_path: {}}}\nfirewall: {{groups: [{{name: all}}], fortigate: [{{name: fgt, url: 'https://127.0.0.1:9', api_key: {{value_from_file: {}}}}}]}}\ntelemetry: {{listen_addr: \"127.0.0.1:0\"}}\n",
+            "cluster_name: test\nsources: [{{name: kafka, type: kafka, kafka: {{brokers: [\"127.0.0.1:9\"], topics: [{{name: flows}}]}}}}]\nsinks: [{{name: out, type: stdout}}]\nfeeds: [{{name: drop, url: 'file://{}', mode: monitor}}]\nenrichment: {{inventory_path: {}}}\nfirewall: {{groups: [{{name: all}}], fortigate: [{{name: fgt, url: 'https://127.0.0.1:9', api_key: {{value_from_file: {}}}}}]}}\npolicy_import: {{publish: {{type: directory, directory: {{path: {}}}}}, sources: [{{name: dc, tier: zones, panorama: {{url: 'https://127.0.0.1:9', device_group: k8s, api_key: {{value_from_file: {}}}}}}}]}}\ntelemetry: {{listen_addr: \"127.0.0.1:0\"}}\n",
             common::root().join("connectors/feeds/fixtures/firehol-level1.netset").display(),
             common::root().join("deploy/local/inventory.json").display(),
+            dir.path().join("key").display(),
+            dir.path().join("policy").display(),
             dir.path().join("key").display(),
         ),
     )
@@ -313,6 +316,7 @@ fn the_dashboard_queries_only_metrics_threatflow_exposes() {
             exposed = common::http_get(port, "/metrics").1;
             exposed.contains("threatflow_feed_entries{")
                 && exposed.contains("threatflow_firewall_group_members{")
+                && exposed.contains("threatflow_policy_import_polls_total{")
         },
     );
     drop(daemon);

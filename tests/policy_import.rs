@@ -273,6 +273,44 @@ async fn a_fortimanager_package_becomes_the_tier_and_follows_every_edit_within_a
     until("back to the reference", || policies(&scene.api) == original).await;
     let report = status(daemon.port).await;
     assert_eq!(source(&report, "edge")["state"], "published");
+    let table = std::process::Command::new(common::binary())
+        .args(["status", "--addr", &format!("127.0.0.1:{}", daemon.port)])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    let line = table
+        .lines()
+        .find(|line| line.starts_with("edge "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        line.contains("zones (enforce)") && line.contains("published"),
+        "{line}"
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tier_someone_else_made_is_never_taken_over() {
+    let scene = Scene::start().await;
+    scene.api.seed(
+        "tiers",
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "Tier",
+            "metadata": {"name": "zones", "labels": {"team": "platform"}},
+            "spec": {"order": 10, "defaultAction": "Pass"}}),
+    );
+    let daemon = InProcess::start(&scene.config(""), Some(scene.api.client())).await;
+    until("the conflict reported", || {
+        futures_free_status(daemon.port)["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("Tier zones exists and is not threatflow's"))
+    })
+    .await;
+    let tier = scene.api.get("tiers", "zones").unwrap();
+    assert_eq!(tier["spec"]["defaultAction"], "Pass");
+    assert!(
+        policies(&scene.api).is_empty(),
+        "nothing goes into someone else's tier"
+    );
     daemon.stop().await;
 }
 
@@ -318,11 +356,16 @@ async fn the_last_good_policy_stays_when_the_manager_fails_or_the_rulebase_is_tr
     daemon.stop().await;
 }
 
-/// `/status` of the daemon's source `edge`, read without the async runtime (for conditions).
+/// `/status` of the daemon's source `edge` (null before it starts), read without the async
+/// runtime (for conditions).
 fn futures_free_status(port: u16) -> Value {
     let (_, body) = common::http_get(port, "/status");
     let status: Value = serde_json::from_str(&body).unwrap();
-    source(&status, "edge").clone()
+    status["policy_import"]
+        .as_array()
+        .and_then(|sources| sources.iter().find(|source| source["name"] == "edge"))
+        .cloned()
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -474,4 +517,69 @@ async fn a_panorama_device_group_becomes_a_staged_tier_and_follows_commits() {
     );
     assert_eq!(dc["disabled"], 3);
     daemon.stop().await;
+}
+
+/// The Panorama client: a key invalidated by another keygen is generated again once; a
+/// changed password is an authorization error, not a retry loop; the key never travels in a
+/// URL or a form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_panorama_client_renews_its_key_once_and_reports_bad_credentials() {
+    use common::panorama::{Knobs, Panorama};
+    use threatflow::firewall::fortimanager::Credentials;
+    use threatflow::firewall::panorama::{Panorama as Client, PanoramaSettings};
+    let dir = tempfile::tempdir().unwrap();
+    let knobs = Knobs {
+        device_groups: [("k8s-zones".to_owned(), vec![])].into(),
+        ..Knobs::default()
+    };
+    let double = Panorama::start(dir.path(), knobs.clone()).await;
+    panorama_with_reference(&double);
+    threatflow::net::tls::install_provider();
+    let mut client = Client::new(PanoramaSettings {
+        url: double.url(),
+        device_group: "k8s-zones".into(),
+        credentials: Credentials::Login {
+            user: knobs.user.clone(),
+            password: knobs.password.clone(),
+        },
+        http: threatflow::net::http::HttpSettings {
+            tls: threatflow::net::tls::TlsSettings {
+                ca_file: Some(dir.path().join("ca.pem")),
+                ..Default::default()
+            },
+            ..threatflow::net::http::HttpSettings::default()
+        },
+    })
+    .unwrap();
+    let first = client.revision().await.unwrap();
+    let rulebase = client.read_rulebase().await.unwrap();
+    assert_eq!(rulebase.rules.len(), 29);
+    assert_eq!(double.keygens(), 1);
+    double.expire_keys();
+    assert_eq!(
+        client.revision().await.unwrap(),
+        first,
+        "renewed and asked again"
+    );
+    assert_eq!(double.keygens(), 2);
+    double.admin_set(
+        &format!(
+            "{}/pre-rulebase/security/rules/entry[@name='web-in']",
+            common::panorama::device_group("k8s-zones")
+        ),
+        "<description>edited</description>",
+    );
+    double.admin_commit();
+    assert_ne!(
+        client.revision().await.unwrap(),
+        first,
+        "a commit moves the revision"
+    );
+    double.set_password("rotated");
+    let error = client.revision().await.unwrap_err();
+    assert_eq!(error.kind(), "unauthorized", "{error}");
+    assert!(double
+        .requests()
+        .iter()
+        .all(|call| call.auth != "param" && call.auth != "basic"));
 }

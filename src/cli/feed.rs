@@ -323,6 +323,45 @@ pub async fn status(addr: &str, json: bool) -> anyhow::Result<String> {
             ]));
         }
     }
+    let sources = status["policy_import"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !sources.is_empty() {
+        let row = |cells: [String; 8]| {
+            format!(
+                "{:<16} {:<13} {:<16} {:<10} {:>5} {:>7} {:>7}  {}\n",
+                cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6], cells[7]
+            )
+        };
+        table.push('\n');
+        table.push_str(&row([
+            "POLICY SOURCE",
+            "KIND",
+            "TIER",
+            "STATE",
+            "RULES",
+            "REFUSED",
+            "OBJECTS",
+            "MESSAGE",
+        ]
+        .map(str::to_owned)));
+        for source in &sources {
+            let text = |key: &str| source[key].as_str().unwrap_or("-").to_owned();
+            let number = |key: &str| source[key].as_u64().unwrap_or(0).to_string();
+            let refused = source["skipped"].as_array().map_or(0, Vec::len);
+            table.push_str(&row([
+                text("name"),
+                text("kind"),
+                format!("{} ({})", text("tier"), text("mode")),
+                text("state"),
+                number("translated"),
+                refused.to_string(),
+                number("objects"),
+                text("message"),
+            ]));
+        }
+    }
     if status["leader"] == false {
         table.push_str(
             "

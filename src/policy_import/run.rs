@@ -181,6 +181,25 @@ impl ImportMetrics {
         }
     }
 
+    /// A source's series, at zero until it polls.
+    pub fn init_source(&self, source: &str) {
+        for outcome in ["unchanged", "published", "refused", "failed"] {
+            drop(self.polls.get_or_create(&PollLabels {
+                source: source.to_owned(),
+                outcome: outcome.to_owned(),
+            }));
+        }
+        for state in ["translated", "disabled", "skipped"] {
+            drop(self.rules.get_or_create(&RuleLabels {
+                source: source.to_owned(),
+                state: state.to_owned(),
+            }));
+        }
+        drop(self.objects.get_or_create(&SourceLabels {
+            source: source.to_owned(),
+        }));
+    }
+
     fn poll(&self, source: &str, outcome: &str) {
         self.polls
             .get_or_create(&PollLabels {
@@ -581,6 +600,7 @@ impl PolicyImport {
                     ..SourceStatus::default()
                 },
             );
+            metrics.init_source(&source_config.name);
             let runner = Runner {
                 name: source_config.name.clone(),
                 source,
