@@ -335,3 +335,77 @@ impl PolicyImportConfig {
         sources.join(", ")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml: &str) -> PolicyImportConfig {
+        yaml_serde::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn every_mistake_is_reported_with_its_path() {
+        let config = config(
+            r#"
+publish: {type: directory}
+sources:
+  - name: Edge
+    tier: default
+    fortimanager: {url: "http://fmg", package: "", api_key: {value_from_env: K}, username: u}
+    panorama: {url: "https://pan", device_group: dg}
+    external_zones: {wan: [], corp: [not-a-cidr]}
+    zone_label: "a b"
+    group_label: "a b"
+    poll_interval_secs: 0
+    min_rules_fraction: 2
+  - name: dc
+    tier: default
+    panorama: {url: "https://pan?key=x", device_group: "", username: u}
+"#,
+        );
+        let mut problems = Problems::default();
+        config.validate("policy_import", &mut problems);
+        let text = problems.to_string();
+        for path in [
+            "policy_import.publish.directory",
+            "policy_import.sources[0].name",
+            "policy_import.sources[0].tier",
+            "policy_import.sources[0]:",
+            "policy_import.sources[0].external_zones.wan",
+            "policy_import.sources[0].external_zones.corp[0]",
+            "policy_import.sources[0].zone_label",
+            "policy_import.sources[0].group_label",
+            "policy_import.sources[0].poll_interval_secs",
+            "policy_import.sources[0].min_rules_fraction",
+            "policy_import.sources[1].tier",
+            "policy_import.sources[1].panorama.url",
+            "policy_import.sources[1].panorama.device_group",
+            "policy_import.sources[1].panorama:",
+        ] {
+            assert!(text.contains(path), "{path} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_minimal_source_is_valid_and_becomes_the_translators_settings() {
+        let config = config(
+            r#"
+publish: {type: kubernetes}
+sources:
+  - name: edge
+    tier: zones
+    mode: staged
+    fortimanager: {url: "https://fmg.example.com", package: k8s, api_key: {value_from_file: /k}}
+    external_zones: {wan: ["0.0.0.0/0", "::/0"]}
+"#,
+        );
+        let mut problems = Problems::default();
+        config.validate("policy_import", &mut problems);
+        assert!(problems.is_empty(), "{problems}");
+        let settings = config.sources[0].settings();
+        assert!(settings.staged);
+        assert_eq!(settings.zone_label, translate::DEFAULT_ZONE_LABEL);
+        assert_eq!(settings.external_zones["wan"].len(), 2);
+    }
+}
