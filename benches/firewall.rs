@@ -34,6 +34,9 @@ mod http;
 #[path = "../tests/common/kube_api.rs"]
 mod kube_api;
 #[allow(dead_code)]
+#[path = "../tests/common/panorama.rs"]
+mod panorama;
+#[allow(dead_code)]
 #[path = "../tests/common/pki.rs"]
 mod pki;
 
@@ -222,5 +225,90 @@ fn event_to_write(c: &mut Criterion) {
     let _ = runtime.block_on(daemon);
 }
 
-criterion_group!(benches, plan, event_to_write);
+/// 10,000 pod IPs with three tags each registered through Panorama to a firewall's User-ID
+/// table (`target=`), from nothing, as one reconcile sends them; and the read-back of the
+/// table, page by page.
+fn user_id(c: &mut Criterion) {
+    use std::collections::{BTreeMap, BTreeSet};
+    use threatflow::firewall::fortimanager::Credentials;
+    use threatflow::firewall::panorama::userid::{messages, Registrations};
+    use threatflow::firewall::panorama::{Panorama, PanoramaSettings};
+    const IPS: usize = 10_000;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let knobs = panorama::Knobs {
+        device_groups: BTreeMap::from([("k8s".to_owned(), vec!["007051000050926".to_owned()])]),
+        ..panorama::Knobs::default()
+    };
+    let double = runtime.block_on(panorama::Panorama::start(dir.path(), knobs));
+    double.preset_key("bench-key");
+    threatflow::net::tls::install_provider();
+    let mut client = Panorama::new(PanoramaSettings {
+        url: double.url(),
+        device_group: String::new(),
+        credentials: Credentials::ApiKey("bench-key".into()),
+        http: threatflow::net::http::HttpSettings {
+            tls: threatflow::net::tls::TlsSettings {
+                ca_file: Some(dir.path().join("ca.pem")),
+                ..Default::default()
+            },
+            ..threatflow::net::http::HttpSettings::default()
+        },
+        target: Some("007051000050926".into()),
+        vsys: None,
+    })
+    .unwrap();
+    let desired: Registrations = (0..IPS)
+        .map(|i| {
+            let tags: BTreeSet<String> = [
+                format!("threatflow.bench.app-{}", i % 500),
+                format!("threatflow.bench.team-{}", i % 20),
+                "threatflow.bench.all".to_owned(),
+            ]
+            .into();
+            (
+                format!("10.{}.{}.{}", 64 + i / 65536, (i / 256) % 256, i % 256),
+                tags,
+            )
+        })
+        .collect();
+    let empty = Registrations::new();
+    println!(
+        "firewall_user_id: {IPS} addresses x 3 tags in {} messages",
+        messages(&desired, &empty, 3600).len()
+    );
+    let mut group = c.benchmark_group("firewall_user_id");
+    group.sample_size(10);
+    group.bench_function("register_10k_ips_3_tags", |b| {
+        b.iter_custom(|iterations| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iterations {
+                // Everything registered before lapses: each round starts from nothing.
+                double.advance(Duration::from_secs(3601));
+                let started = Instant::now();
+                let outcome = runtime
+                    .block_on(client.update_tags(&desired, &empty, 3600))
+                    .unwrap();
+                total += started.elapsed();
+                assert!(outcome.refused.is_empty() && outcome.noted == 0);
+            }
+            total
+        })
+    });
+    group.bench_function("read_back_10k_ips", |b| {
+        b.iter(|| {
+            let registered = runtime
+                .block_on(client.registered("threatflow.bench."))
+                .unwrap();
+            assert_eq!(registered.len(), IPS);
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, plan, event_to_write, user_id);
 criterion_main!(benches);

@@ -121,4 +121,15 @@ fn each_vendor_wire_format_stays_in_its_module() {
         &["/jsonrpc", "/pm/config/", "sys/login/user", "/workspace/"],
         &["firewall/fortimanager/"],
     );
+    only_in(
+        "the PAN-OS XML API",
+        &[
+            "X-PAN-KEY",
+            "uid-message",
+            "registered-ip",
+            "commit-all",
+            "pre-rulebase",
+        ],
+        &["firewall/panorama/"],
+    );
 }

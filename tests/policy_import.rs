@@ -549,6 +549,8 @@ async fn the_panorama_client_renews_its_key_once_and_reports_bad_credentials() {
             },
             ..threatflow::net::http::HttpSettings::default()
         },
+        target: None,
+        vsys: None,
     })
     .unwrap();
     let first = client.revision().await.unwrap();

@@ -41,6 +41,10 @@ pub struct FirewallConfig {
     /// FortiManagers, through JSON-RPC.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fortimanager: Vec<FortiManagerConfig>,
+    /// PAN-OS firewalls, directly or through Panorama: pod IPs registered with User-ID tags
+    /// (one per group), which fill dynamic address groups without a commit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub panorama: Vec<PanoramaConfig>,
     /// Serve every group as a plain-text IP list, for firewalls that pull (FortiGate external
     /// threat feeds, PAN-OS External Dynamic Lists): no firewall credentials in the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -187,6 +191,83 @@ fn default_group_max_members() -> usize {
 }
 fn default_timeout_secs() -> u64 {
     15
+}
+
+/// A PAN-OS firewall or a Panorama: User-ID tags, or static objects in a device group.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PanoramaConfig {
+    /// A unique name, for status and metrics.
+    pub name: String,
+    /// `user_id`: pod IPs registered with a tag per group (dynamic address groups, no commit).
+    /// `static`: address objects and groups in `device_group`, committed and pushed.
+    #[serde(default)]
+    pub mode: PanoramaMode,
+    /// For `static`: the device group the objects go in (`shared` for shared objects, which
+    /// are committed but not pushed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_group: Option<String>,
+    /// `https://host[:port]` of the firewall or Panorama.
+    pub url: String,
+    /// A key made with `type=keygen`, sent as `X-PAN-KEY`; or `username` and `password` to
+    /// generate one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<SecretSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<SecretSource>,
+    #[serde(default)]
+    pub tls: TlsSettings,
+    /// Firewalls' serials, for a Panorama: each gets the registrations (relayed with
+    /// `target=`). Empty: the device at `url` itself (a firewall; or Panorama's own table,
+    /// which reaches firewalls only through User-ID redistribution).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<String>,
+    /// The virtual system, on a multi-vsys firewall.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsys: Option<String>,
+    /// Each registration's lifetime, in seconds: registrations lapse this long after
+    /// threatflow stops refreshing them. They are refreshed every third of it.
+    #[serde(default = "default_tag_timeout_secs")]
+    pub tag_timeout_secs: u64,
+    /// The groups this device gets (as tags `threatflow.<cluster>.<group>`); default: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
+    /// Requests per second, at most.
+    #[serde(default = "default_requests_per_second")]
+    pub requests_per_second: f64,
+    /// For `static`: most members in one group; larger groups are split into nested groups.
+    #[serde(default = "default_group_max_members")]
+    pub group_max_members: usize,
+    /// For `static`: how often a commit or push job is polled (milliseconds), and how long it
+    /// may run.
+    #[serde(default = "default_job_poll_ms")]
+    pub job_poll_ms: u64,
+    #[serde(default = "default_job_timeout_secs")]
+    pub job_timeout_secs: u64,
+    /// Limit for one request.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+/// How pods reach a PAN-OS firewall.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PanoramaMode {
+    #[default]
+    UserId,
+    Static,
+}
+
+fn default_tag_timeout_secs() -> u64 {
+    3600
+}
+fn default_job_poll_ms() -> u64 {
+    2000
+}
+fn default_job_timeout_secs() -> u64 {
+    600
 }
 
 /// One FortiManager ADOM.
@@ -424,7 +505,9 @@ impl FirewallConfig {
                 "must be at least 5",
             );
         }
-        let targets = !self.fortigate.is_empty() || !self.fortimanager.is_empty();
+        let targets = !self.fortigate.is_empty()
+            || !self.fortimanager.is_empty()
+            || !self.panorama.is_empty();
         match cluster_name {
             None if targets => problems.push("cluster_name", "firewall targets need the cluster's name: it marks the objects this cluster owns, so two clusters never take each other's"),
             Some(name) if targets && name.len() > 200 => problems.push("cluster_name", "must be at most 200 characters with firewall targets: it goes into each object's comment (255 at most)"),
@@ -433,7 +516,7 @@ impl FirewallConfig {
         if !targets && self.serve.is_none() {
             problems.push(
                 path,
-                "no target: configure fortigate, fortimanager or serve",
+                "no target: configure fortigate, fortimanager, panorama or serve",
             );
         }
         let mut target_names = HashSet::new();
@@ -534,6 +617,68 @@ impl FirewallConfig {
                 );
             }
         }
+        for (i, device) in self.panorama.iter().enumerate() {
+            let at = format!("{path}.panorama[{i}]");
+            check_target(
+                &at,
+                &device.name,
+                &device.url,
+                &device.tls,
+                &device.groups,
+                (
+                    device.requests_per_second,
+                    device.group_max_members,
+                    device.timeout_secs,
+                ),
+                problems,
+            );
+            match (&device.api_key, &device.username, &device.password) {
+                (Some(key), _, None) => key.validate(&format!("{at}.api_key"), problems),
+                (None, Some(_), Some(password)) => {
+                    password.validate(&format!("{at}.password"), problems)
+                }
+                _ => problems.push(at.clone(), "set api_key, or username and password"),
+            }
+            match (device.mode, &device.device_group) {
+                (PanoramaMode::Static, None) => problems.push(
+                    format!("{at}.device_group"),
+                    "static objects need the device group they go in (or `shared`)",
+                ),
+                (PanoramaMode::Static, Some(_)) if device.username.is_none() => problems.push(
+                    format!("{at}.username"),
+                    "static mode commits only its own admin's changes: name the API admin",
+                ),
+                (PanoramaMode::Static, Some(_)) if !device.targets.is_empty() => problems.push(
+                    format!("{at}.targets"),
+                    "static objects are pushed to the device group's firewalls: targets are for user_id",
+                ),
+                (PanoramaMode::UserId, Some(_)) => problems.push(
+                    format!("{at}.device_group"),
+                    "only static mode writes to a device group",
+                ),
+                _ => {}
+            }
+            if device.job_poll_ms == 0 || device.job_timeout_secs == 0 {
+                problems.push(
+                    format!("{at}.job_poll_ms"),
+                    "job_poll_ms and job_timeout_secs must be above 0",
+                );
+            }
+            if !(10..=2_592_000).contains(&device.tag_timeout_secs) {
+                problems.push(
+                    format!("{at}.tag_timeout_secs"),
+                    "must be 10 to 2592000 (30 days): registrations must lapse if threatflow stops",
+                );
+            }
+            for (j, serial) in device.targets.iter().enumerate() {
+                if serial.is_empty() || !serial.chars().all(|c| c.is_ascii_alphanumeric()) {
+                    problems.push(
+                        format!("{at}.targets[{j}]"),
+                        format!("`{serial}` is not a serial number"),
+                    );
+                }
+            }
+        }
         if let Some(serve) = &self.serve {
             if let Some(auth) = &serve.basic_auth {
                 if auth.username.is_empty() || auth.username.contains(':') {
@@ -559,6 +704,10 @@ impl FirewallConfig {
                     .iter()
                     .map(|manager| format!("fortimanager {}", manager.name)),
             )
+            .chain(self.panorama.iter().map(|device| match device.mode {
+                PanoramaMode::UserId => format!("panorama {} (user-id)", device.name),
+                PanoramaMode::Static => format!("panorama {} (static objects)", device.name),
+            }))
             .collect();
         if let Some(serve) = &self.serve {
             targets.push(format!("serving lists on {}", serve.listen_addr));
@@ -664,5 +813,44 @@ fortigate:
         assert!(problems.is_empty(), "{problems}");
         assert_eq!(config.debounce_ms, 1000);
         assert_eq!(config.fortigate[0].group_max_members, 600);
+    }
+
+    #[test]
+    fn panorama_targets_are_checked_by_mode() {
+        let config = parse(
+            r#"
+groups: [{name: web}]
+panorama:
+  - name: uid
+    url: https://pan.example.com
+    api_key: {value_from_env: KEY}
+    device_group: k8s
+    targets: ["0070 51", ok123]
+    tag_timeout_secs: 5
+  - name: static
+    mode: static
+    url: https://pan.example.com
+    api_key: {value_from_env: KEY}
+    targets: ["007051000050926"]
+  - name: static-ok
+    mode: static
+    device_group: shared
+    url: https://pan.example.com
+    username: svc
+    password: {value_from_file: /p}
+"#,
+        );
+        let mut problems = Problems::default();
+        config.validate("firewall", Some("prod"), &mut problems);
+        assert_eq!(
+            problems.paths(),
+            [
+                "firewall.panorama[0].device_group",
+                "firewall.panorama[0].tag_timeout_secs",
+                "firewall.panorama[0].targets[0]",
+                "firewall.panorama[1].device_group",
+            ],
+            "{problems}"
+        );
     }
 }

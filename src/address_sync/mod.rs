@@ -1,5 +1,7 @@
 //! Firewall address sync: pods' (or their nodes') addresses kept in step with address groups
-//! on FortiGates and FortiManagers, and served as plain-text lists for firewalls that pull.
+//! on FortiGates and FortiManagers, as User-ID tags on PAN-OS firewalls (directly or through
+//! Panorama) for dynamic address groups, and served as plain-text lists for firewalls that
+//! pull.
 //!
 //! ```text
 //! cluster model --changes, debounced--> publisher: Groups::compute -> Published snapshot
@@ -18,6 +20,7 @@ pub mod config;
 pub mod groups;
 pub mod serve;
 pub mod sync;
+pub mod userid;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -30,10 +33,12 @@ use crate::cluster::Cluster;
 use crate::deps::Deps;
 use crate::firewall::fortigate::{FortiGate, FortiGateSettings};
 use crate::firewall::fortimanager::{Credentials, FortiManager, FortiManagerSettings, Install};
+use crate::firewall::panorama::objects::{StaticObjects, StaticSettings};
+use crate::firewall::panorama::{Panorama, PanoramaSettings};
 use crate::firewall::{Marker, Target, TargetError};
 use crate::net::http::{redact_url, HttpSettings};
 use crate::net::tls::{TlsSettings, Trust};
-use config::FirewallConfig;
+use config::{FirewallConfig, PanoramaConfig, PanoramaMode};
 use groups::{Groups, Published};
 use sync::{FirewallMetrics, Runner, StatusBoard, TargetStatus};
 
@@ -193,7 +198,127 @@ pub fn targets(config: &FirewallConfig, cluster_name: &str) -> Result<Vec<Config
             target: Box::new(target),
         });
     }
+    for device in config
+        .panorama
+        .iter()
+        .filter(|device| device.mode == PanoramaMode::Static)
+    {
+        let client = panorama_client(device, panorama_credentials(device)?, None)?;
+        let target = StaticObjects::new(
+            client,
+            StaticSettings {
+                device_group: device.device_group.clone().unwrap_or_default(),
+                admin: device.username.clone().unwrap_or_default(),
+                marker: marker.clone(),
+                group_max_members: device.group_max_members,
+                job_poll: Duration::from_millis(device.job_poll_ms),
+                job_timeout: Duration::from_secs(device.job_timeout_secs),
+            },
+        );
+        planned.push(Configured {
+            name: device.name.clone(),
+            kind: "panorama",
+            url: redact_url(&device.url),
+            groups: device
+                .groups
+                .as_ref()
+                .map(|groups| groups.iter().cloned().collect()),
+            target: Box::new(target),
+        });
+    }
     Ok(planned)
+}
+
+/// A PAN-OS device's credentials: its key, or the admin and password that make one.
+fn panorama_credentials(device: &PanoramaConfig) -> Result<Credentials, StartError> {
+    let path = format!("panorama {}", device.name);
+    let secret_error = |source| StartError::Secret {
+        target: path.clone(),
+        source,
+    };
+    match (&device.api_key, &device.username, &device.password) {
+        (Some(key), _, _) => Ok(Credentials::ApiKey(
+            key.read(&format!("{path} api_key")).map_err(secret_error)?,
+        )),
+        (None, Some(user), Some(password)) => Ok(Credentials::Login {
+            user: user.clone(),
+            password: password
+                .read(&format!("{path} password"))
+                .map_err(secret_error)?,
+        }),
+        _ => Err(StartError::Target {
+            target: path,
+            source: TargetError::Setup("set api_key, or username and password".into()),
+        }),
+    }
+}
+
+fn panorama_client(
+    device: &PanoramaConfig,
+    credentials: Credentials,
+    target: Option<String>,
+) -> Result<Panorama, StartError> {
+    Panorama::new(PanoramaSettings {
+        url: device.url.clone(),
+        device_group: device.device_group.clone().unwrap_or_default(),
+        credentials,
+        http: http_settings("panorama", &device.name, &device.tls, device.timeout_secs),
+        target,
+        vsys: device.vsys.clone(),
+    })
+    .map_err(|source| StartError::Target {
+        target: format!("panorama {}", device.name),
+        source,
+    })
+}
+
+/// Every configured User-ID loop (one per firewall, or per serial behind a Panorama), built
+/// but not started.
+fn user_id_runners(
+    deps: &Deps,
+    config: &FirewallConfig,
+    cluster_name: &str,
+    metrics: &FirewallMetrics,
+    board: &StatusBoard,
+) -> Result<Vec<(String, String, userid::UserIdRunner)>, StartError> {
+    let mut runners = Vec::new();
+    for device in config
+        .panorama
+        .iter()
+        .filter(|device| device.mode == PanoramaMode::UserId)
+    {
+        let credentials = panorama_credentials(device)?;
+        let serials: Vec<Option<&String>> = match device.targets.is_empty() {
+            true => vec![None],
+            false => device.targets.iter().map(Some).collect(),
+        };
+        for serial in serials {
+            let name = match serial {
+                Some(serial) => format!("{}.{serial}", device.name),
+                None => device.name.clone(),
+            };
+            let client = panorama_client(device, credentials.clone(), serial.cloned())?;
+            runners.push((
+                name.clone(),
+                redact_url(&device.url),
+                userid::UserIdRunner {
+                    name,
+                    client,
+                    groups: device
+                        .groups
+                        .as_ref()
+                        .map(|groups| groups.iter().cloned().collect()),
+                    prefix: userid::tag_prefix(cluster_name),
+                    timeout: Duration::from_secs(device.tag_timeout_secs),
+                    reconcile_interval: Duration::from_secs(config.reconcile_interval_secs),
+                    leadership: deps.leadership.clone(),
+                    metrics: metrics.clone(),
+                    board: board.clone(),
+                },
+            ));
+        }
+    }
+    Ok(runners)
 }
 
 /// Computes a new snapshot of the groups after each (debounced) change of the model, once its
@@ -260,16 +385,27 @@ impl AddressSync {
         stop: &CancellationToken,
     ) -> Result<AddressSync, StartError> {
         let planned = targets(config, cluster_name.unwrap_or_default())?;
+        let user_id = user_id_runners(
+            deps,
+            config,
+            cluster_name.unwrap_or_default(),
+            metrics,
+            board,
+        )?;
         {
             let mut board = board.lock();
             board.clear();
-            for target in &planned {
+            let entries = planned
+                .iter()
+                .map(|target| (&target.name, target.kind, &target.url))
+                .chain(user_id.iter().map(|(name, url, _)| (name, "panorama", url)));
+            for (name, kind, url) in entries {
                 board.insert(
-                    target.name.clone(),
+                    name.clone(),
                     TargetStatus {
-                        name: target.name.clone(),
-                        kind: target.kind,
-                        url: target.url.clone(),
+                        name: name.clone(),
+                        kind,
+                        url: url.clone(),
                         state: "pending",
                         ..TargetStatus::default()
                     },
@@ -306,6 +442,14 @@ impl AddressSync {
                 metrics: metrics.clone(),
                 board: board.clone(),
             };
+            runners.push(tokio::spawn(runner.run(
+                receiver.clone(),
+                once,
+                stop.clone(),
+            )));
+        }
+        for (name, _, runner) in user_id {
+            metrics.init_target(&name);
             runners.push(tokio::spawn(runner.run(
                 receiver.clone(),
                 once,

@@ -37,7 +37,7 @@ use crate::telemetry;
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct TargetStatus {
     pub name: String,
-    /// `fortigate` or `fortimanager`.
+    /// `fortigate`, `fortimanager` or `panorama`.
     pub kind: &'static str,
     pub url: String,
     /// `synced`, `standby` (planned only), `pending` (not synced yet) or `failing`.
@@ -182,13 +182,31 @@ impl FirewallMetrics {
         drop(self.pending.get_or_create(&labels));
     }
 
+    /// One operation's outcome, by kind (`register`, `create_address`, ...).
+    pub(super) fn operation(&self, target: &str, kind: String, outcome: &'static str, count: u64) {
+        self.operations
+            .get_or_create(&OperationLabels {
+                target: target.to_owned(),
+                kind,
+                outcome,
+            })
+            .inc_by(count);
+    }
+
+    pub(super) fn observe_sync(&self, target: &str, seconds: f64, owned: usize, drift: usize) {
+        let labels = FirewallMetrics::target(target);
+        self.duration.get_or_create(&labels).observe(seconds);
+        self.owned.get_or_create(&labels).set(owned as i64);
+        self.drift.get_or_create(&labels).inc_by(drift as u64);
+    }
+
     fn target(target: &str) -> TargetLabels {
         TargetLabels {
             target: target.to_owned(),
         }
     }
 
-    fn sync(&self, target: &str, outcome: &str) {
+    pub(super) fn sync(&self, target: &str, outcome: &str) {
         self.syncs
             .get_or_create(&SyncLabels {
                 target: target.to_owned(),
@@ -225,7 +243,7 @@ impl FirewallMetrics {
     }
 }
 
-fn rfc3339(time: SystemTime) -> String {
+pub(super) fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
 }
 
@@ -259,7 +277,7 @@ struct Kept {
 /// How long to wait after `error`: the growing backoff, and never less than the target asked
 /// for (`Retry-After`, capped at an hour) or, after refused credentials, a minute (FortiOS
 /// locks a source out after a few failed logins).
-fn retry_delay(error: &TargetError, backoff: &mut Backoff) -> Duration {
+pub(super) fn retry_delay(error: &TargetError, backoff: &mut Backoff) -> Duration {
     let delay = backoff.next_delay();
     let floor = match error {
         TargetError::Unauthorized { .. } | TargetError::Forbidden(_) => Duration::from_secs(60),

@@ -322,6 +322,8 @@ pub fn source(
             &panorama.password,
         )?,
         http: http_settings(name, &panorama.tls, config.timeout_secs),
+        target: None,
+        vsys: None,
     })
     .map_err(client_error)?;
     Ok((

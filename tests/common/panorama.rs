@@ -1,9 +1,9 @@
 //! A Panorama test double speaking the PAN-OS XML API (`GET|POST /api/`) on the loopback HTTP
-//! harness. It follows `panorama-apis.md` §1–3 and the checklist in §7, as far as a rule reader
-//! and a static-object writer need:
+//! harness. It follows `panorama-apis.md` §1–4 and the checklist in §7, as far as a rule reader,
+//! a static-object writer and an IP→tag registrar need:
 //!
 //! - the surface: `/api` and `/api/`, parameters from the query string and a form-encoded body
-//!   (the body's value wins), API errors as HTTP 200, no `<?xml?>` prolog, a 5 MB body cap;
+//!   (the body's value wins), API errors as HTTP 200, no `<?xml?>` prolog, a 5 MB request cap;
 //! - auth: `type=keygen` (answers and 403s in the single-quoted `status = '…'` style), keys from
 //!   `X-PAN-KEY`, `key=` or HTTP Basic; a key remembers the password it was made with, so a
 //!   password change kills it; keygen invalidates the user's earlier keys (a knob);
@@ -23,26 +23,58 @@
 //!   for the device group's direct members;
 //! - `type=op`: `show jobs id`, `show config audit info`, `check pending-changes`,
 //!   `show system info`;
-//! - hooks: the request log, scripted faults, a failing next job, a refused next commit, and an
-//!   admin's edits and commits made without the API.
+//! - `type=user-id` (§4, §7 items 7–8): a `uid-message` (version 1.0, 2.0 or none) in `cmd`
+//!   (query or form) or a multipart `file`, relayed with `target=<serial>` to that firewall's
+//!   registered-IP table or, without it, into Panorama's own ([`PANORAMA_TABLE`]); an unknown
+//!   serial is `<line>SERIAL not connected</line>`. `register`/`unregister` keep per IP a set
+//!   of tags (no reference counting), each with a `timeout` (0 or none: never; at most
+//!   2592000) on the double's clock; re-registering notes `tag X already exists, ignore` (and
+//!   restarts the timer, a knob), unregistering a missing tag notes `tag X does not exist,
+//!   ignore unreg`, the 33rd tag of an IP, a tag over 127 characters or holding a quote, and a
+//!   bad timeout or ip are noted and skipped, the rest of the batch applies; an IP left without
+//!   tags leaves the table. `clear` takes `registered-ip` with `all`, `ip` or `tag`;
+//!   `login`, `logout`, `groups`, `register-user` and `unregister-user` are accepted and
+//!   ignored. Hosts are stored in canonical form, ranges and networks (a knob) as given;
+//! - read-back: `show object registered-ip` (`all`, `ip`, `tag/entry[@name]`, or no selector;
+//!   `limit` ≤ 500 and 1-based `start-point`; by IP, IPv4 first) and `show object
+//!   dynamic-address-group` (`name` or `all`): relayed to a firewall, each running-config
+//!   dynamic group of its device group(s) and shared, with members evaluated over that
+//!   firewall's registered IPs and tagged address objects; on Panorama itself the
+//!   `device-groups` shape with empty `member-list`s;
+//! - hooks: the request log, scripted faults, a failing next job, a refused next commit, an
+//!   admin's edits and commits made without the API, and for User-ID the tables, time left on
+//!   a tag, another writer's registrations, the clock ([`Panorama::advance`]), a group's
+//!   members on a firewall, and message and entry counts.
 //!
 //! Jobs advance only when polled: a job answers `ACT`/`PEND` to its first `job_polls` polls, then
 //! finishes. A commit takes a snapshot of the candidate when it is enqueued and makes it the
 //! running config when the job finishes (a failed job changes nothing), so a client that reads
 //! `show` before its job is done sees the old config, as on a real Panorama.
 //!
+//! Registrations expire lazily: every User-ID read or write, and every hook, first drops the
+//! tags whose time is up on the double's clock, which is the real one plus what tests added
+//! with [`Panorama::advance`]. A firewall's dynamic groups come from Panorama's running config
+//! (not from what was last pushed to it) and reflect a registration at once.
+//!
 //! Left out: `rename`, `move`, `clone`, `override` and `multi-config` (answered like an unknown
 //! action, so a client that starts using them fails loudly here first), partial commits (a
 //! `<partial>` commit commits everything), validate-only pushes, config and commit locks,
-//! `target=` proxying, User-ID (`type=user-id`), per-key roles (`code="16"`), the schema (only
-//! the one-of choices of addresses, groups and service protocols are known), and scope-aware
-//! references: a `<member>` anywhere in the candidate that names a deleted address or service
-//! counts as a reference. Message wordings marked unverified in the reference are plausible,
-//! not copied from a box; clients should key on codes.
+//! `target=` proxying beyond User-ID and the two `show object` reads (other requests with a
+//! known `target` are answered by Panorama itself), per-vsys tables (`vsys` is accepted and
+//! only echoed in `dyn-addr-grp` entries), tag inheritance from registered ranges and
+//! networks, `not` in dynamic filters, the User-ID side of logins and user tags, Data
+//! Redistribution, per-key roles (`code="16"`), the schema (only the one-of choices of
+//! addresses, groups and service protocols are known), and scope-aware references: a
+//! `<member>` anywhere in the candidate that names a deleted address or service counts as a
+//! reference. Message wordings marked unverified in the reference (and the User-ID notes other
+//! than "already exists" and "does not exist") are plausible, not copied from a box; clients
+//! should key on codes and on `status`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::{self, Write as _};
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use parking_lot::Mutex;
@@ -65,6 +97,18 @@ pub fn device_group(name: &str) -> String {
 
 /// The largest request PAN-OS accepts.
 const MAX_BODY_BYTES: usize = 5 * 1024 * 1024;
+
+/// The registered-IP table of Panorama itself (a User-ID request without `target`).
+pub const PANORAMA_TABLE: &str = "panorama";
+
+/// The most tags PAN-OS keeps for one registered IP.
+pub const MAX_TAGS_PER_IP: usize = 32;
+
+/// The longest member `timeout` (30 days), in seconds.
+pub const MAX_TAG_TIMEOUT_SECS: u64 = 2_592_000;
+
+/// The most entries one `show object registered-ip` page may ask for.
+const MAX_REGISTERED_IP_LIMIT: usize = 500;
 
 const FORBIDDEN: &str =
     "<response status = 'error' code = '403'><result><msg>Invalid Credential</msg></result></response>";
@@ -92,6 +136,12 @@ pub struct Knobs {
     pub keygen_rotates: bool,
     /// The `<line>` of a `code="6"` reply (the real wording is unverified).
     pub bad_xpath_message: String,
+    /// Whether registering a tag an IP already has restarts the tag's timeout (the entry is
+    /// still reported `tag X already exists, ignore`). Unverified on a real box; on by default.
+    pub refresh_on_reregister: bool,
+    /// Whether User-ID accepts ranges `a-b` and networks `a/len` as `ip` (PAN-OS 10.0+);
+    /// they are kept as given.
+    pub ranges: bool,
 }
 
 impl Default for Knobs {
@@ -109,6 +159,8 @@ impl Default for Knobs {
             job_polls: 1,
             keygen_rotates: true,
             bad_xpath_message: "Bad Xpath".into(),
+            refresh_on_reregister: true,
+            ranges: true,
         }
     }
 }
@@ -122,8 +174,12 @@ pub struct ApiCall {
     pub kind: String,
     pub action: Option<String>,
     pub xpath: Option<String>,
+    /// `cmd`, or for `type=user-id` the multipart `file` that stood in for it.
     pub cmd: Option<String>,
     pub element: Option<String>,
+    /// The firewall serial the request is relayed to.
+    pub target: Option<String>,
+    pub vsys: Option<String>,
     /// How the caller presented a key: `header`, `param`, `basic` or `none`.
     pub auth: &'static str,
 }
@@ -178,6 +234,7 @@ struct State {
     log: Vec<ApiCall>,
     fail_next_job: Option<String>,
     refuse_next_commit: Option<String>,
+    uid: UserId,
 }
 
 /// A running Panorama double.
@@ -204,6 +261,7 @@ impl Panorama {
             log: Vec::new(),
             fail_next_job: None,
             refuse_next_commit: None,
+            uid: UserId::default(),
         }));
         let handler_state = state.clone();
         let server = HttpServer::start_tls(dir, move |request| {
@@ -323,6 +381,97 @@ impl Panorama {
         let path = XPath::parse(xpath).unwrap_or_else(|| panic!("bad xpath {xpath}"));
         select_xml(&self.state.lock().candidate, &path)
     }
+
+    /// The live registrations of a table ([`PANORAMA_TABLE`] or a firewall's serial): each IP
+    /// with its tags. Expired tags are dropped first.
+    pub fn registered(&self, table: &str) -> BTreeMap<String, BTreeSet<String>> {
+        let mut state = self.state.lock();
+        state.uid.expire();
+        state
+            .uid
+            .tables
+            .get(table)
+            .map(|ips| {
+                ips.iter()
+                    .map(|(ip, registration)| {
+                        (ip.clone(), registration.tags.keys().cloned().collect())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// How long a registered tag has left; `None` when it never expires or is not registered
+    /// (tell the two apart with [`Panorama::registered`]).
+    pub fn tag_expiry(&self, table: &str, ip: &str, tag: &str) -> Option<Duration> {
+        let mut state = self.state.lock();
+        state.uid.expire();
+        let now = state.uid.now();
+        let expiry = *state
+            .uid
+            .tables
+            .get(table)?
+            .get(&canonical(ip))?
+            .tags
+            .get(tag)?;
+        expiry.map(|at| at.saturating_duration_since(now))
+    }
+
+    /// Another writer (a second controller, an admin's script) registers `tags` on `ip` in a
+    /// table, never expiring. No limits are checked.
+    pub fn register_as_other(&self, table: &str, ip: &str, tags: &[&str]) {
+        let mut state = self.state.lock();
+        assert!(
+            table == PANORAMA_TABLE || state.is_managed(table),
+            "no registered-ip table {table}"
+        );
+        let ip = uid_ip(ip, true).unwrap_or_else(|message| panic!("{message}"));
+        state.uid.expire();
+        let registration = state
+            .uid
+            .tables
+            .entry(table.to_owned())
+            .or_default()
+            .entry(ip)
+            .or_insert_with(Registration::new);
+        for tag in tags {
+            registration.tags.insert((*tag).to_owned(), None);
+        }
+    }
+
+    /// Moves the User-ID clock forward: tags whose timeout passes expire.
+    pub fn advance(&self, by: Duration) {
+        self.state.lock().uid.offset += by;
+    }
+
+    /// The members a firewall reports for a dynamic address group (registered IPs, then
+    /// address objects), as `show object dynamic-address-group` with `target=serial` lists them.
+    pub fn dag_members(&self, serial: &str, group: &str) -> Vec<String> {
+        let mut state = self.state.lock();
+        state.uid.expire();
+        state
+            .firewall_groups(serial)
+            .iter()
+            .find(|dag| dag.name == group)
+            .map(|dag| {
+                state
+                    .members(serial, dag)
+                    .into_iter()
+                    .map(|(name, _)| name)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `type=user-id` requests that passed authentication.
+    pub fn uid_messages(&self) -> usize {
+        self.state.lock().uid.messages
+    }
+
+    /// `register` and `unregister` entries received in User-ID messages.
+    pub fn uid_entries(&self) -> usize {
+        self.state.lock().uid.entries
+    }
 }
 
 fn select_xml(tree: &Node, path: &XPath) -> Option<String> {
@@ -330,7 +479,8 @@ fn select_xml(tree: &Node, path: &XPath) -> Option<String> {
     (!items.is_empty()).then(|| items.concat())
 }
 
-/// Request parameters: the query string's, then a form body's (a later value wins).
+/// Request parameters: the query string's, then a form body's (a later value wins). A
+/// `multipart/form-data` body (`curl -F key=… -F file=@msg.xml`) gives one parameter per part.
 struct Params(Vec<(String, String)>);
 
 impl Params {
@@ -339,17 +489,16 @@ impl Params {
             .target
             .split_once('?')
             .map_or("", |(_, query)| query);
-        let form = request.header("content-type").is_none_or(|value| {
-            value
-                .to_ascii_lowercase()
-                .starts_with("application/x-www-form-urlencoded")
-        });
+        let content_type = request.header("content-type").map(str::to_ascii_lowercase);
+        let form = content_type
+            .as_deref()
+            .is_none_or(|value| value.starts_with("application/x-www-form-urlencoded"));
         let body = if request.method == "POST" && form {
             request.body_text()
         } else {
             String::new()
         };
-        let pairs = [query, body.as_str()]
+        let mut pairs: Vec<(String, String)> = [query, body.as_str()]
             .into_iter()
             .flat_map(|text| text.split('&'))
             .filter(|pair| !pair.is_empty())
@@ -358,6 +507,15 @@ impl Params {
                 (decode(name), decode(value))
             })
             .collect();
+        let multipart = content_type
+            .as_deref()
+            .is_some_and(|value| value.starts_with("multipart/form-data"));
+        if request.method == "POST" && multipart {
+            let header = request.header("content-type").unwrap_or_default();
+            if let Some(boundary) = boundary(header) {
+                pairs.extend(multipart_parts(&request.body_text(), &boundary));
+            }
+        }
         Params(pairs)
     }
 
@@ -376,11 +534,48 @@ impl Params {
             kind: owned("type").unwrap_or_default(),
             action: owned("action"),
             xpath: owned("xpath"),
-            cmd: owned("cmd"),
+            cmd: owned("cmd").or_else(|| owned("file")),
             element: owned("element"),
+            target: owned("target"),
+            vsys: owned("vsys"),
             auth: presented(request, self),
         }
     }
+}
+
+/// The `boundary` parameter of a `multipart/form-data` content type.
+fn boundary(content_type: &str) -> Option<String> {
+    content_type.split(';').skip(1).find_map(|parameter| {
+        let (name, value) = parameter.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("boundary")
+            .then(|| value.trim().trim_matches('"').to_owned())
+    })
+}
+
+/// The (name, content) of each part of a multipart body; parts without a name are skipped.
+fn multipart_parts(body: &str, boundary: &str) -> Vec<(String, String)> {
+    let delimiter = format!("--{boundary}");
+    body.split(delimiter.as_str())
+        .skip(1)
+        .take_while(|part| !part.starts_with("--"))
+        .filter_map(|part| {
+            let part = part.strip_prefix("\r\n").unwrap_or(part);
+            let (head, content) = part.split_once("\r\n\r\n")?;
+            let content = content.strip_suffix("\r\n").unwrap_or(content);
+            let disposition = head.split("\r\n").find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.trim()
+                    .eq_ignore_ascii_case("content-disposition")
+                    .then_some(value)
+            })?;
+            let name = disposition.split(';').find_map(|parameter| {
+                let value = parameter.trim().strip_prefix("name=")?;
+                Some(value.trim_matches('"').to_owned())
+            })?;
+            Some((name, content.to_owned()))
+        })
+        .collect()
 }
 
 /// Which way the caller offered credentials, in the order PAN-OS looks at them.
@@ -411,7 +606,7 @@ fn respond(state: &mut State, request: &Request, params: &Params) -> Reply {
     if !matches!(request.method.as_str(), "GET" | "POST") {
         return Reply::status(405, "");
     }
-    if request.body.len() > MAX_BODY_BYTES {
+    if request.body.len() + request.target.len() > MAX_BODY_BYTES {
         return Reply::status(413, "<html><body>Request Entity Too Large</body></html>");
     }
     let kind = params.get("type").unwrap_or_default();
@@ -425,6 +620,7 @@ fn respond(state: &mut State, request: &Request, params: &Params) -> Reply {
         "config" => state.config(params, &user),
         "commit" => state.commit(params, &user),
         "op" => state.op(params),
+        "user-id" => state.user_id(params),
         other => bad_request(&format!("Illegal value for parameter \"type\" [{other}].")),
     }
 }
@@ -775,6 +971,24 @@ impl State {
         let Ok(command) = parse_xml(cmd) else {
             return Refused::plain(Some(18), "Malformed Request").reply();
         };
+        let table = match self.table(params) {
+            Ok(table) => table,
+            Err(refused) => return refused.reply(),
+        };
+        // `show object registered-ip` and `show object dynamic-address-group` take several
+        // children, so they are told apart before the one-child walk below.
+        if let (true, [object]) = (command.name == "show", command.children.as_slice()) {
+            if let (true, [query]) = (object.name == "object", object.children.as_slice()) {
+                match query.name.as_str() {
+                    "registered-ip" => return self.show_registered(&table, query),
+                    "dynamic-address-group" => {
+                        let vsys = params.get("vsys").unwrap_or("vsys1");
+                        return self.show_dynamic_groups(&table, vsys, query);
+                    }
+                    _ => {}
+                }
+            }
+        }
         // `<show><jobs><id>4</id></jobs></show>` reads as `show jobs id`, with `4` left on `id`.
         let mut words = vec![command.name.as_str()];
         let mut last = &command;
@@ -1123,6 +1337,840 @@ fn seed(knobs: &Knobs) -> Node {
         rule("interzone-default", "deny", "interzone"),
     ))
     .expect("the seed config is well-formed")
+}
+
+// --- User-ID ---------------------------------------------------------------------------------
+
+/// One registered IP.
+#[derive(Clone, Debug)]
+struct Registration {
+    /// `persistent` as the last `register` of the IP gave it (`1` until one does).
+    persistent: String,
+    /// Each tag with the instant it expires at (`None`: never).
+    tags: BTreeMap<String, Option<Instant>>,
+}
+
+impl Registration {
+    fn new() -> Registration {
+        Registration {
+            persistent: "1".into(),
+            tags: BTreeMap::new(),
+        }
+    }
+}
+
+/// The User-ID side: the registered-IP tables, the clock their tags expire on, counters.
+#[derive(Default)]
+struct UserId {
+    /// [`PANORAMA_TABLE`] or a firewall's serial -> IP -> its registration.
+    tables: BTreeMap<String, BTreeMap<String, Registration>>,
+    /// How far the double's clock runs ahead of the real one ([`Panorama::advance`]).
+    offset: Duration,
+    messages: usize,
+    entries: usize,
+}
+
+impl UserId {
+    fn now(&self) -> Instant {
+        Instant::now() + self.offset
+    }
+
+    /// Drops expired tags, and the IPs left without one.
+    fn expire(&mut self) {
+        let now = self.now();
+        for table in self.tables.values_mut() {
+            table.retain(|_, registration| {
+                registration
+                    .tags
+                    .retain(|_, expiry| expiry.is_none_or(|at| at > now));
+                !registration.tags.is_empty()
+            });
+        }
+    }
+
+    /// A table for writing, expired tags dropped.
+    fn table(&mut self, table: &str) -> &mut BTreeMap<String, Registration> {
+        self.expire();
+        self.tables.entry(table.to_owned()).or_default()
+    }
+}
+
+/// Children of a `<payload>` that are accepted and not modelled.
+const UID_IGNORED: [&str; 5] = [
+    "login",
+    "logout",
+    "groups",
+    "register-user",
+    "unregister-user",
+];
+
+/// The per-entry notes of a uid-message, as (ip, message).
+#[derive(Default)]
+struct UidNotes {
+    register: Vec<(String, String)>,
+    unregister: Vec<(String, String)>,
+}
+
+impl UidNotes {
+    /// Clean: `status="success"` and empty lists; any note: `status="error"` with the
+    /// `uid-response` inside `msg/line` (the batch was applied all the same).
+    fn reply(&self) -> Reply {
+        let list = |name: &str, notes: &[(String, String)]| {
+            if notes.is_empty() {
+                return format!("<{name}/>");
+            }
+            let entries: String = notes
+                .iter()
+                .map(|(ip, message)| {
+                    format!(
+                        "<entry ip=\"{}\" message=\"{}\"/>",
+                        escape_attribute(ip),
+                        escape_attribute(message)
+                    )
+                })
+                .collect();
+            format!("<{name}>{entries}</{name}>")
+        };
+        let response = format!(
+            "<uid-response><version>2.0</version><payload>{}{}</payload></uid-response>",
+            list("register", &self.register),
+            list("unregister", &self.unregister)
+        );
+        if self.register.is_empty() && self.unregister.is_empty() {
+            xml(format!(
+                "<response status=\"success\"><result>{response}</result></response>"
+            ))
+        } else {
+            xml(format!(
+                "<response status=\"error\"><msg><line>{response}</line></msg></response>"
+            ))
+        }
+    }
+}
+
+/// A dynamic address group a firewall evaluates.
+struct Dag {
+    /// Its device group; `None` for a shared one.
+    device_group: Option<String>,
+    name: String,
+    filter: String,
+}
+
+impl State {
+    /// The registered-IP table a request works on: its `target`'s, or Panorama's own.
+    fn table(&self, params: &Params) -> Result<String, Refused> {
+        match params.get("target").filter(|serial| !serial.is_empty()) {
+            None => Ok(PANORAMA_TABLE.to_owned()),
+            Some(serial) if self.is_managed(serial) => Ok(serial.to_owned()),
+            // Panorama says "<serial> not connected" for a firewall it cannot reach (a
+            // pan-os-python report); an unknown serial is assumed to answer alike (unverified).
+            Some(serial) => Err(Refused::plain(None, &format!("{serial} not connected"))),
+        }
+    }
+
+    /// Whether a firewall of this serial is in one of the device groups.
+    fn is_managed(&self, serial: &str) -> bool {
+        self.knobs
+            .device_groups
+            .values()
+            .any(|serials| serials.iter().any(|known| known == serial))
+    }
+
+    /// `type=user-id`: a uid-message in `cmd` (or a multipart `file`).
+    fn user_id(&mut self, params: &Params) -> Reply {
+        self.uid.messages += 1;
+        let table = match self.table(params) {
+            Ok(table) => table,
+            Err(refused) => return refused.reply(),
+        };
+        let Some(cmd) = params.get("cmd").or(params.get("file")) else {
+            return bad_request("Parameter \"cmd\" is required.");
+        };
+        let Ok(message) = parse_xml(cmd) else {
+            return Refused::plain(Some(18), "Malformed Request").reply();
+        };
+        // A message the double does not understand changes nothing.
+        if let Err(line) = check_uid_message(&message) {
+            return Refused::plain(None, &line).reply();
+        }
+        let mut notes = UidNotes::default();
+        let Some(payload) = message.child("payload") else {
+            return notes.reply();
+        };
+        for part in &payload.children {
+            let entries = part.children.iter().filter(|entry| entry.name == "entry");
+            match part.name.as_str() {
+                "register" => {
+                    for entry in entries {
+                        self.uid.entries += 1;
+                        register(&self.knobs, &mut self.uid, &table, entry, &mut notes);
+                    }
+                }
+                "unregister" => {
+                    for entry in entries {
+                        self.uid.entries += 1;
+                        unregister(&self.knobs, &mut self.uid, &table, entry, &mut notes);
+                    }
+                }
+                "clear" => clear(&mut self.uid, &table, part),
+                _ => {}
+            }
+        }
+        notes.reply()
+    }
+
+    /// `show object registered-ip` with `all`, `ip` and/or `tag/entry[@name]`, `limit` and
+    /// `start-point`; no selector reads everything (pango sends only `limit` and
+    /// `start-point`), `ip` and `tag` together must both match.
+    fn show_registered(&mut self, table: &str, query: &Node) -> Reply {
+        let (mut ip, mut tags, mut limit, mut start) = (None, Vec::new(), usize::MAX, 1);
+        let out_of_range = |what: &str, text: &str| {
+            Refused::cdata(
+                17,
+                format!(" show -> object -> registered-ip -> {what} {text} is out of range"),
+            )
+            .reply()
+        };
+        for child in &query.children {
+            let text = child.text.trim();
+            match child.name.as_str() {
+                "all" => {}
+                "ip" => ip = Some(canonical(text)),
+                "tag" => tags.extend(
+                    child
+                        .children
+                        .iter()
+                        .filter(|entry| entry.name == "entry")
+                        .filter_map(|entry| entry.attr("name")),
+                ),
+                "limit" => match text.parse() {
+                    Ok(value) if (1..=MAX_REGISTERED_IP_LIMIT).contains(&value) => limit = value,
+                    _ => return out_of_range("limit", text),
+                },
+                "start-point" => match text.parse() {
+                    Ok(value) if value >= 1 => start = value,
+                    _ => return out_of_range("start-point", text),
+                },
+                other => {
+                    return Refused::cdata(
+                        17,
+                        format!(" show -> object -> registered-ip -> {other} is unexpected"),
+                    )
+                    .reply()
+                }
+            }
+        }
+        self.uid.expire();
+        let mut found: Vec<(&String, &Registration)> = self
+            .uid
+            .tables
+            .get(table)
+            .into_iter()
+            .flatten()
+            .filter(|(address, _)| ip.as_ref().is_none_or(|wanted| wanted == *address))
+            .filter(|(_, registration)| {
+                tags.is_empty() || tags.iter().any(|tag| registration.tags.contains_key(*tag))
+            })
+            .collect();
+        found.sort_by_key(|(address, _)| ip_order(address));
+        let page: Vec<_> = found.into_iter().skip(start - 1).take(limit).collect();
+        let mut out = String::new();
+        for (address, registration) in &page {
+            let _ = write!(
+                out,
+                "<entry ip=\"{}\" from_agent=\"0\" persistent=\"{}\"><tag>",
+                escape_attribute(address),
+                escape_attribute(&registration.persistent)
+            );
+            for tag in registration.tags.keys() {
+                elements(&mut out, &[("member", tag)]);
+            }
+            out.push_str("</tag></entry>");
+        }
+        xml(format!(
+            "<response status=\"success\"><result>{out}<count>{}</count></result></response>",
+            page.len()
+        ))
+    }
+
+    /// `show object dynamic-address-group` with `name` or `all`. Relayed to a firewall, each
+    /// running-config group of its device group(s) and shared, with members; on Panorama
+    /// itself, the groups per device group with an empty `member-list`.
+    fn show_dynamic_groups(&mut self, table: &str, vsys: &str, query: &Node) -> Reply {
+        let wanted = match query.children.as_slice() {
+            [name] if name.name == "name" => Some(name.text.trim().to_owned()),
+            [all] if all.name == "all" => None,
+            _ => {
+                return Refused::cdata(
+                    17,
+                    " show -> object -> dynamic-address-group needs name or all",
+                )
+                .reply()
+            }
+        };
+        let chosen = |name: &str| wanted.as_deref().is_none_or(|wanted| wanted == name);
+        if table == PANORAMA_TABLE {
+            let scopes = std::iter::once(("shared", None)).chain(
+                self.knobs
+                    .device_groups
+                    .keys()
+                    .map(|dg| (dg.as_str(), Some(dg.as_str()))),
+            );
+            let mut out = String::new();
+            for (label, dg) in scopes {
+                let groups: String = scope_node(&self.running, dg)
+                    .map(dynamic_groups)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|(name, _)| chosen(name))
+                    .map(|(name, filter)| {
+                        format!(
+                            "<address-group name=\"{}\"><filter>{}</filter><member-list/></address-group>",
+                            escape_attribute(&name),
+                            escape(&filter)
+                        )
+                    })
+                    .collect();
+                if !groups.is_empty() {
+                    let _ = write!(
+                        out,
+                        "<entry name=\"{}\">{groups}</entry>",
+                        escape_attribute(label)
+                    );
+                }
+            }
+            return xml(format!(
+                "<response status=\"success\"><result><device-groups>{out}</device-groups></result></response>"
+            ));
+        }
+        self.uid.expire();
+        let mut out = String::new();
+        for dag in self.firewall_groups(table) {
+            if !chosen(&dag.name) {
+                continue;
+            }
+            out.push_str("<entry>");
+            if dag.device_group.is_some() {
+                elements(&mut out, &[("vsys", vsys)]);
+            }
+            elements(
+                &mut out,
+                &[("group-name", &dag.name), ("filter", &dag.filter)],
+            );
+            let members = self.members(table, &dag);
+            if members.is_empty() {
+                out.push_str("<member-list/>");
+            } else {
+                out.push_str("<member-list>");
+                for (name, kind) in members {
+                    let _ = write!(
+                        out,
+                        "<entry name=\"{}\" type=\"{kind}\"/>",
+                        escape_attribute(&name)
+                    );
+                }
+                out.push_str("</member-list>");
+            }
+            out.push_str("</entry>");
+        }
+        xml(format!(
+            "<response status=\"success\"><result><dyn-addr-grp>{out}</dyn-addr-grp></result></response>"
+        ))
+    }
+
+    /// The running config's dynamic address groups a firewall has: its device groups' (the
+    /// first of a name wins), then shared ones not shadowed by them.
+    fn firewall_groups(&self, serial: &str) -> Vec<Dag> {
+        let mut found: Vec<Dag> = Vec::new();
+        let groups = self
+            .knobs
+            .device_groups
+            .iter()
+            .filter(|(_, serials)| serials.iter().any(|known| known == serial))
+            .map(|(dg, _)| Some(dg.as_str()))
+            .chain([None]);
+        for dg in groups {
+            let Some(scope) = scope_node(&self.running, dg) else {
+                continue;
+            };
+            for (name, filter) in dynamic_groups(scope) {
+                if found.iter().all(|dag| dag.name != name) {
+                    found.push(Dag {
+                        device_group: dg.map(str::to_owned),
+                        name,
+                        filter,
+                    });
+                }
+            }
+        }
+        found
+    }
+
+    /// A group's members on a firewall: its registered IPs whose tags satisfy the filter (by
+    /// IP), then the running config's address objects whose tags do (by name; a device-group
+    /// object shadows a shared one; a shared group sees only shared objects). A filter that
+    /// does not parse matches nothing. Expired tags must have been dropped.
+    fn members(&self, serial: &str, dag: &Dag) -> Vec<(String, &'static str)> {
+        let Some(criteria) = Criteria::parse(&dag.filter) else {
+            return Vec::new();
+        };
+        let mut ips: Vec<&String> = self
+            .uid
+            .tables
+            .get(serial)
+            .into_iter()
+            .flatten()
+            .filter(|(_, registration)| {
+                criteria.matches(&|tag| registration.tags.contains_key(tag))
+            })
+            .map(|(ip, _)| ip)
+            .collect();
+        ips.sort_by_key(|ip| ip_order(ip));
+        let mut members: Vec<(String, &'static str)> = ips
+            .into_iter()
+            .map(|ip| (ip.clone(), "registered-ip"))
+            .collect();
+        let mut objects: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut scopes = vec![None];
+        scopes.extend(dag.device_group.as_deref().map(Some));
+        for dg in scopes {
+            if let Some(scope) = scope_node(&self.running, dg) {
+                objects.extend(tagged_addresses(scope));
+            }
+        }
+        members.extend(
+            objects
+                .into_iter()
+                .filter(|(_, tags)| criteria.matches(&|tag| tags.iter().any(|has| has == tag)))
+                .map(|(name, _)| (name, "address-object")),
+        );
+        members
+    }
+}
+
+/// What the double refuses in a uid-message as a whole (nothing is applied then).
+fn check_uid_message(message: &Node) -> Result<(), String> {
+    if message.name != "uid-message" {
+        return Err(format!(
+            "{} unexpected here, uid-message expected",
+            message.name
+        ));
+    }
+    for child in &message.children {
+        let text = child.text.trim();
+        match child.name.as_str() {
+            "version" if matches!(text, "1.0" | "2.0") => {}
+            "version" => return Err(format!("uid-message version {text} is not supported")),
+            "type" if text == "update" => {}
+            "type" => return Err(format!("uid-message type {text} is not supported")),
+            "payload" => {
+                for part in &child.children {
+                    match part.name.as_str() {
+                        "register" | "unregister" => {}
+                        "clear" => {
+                            let selectors = part
+                                .children
+                                .iter()
+                                .filter(|what| what.name == "registered-ip")
+                                .flat_map(|what| &what.children);
+                            for selector in selectors {
+                                if !matches!(selector.name.as_str(), "all" | "ip" | "tag") {
+                                    return Err(format!(
+                                        "clear -> registered-ip -> {} unexpected here",
+                                        selector.name
+                                    ));
+                                }
+                            }
+                        }
+                        name if UID_IGNORED.contains(&name) => {}
+                        name => return Err(format!("payload -> {name} unexpected here")),
+                    }
+                }
+            }
+            other => return Err(format!("uid-message -> {other} unexpected here")),
+        }
+    }
+    Ok(())
+}
+
+/// The tag names of an entry's `<tag><member>…`.
+fn entry_tags(entry: &Node) -> Vec<&str> {
+    entry
+        .child("tag")
+        .map(|tag| {
+            tag.children
+                .iter()
+                .filter(|member| member.name == "member")
+                .map(|member| member.text.trim())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One `<register><entry ip=…>`: each tag is added (or, if the IP has it, noted and maybe
+/// refreshed); a tag that breaks a limit is noted and left out.
+fn register(knobs: &Knobs, uid: &mut UserId, table: &str, entry: &Node, notes: &mut UidNotes) {
+    let given = entry.attr("ip").unwrap_or_default();
+    let ip = match uid_ip(given, knobs.ranges) {
+        Ok(ip) => ip,
+        Err(message) => return notes.register.push((given.to_owned(), message)),
+    };
+    let persistent = entry.attr("persistent");
+    if let Some(value) = persistent.filter(|value| !matches!(*value, "0" | "1")) {
+        let message = format!("persistent value {value} is invalid");
+        return notes.register.push((ip, message));
+    }
+    let now = uid.now();
+    let ips = uid.table(table);
+    let registration = ips.entry(ip.clone()).or_insert_with(Registration::new);
+    if let Some(value) = persistent {
+        registration.persistent = value.to_owned();
+    }
+    let members = entry
+        .child("tag")
+        .into_iter()
+        .flat_map(|tag| &tag.children)
+        .filter(|member| member.name == "member");
+    for member in members {
+        let tag = member.text.trim();
+        let expiry = match check_tag(tag).and_then(|()| tag_timeout(member, tag)) {
+            Ok(0) => None,
+            Ok(seconds) => Some(now + Duration::from_secs(seconds)),
+            Err(message) => {
+                notes.register.push((ip.clone(), message));
+                continue;
+            }
+        };
+        let full = registration.tags.len() >= MAX_TAGS_PER_IP;
+        match registration.tags.get_mut(tag) {
+            Some(existing) => {
+                if knobs.refresh_on_reregister {
+                    *existing = expiry;
+                }
+                notes
+                    .register
+                    .push((ip.clone(), format!("tag {tag} already exists, ignore")));
+            }
+            // The wording is unverified.
+            None if full => notes.register.push((
+                ip.clone(),
+                format!(
+                    "tag {tag} not added, the ip already has the maximum of {MAX_TAGS_PER_IP} tags"
+                ),
+            )),
+            None => {
+                registration.tags.insert(tag.to_owned(), expiry);
+            }
+        }
+    }
+    // An IP that got no tag is not registered.
+    if registration.tags.is_empty() {
+        ips.remove(&ip);
+    }
+}
+
+/// A tag name PAN-OS would refuse (limits of user tags, applied to IP tags).
+fn check_tag(tag: &str) -> Result<(), String> {
+    if tag.is_empty() {
+        Err("tag name is empty".into())
+    } else if tag.chars().count() > 127 {
+        Err(format!("tag {tag} is longer than 127 characters"))
+    } else if tag.contains(['\'', '"']) {
+        Err(format!("tag {tag} contains an invalid character"))
+    } else {
+        Ok(())
+    }
+}
+
+/// A member's `timeout` in seconds: absent, empty or `0` is never.
+fn tag_timeout(member: &Node, tag: &str) -> Result<u64, String> {
+    let Some(text) = member
+        .attr("timeout")
+        .map(str::trim)
+        .filter(|text| !text.is_empty())
+    else {
+        return Ok(0);
+    };
+    text.parse()
+        .ok()
+        .filter(|&seconds| seconds <= MAX_TAG_TIMEOUT_SECS)
+        .ok_or_else(|| format!("tag {tag} timeout {text} is out of range 0-{MAX_TAG_TIMEOUT_SECS}"))
+}
+
+/// One `<unregister><entry ip=…>`: the tags named go; without any, the whole IP goes.
+fn unregister(knobs: &Knobs, uid: &mut UserId, table: &str, entry: &Node, notes: &mut UidNotes) {
+    let given = entry.attr("ip").unwrap_or_default();
+    let ip = match uid_ip(given, knobs.ranges) {
+        Ok(ip) => ip,
+        Err(message) => return notes.unregister.push((given.to_owned(), message)),
+    };
+    let ips = uid.table(table);
+    let tags = entry_tags(entry);
+    if tags.is_empty() {
+        if ips.remove(&ip).is_none() {
+            // The wording is unverified.
+            let message = format!("ip {ip} does not exist, ignore unreg");
+            notes.unregister.push((ip, message));
+        }
+        return;
+    }
+    for tag in tags {
+        let removed = ips
+            .get_mut(&ip)
+            .is_some_and(|registration| registration.tags.remove(tag).is_some());
+        if !removed {
+            let message = format!("tag {tag} does not exist, ignore unreg");
+            notes.unregister.push((ip.clone(), message));
+        }
+    }
+    if ips
+        .get(&ip)
+        .is_some_and(|registration| registration.tags.is_empty())
+    {
+        ips.remove(&ip);
+    }
+}
+
+/// `<clear><registered-ip>` with `<all/>`, `<ip>X</ip>` or `<tag><member>T</member></tag>`
+/// (or `<entry name="T"/>`); other things to clear are not modelled.
+fn clear(uid: &mut UserId, table: &str, clear: &Node) {
+    let ips = uid.table(table);
+    let selectors = clear
+        .children
+        .iter()
+        .filter(|what| what.name == "registered-ip")
+        .flat_map(|what| &what.children);
+    for selector in selectors {
+        match selector.name.as_str() {
+            "all" => ips.clear(),
+            "ip" => {
+                ips.remove(&canonical(&selector.text));
+            }
+            "tag" => {
+                let tags: Vec<&str> = selector
+                    .children
+                    .iter()
+                    .filter_map(|tag| match tag.name.as_str() {
+                        "member" => Some(tag.text.trim()),
+                        "entry" => tag.attr("name"),
+                        _ => None,
+                    })
+                    .collect();
+                ips.retain(|_, registration| {
+                    registration
+                        .tags
+                        .retain(|tag, _| !tags.contains(&tag.as_str()));
+                    !registration.tags.is_empty()
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The key of a registered `ip`: a host in its canonical form, or (when `ranges`) a range
+/// `a-b` or network `a/len` as given.
+fn uid_ip(given: &str, ranges: bool) -> Result<String, String> {
+    let text = given.trim();
+    if text.is_empty() {
+        return Err("ip address is missing".into());
+    }
+    if let Ok(address) = text.parse::<IpAddr>() {
+        return Ok(address.to_string());
+    }
+    let range = text.split_once('-').is_some_and(|(first, last)| {
+        match (
+            first.trim().parse::<IpAddr>(),
+            last.trim().parse::<IpAddr>(),
+        ) {
+            (Ok(IpAddr::V4(first)), Ok(IpAddr::V4(last))) => first <= last,
+            (Ok(IpAddr::V6(first)), Ok(IpAddr::V6(last))) => first <= last,
+            _ => false,
+        }
+    });
+    if ranges && (range || text.parse::<ipnet::IpNet>().is_ok()) {
+        return Ok(text.to_owned());
+    }
+    Err(format!("ip {text} is invalid"))
+}
+
+/// A host in its canonical form; anything else trimmed.
+fn canonical(ip: &str) -> String {
+    let text = ip.trim();
+    text.parse::<IpAddr>()
+        .map_or_else(|_| text.to_owned(), |address| address.to_string())
+}
+
+/// Sorts registered IPs: IPv4 before IPv6, by (first) address, then as text.
+fn ip_order(ip: &str) -> (u8, u128, String) {
+    let first = ip.split(['-', '/']).next().unwrap_or(ip);
+    match first.trim().parse::<IpAddr>() {
+        Ok(IpAddr::V4(address)) => (4, u32::from(address).into(), ip.to_owned()),
+        Ok(IpAddr::V6(address)) => (6, u128::from(address), ip.to_owned()),
+        Err(_) => (9, 0, ip.to_owned()),
+    }
+}
+
+/// A device group's node (`Some`) or `/config/shared` (`None`) in a config tree.
+fn scope_node<'a>(tree: &'a Node, device_group: Option<&str>) -> Option<&'a Node> {
+    let Some(name) = device_group else {
+        return tree.child("shared");
+    };
+    let named =
+        |node: &&Node, wanted: &str| node.name == "entry" && node.attr("name") == Some(wanted);
+    tree.child("devices")?
+        .children
+        .iter()
+        .find(|device| named(device, "localhost.localdomain"))?
+        .child("device-group")?
+        .children
+        .iter()
+        .find(|group| named(group, name))
+}
+
+/// The (name, filter) of each dynamic address group in a scope, in config order.
+fn dynamic_groups(scope: &Node) -> Vec<(String, String)> {
+    scope
+        .child("address-group")
+        .into_iter()
+        .flat_map(|groups| &groups.children)
+        .filter(|group| group.name == "entry")
+        .filter_map(|group| {
+            let filter = group.child("dynamic")?.child("filter")?;
+            Some((group.attr("name")?.to_owned(), filter.text.clone()))
+        })
+        .collect()
+}
+
+/// The (name, tags) of each address object in a scope that carries tags.
+fn tagged_addresses(scope: &Node) -> Vec<(String, Vec<String>)> {
+    scope
+        .child("address")
+        .into_iter()
+        .flat_map(|addresses| &addresses.children)
+        .filter(|address| address.name == "entry")
+        .filter_map(|address| {
+            let name = address.attr("name")?.to_owned();
+            Some((
+                name,
+                entry_tags(address)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>(),
+            ))
+        })
+        .filter(|(_, tags)| !tags.is_empty())
+        .collect()
+}
+
+/// A dynamic address group's match criteria: tag names, quoted (`'…'` or `"…"`) or bare,
+/// joined by `and` and `or` (either case; `and` binds tighter) and grouped by parentheses.
+enum Criteria {
+    Tag(String),
+    And(Box<Criteria>, Box<Criteria>),
+    Or(Box<Criteria>, Box<Criteria>),
+}
+
+#[derive(PartialEq)]
+enum Token {
+    Tag(String),
+    And,
+    Or,
+    Open,
+    Close,
+}
+
+impl Criteria {
+    /// `None` for a filter outside the grammar.
+    fn parse(text: &str) -> Option<Criteria> {
+        let tokens = criteria_tokens(text)?;
+        let mut at = 0;
+        let criteria = Criteria::any(&tokens, &mut at)?;
+        (at == tokens.len()).then_some(criteria)
+    }
+
+    /// `all (or all)*`.
+    fn any(tokens: &[Token], at: &mut usize) -> Option<Criteria> {
+        let mut left = Criteria::all(tokens, at)?;
+        while tokens.get(*at) == Some(&Token::Or) {
+            *at += 1;
+            left = Criteria::Or(Box::new(left), Box::new(Criteria::all(tokens, at)?));
+        }
+        Some(left)
+    }
+
+    /// `one (and one)*`.
+    fn all(tokens: &[Token], at: &mut usize) -> Option<Criteria> {
+        let mut left = Criteria::one(tokens, at)?;
+        while tokens.get(*at) == Some(&Token::And) {
+            *at += 1;
+            left = Criteria::And(Box::new(left), Box::new(Criteria::one(tokens, at)?));
+        }
+        Some(left)
+    }
+
+    /// A tag, or a parenthesised filter.
+    fn one(tokens: &[Token], at: &mut usize) -> Option<Criteria> {
+        match tokens.get(*at)? {
+            Token::Tag(name) => {
+                *at += 1;
+                Some(Criteria::Tag(name.clone()))
+            }
+            Token::Open => {
+                *at += 1;
+                let inner = Criteria::any(tokens, at)?;
+                (tokens.get(*at) == Some(&Token::Close)).then(|| {
+                    *at += 1;
+                    inner
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn matches(&self, has: &dyn Fn(&str) -> bool) -> bool {
+        match self {
+            Criteria::Tag(tag) => has(tag),
+            Criteria::And(left, right) => left.matches(has) && right.matches(has),
+            Criteria::Or(left, right) => left.matches(has) || right.matches(has),
+        }
+    }
+}
+
+/// The tokens of a filter; `None` for an unclosed quote.
+fn criteria_tokens(text: &str) -> Option<Vec<Token>> {
+    let chars: Vec<char> = text.chars().collect();
+    let (mut tokens, mut at) = (Vec::new(), 0);
+    while let Some(&c) = chars.get(at) {
+        match c {
+            _ if c.is_whitespace() => at += 1,
+            '(' | ')' => {
+                tokens.push(if c == '(' { Token::Open } else { Token::Close });
+                at += 1;
+            }
+            '\'' | '"' => {
+                let length = chars[at + 1..].iter().position(|&other| other == c)?;
+                tokens.push(Token::Tag(chars[at + 1..at + 1 + length].iter().collect()));
+                at += length + 2;
+            }
+            _ => {
+                let start = at;
+                while chars
+                    .get(at)
+                    .is_some_and(|&c| !c.is_whitespace() && !"()'\"".contains(c))
+                {
+                    at += 1;
+                }
+                let word: String = chars[start..at].iter().collect();
+                tokens.push(match word.to_ascii_lowercase().as_str() {
+                    "and" => Token::And,
+                    "or" => Token::Or,
+                    _ => Token::Tag(word),
+                });
+            }
+        }
+    }
+    Some(tokens)
 }
 
 // --- The config tree -------------------------------------------------------------------------

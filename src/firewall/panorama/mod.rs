@@ -13,7 +13,9 @@
 //! - Reads use `show` (the running configuration), not `get` (the candidate an admin may be
 //!   editing).
 
+pub mod objects;
 pub mod rules;
+pub mod userid;
 
 use reqwest::header::HeaderMap;
 use roxmltree::{Document, Node};
@@ -37,6 +39,10 @@ pub struct PanoramaSettings {
     pub device_group: String,
     pub credentials: Credentials,
     pub http: HttpSettings,
+    /// A managed firewall's serial: runtime calls (User-ID, registered IPs) are relayed to it.
+    pub target: Option<String>,
+    /// The virtual system, on a multi-vsys firewall.
+    pub vsys: Option<String>,
 }
 
 /// A Panorama (or a firewall) over the XML API.
@@ -190,8 +196,12 @@ impl Panorama {
         Ok(())
     }
 
-    /// A call with the key: generated first when needed, and once more on a 403.
-    async fn call(&mut self, form: &[(&str, &str)]) -> Result<Reply, TargetError> {
+    /// A call with the key: generated first when needed, and once more on a 403. The API's
+    /// own refusals (other codes) come back as the inner error, with their code and message.
+    async fn call_api(
+        &mut self,
+        form: &[(&str, &str)],
+    ) -> Result<Result<Reply, (Option<u32>, String)>, TargetError> {
         let login = matches!(self.settings.credentials, Credentials::Login { .. });
         let mut renewed = false;
         loop {
@@ -200,7 +210,7 @@ impl Panorama {
             }
             let text = self.post(form).await?;
             match check(&text) {
-                Ok(()) => return Ok(Reply(text)),
+                Ok(()) => return Ok(Ok(Reply(text))),
                 Err((Some(403), _)) if login && !renewed => {
                     self.key = None;
                     renewed = true;
@@ -212,13 +222,19 @@ impl Panorama {
                     })
                 }
                 Err((Some(16), message)) => return Err(TargetError::Forbidden(message)),
-                Err((code, message)) => {
-                    let code =
-                        code.map_or_else(|| "no code".to_owned(), |code| format!("code {code}"));
-                    return Err(TargetError::Protocol(format!("{code}: {message}")));
-                }
+                // A User-ID batch with per-entry messages: applied, the messages for the caller.
+                Err((None, _)) if text.contains("<uid-response>") => return Ok(Ok(Reply(text))),
+                Err(refusal) => return Ok(Err(refusal)),
             }
         }
+    }
+
+    /// [`Panorama::call_api`], with the API's refusals as errors.
+    async fn call(&mut self, form: &[(&str, &str)]) -> Result<Reply, TargetError> {
+        self.call_api(form).await?.map_err(|(code, message)| {
+            let code = code.map_or_else(|| "no code".to_owned(), |code| format!("code {code}"));
+            TargetError::Protocol(format!("{code}: {message}"))
+        })
     }
 
     /// `show` of a node of the running configuration; `None` when there is no such node.

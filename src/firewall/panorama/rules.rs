@@ -261,7 +261,7 @@ fn address(entry: Node) -> Address {
 
 /// `10.0.0.0/8`, `10.0.0.1` (a host), `2001:db8::/32`; host bits set are cleared, as PAN-OS
 /// matches the prefix.
-fn parse_netmask(text: &str) -> Option<IpNet> {
+pub(super) fn parse_netmask(text: &str) -> Option<IpNet> {
     if let Ok(net) = text.parse::<IpNet>() {
         return Some(net.trunc());
     }
