@@ -108,6 +108,22 @@ impl SecretSource {
     }
 }
 
+/// Credentials given as a key, or as a user and password: exactly one of the two, each secret
+/// checked.
+pub fn check_credentials(
+    path: &str,
+    api_key: Option<&SecretSource>,
+    username: Option<&str>,
+    password: Option<&SecretSource>,
+    problems: &mut Problems,
+) {
+    match (api_key, username, password) {
+        (Some(key), None, None) => key.validate(&format!("{path}.api_key"), problems),
+        (None, Some(_), Some(password)) => password.validate(&format!("{path}.password"), problems),
+        _ => problems.push(path, "set api_key, or username and password (not both)"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -207,6 +207,10 @@ pub struct PanoramaConfig {
     /// are committed but not pushed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_group: Option<String>,
+    /// For `static`: the API admin whose changes a (partial) commit covers; default:
+    /// `username`. Needed with `api_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
     /// `https://host[:port]` of the firewall or Panorama.
     pub url: String,
     /// A key made with `type=keygen`, sent as `X-PAN-KEY`; or `username` and `password` to
@@ -595,13 +599,13 @@ impl FirewallConfig {
                 ),
                 problems,
             );
-            match (&manager.api_key, &manager.username, &manager.password) {
-                (Some(key), None, None) => key.validate(&format!("{at}.api_key"), problems),
-                (None, Some(_), Some(password)) => {
-                    password.validate(&format!("{at}.password"), problems)
-                }
-                _ => problems.push(at.clone(), "set api_key, or username and password"),
-            }
+            crate::secret::check_credentials(
+                &at,
+                manager.api_key.as_ref(),
+                manager.username.as_deref(),
+                manager.password.as_ref(),
+                problems,
+            );
             if manager.adom.is_empty() {
                 problems.push(format!("{at}.adom"), "must not be empty");
             }
@@ -632,22 +636,26 @@ impl FirewallConfig {
                 ),
                 problems,
             );
-            match (&device.api_key, &device.username, &device.password) {
-                (Some(key), _, None) => key.validate(&format!("{at}.api_key"), problems),
-                (None, Some(_), Some(password)) => {
-                    password.validate(&format!("{at}.password"), problems)
-                }
-                _ => problems.push(at.clone(), "set api_key, or username and password"),
-            }
+            crate::secret::check_credentials(
+                &at,
+                device.api_key.as_ref(),
+                device.username.as_deref(),
+                device.password.as_ref(),
+                problems,
+            );
             match (device.mode, &device.device_group) {
                 (PanoramaMode::Static, None) => problems.push(
                     format!("{at}.device_group"),
                     "static objects need the device group they go in (or `shared`)",
                 ),
-                (PanoramaMode::Static, Some(_)) if device.username.is_none() => problems.push(
-                    format!("{at}.username"),
-                    "static mode commits only its own admin's changes: name the API admin",
-                ),
+                (PanoramaMode::Static, Some(_))
+                    if device.admin.is_none() && device.username.is_none() =>
+                {
+                    problems.push(
+                        format!("{at}.admin"),
+                        "static mode commits only its own admin's changes: name the API admin",
+                    )
+                }
                 (PanoramaMode::Static, Some(_)) if !device.targets.is_empty() => problems.push(
                     format!("{at}.targets"),
                     "static objects are pushed to the device group's firewalls: targets are for user_id",

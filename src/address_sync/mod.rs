@@ -134,27 +134,12 @@ pub fn targets(config: &FirewallConfig, cluster_name: &str) -> Result<Vec<Config
     }
     for manager in &config.fortimanager {
         let path = format!("fortimanager {}", manager.name);
-        let secret_error = |source| StartError::Secret {
-            target: path.clone(),
-            source,
-        };
-        let credentials = match (&manager.api_key, &manager.username, &manager.password) {
-            (Some(key), _, _) => {
-                Credentials::ApiKey(key.read(&format!("{path} api_key")).map_err(secret_error)?)
-            }
-            (None, Some(user), Some(password)) => Credentials::Login {
-                user: user.clone(),
-                password: password
-                    .read(&format!("{path} password"))
-                    .map_err(secret_error)?,
-            },
-            _ => {
-                return Err(StartError::Target {
-                    target: path,
-                    source: TargetError::Setup("set api_key, or username and password".into()),
-                })
-            }
-        };
+        let credentials = read_credentials(
+            &path,
+            manager.api_key.as_ref(),
+            manager.username.as_deref(),
+            manager.password.as_ref(),
+        )?;
         let target = FortiManager::new(FortiManagerSettings {
             url: manager.url.clone(),
             adom: manager.adom.clone(),
@@ -208,7 +193,11 @@ pub fn targets(config: &FirewallConfig, cluster_name: &str) -> Result<Vec<Config
             client,
             StaticSettings {
                 device_group: device.device_group.clone().unwrap_or_default(),
-                admin: device.username.clone().unwrap_or_default(),
+                admin: device
+                    .admin
+                    .clone()
+                    .or_else(|| device.username.clone())
+                    .unwrap_or_default(),
                 marker: marker.clone(),
                 group_max_members: device.group_max_members,
                 job_poll: Duration::from_millis(device.job_poll_ms),
@@ -229,28 +218,32 @@ pub fn targets(config: &FirewallConfig, cluster_name: &str) -> Result<Vec<Config
     Ok(planned)
 }
 
-/// A PAN-OS device's credentials: its key, or the admin and password that make one.
-fn panorama_credentials(device: &PanoramaConfig) -> Result<Credentials, StartError> {
-    let path = format!("panorama {}", device.name);
-    let secret_error = |source| StartError::Secret {
-        target: path.clone(),
-        source,
-    };
-    match (&device.api_key, &device.username, &device.password) {
-        (Some(key), _, _) => Ok(Credentials::ApiKey(
-            key.read(&format!("{path} api_key")).map_err(secret_error)?,
-        )),
-        (None, Some(user), Some(password)) => Ok(Credentials::Login {
-            user: user.clone(),
-            password: password
-                .read(&format!("{path} password"))
-                .map_err(secret_error)?,
-        }),
-        _ => Err(StartError::Target {
-            target: path,
+/// A target's credentials, read from their secrets; `path` names the target in errors.
+fn read_credentials(
+    path: &str,
+    api_key: Option<&crate::secret::SecretSource>,
+    username: Option<&str>,
+    password: Option<&crate::secret::SecretSource>,
+) -> Result<Credentials, StartError> {
+    Credentials::read(path, api_key, username, password)
+        .map_err(|source| StartError::Secret {
+            target: path.to_owned(),
+            source,
+        })?
+        .ok_or_else(|| StartError::Target {
+            target: path.to_owned(),
             source: TargetError::Setup("set api_key, or username and password".into()),
-        }),
-    }
+        })
+}
+
+/// A PAN-OS device's credentials.
+fn panorama_credentials(device: &PanoramaConfig) -> Result<Credentials, StartError> {
+    read_credentials(
+        &format!("panorama {}", device.name),
+        device.api_key.as_ref(),
+        device.username.as_deref(),
+        device.password.as_ref(),
+    )
 }
 
 fn panorama_client(

@@ -145,21 +145,6 @@ fn default_adom() -> String {
     "root".into()
 }
 
-/// Credentials: a key, or a user and password; checked for one of the two.
-fn check_credentials(
-    path: &str,
-    api_key: &Option<SecretSource>,
-    username: &Option<String>,
-    password: &Option<SecretSource>,
-    problems: &mut Problems,
-) {
-    match (api_key, username, password) {
-        (Some(key), None, None) => key.validate(&format!("{path}.api_key"), problems),
-        (None, Some(_), Some(password)) => password.validate(&format!("{path}.password"), problems),
-        _ => problems.push(path, "set api_key, or username and password (not both)"),
-    }
-}
-
 impl PolicySourceConfig {
     /// The translator's settings (after validation).
     pub fn settings(&self) -> Settings {
@@ -228,11 +213,11 @@ impl PolicyImportConfig {
                         problems,
                     );
                     manager.tls.validate(&format!("{at}.tls"), problems);
-                    check_credentials(
+                    crate::secret::check_credentials(
                         &at,
-                        &manager.api_key,
-                        &manager.username,
-                        &manager.password,
+                        manager.api_key.as_ref(),
+                        manager.username.as_deref(),
+                        manager.password.as_ref(),
                         problems,
                     );
                     if manager.package.is_empty() {
@@ -247,11 +232,11 @@ impl PolicyImportConfig {
                         problems,
                     );
                     panorama.tls.validate(&format!("{at}.tls"), problems);
-                    check_credentials(
+                    crate::secret::check_credentials(
                         &at,
-                        &panorama.api_key,
-                        &panorama.username,
-                        &panorama.password,
+                        panorama.api_key.as_ref(),
+                        panorama.username.as_deref(),
+                        panorama.password.as_ref(),
                         problems,
                     );
                     if panorama.device_group.is_empty() {

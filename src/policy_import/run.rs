@@ -249,23 +249,20 @@ fn credentials(
     username: &Option<String>,
     password: &Option<crate::secret::SecretSource>,
 ) -> Result<Credentials, StartError> {
-    let secret = |source| StartError::Secret {
+    Credentials::read(
+        name,
+        api_key.as_ref(),
+        username.as_deref(),
+        password.as_ref(),
+    )
+    .map_err(|source| StartError::Secret {
         source_name: name.to_owned(),
         source,
-    };
-    match (api_key, username, password) {
-        (Some(key), _, _) => Ok(Credentials::ApiKey(
-            key.read(&format!("{name} api_key")).map_err(secret)?,
-        )),
-        (None, Some(user), Some(password)) => Ok(Credentials::Login {
-            user: user.clone(),
-            password: password.read(&format!("{name} password")).map_err(secret)?,
-        }),
-        _ => Err(StartError::Client {
-            source_name: name.to_owned(),
-            source: TargetError::Setup("set api_key, or username and password".into()),
-        }),
-    }
+    })?
+    .ok_or_else(|| StartError::Client {
+        source_name: name.to_owned(),
+        source: TargetError::Setup("set api_key, or username and password".into()),
+    })
 }
 
 fn http_settings(name: &str, tls: &TlsSettings, timeout_secs: u64) -> HttpSettings {

@@ -43,6 +43,26 @@ pub enum Credentials {
     Login { user: String, password: String },
 }
 
+impl Credentials {
+    /// A key, or a user and password, read now from their secrets (`what` names them in
+    /// errors); `None` when neither is set (validation reports that).
+    pub fn read(
+        what: &str,
+        api_key: Option<&crate::secret::SecretSource>,
+        username: Option<&str>,
+        password: Option<&crate::secret::SecretSource>,
+    ) -> Result<Option<Credentials>, crate::secret::SecretError> {
+        Ok(match (api_key, username, password) {
+            (Some(key), _, _) => Some(Credentials::ApiKey(key.read(&format!("{what} api_key"))?)),
+            (None, Some(user), Some(password)) => Some(Credentials::Login {
+                user: user.to_owned(),
+                password: password.read(&format!("{what} password"))?,
+            }),
+            _ => None,
+        })
+    }
+}
+
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
