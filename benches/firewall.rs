@@ -260,6 +260,7 @@ fn user_id(c: &mut Criterion) {
         },
         target: Some("007051000050926".into()),
         vsys: None,
+        requests_per_second: 1000.0,
     })
     .unwrap();
     let desired: Registrations = (0..IPS)

@@ -104,6 +104,7 @@ fn export() -> Value {
 
 fn settings() -> Settings {
     let mut settings = Settings::new("zones");
+    settings.domain_rules = true;
     settings.external_zones = BTreeMap::from([
         (
             "wan".to_owned(),

@@ -33,6 +33,8 @@ pub fn settings() -> Settings {
         zone_label: ZONE.into(),
         group_label: GROUP.into(),
         external_zones: BTreeMap::from([("wan".to_owned(), vec![net("203.0.113.0/24")])]),
+        domain_rules: true,
+        zones: BTreeSet::new(),
     }
 }
 
@@ -329,6 +331,21 @@ proptest! {
     #[test]
     fn calico_decides_every_flow_as_the_firewall_does(rulebase in rulebase()) {
         let settings = settings();
+        if let Err(message) = check(&rulebase, &settings) {
+            let rules: Vec<String> = rulebase.rules.iter().map(|rule| format!("{rule:?}")).collect();
+            return Err(TestCaseError::fail(format!("{message}\nrules:\n{}", rules.join("\n"))));
+        }
+    }
+
+    /// The WAN as everything outside (0.0.0.0/0, ::/0): pods, whose IPs it covers too, are
+    /// still in their own zones (or none), never in the WAN.
+    #[test]
+    fn pods_are_never_in_an_external_zone_that_covers_their_ips(rulebase in rulebase()) {
+        let mut settings = settings();
+        settings.external_zones = BTreeMap::from([(
+            "wan".to_owned(),
+            vec![net("0.0.0.0/0"), net("::/0")],
+        )]);
         if let Err(message) = check(&rulebase, &settings) {
             let rules: Vec<String> = rulebase.rules.iter().map(|rule| format!("{rule:?}")).collect();
             return Err(TestCaseError::fail(format!("{message}\nrules:\n{}", rules.join("\n"))));
@@ -743,6 +760,7 @@ fn the_import_command_prints_the_committed_yaml() {
                 "zones",
                 "--tier-order",
                 "50",
+                "--domain-rules",
             ])
             .arg("--from")
             .arg(fixtures.join(file))
@@ -770,4 +788,49 @@ fn the_import_command_prints_the_committed_yaml() {
             "{file}: the output changed; if that is intended, run with THREATFLOW_UPDATE_GOLDEN=1 and review the diff"
         );
     }
+}
+
+/// A zone pods are labelled with that no rule names: on PAN-OS its intrazone default (allow)
+/// holds once the zone is configured; without it, such traffic meets the interzone default.
+#[test]
+fn a_configured_zone_no_rule_names_keeps_the_intrazone_default() {
+    let mut rulebase = base();
+    rulebase.defaults = Defaults::PAN_OS;
+    rulebase.zones.clear();
+    rulebase.rules = vec![Rule {
+        from_zones: vec!["dmz".into()],
+        to_zones: vec!["app".into()],
+        ..Rule::new("web", Verdict::Allow)
+    }];
+    let one = pod("batch-1", "10.1.5.1", &[], &[(ZONE, "batch")]);
+    let two = pod("batch-2", "10.1.5.2", &[], &[(ZONE, "batch")]);
+    let mut settings = settings();
+    let verdict = |settings: &Settings| {
+        let translation = translate(&rulebase, settings);
+        verdicts::calico(
+            &translation.objects,
+            tier_default(&translation),
+            &one,
+            &two,
+            Traffic::tcp(40000, 443),
+        )
+    };
+    assert_eq!(
+        verdict(&settings),
+        Verdict::Deny,
+        "an unknown zone: interzone default"
+    );
+    settings.zones = BTreeSet::from(["batch".to_owned()]);
+    assert_eq!(verdict(&settings), Verdict::Allow);
+    assert_eq!(
+        verdicts::firewall(
+            &rulebase,
+            &conventions(&settings),
+            &one,
+            &two,
+            Traffic::tcp(40000, 443)
+        ),
+        Verdict::Allow,
+        "as on the firewall"
+    );
 }

@@ -53,6 +53,7 @@ fn source<'a>(status: &'a Value, name: &str) -> &'a Value {
 /// The reference settings the daemon is configured with below.
 fn settings() -> Settings {
     let mut settings = Settings::new("zones");
+    settings.domain_rules = true;
     settings.external_zones = [
         (
             "wan".to_owned(),
@@ -68,7 +69,7 @@ fn settings() -> Settings {
 }
 
 const EXTERNAL_ZONES: &str =
-    "      external_zones: {wan: [198.51.100.0/24, 203.0.113.0/24], corp: [192.0.2.0/24]}\n";
+    "      external_zones: {wan: [198.51.100.0/24, 203.0.113.0/24], corp: [192.0.2.0/24]}\n      domain_rules: true\n";
 
 /// The policy names a rulebase export translates into.
 fn expected_policies(export: &str, device_group: Option<&str>) -> BTreeSet<String> {
@@ -551,6 +552,7 @@ async fn the_panorama_client_renews_its_key_once_and_reports_bad_credentials() {
         },
         target: None,
         vsys: None,
+        requests_per_second: 1000.0,
     })
     .unwrap();
     let first = client.revision().await.unwrap();

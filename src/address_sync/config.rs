@@ -523,6 +523,21 @@ impl FirewallConfig {
                 "no target: configure fortigate, fortimanager, panorama or serve",
             );
         }
+        let user_id = self
+            .panorama
+            .iter()
+            .any(|device| device.mode == PanoramaMode::UserId);
+        if let Some(name) = cluster_name.filter(|_| user_id) {
+            let safe = name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !safe || name.is_empty() || name.len() > 55 {
+                problems.push(
+                    "cluster_name",
+                    "with PAN-OS User-ID targets, 1 to 55 letters, digits, `-` or `_`: it is part of every tag (`threatflow.<cluster>.<group>`), and a `.` would let one cluster's tags pass for another's",
+                );
+            }
+        }
         let mut target_names = HashSet::new();
         let known = |group: &str| names.contains(group);
         let mut check_target =

@@ -258,6 +258,7 @@ fn panorama_client(
         http: http_settings("panorama", &device.name, &device.tls, device.timeout_secs),
         target,
         vsys: device.vsys.clone(),
+        requests_per_second: device.requests_per_second,
     })
     .map_err(|source| StartError::Target {
         target: format!("panorama {}", device.name),

@@ -143,7 +143,8 @@ impl UserIdRunner {
                 break;
             };
             let mut retry_at = None;
-            if self.leadership.is_leader() {
+            let leading = self.leadership.is_leader();
+            if leading {
                 let refresh = known
                     .refreshed
                     .is_none_or(|at| at.elapsed() >= refresh_every);
@@ -177,15 +178,20 @@ impl UserIdRunner {
                     }
                 }
             } else {
+                // A standby waits for a change, its leadership, or the next interval; it has
+                // nothing to refresh.
                 self.metrics.sync(&self.name, "standby");
                 self.update_status(|status| status.state = "standby");
+                next_reconcile = tokio::time::Instant::now() + self.reconcile_interval;
+                known.refreshed = None;
             }
             if once {
                 break;
             }
-            let refresh_at = known
-                .refreshed
-                .map_or(next_reconcile, |at| at + refresh_every);
+            let refresh_at = match (leading, known.refreshed) {
+                (true, Some(at)) => at + refresh_every,
+                _ => next_reconcile,
+            };
             let wake = retry_at.unwrap_or(next_reconcile.min(refresh_at));
             full = tokio::select! {
                 _ = stop.cancelled() => break,

@@ -133,6 +133,13 @@ pub struct ImportArgs {
     /// A zone outside the cluster and its networks, e.g. `wan=0.0.0.0/0,::/0`; repeatable.
     #[arg(long, value_name = "ZONE=CIDR,...")]
     pub external_zone: Vec<String>,
+    /// FQDN destinations as domain sets (Calico Enterprise); without it such rules are
+    /// refused.
+    #[arg(long)]
+    pub domain_rules: bool,
+    /// A cluster zone no rule names (it gets the intrazone default); repeatable.
+    #[arg(long, value_name = "ZONE")]
+    pub zone: Vec<String>,
 }
 
 /// What `firewall import` made: the YAML, and a report for standard error.
@@ -151,9 +158,19 @@ pub fn import_command(args: &ImportArgs) -> anyhow::Result<ImportReport> {
     if let Err(problem) = crate::policy_import::check_tier(&args.tier) {
         problems.push(format!("--tier: {problem}"));
     }
+    for (flag, key) in [
+        ("--zone-label", &args.zone_label),
+        ("--group-label", &args.group_label),
+    ] {
+        if let Err(problem) = crate::cluster::selector::label_key(key) {
+            problems.push(format!("{flag}: {problem}"));
+        }
+    }
     let mut settings = translate::Settings::new(&args.tier);
     settings.tier_order = args.tier_order;
     settings.staged = args.staged;
+    settings.domain_rules = args.domain_rules;
+    settings.zones = args.zone.iter().cloned().collect();
     settings.zone_label.clone_from(&args.zone_label);
     settings.group_label.clone_from(&args.group_label);
     for zone in &args.external_zone {

@@ -254,21 +254,7 @@ const MAX_REPLY_BYTES: u64 = 256 << 20;
 pub(crate) async fn exchange(
     request: reqwest::RequestBuilder,
 ) -> Result<(u16, Vec<u8>), TargetError> {
-    let response = request.send().await.map_err(|error| {
-        let what = if error.is_timeout() {
-            "timed out"
-        } else if error.is_connect() {
-            "cannot connect"
-        } else {
-            "the connection failed"
-        };
-        TargetError::Unavailable(format!("{what}: {}", crate::telemetry::ErrorChain(&error)))
-    })?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = crate::net::http::read_body(response, MAX_REPLY_BYTES)
-        .await
-        .map_err(|error| TargetError::Unavailable(format!("reading the reply: {error}")))?;
+    let (status, headers, body) = send(request).await?;
     match status {
         401 => Err(TargetError::Unauthorized {
             status,
@@ -284,6 +270,29 @@ pub(crate) async fn exchange(
         }),
         _ => Ok((status, body)),
     }
+}
+
+/// Sends a request and reads the reply within [`MAX_REPLY_BYTES`], whatever its status; only
+/// a transport failure is an error.
+pub(crate) async fn send(
+    request: reqwest::RequestBuilder,
+) -> Result<(u16, reqwest::header::HeaderMap, Vec<u8>), TargetError> {
+    let response = request.send().await.map_err(|error| {
+        let what = if error.is_timeout() {
+            "timed out"
+        } else if error.is_connect() {
+            "cannot connect"
+        } else {
+            "the connection failed"
+        };
+        TargetError::Unavailable(format!("{what}: {}", crate::telemetry::ErrorChain(&error)))
+    })?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = crate::net::http::read_body(response, MAX_REPLY_BYTES)
+        .await
+        .map_err(|error| TargetError::Unavailable(format!("reading the reply: {error}")))?;
+    Ok((status, headers, body))
 }
 
 /// The start of a reply's body, printable characters only, for an error message.

@@ -74,6 +74,13 @@ impl TagFilter {
     /// Parses `'tag-a' and ('tag b' or tag-c)`: quoted or bare tags, `and`/`or` (any case),
     /// parentheses; `and` binds tighter than `or`.
     pub fn parse(text: &str) -> Result<TagFilter, String> {
+        // PAN-OS caps a filter at 2,047 characters; nesting is bounded by the length.
+        if text.len() > 2047 {
+            return Err("longer than 2047 characters".into());
+        }
+        if text.matches('(').count() > 64 {
+            return Err("nested deeper than 64 parentheses".into());
+        }
         let tokens = filter_tokens(text)?;
         let mut at = 0;
         let filter = filter_or(&tokens, &mut at)?;

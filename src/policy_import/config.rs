@@ -55,9 +55,19 @@ pub struct PolicySourceConfig {
     /// The label naming a pod's (or its namespace's) address group.
     #[serde(default = "default_group_label")]
     pub group_label: String,
+    /// Zones pods are labelled with that the rules may not name (Panorama's rulebase knows
+    /// only the zones its rules use): each gets the rulebase's intrazone default (allow on
+    /// PAN-OS).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zones: Vec<String>,
     /// Zones outside the cluster (WAN, corporate networks), by their networks.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub external_zones: BTreeMap<String, Vec<String>>,
+    /// FQDN destinations as GlobalNetworkSets with `allowedEgressDomains`: domain-based
+    /// policy, a Calico Enterprise feature. Without it, rules with FQDN addresses are refused
+    /// (Calico Open Source has no such field).
+    #[serde(default)]
+    pub domain_rules: bool,
     /// Publish even when a deny rule was refused. A refused deny lets through what the
     /// firewall stops, so by default such a rulebase is not published and the last good
     /// policy stays in force.
@@ -153,6 +163,8 @@ impl PolicySourceConfig {
         settings.staged = self.mode == ImportMode::Staged;
         settings.zone_label.clone_from(&self.zone_label);
         settings.group_label.clone_from(&self.group_label);
+        settings.domain_rules = self.domain_rules;
+        settings.zones = self.zones.iter().cloned().collect();
         settings.external_zones = self
             .external_zones
             .iter()
@@ -265,11 +277,8 @@ impl PolicyImportConfig {
                 ("zone_label", &source.zone_label),
                 ("group_label", &source.group_label),
             ] {
-                if label.is_empty() || label.contains(['\'', '"', ' ']) {
-                    problems.push(
-                        format!("{at}.{field}"),
-                        format!("`{label}` is not a label key"),
-                    );
+                if let Err(problem) = crate::cluster::selector::label_key(label) {
+                    problems.push(format!("{at}.{field}"), problem);
                 }
             }
             if source.zone_label == source.group_label {
@@ -281,8 +290,14 @@ impl PolicyImportConfig {
                     "must be at least poll_interval_secs",
                 );
             }
-            if source.poll_interval_secs == 0 {
-                problems.push(format!("{at}.poll_interval_secs"), "must be at least 1");
+            if !(1..=86_400).contains(&source.poll_interval_secs) {
+                problems.push(format!("{at}.poll_interval_secs"), "must be 1 to 86400");
+            }
+            if source.full_read_interval_secs > 7 * 86_400 {
+                problems.push(
+                    format!("{at}.full_read_interval_secs"),
+                    "must be at most a week",
+                );
             }
             if source.timeout_secs == 0 {
                 problems.push(format!("{at}.timeout_secs"), "must be at least 1");

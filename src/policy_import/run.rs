@@ -321,6 +321,7 @@ pub fn source(
         http: http_settings(name, &panorama.tls, config.timeout_secs),
         target: None,
         vsys: None,
+        requests_per_second: 10.0,
     })
     .map_err(client_error)?;
     Ok((

@@ -13,7 +13,7 @@
 //!
 //! The firewall decides a flow once, with the first rule that matches. Calico decides it twice:
 //! the source pod's egress policies, and the destination pod's ingress policies, each in the
-//! tier's order. So each rule at position `p` becomes up to two policies of order `10(p+1)`:
+//! tier's order. So each rule at position `p` (from 1) becomes up to two policies of order `10p`:
 //! an egress policy selecting the pods of its source zones, whose rules match the rule's
 //! sources and destinations and services exactly, and an ingress policy selecting the pods of
 //! its destination zones, likewise. A flow between two zoned pods then meets, on each side,
@@ -65,6 +65,12 @@ pub struct Settings {
     pub group_label: String,
     /// Zones outside the cluster, by their networks.
     pub external_zones: BTreeMap<String, Vec<IpNet>>,
+    /// FQDN destinations as GlobalNetworkSets with `allowedEgressDomains` (Calico
+    /// Enterprise); without it, rules with FQDN addresses are refused.
+    pub domain_rules: bool,
+    /// Cluster zones besides those the rulebase names (a Panorama rulebase knows only the
+    /// zones its rules use): each gets the rulebase's intrazone default.
+    pub zones: BTreeSet<String>,
 }
 
 /// The default label naming a pod's (or namespace's) zone.
@@ -84,6 +90,8 @@ impl Settings {
             zone_label: DEFAULT_ZONE_LABEL.to_owned(),
             group_label: DEFAULT_GROUP_LABEL.to_owned(),
             external_zones: BTreeMap::new(),
+            domain_rules: false,
+            zones: BTreeSet::new(),
         }
     }
 }
@@ -214,6 +222,12 @@ impl Labels<'_> {
             Box::new(Selector::In(self.namespace_key(key), values)),
         )
     }
+}
+
+/// Every pod (Calico gives each workload its namespace as a label): what an external zone,
+/// matched by IP, never holds, whatever its networks.
+fn pods() -> Selector {
+    Selector::Has(labels::NAMESPACE.to_owned())
 }
 
 fn and(left: Option<Selector>, right: Selector) -> Selector {
@@ -416,13 +430,22 @@ impl<'a> Translator<'a> {
             let family = not_nets
                 .first()
                 .map(|net| if net.addr().is_ipv4() { 4 } else { 6 });
+            // Networks of one family: traffic of the other family is outside them all.
+            let other = family.map(|family| if family == 4 { 6 } else { 4 });
             if zones.any {
                 alternatives.push(Match {
-                    not_selector,
+                    not_selector: not_selector.clone(),
                     not_nets,
                     family,
                     ..Match::everything()
                 });
+                if let Some(other) = other {
+                    alternatives.push(Match {
+                        not_selector,
+                        family: Some(other),
+                        ..Match::everything()
+                    });
+                }
                 return Ok(alternatives);
             }
             if cluster {
@@ -433,6 +456,14 @@ impl<'a> Translator<'a> {
                     family,
                     ..Match::everything()
                 });
+                if let Some(other) = other {
+                    alternatives.push(Match {
+                        selector: zone_selector.clone(),
+                        not_selector: not_selector.clone(),
+                        family: Some(other),
+                        ..Match::everything()
+                    });
+                }
             }
             if external && !pods_only {
                 for (version, nets) in split_families(&zones.external) {
@@ -440,6 +471,7 @@ impl<'a> Translator<'a> {
                         // Not in the negated set at all: the whole zone matches.
                         alternatives.push(Match {
                             nets,
+                            not_selector: Some(pods()),
                             family: Some(version),
                             ..Match::everything()
                         });
@@ -448,6 +480,7 @@ impl<'a> Translator<'a> {
                     alternatives.push(Match {
                         nets,
                         not_nets: not_nets.clone(),
+                        not_selector: Some(pods()),
                         family: Some(version),
                         ..Match::everything()
                     });
@@ -469,6 +502,7 @@ impl<'a> Translator<'a> {
                 for (version, nets) in split_families(&zones.external) {
                     alternatives.push(Match {
                         nets,
+                        not_selector: Some(pods()),
                         family: Some(version),
                         ..Match::everything()
                     });
@@ -511,6 +545,7 @@ impl<'a> Translator<'a> {
                     for (version, nets) in split_families(&within) {
                         alternatives.push(Match {
                             nets,
+                            not_selector: Some(pods()),
                             family: Some(version),
                             ..Match::everything()
                         });
@@ -519,8 +554,13 @@ impl<'a> Translator<'a> {
             }
         }
         if !side.fqdns.is_empty() && !pods_only {
+            if !self.settings.domain_rules {
+                return Err("an FQDN address: domain-based policy is Calico Enterprise's (set domain_rules to use it)".into());
+            }
             for domain in &side.fqdns {
-                let value = slug(domain, 63);
+                // The hash keeps domains that slug alike (`a.b` and `a-b`) apart.
+                let hash = crate::k8s::apply::fnv1a(domain.as_bytes()) as u32;
+                let value = format!("{}-{hash:08x}", slug(domain, 54));
                 self.domains.insert(value.clone(), domain.clone());
                 alternatives.push(Match {
                     domain_set: Some(value),
@@ -852,6 +892,7 @@ pub fn translate(rulebase: &Rulebase, settings: &Settings) -> Translation {
     let mut zones: BTreeSet<String> = rulebase
         .zones
         .iter()
+        .chain(&settings.zones)
         .filter(|zone| !settings.external_zones.contains_key(*zone) && quotable(zone))
         .cloned()
         .collect();

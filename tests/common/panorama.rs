@@ -614,7 +614,7 @@ fn respond(state: &mut State, request: &Request, params: &Params) -> Reply {
         return state.keygen(params);
     }
     let Some(user) = state.caller(request, params) else {
-        return xml(FORBIDDEN);
+        return forbidden();
     };
     match kind {
         "config" => state.config(params, &user),
@@ -645,7 +645,7 @@ impl State {
         let user = params.get("user").unwrap_or_default().to_owned();
         let password = params.get("password").unwrap_or_default().to_owned();
         if !self.accepts(&user, &password) {
-            return xml(FORBIDDEN);
+            return forbidden();
         }
         self.keygens += 1;
         if self.knobs.keygen_rotates {
@@ -1220,6 +1220,11 @@ fn description(command: &Node) -> String {
 
 fn enqueued(what: &str, id: u64) -> Reply {
     xml(format!("<response status=\"success\" code=\"19\"><result><msg><line>{what} job enqueued with jobid {id}</line></msg><job>{id}</job></result></response>"))
+}
+
+/// A bad key or bad credentials: HTTP 403 with the API's envelope, as PAN-OS answers.
+fn forbidden() -> Reply {
+    Reply::status(403, FORBIDDEN).with_header("Content-Type", "application/xml; charset=UTF-8")
 }
 
 fn xml(body: impl Into<String>) -> Reply {

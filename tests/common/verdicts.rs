@@ -298,6 +298,8 @@ fn calico_labels(endpoint: &Endpoint) -> Option<BTreeMap<String, String>> {
     for (key, value) in namespace_labels {
         all.insert(format!("pcns.{key}"), value.clone());
     }
+    // Calico's pseudo-label on every workload.
+    all.insert("projectcalico.org/namespace".into(), "default".into());
     Some(all)
 }
 

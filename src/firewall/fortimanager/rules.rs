@@ -476,6 +476,21 @@ fn unsupported(policy: &Value) -> Vec<String> {
     if enabled(&policy["utm-status"]) {
         reasons.push("security profiles (utm-status enable)".to_owned());
     }
+    // Negations beyond the address ones the translator expresses (`service-negate`, and any
+    // other a FortiOS version adds).
+    if let Value::Object(fields) = policy {
+        let known = [
+            "srcaddr-negate",
+            "dstaddr-negate",
+            "srcaddr6-negate",
+            "dstaddr6-negate",
+        ];
+        for (field, value) in fields {
+            if field.ends_with("-negate") && !known.contains(&field.as_str()) && enabled(value) {
+                reasons.push(format!("`{field}`"));
+            }
+        }
+    }
     reasons.dedup();
     reasons
 }
@@ -553,6 +568,19 @@ fn policy(entry: &Value) -> Rule {
     if services.iter().any(|service| service == "ALL") {
         services.clear();
     }
+    // Each family's negation; a rule of both families must negate both alike.
+    let negate = |v4: &str, v6: &str, unsupported: &mut Vec<String>| match family {
+        Some(4) => enabled(&entry[v4]),
+        Some(6) => enabled(&entry[v6]),
+        _ => {
+            if enabled(&entry[v4]) != enabled(&entry[v6]) {
+                unsupported.push(format!("`{v4}` and `{v6}` differ"));
+            }
+            enabled(&entry[v4])
+        }
+    };
+    let negate_source = negate("srcaddr-negate", "srcaddr6-negate", &mut unsupported);
+    let negate_destination = negate("dstaddr-negate", "dstaddr6-negate", &mut unsupported);
     let status = word(&entry["status"], &[(0, "disable"), (1, "enable")]);
     Rule {
         name,
@@ -562,8 +590,8 @@ fn policy(entry: &Value) -> Rule {
         to_zones: zones(&entry["dstintf"]),
         sources,
         destinations,
-        negate_source: enabled(&entry["srcaddr-negate"]),
-        negate_destination: enabled(&entry["dstaddr-negate"]),
+        negate_source,
+        negate_destination,
         services,
         verdict,
         family,
@@ -604,6 +632,18 @@ pub fn rulebase(tables: &BTreeMap<String, Value>, origin: String) -> Result<Rule
             let Some(name) = entry["name"].as_str() else {
                 continue;
             };
+            if enabled(&entry["exclude"]) {
+                // Members minus exclusions cannot be written as alternatives: rules using the
+                // group are refused.
+                rulebase.addresses.insert(
+                    name.to_owned(),
+                    Address {
+                        kind: AddressKind::Unsupported("a group with excluded members".into()),
+                        tags: BTreeSet::new(),
+                    },
+                );
+                continue;
+            }
             let group = rulebase.groups.entry(name.to_owned()).or_default();
             group.members.extend(names(&entry["member"]));
         }
@@ -748,5 +788,27 @@ mod tests {
             "predefined"
         );
         assert_eq!(rulebase.zones.len(), 4);
+    }
+
+    #[test]
+    fn negated_services_and_excluded_members_are_refused_not_ignored() {
+        let tables = export_tables(&json!({
+            "firewall/policy": [
+                {"name": "all-but-https", "srcintf": ["app"], "dstintf": ["wan"], "srcaddr": ["all"], "dstaddr": ["all"],
+                 "service": ["HTTPS"], "service-negate": "enable", "action": "deny", "status": "enable"},
+                {"name": "mixed", "srcintf": ["app"], "dstintf": ["wan"], "srcaddr": ["all"], "dstaddr": ["all"],
+                 "srcaddr6": ["all"], "dstaddr6": ["all"], "dstaddr-negate": "enable", "service": ["ALL"], "action": "accept", "status": "enable"}
+            ],
+            "firewall/addrgrp": [{"name": "most", "member": ["a", "b"], "exclude": "enable", "exclude-member": ["b"]}]
+        }))
+        .unwrap();
+        let rulebase = rulebase(&tables, "test".into()).unwrap();
+        assert_eq!(rulebase.rules[0].unsupported, ["`service-negate`"]);
+        assert!(rulebase.rules[1].unsupported[0].contains("dstaddr6-negate"));
+        assert!(matches!(
+            rulebase.addresses["most"].kind,
+            AddressKind::Unsupported(_)
+        ));
+        assert!(!rulebase.groups.contains_key("most"));
     }
 }

@@ -26,6 +26,7 @@ use super::fortimanager::Credentials;
 use super::TargetError;
 use crate::firewall::rules::Rulebase;
 use crate::net::http::{self, HttpSettings};
+use crate::net::rate::RateLimit;
 
 /// The header carrying the key.
 const KEY_HEADER: &str = "X-PAN-KEY";
@@ -43,6 +44,7 @@ pub struct PanoramaSettings {
     pub target: Option<String>,
     /// The virtual system, on a multi-vsys firewall.
     pub vsys: Option<String>,
+    pub requests_per_second: f64,
 }
 
 /// A Panorama (or a firewall) over the XML API.
@@ -51,6 +53,7 @@ pub struct Panorama {
     endpoint: String,
     settings: PanoramaSettings,
     key: Option<String>,
+    rate: RateLimit,
 }
 
 impl std::fmt::Debug for Panorama {
@@ -126,13 +129,15 @@ impl Panorama {
         Ok(Panorama {
             client,
             endpoint: format!("{}/api/", settings.url.trim_end_matches('/')),
+            rate: RateLimit::per_second(settings.requests_per_second),
             settings,
             key,
         })
     }
 
     /// One form-encoded POST; the reply's text (HTTP 200) or the transport's error.
-    async fn post(&self, form: &[(&str, &str)]) -> Result<String, TargetError> {
+    async fn post(&mut self, form: &[(&str, &str)]) -> Result<String, TargetError> {
+        self.rate.acquire().await;
         let body = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form)
             .finish();
@@ -152,18 +157,24 @@ impl Panorama {
                 "application/x-www-form-urlencoded",
             )
             .body(body);
-        let (status, bytes) = super::exchange(request).await?;
+        let (status, headers, bytes) = super::send(request).await?;
         let text = String::from_utf8_lossy(&bytes).into_owned();
         match status {
+            // PAN-OS answers a bad key with HTTP 403 and the API's own envelope (code 403),
+            // which the caller reads: a key made from a password is generated again.
             200 => Ok(text),
-            status if status >= 500 => Err(TargetError::Unavailable(format!(
-                "HTTP {status}: {}",
-                super::excerpt(&bytes)
-            ))),
+            403 if text.trim_start().starts_with("<response") => Ok(text),
             401 | 403 => Err(TargetError::Unauthorized {
                 status,
                 detail: super::excerpt(&bytes),
             }),
+            429 => Err(TargetError::Throttled {
+                retry_after: crate::net::http::retry_after(&headers),
+            }),
+            status if status >= 500 => Err(TargetError::Unavailable(format!(
+                "HTTP {status}: {}",
+                super::excerpt(&bytes)
+            ))),
             status => Err(TargetError::Protocol(format!(
                 "HTTP {status}: {}",
                 super::excerpt(&bytes)
@@ -280,35 +291,69 @@ impl Panorama {
         ))
     }
 
-    /// The device group's rules and objects with the shared ones, from the running
-    /// configuration: two `show` calls.
+    /// The device group's rules and objects with its ancestors' and the shared ones, from the
+    /// running configuration: one `show` per scope, and one per parent looked up.
     pub async fn read_rulebase(&mut self) -> Result<Rulebase, TargetError> {
         let device_group = self.settings.device_group.clone();
-        let shared = self.show("/config/shared").await?;
-        let group = if device_group == "shared" {
-            None
-        } else {
-            let xpath = rules::device_group_xpath(&device_group);
-            Some(self.show(&xpath).await?.ok_or_else(|| {
-                TargetError::Protocol(format!("Panorama has no device group `{device_group}`"))
-            })?)
+        let mut replies = Vec::new();
+        if let Some(shared) = self.show("/config/shared").await? {
+            replies.push(("shared", shared));
+        }
+        let mut chain = Vec::new();
+        let mut name = device_group.clone();
+        while name != "shared" {
+            let group = self
+                .show(&rules::device_group_xpath(&name))
+                .await?
+                .ok_or_else(|| {
+                    TargetError::Protocol(format!("Panorama has no device group `{name}`"))
+                })?;
+            chain.push(group);
+            let parent = match self.show(&rules::parent_xpath(&name)).await? {
+                Some(reply) => {
+                    let document = reply.document()?;
+                    let parent = document
+                        .descendants()
+                        .find(|node| node.has_tag_name("parent-dg"))
+                        .and_then(|node| node.text())
+                        .map(|text| text.trim().to_owned());
+                    parent.unwrap_or_else(|| "shared".to_owned())
+                }
+                None => "shared".to_owned(),
+            };
+            if chain.len() >= rules::MAX_DEPTH && parent != "shared" {
+                return Err(TargetError::Protocol(format!(
+                    "device group `{device_group}` nests deeper than {}",
+                    rules::MAX_DEPTH
+                )));
+            }
+            name = parent;
+        }
+        chain.reverse();
+        let shared_document = match replies.first() {
+            Some((_, reply)) => Some(reply.document()?),
+            None => None,
         };
-        let shared_document = shared.as_ref().map(Reply::document).transpose()?;
-        let group_document = group.as_ref().map(Reply::document).transpose()?;
-        // The node is the element inside `<result>`.
+        let chain_documents = chain
+            .iter()
+            .map(Reply::document)
+            .collect::<Result<Vec<_>, _>>()?;
+        // Each node is the element inside `<result>`.
         let shared_node = shared_document
             .as_ref()
             .and_then(|document| child(child(document.root_element(), "result")?, "shared"));
-        let group_node = group_document
-            .as_ref()
-            .and_then(|document| child(child(document.root_element(), "result")?, "entry"));
-        if group.is_some() && group_node.is_none() {
-            return Err(TargetError::Protocol(
-                "the device group's reply holds no `<entry>`".into(),
-            ));
-        }
+        let chain_nodes = chain_documents
+            .iter()
+            .map(|document| {
+                child(document.root_element(), "result")
+                    .and_then(|result| child(result, "entry"))
+                    .ok_or_else(|| {
+                        TargetError::Protocol("a device group's reply holds no `<entry>`".into())
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let origin = format!("panorama device group {device_group}");
-        Ok(rules::rulebase(shared_node, group_node, origin))
+        Ok(rules::rulebase(shared_node, &chain_nodes, origin))
     }
 }
 

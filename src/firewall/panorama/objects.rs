@@ -340,11 +340,19 @@ impl StaticObjects {
         match self.client.call_api(form).await? {
             Ok(reply) => {
                 let document = reply.document()?;
-                Ok(document
+                let job = document
                     .descendants()
                     .find(|node| node.has_tag_name("job"))
                     .and_then(|node| node.text())
-                    .map(str::to_owned))
+                    .map(str::trim);
+                match job {
+                    // A job id goes into the next command: digits only.
+                    Some(job) if !job.is_empty() && job.bytes().all(|b| b.is_ascii_digit()) => {
+                        Ok(Some(job.to_owned()))
+                    }
+                    Some(job) => Err(TargetError::Protocol(format!("{what}: job id `{job}`"))),
+                    None => Ok(None),
+                }
             }
             Err((_, message)) if message.contains("in progress") || message.contains("locked") => {
                 Err(TargetError::Locked { by: message })

@@ -96,11 +96,23 @@ fn yes(node: Option<Node>) -> bool {
     text(node).as_deref() == Some("yes")
 }
 
-/// The shared scope and the device group's node in a whole configuration.
+/// How deep device groups nest (PAN-OS allows four levels below `shared`).
+pub const MAX_DEPTH: usize = 8;
+
+/// The XPath of a device group's parent, in the read-only part of the configuration.
+pub fn parent_xpath(device_group: &str) -> String {
+    format!(
+        "/config/readonly/devices/entry[@name='localhost.localdomain']/device-group/entry[@name={}]/parent-dg",
+        xpath_literal(device_group)
+    )
+}
+
+/// The shared scope, and the device group's node after its ancestors' (top first), in a
+/// whole configuration.
 pub fn scopes<'a, 'input>(
     document: &'a Document<'input>,
     device_group: &str,
-) -> Result<(Option<Node<'a, 'input>>, Option<Node<'a, 'input>>), String> {
+) -> Result<(Option<Node<'a, 'input>>, Vec<Node<'a, 'input>>), String> {
     let root = document.root_element();
     if !root.has_tag_name("config") {
         return Err(format!(
@@ -110,30 +122,56 @@ pub fn scopes<'a, 'input>(
     }
     let shared = child(root, "shared");
     if device_group.is_empty() || device_group == "shared" {
-        return Ok((shared, None));
+        return Ok((shared, Vec::new()));
     }
-    let groups = path(root, &["devices"])
-        .into_iter()
-        .flat_map(|devices| entries(Some(devices)))
-        .filter_map(|device| child(device, "device-group"));
-    let group = groups
-        .flat_map(|groups| entries(Some(groups)))
-        .find(|entry| entry.attribute("name") == Some(device_group))
-        .ok_or_else(|| format!("the configuration has no device group `{device_group}`"))?;
-    Ok((shared, Some(group)))
+    let in_section = |section: Node<'a, 'input>, name: &str| {
+        entries(Some(section))
+            .filter_map(|device| child(device, "device-group"))
+            .flat_map(|groups| entries(Some(groups)))
+            .find(|entry| entry.attribute("name") == Some(name))
+    };
+    let devices = path(root, &["devices"]);
+    let readonly = path(root, &["readonly", "devices"]);
+    let mut chain = Vec::new();
+    let mut name = device_group.to_owned();
+    loop {
+        let group = devices
+            .and_then(|devices| in_section(devices, &name))
+            .ok_or_else(|| format!("the configuration has no device group `{name}`"))?;
+        chain.push(group);
+        let parent = readonly
+            .and_then(|readonly| in_section(readonly, &name))
+            .and_then(|entry| text(child(entry, "parent-dg")));
+        match parent {
+            Some(parent) if parent != "shared" => {
+                if chain.len() >= MAX_DEPTH {
+                    return Err(format!(
+                        "device group `{device_group}` nests deeper than {MAX_DEPTH}"
+                    ));
+                }
+                name = parent;
+            }
+            _ => break,
+        }
+    }
+    chain.reverse();
+    Ok((shared, chain))
 }
 
-/// The rulebase of `running-config.xml` for one device group (or `shared`).
+/// The rulebase of `running-config.xml` for one device group (or `shared`), with the rules
+/// and objects it inherits.
 pub fn rulebase_of_config(xml: &str, device_group: &str) -> Result<Rulebase, String> {
     let document = Document::parse(xml).map_err(|error| format!("not XML: {error}"))?;
-    let (shared, group) = scopes(&document, device_group)?;
+    let (shared, chain) = scopes(&document, device_group)?;
     let origin = format!("panorama device group {device_group}");
-    Ok(rulebase(shared, group, origin))
+    Ok(rulebase(shared, &chain, origin))
 }
 
-/// The rulebase of the shared scope and a device group (either may be absent).
-pub fn rulebase(shared: Option<Node>, group: Option<Node>, origin: String) -> Rulebase {
-    let scopes: Vec<Node> = shared.into_iter().chain(group).collect();
+/// The rulebase of the shared scope and a chain of device groups, the top ancestor first
+/// (empty for `shared` alone). Pre-rules run top-down (shared, ancestors, the group),
+/// post-rules bottom-up; objects of a lower scope override a higher one's by name.
+pub fn rulebase(shared: Option<Node>, chain: &[Node], origin: String) -> Rulebase {
+    let scopes: Vec<Node> = shared.into_iter().chain(chain.iter().copied()).collect();
     let mut rulebase = Rulebase::new(origin, Defaults::PAN_OS);
     rulebase.services = predefined();
     // Later scopes (the device group) override earlier ones (shared) by name.
@@ -164,13 +202,16 @@ pub fn rulebase(shared: Option<Node>, group: Option<Node>, origin: String) -> Ru
                 }
             }
         }
+        // A name is a service or a service group; the later scope's wins either way.
         for entry in entries(child(*scope, "service")) {
             if let Some(name) = entry.attribute("name") {
+                rulebase.service_groups.remove(name);
                 rulebase.services.insert(name.to_owned(), service(entry));
             }
         }
         for entry in entries(child(*scope, "service-group")) {
             if let Some(name) = entry.attribute("name") {
+                rulebase.services.remove(name);
                 rulebase
                     .service_groups
                     .insert(name.to_owned(), members(child(entry, "members")));
@@ -185,13 +226,15 @@ pub fn rulebase(shared: Option<Node>, group: Option<Node>, origin: String) -> Ru
             .map(rule)
             .collect::<Vec<_>>()
     };
-    rulebase.rules = [
-        rulebases(shared, "pre-rulebase"),
-        rulebases(group, "pre-rulebase"),
-        rulebases(group, "post-rulebase"),
-        rulebases(shared, "post-rulebase"),
-    ]
-    .concat();
+    let mut rules = rulebases(shared, "pre-rulebase");
+    for group in chain {
+        rules.extend(rulebases(Some(*group), "pre-rulebase"));
+    }
+    for group in chain.iter().rev() {
+        rules.extend(rulebases(Some(*group), "post-rulebase"));
+    }
+    rules.extend(rulebases(shared, "post-rulebase"));
+    rulebase.rules = rules;
     for rule in &rulebase.rules {
         rulebase
             .zones
@@ -507,5 +550,50 @@ mod tests {
         assert_eq!(xpath_literal("k8s"), "'k8s'");
         assert_eq!(xpath_literal("o'neil"), "\"o'neil\"");
         assert_eq!(xpath_literal("a'b\"c"), "concat('a', \"'\", 'b\"c')");
+    }
+
+    #[test]
+    fn a_child_device_group_inherits_its_ancestors_rules_and_objects_in_order() {
+        let rule = |name: &str| {
+            format!("<entry name=\"{name}\"><from><member>any</member></from><to><member>any</member></to><source><member>any</member></source><destination><member>any</member></destination><service><member>any</member></service><action>deny</action></entry>")
+        };
+        let scope = |name: &str, objects: &str| {
+            format!(
+                "<entry name=\"{name}\">{objects}<pre-rulebase><security><rules>{}</rules></security></pre-rulebase><post-rulebase><security><rules>{}</rules></security></post-rulebase></entry>",
+                rule(&format!("{name}-pre")),
+                rule(&format!("{name}-post"))
+            )
+        };
+        let xml = format!(
+            "<config><devices><entry name=\"localhost.localdomain\"><device-group>{}{}{}</device-group></entry></devices>\
+             <readonly><devices><entry name=\"localhost.localdomain\"><device-group>\
+             <entry name=\"eu\"><parent-dg>global</parent-dg></entry><entry name=\"k8s\"><parent-dg>eu</parent-dg></entry>\
+             </device-group></entry></devices></readonly><shared/></config>",
+            scope("global", "<address><entry name=\"db\"><ip-netmask>10.0.0.0/8</ip-netmask></entry></address>"),
+            scope("eu", "<address><entry name=\"db\"><ip-netmask>10.1.0.0/16</ip-netmask></entry></address>"),
+            scope("k8s", "")
+        );
+        let rulebase = rulebase_of_config(&xml, "k8s").unwrap();
+        let names: Vec<&str> = rulebase
+            .rules
+            .iter()
+            .map(|rule| rule.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "global-pre",
+                "eu-pre",
+                "k8s-pre",
+                "k8s-post",
+                "eu-post",
+                "global-post"
+            ]
+        );
+        assert_eq!(
+            rulebase.addresses["db"].kind,
+            AddressKind::Nets(vec!["10.1.0.0/16".parse().unwrap()]),
+            "the nearer ancestor's object wins"
+        );
     }
 }

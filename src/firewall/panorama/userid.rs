@@ -20,8 +20,10 @@ use super::{Panorama, TargetError};
 /// The most entries one message carries, and its largest size (the API takes 5 MB).
 const MESSAGE_ENTRIES: usize = 1000;
 const MESSAGE_BYTES: usize = 1 << 20;
-/// Read-back page size (PAN-OS's maximum).
+/// Read-back page size (PAN-OS's maximum), and the most pages read (two million addresses,
+/// beyond any platform's registered-IP capacity).
 const PAGE: usize = 500;
+const MAX_PAGES: usize = 4096;
 /// The most tags one IP may carry.
 pub const MAX_TAGS_PER_IP: usize = 32;
 
@@ -102,6 +104,17 @@ pub fn messages(register: &Registrations, unregister: &Registrations, timeout: u
     messages
 }
 
+/// An address as threatflow writes it (PAN-OS may print IPv6 differently).
+fn canonical(ip: &str) -> String {
+    if let Ok(address) = ip.parse::<std::net::IpAddr>() {
+        return address.to_string();
+    }
+    match ip.parse::<ipnet::IpNet>() {
+        Ok(net) => net.to_string(),
+        Err(_) => ip.to_owned(),
+    }
+}
+
 /// The per-entry messages of a reply: (IP, message).
 fn entry_messages(text: &str) -> Result<Vec<(String, String)>, TargetError> {
     let document = Document::parse(text)
@@ -139,10 +152,11 @@ impl Panorama {
     /// left out), read page by page.
     pub async fn registered(&mut self, prefix: &str) -> Result<Registrations, TargetError> {
         let mut registrations = Registrations::new();
-        let mut start = 1;
-        loop {
+        let mut seen = BTreeSet::new();
+        for page_number in 0..MAX_PAGES {
+            let start = page_number * PAGE + 1;
             let cmd = format!(
-                "<show><object><registered-ip><all/><limit>{PAGE}</limit><start-point>{start}</start-point></registered-ip></object></show>"
+                "<show><object><registered-ip><limit>{PAGE}</limit><start-point>{start}</start-point></registered-ip></object></show>"
             );
             let scope = self.scope();
             let mut form: Vec<(&str, &str)> = vec![("type", "op"), ("cmd", &cmd)];
@@ -150,11 +164,15 @@ impl Panorama {
             let reply = self.call(&form).await?;
             let document = reply.document()?;
             let mut page = 0;
+            let mut new = 0;
             for entry in document
                 .descendants()
                 .filter(|node| node.has_tag_name("entry") && node.attribute("ip").is_some())
             {
                 page += 1;
+                if seen.insert(entry.attribute("ip").unwrap_or_default().to_owned()) {
+                    new += 1;
+                }
                 let tags: BTreeSet<String> = entry
                     .descendants()
                     .filter(|node| node.has_tag_name("member"))
@@ -163,15 +181,20 @@ impl Panorama {
                     .map(str::to_owned)
                     .collect();
                 if !tags.is_empty() {
-                    let ip = entry.attribute("ip").unwrap_or_default().to_owned();
+                    let ip = canonical(entry.attribute("ip").unwrap_or_default());
                     registrations.entry(ip).or_default().extend(tags);
                 }
             }
-            if page < PAGE {
+            // A short page is the last; a page of nothing new means the device ignores
+            // `start-point`, and its first page is all there is to read.
+            if page < PAGE || new == 0 {
                 return Ok(registrations);
             }
-            start += PAGE;
         }
+        Err(TargetError::Protocol(format!(
+            "more than {} registered addresses: the read-back stopped",
+            MAX_PAGES * PAGE
+        )))
     }
 
     /// Registers `register` (each tag with `timeout` seconds) and unregisters `unregister`.
@@ -237,6 +260,14 @@ mod tests {
         assert!(messages
             .iter()
             .all(|message| message.len() <= MESSAGE_BYTES + 200));
+    }
+
+    #[test]
+    fn addresses_compare_in_one_form() {
+        assert_eq!(canonical("2001:DB8:0:0::1"), "2001:db8::1");
+        assert_eq!(canonical("10.0.0.1"), "10.0.0.1");
+        assert_eq!(canonical("2001:DB8::/32"), "2001:db8::/32");
+        assert_eq!(canonical("10.1.1.10-10.1.1.19"), "10.1.1.10-10.1.1.19");
     }
 
     #[test]
