@@ -32,7 +32,10 @@ pub fn settings() -> Settings {
         staged: false,
         zone_label: ZONE.into(),
         group_label: GROUP.into(),
-        external_zones: BTreeMap::from([("wan".to_owned(), vec![net("203.0.113.0/24")])]),
+        external_zones: BTreeMap::from([(
+            "wan".to_owned(),
+            vec![net("203.0.113.0/24"), net("2001:db8::/64")],
+        )]),
         domain_rules: true,
         zones: BTreeSet::new(),
     }
@@ -82,6 +85,13 @@ fn endpoints() -> Vec<Endpoint> {
         Endpoint::External {
             ip: "198.51.100.7".parse().unwrap(),
         },
+        // IPv6: a zoned pod, an unzoned one, and an outside address.
+        pod("web6", "fd00:10::10", &[(GROUP, "g1")], &[(ZONE, "dmz")]),
+        pod("db6", "fd00:10::30", &[(ZONE, "data"), (GROUP, "g4")], &[]),
+        pod("plain6", "fd00:10::91", &[], &[]),
+        Endpoint::External {
+            ip: "2001:db8::7".parse().unwrap(),
+        },
     ]
 }
 
@@ -117,6 +127,10 @@ fn base() -> Rulebase {
     rulebase.addresses.insert(
         "a-internet".into(),
         Address::nets(vec![net("198.51.100.0/24")]),
+    );
+    rulebase.addresses.insert(
+        "a-six".into(),
+        Address::nets(vec![net("fd00:10::/124"), net("2001:db8::/120")]),
     );
     for (group, members) in [
         ("g1", vec![]),
@@ -195,6 +209,7 @@ fn rule() -> impl Strategy<Value = Rule> {
         "a-data",
         "a-partner",
         "a-internet",
+        "a-six",
     ];
     let services = &[
         "web",
@@ -296,10 +311,16 @@ pub fn check_over(
     let mut flows = 0;
     for source in endpoints {
         for destination in endpoints {
-            if source == destination {
+            // A flow is of one family.
+            if source == destination || source.ip().is_ipv4() != destination.ip().is_ipv4() {
                 continue;
             }
             for &traffic in traffic {
+                // ICMP for IPv4 is protocol 1, for IPv6 58.
+                let v6 = source.ip().is_ipv6();
+                if (v6 && traffic.protocol == 1) || (!v6 && traffic.protocol == 58) {
+                    continue;
+                }
                 let firewall =
                     verdicts::firewall(&effective, &conventions, source, destination, traffic);
                 let calico =
