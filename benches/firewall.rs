@@ -230,9 +230,9 @@ fn event_to_write(c: &mut Criterion) {
 /// table, page by page.
 fn user_id(c: &mut Criterion) {
     use std::collections::{BTreeMap, BTreeSet};
-    use threatflow::firewall::fortimanager::Credentials;
     use threatflow::firewall::panorama::userid::{messages, Registrations};
     use threatflow::firewall::panorama::{Panorama, PanoramaSettings};
+    use threatflow::firewall::Credentials;
     const IPS: usize = 10_000;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

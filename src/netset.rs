@@ -117,6 +117,20 @@ impl NetSet {
 }
 
 /// `count` IPv4 /32s from 11.0.0.0, every other address so that none merge (for tests).
+/// The prefixes covering `start..=end`.
+pub fn range_cover(start: std::net::IpAddr, end: std::net::IpAddr) -> Option<Vec<IpNet>> {
+    let set = match (start, end) {
+        (std::net::IpAddr::V4(a), std::net::IpAddr::V4(b)) if a <= b => {
+            NetSet::from_ranges(vec![(u32::from(a), u32::from(b))], Vec::new())
+        }
+        (std::net::IpAddr::V6(a), std::net::IpAddr::V6(b)) if a <= b => {
+            NetSet::from_ranges(Vec::new(), vec![(u128::from(a), u128::from(b))])
+        }
+        _ => return None,
+    };
+    Some(set.cidrs().collect())
+}
+
 #[cfg(test)]
 pub(crate) fn spaced_v4(count: u32) -> NetSet {
     NetSet::from_ranges(

@@ -12,11 +12,9 @@ use common::fortimanager as fmg;
 use ipnet::IpNet;
 use serde_json::json;
 use threatflow::firewall::fortigate::{FortiGate, FortiGateSettings};
-use threatflow::firewall::fortimanager::{
-    Credentials, FortiManager, FortiManagerSettings, Install,
-};
+use threatflow::firewall::fortimanager::{FortiManager, FortiManagerSettings, Install};
 use threatflow::firewall::{
-    self, Applied, Family, GroupSpec, Marker, OpOutcome, Plan, Target, TargetError,
+    self, Applied, Credentials, Family, GroupSpec, Marker, OpOutcome, Plan, Target, TargetError,
 };
 use threatflow::net::http::HttpSettings;
 use threatflow::net::tls::TlsSettings;

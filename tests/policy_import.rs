@@ -526,8 +526,8 @@ async fn a_panorama_device_group_becomes_a_staged_tier_and_follows_commits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_panorama_client_renews_its_key_once_and_reports_bad_credentials() {
     use common::panorama::{Knobs, Panorama};
-    use threatflow::firewall::fortimanager::Credentials;
     use threatflow::firewall::panorama::{Panorama as Client, PanoramaSettings};
+    use threatflow::firewall::Credentials;
     let dir = tempfile::tempdir().unwrap();
     let knobs = Knobs {
         device_groups: [("k8s-zones".to_owned(), vec![])].into(),

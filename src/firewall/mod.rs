@@ -104,6 +104,45 @@ impl Marker {
     }
 }
 
+/// How threatflow signs in to a firewall manager (FortiManager, Panorama).
+#[derive(Clone)]
+pub enum Credentials {
+    /// An API user's key (`Authorization: Bearer` on FortiManager 7.2.2 and later,
+    /// `X-PAN-KEY` on PAN-OS).
+    ApiKey(String),
+    /// An admin's name and password: a FortiManager login session, or a PAN-OS keygen.
+    Login { user: String, password: String },
+}
+
+impl Credentials {
+    /// A key, or a user and password, read now from their secrets (`what` names them in
+    /// errors); `None` when neither is set (validation reports that).
+    pub fn read(
+        what: &str,
+        api_key: Option<&crate::secret::SecretSource>,
+        username: Option<&str>,
+        password: Option<&crate::secret::SecretSource>,
+    ) -> Result<Option<Credentials>, crate::secret::SecretError> {
+        Ok(match (api_key, username, password) {
+            (Some(key), _, _) => Some(Credentials::ApiKey(key.read(&format!("{what} api_key"))?)),
+            (None, Some(user), Some(password)) => Some(Credentials::Login {
+                user: user.to_owned(),
+                password: password.read(&format!("{what} password"))?,
+            }),
+            _ => None,
+        })
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::ApiKey(_) => f.write_str("ApiKey(..)"),
+            Credentials::Login { user, .. } => write!(f, "Login {{ user: {user:?}, .. }}"),
+        }
+    }
+}
+
 /// A boxed future: what a [`Target`]'s methods return, so targets can sit behind `dyn`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

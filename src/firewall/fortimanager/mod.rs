@@ -24,7 +24,8 @@ use serde_json::{json, Value};
 
 use super::fortigate::{parse_subnet, parse_version, table};
 use super::{
-    Applied, BoxFuture, Family, Limits, Marker, Objects, Op, OpOutcome, Plan, Target, TargetError,
+    Applied, BoxFuture, Credentials, Family, Limits, Marker, Objects, Op, OpOutcome, Plan, Target,
+    TargetError,
 };
 use crate::net::http::{self, HttpSettings};
 use crate::net::rate::RateLimit;
@@ -33,44 +34,6 @@ pub mod rules;
 
 /// The most requests one call carries.
 const BATCH: usize = 100;
-
-/// How threatflow signs in.
-#[derive(Clone)]
-pub enum Credentials {
-    /// An API user's key, sent as `Authorization: Bearer` (FortiManager 7.2.2 and later).
-    ApiKey(String),
-    /// A JSON API admin's name and password, for a login session.
-    Login { user: String, password: String },
-}
-
-impl Credentials {
-    /// A key, or a user and password, read now from their secrets (`what` names them in
-    /// errors); `None` when neither is set (validation reports that).
-    pub fn read(
-        what: &str,
-        api_key: Option<&crate::secret::SecretSource>,
-        username: Option<&str>,
-        password: Option<&crate::secret::SecretSource>,
-    ) -> Result<Option<Credentials>, crate::secret::SecretError> {
-        Ok(match (api_key, username, password) {
-            (Some(key), _, _) => Some(Credentials::ApiKey(key.read(&format!("{what} api_key"))?)),
-            (None, Some(user), Some(password)) => Some(Credentials::Login {
-                user: user.to_owned(),
-                password: password.read(&format!("{what} password"))?,
-            }),
-            _ => None,
-        })
-    }
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Credentials::ApiKey(_) => f.write_str("ApiKey(..)"),
-            Credentials::Login { user, .. } => write!(f, "Login {{ user: {user:?}, .. }}"),
-        }
-    }
-}
 
 /// A policy package to install after a change, and where.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -22,7 +22,7 @@ use crate::firewall::rules::{
     Address, AddressKind, Defaults, PortProtocol, Rule, Rulebase, Service, ServiceEntry, Verdict,
 };
 use crate::firewall::TargetError;
-use crate::netset::NetSet;
+use crate::netset::range_cover;
 
 /// The ADOM tables a rulebase draws on.
 const OBJECT_TABLES: [&str; 7] = [
@@ -421,20 +421,6 @@ fn read_prefix(value: &Value) -> Option<IpNet> {
         Value::String(text) => parse_subnet(text),
         _ => None,
     }
-}
-
-/// The prefixes covering `start..=end`.
-pub(crate) fn range_cover(start: std::net::IpAddr, end: std::net::IpAddr) -> Option<Vec<IpNet>> {
-    let set = match (start, end) {
-        (std::net::IpAddr::V4(a), std::net::IpAddr::V4(b)) if a <= b => {
-            NetSet::from_ranges(vec![(u32::from(a), u32::from(b))], Vec::new())
-        }
-        (std::net::IpAddr::V6(a), std::net::IpAddr::V6(b)) if a <= b => {
-            NetSet::from_ranges(Vec::new(), vec![(u128::from(a), u128::from(b))])
-        }
-        _ => return None,
-    };
-    Some(set.cidrs().collect())
 }
 
 /// Reasons a policy cannot be expressed as Calico policy.

@@ -22,11 +22,20 @@ use roxmltree::{Document, Node};
 
 use rules::child;
 
-use super::fortimanager::Credentials;
+use super::Credentials;
 use super::TargetError;
 use crate::firewall::rules::Rulebase;
 use crate::net::http::{self, HttpSettings};
 use crate::net::rate::RateLimit;
+
+/// Text as XML character data or an attribute value.
+pub(crate) fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
+}
 
 /// The header carrying the key.
 const KEY_HEADER: &str = "X-PAN-KEY";

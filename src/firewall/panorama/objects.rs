@@ -16,8 +16,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use roxmltree::{Document, Node};
 
-use super::rules::{child, parse_netmask, xpath_literal};
-use super::Panorama;
+use super::rules::{child, parse_netmask, text, xpath_literal};
+use super::{escape, Panorama};
 use crate::firewall::plan::{Op, Plan};
 use crate::firewall::{
     Applied, BoxFuture, Family, Limits, Marker, Objects, OpOutcome, Target, TargetError,
@@ -52,18 +52,6 @@ pub struct StaticObjects {
     changed: bool,
     /// Committed but not pushed (or a push that failed).
     push_pending: bool,
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&apos;")
-}
-
-fn text(node: Option<Node>) -> Option<String> {
-    node.and_then(|node| node.text()).map(str::to_owned)
 }
 
 impl StaticObjects {

@@ -20,11 +20,11 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use roxmltree::{Document, Node};
 
-use crate::firewall::fortimanager::rules::range_cover;
 use crate::firewall::rules::{
     Address, AddressGroup, AddressKind, Defaults, PortProtocol, Rule, Rulebase, Service,
     ServiceEntry, TagFilter, Verdict,
 };
+use crate::netset::range_cover;
 
 /// Panorama's own node, under which device groups live.
 pub const PANORAMA_XPATH: &str = "/config/devices/entry[@name='localhost.localdomain']";
@@ -66,7 +66,8 @@ fn entries<'a, 'input>(node: Option<Node<'a, 'input>>) -> impl Iterator<Item = N
     })
 }
 
-fn text(node: Option<Node>) -> Option<String> {
+/// A node's text, trimmed; `None` when absent or blank.
+pub(super) fn text(node: Option<Node>) -> Option<String> {
     node.and_then(|node| node.text())
         .map(str::trim)
         .filter(|text| !text.is_empty())

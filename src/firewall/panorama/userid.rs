@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use roxmltree::Document;
 
-use super::{Panorama, TargetError};
+use super::{escape, Panorama, TargetError};
 
 /// The most entries one message carries, and its largest size (the API takes 5 MB).
 const MESSAGE_ENTRIES: usize = 1000;
@@ -39,14 +39,6 @@ pub struct UidOutcome {
     pub noted: usize,
     /// Entries refused, with the firewall's message, by IP.
     pub refused: BTreeMap<String, String>,
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&apos;")
 }
 
 fn entry(ip: &str, tags: &BTreeSet<String>, timeout: Option<u64>) -> String {
