@@ -355,6 +355,27 @@ async fn the_last_good_policy_stays_when_the_manager_fails_or_the_rulebase_is_tr
     .await;
     assert_eq!(policies(&scene.api), expected);
     daemon.stop().await;
+
+    // A new leader (or a restart) reading a truncated package: the tier records what the
+    // policy in force came from, so the guard holds across the restart.
+    let tier = scene.api.get("tiers", "zones").unwrap();
+    assert_eq!(
+        tier["metadata"]["annotations"]["firewall.threatflow.io/enabled-rules"],
+        "27"
+    );
+    let rules = reference_rules()[..5].to_vec();
+    scene
+        .fortimanager
+        .edit_package("k8s-zones", |package| *package = rules);
+    let daemon = InProcess::start(&scene.config(""), Some(scene.api.client())).await;
+    until("refused after the restart", || {
+        futures_free_status(daemon.port)["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("down from 27"))
+    })
+    .await;
+    assert_eq!(policies(&scene.api), expected);
+    daemon.stop().await;
 }
 
 /// `/status` of the daemon's source `edge` (null before it starts), read without the async

@@ -150,6 +150,13 @@ pub enum Object {
 }
 
 impl Object {
+    /// Sets an annotation (before [`Ownership::stamp`], which hashes it with the rest).
+    pub fn annotate(&mut self, key: &str, value: String) {
+        self.metadata_mut()
+            .annotations
+            .insert(key.to_owned(), value);
+    }
+
     pub fn kind(&self) -> ObjectKind {
         match self {
             Object::Tier(_) => ObjectKind::Tier,
@@ -404,6 +411,45 @@ impl Target {
         }
     }
 
+    /// An annotation of the owner's object `name` of `kind`, as the target holds it now
+    /// (`None` when the object is missing, not the owner's, or without it).
+    pub async fn owned_annotation(
+        &self,
+        ownership: &Ownership,
+        kind: ObjectKind,
+        name: &str,
+        key: &str,
+    ) -> Result<Option<String>, ApplyError> {
+        let (labels, annotations) = match self {
+            Target::Kubernetes(target) => {
+                let Some(object) = target
+                    .api(kind)
+                    .get_opt(name)
+                    .await
+                    .map_err(kube_error("get", kind, name))?
+                else {
+                    return Ok(None);
+                };
+                (
+                    object.metadata.labels.unwrap_or_default(),
+                    object.metadata.annotations.unwrap_or_default(),
+                )
+            }
+            Target::Directory(target) => {
+                match DirectoryTarget::read(&target.path.join(format!("{name}.yaml"))) {
+                    Some(manifest) if manifest.kind == kind.name() => {
+                        (manifest.metadata.labels, manifest.metadata.annotations)
+                    }
+                    _ => return Ok(None),
+                }
+            }
+        };
+        Ok(ownership
+            .owns(&labels)
+            .then(|| annotations.get(key).cloned())
+            .flatten())
+    }
+
     /// How many nets the owner's network sets hold now: the set in force, after a restart.
     pub async fn owned_nets(&self, ownership: &Ownership) -> Result<usize, ApplyError> {
         match self {
@@ -625,6 +671,8 @@ struct Manifest {
 struct ManifestMeta {
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, Default)]

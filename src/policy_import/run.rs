@@ -35,6 +35,9 @@ use crate::net::http::{redact_url, HttpSettings};
 use crate::net::tls::{TlsSettings, Trust};
 use crate::telemetry;
 
+/// The tier's record of how many enabled rules the policy in force came from: the shrink
+/// guard's baseline after a restart or a change of leader.
+pub const ENABLED_RULES_ANNOTATION: &str = "firewall.threatflow.io/enabled-rules";
 /// The label marking a source's objects.
 pub const SOURCE_LABEL: &str = "threatflow.io/policy-source";
 /// How often unchanged policy is applied again to the cluster.
@@ -473,13 +476,28 @@ impl Runner {
                 rulebase.origin
             )));
         }
-        if let Some(previous) = published.as_ref() {
-            let floor = previous.enabled_rules as f64 * self.min_rules_fraction;
+        // The last publication's size: this process's, or after a start the one recorded on
+        // the tier in force.
+        let previous = match published.as_ref() {
+            Some(previous) => Some(previous.enabled_rules),
+            None => self
+                .target
+                .owned_annotation(
+                    &self.ownership(),
+                    ObjectKind::Tier,
+                    &self.settings.tier,
+                    ENABLED_RULES_ANNOTATION,
+                )
+                .await?
+                .and_then(|count| count.parse::<usize>().ok()),
+        };
+        if let Some(previous) = previous {
+            let floor = previous as f64 * self.min_rules_fraction;
             if (enabled as f64) < floor {
                 return Err(ImportError::Refused(format!(
-                    "{enabled} enabled rules, down from {} (below min_rules_fraction {}); \
+                    "{enabled} enabled rules, down from {previous} (below min_rules_fraction {}); \
                      if the rulebase really shrank, lower min_rules_fraction for one poll",
-                    previous.enabled_rules, self.min_rules_fraction
+                    self.min_rules_fraction
                 )));
             }
         }
@@ -495,7 +513,9 @@ impl Runner {
         for skipped in &translation.skipped {
             tracing::warn!(source = %self.name, rule = %skipped.name, position = skipped.position, reason = %skipped.reason, "rule refused: not translated");
         }
-        self.apply(&translation.tier, &translation.objects).await?;
+        let mut tier = translation.tier;
+        tier.annotate(ENABLED_RULES_ANNOTATION, enabled.to_string());
+        self.apply(&tier, &translation.objects).await?;
         tracing::info!(
             source = %self.name,
             revision,
@@ -518,7 +538,7 @@ impl Runner {
         });
         *published = Some(Published {
             enabled_rules: enabled,
-            tier: translation.tier,
+            tier,
             objects: translation.objects,
         });
         Ok("published")
