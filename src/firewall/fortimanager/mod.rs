@@ -758,7 +758,7 @@ fn access_error(what: &str, outcome: &Outcome) -> TargetError {
         TargetError::Unauthorized {
             status: 200,
             detail: format!(
-                "{what}: {} (the admin needs rpc-permit read-write)",
+                "{what}: {} (the admin needs JSON API access: rpc-permit read for reading rules, read-write for address sync)",
                 outcome.reason()
             ),
         }
