@@ -154,6 +154,26 @@ async fn static_objects_are_committed_and_pushed_and_follow_the_pods() {
     })
     .await;
 
+    // An admin's commit is running: threatflow's waits, and goes through afterwards.
+    panorama.refuse_next_commit(common::panorama::COMMIT_IN_PROGRESS);
+    api.seed(
+        "pods",
+        pod("shop", "web-4", &["10.244.1.9"], json!({"app": "web"})),
+    );
+    until("web-4 committed after the wait", || {
+        group("web").is_some_and(|xml| members(&xml).contains("prod.shop.web-4"))
+            && target_status(daemon.port, "pan")["state"] == "synced"
+    })
+    .await;
+    assert_eq!(
+        common::metric(
+            daemon.port,
+            "threatflow_firewall_syncs_total{target=\"pan\",outcome=\"locked\"}"
+        ),
+        Some(1.0),
+        "the refused commit was a wait, not a failure"
+    );
+
     // A push that fails on the device: reported with the device, and tried again.
     panorama.fail_next_job("device 007051000050926: commit failed (validation error)");
     api.remove("pods", "shop/web-3");
