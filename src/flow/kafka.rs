@@ -488,6 +488,11 @@ const PAUSE_AFTER: Duration = Duration::from_secs(5);
 /// With `run --once`, the source ends once its partitions have been quiet this long.
 const ONCE_QUIET: Duration = Duration::from_secs(1);
 
+/// With `run --once`, how long an assignment may stay without any message before its
+/// partitions count as empty: the first fetch after an assignment (offsets looked up, a busy
+/// broker) can take longer than [`ONCE_QUIET`].
+const ONCE_FIRST_MESSAGE: Duration = Duration::from_secs(5);
+
 /// With `run --once`, the source fails if it has no partition after this long.
 const ONCE_ASSIGN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -505,7 +510,7 @@ struct Pending {
 /// Settings of one run of the source besides its config.
 #[derive(Clone, Copy, Debug)]
 pub struct KafkaRun {
-    /// Stop once the assigned partitions have been quiet for a second.
+    /// Stop once the assigned partitions have been quiet for a second (after a first message).
     pub once: bool,
     /// At shutdown, how long to wait for records in the pipeline before committing.
     pub drain_timeout: Duration,
@@ -583,6 +588,7 @@ pub fn run(
         last_commit: None,
         uncommitted: false,
         last_message: Instant::now(),
+        received_since_assignment: false,
         started: Instant::now(),
         last_error_log: None,
     };
@@ -638,6 +644,8 @@ struct Reader<'a> {
     uncommitted: bool,
     /// When the last message (or assignment) arrived.
     last_message: Instant,
+    /// A message arrived since the last assignment.
+    received_since_assignment: bool,
     started: Instant,
     last_error_log: Option<Instant>,
 }
@@ -690,6 +698,7 @@ impl Reader<'_> {
             Some(Ok(message)) => {
                 self.add(&message);
                 self.last_message = Instant::now();
+                self.received_since_assignment = true;
                 true
             }
             Some(Err(error)) => {
@@ -893,14 +902,20 @@ impl Reader<'_> {
         }
     }
 
-    /// With `once`: whether the assigned partitions have been quiet for [`ONCE_QUIET`] and
+    /// With `once`: whether the assigned partitions have been quiet for [`ONCE_QUIET`] (or,
+    /// with no message since the assignment, [`ONCE_FIRST_MESSAGE`]) and
     /// everything read has been handed on. (Brokers differ in how exactly they report a
     /// partition's end, so the end is where the topics go quiet.)
     fn caught_up(&mut self) -> Result<bool, SourceError> {
         let assigned = !self.tracker.lock().partitions.is_empty();
         if self.tracker.take_assignment_seen() {
             self.last_message = Instant::now();
+            self.received_since_assignment = false;
         }
+        let quiet = match self.received_since_assignment {
+            true => ONCE_QUIET,
+            false => ONCE_FIRST_MESSAGE,
+        };
         if !assigned && self.started.elapsed() >= ONCE_ASSIGN_TIMEOUT {
             return Err(SourceError::NoAssignment {
                 secs: ONCE_ASSIGN_TIMEOUT.as_secs(),
@@ -909,7 +924,7 @@ impl Reader<'_> {
         Ok(assigned
             && self.pending.is_empty()
             && self.ready.is_empty()
-            && self.last_message.elapsed() >= ONCE_QUIET)
+            && self.last_message.elapsed() >= quiet)
     }
 }
 
