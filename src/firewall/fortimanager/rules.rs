@@ -13,10 +13,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ipnet::IpNet;
 use serde_json::{json, Value};
 
-use super::{access_error, escape, FortiManager, Outcome, MISSING};
+use super::{access_error, escape, read_subnet, FortiManager, Outcome, MISSING};
 use crate::firewall::fortigate::parse_subnet;
 use crate::firewall::rules::{
     Address, AddressKind, Defaults, PortProtocol, Rule, Rulebase, Service, ServiceEntry, Verdict,
@@ -378,7 +377,7 @@ fn address(entry: &Value, v6: bool) -> Address {
         )
     };
     let kind = match kind.as_str() {
-        "ipmask" | "" if !v6 => match read_prefix(&entry["subnet"]) {
+        "ipmask" | "" if !v6 => match read_subnet(&entry["subnet"]) {
             Some(net) => AddressKind::Nets(vec![net]),
             None => AddressKind::Unsupported(format!("subnet {}", entry["subnet"])),
         },
@@ -409,17 +408,6 @@ fn address(entry: &Value, v6: bool) -> Address {
     Address {
         kind,
         tags: BTreeSet::new(),
-    }
-}
-
-fn read_prefix(value: &Value) -> Option<IpNet> {
-    match value {
-        Value::Array(parts) => {
-            let parts: Vec<&str> = parts.iter().filter_map(Value::as_str).collect();
-            parse_subnet(&parts.join(" "))
-        }
-        Value::String(text) => parse_subnet(text),
-        _ => None,
     }
 }
 
