@@ -105,6 +105,11 @@ impl std::fmt::Display for ErrorChain<'_> {
     }
 }
 
+/// A time as `/status` shows it: RFC 3339, whole seconds, UTC.
+pub fn rfc3339(time: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
 /// Registers a metric family and creates the series of `zero` at zero, so that "none yet"
 /// reads as 0 rather than as missing.
 pub fn family<L, M>(

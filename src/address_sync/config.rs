@@ -394,26 +394,6 @@ fn check_selector(path: String, text: &str, problems: &mut Problems) {
     }
 }
 
-pub(crate) fn check_https(path: String, url: &str, problems: &mut Problems) {
-    match reqwest::Url::parse(url) {
-        Ok(parsed) if parsed.scheme() == "https" && parsed.host().is_some() => {
-            if !parsed.username().is_empty()
-                || parsed.password().is_some()
-                || parsed.query().is_some()
-            {
-                problems.push(path, "must not carry credentials or a query: credentials come from their own settings");
-            }
-        }
-        Ok(_) => problems.push(
-            path,
-            format!(
-                "`{url}` must be an https:// URL: credentials would cross the network in clear"
-            ),
-        ),
-        Err(error) => problems.push(path, format!("`{url}` is not a URL: {error}")),
-    }
-}
-
 impl FirewallConfig {
     pub fn validate(&self, path: &str, cluster_name: Option<&str>, problems: &mut Problems) {
         let mut names = HashSet::new();
@@ -559,7 +539,7 @@ impl FirewallConfig {
                         format!("`{name}` is used twice among the targets"),
                     );
                 }
-                check_https(format!("{at}.url"), url, problems);
+                crate::net::http::check_https(format!("{at}.url"), url, problems);
                 tls.validate(&format!("{at}.tls"), problems);
                 for (j, group) in groups.iter().flatten().enumerate() {
                     if !known(group) && self.mirror_policies.is_none() {

@@ -38,7 +38,7 @@ use crate::firewall::panorama::{Panorama, PanoramaSettings};
 use crate::firewall::Credentials;
 use crate::firewall::{Marker, Target, TargetError};
 use crate::net::http::{redact_url, HttpSettings};
-use crate::net::tls::{TlsSettings, Trust};
+use crate::net::tls::TlsSettings;
 use config::{FirewallConfig, PanoramaConfig, PanoramaMode};
 use groups::{Groups, Published};
 use sync::{FirewallMetrics, Runner, StatusBoard, TargetStatus};
@@ -77,7 +77,7 @@ pub struct AddressSync {
 /// One configured target, before it runs.
 pub struct Configured {
     pub name: String,
-    /// `fortigate` or `fortimanager`.
+    /// `fortigate`, `fortimanager` or `panorama`.
     pub kind: &'static str,
     /// The URL, redacted for display.
     pub url: String,
@@ -87,13 +87,7 @@ pub struct Configured {
 }
 
 fn http_settings(kind: &str, name: &str, tls: &TlsSettings, timeout_secs: u64) -> HttpSettings {
-    HttpSettings {
-        connect_timeout: Duration::from_secs(10),
-        timeout: Duration::from_secs(timeout_secs),
-        tls: tls.clone(),
-        trust: Trust::CaFileOrSystem,
-        client: format!("firewall.{kind} {name}"),
-    }
+    HttpSettings::verified(format!("firewall.{kind} {name}"), tls, timeout_secs)
 }
 
 /// Every configured target, built (secrets read, clients set up) but not contacted.

@@ -243,10 +243,6 @@ impl FirewallMetrics {
     }
 }
 
-pub(super) fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(time).to_string()
-}
-
 /// How a target's loop runs.
 pub struct Runner {
     pub name: String,
@@ -378,7 +374,7 @@ impl Runner {
                 kind: error.kind(),
                 message,
                 object,
-                at: rfc3339(SystemTime::now()),
+                at: telemetry::rfc3339(SystemTime::now()),
             });
         });
     }
@@ -578,14 +574,14 @@ impl Runner {
             .set(owned as i64);
         self.update_status(|status| {
             status.state = "synced";
-            status.last_sync = Some(rfc3339(SystemTime::now()));
+            status.last_sync = Some(telemetry::rfc3339(SystemTime::now()));
             status.owned_objects = owned;
             status.pending_operations = pending;
             status.last_error = refused.iter().next().map(|(object, reason)| ErrorStatus {
                 kind: "refused",
                 message: reason.clone(),
                 object: Some(object.clone()),
-                at: rfc3339(SystemTime::now()),
+                at: telemetry::rfc3339(SystemTime::now()),
             });
             status.refused = refused;
         });

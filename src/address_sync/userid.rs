@@ -23,12 +23,13 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::groups::Published;
-use super::sync::{retry_delay, rfc3339, ErrorStatus, FirewallMetrics, StatusBoard, TargetStatus};
+use super::sync::{retry_delay, ErrorStatus, FirewallMetrics, StatusBoard, TargetStatus};
 use crate::firewall::panorama::userid::{Registrations, MAX_TAGS_PER_IP};
 use crate::firewall::panorama::Panorama;
 use crate::firewall::{fit_name, TargetError};
 use crate::k8s::leader::Leadership;
 use crate::net::backoff::Backoff;
+use crate::telemetry;
 
 /// PAN-OS's longest tag.
 const TAG_MAX: usize = 127;
@@ -170,7 +171,7 @@ impl UserIdRunner {
                                 kind: error.kind(),
                                 message,
                                 object: None,
-                                at: rfc3339(SystemTime::now()),
+                                at: telemetry::rfc3339(SystemTime::now()),
                             });
                         });
                         known.registered = None;
@@ -276,7 +277,7 @@ impl UserIdRunner {
             .observe_sync(&self.name, started.elapsed().as_secs_f64(), owned, drift);
         self.update_status(|status| {
             status.state = "synced";
-            status.last_sync = Some(rfc3339(SystemTime::now()));
+            status.last_sync = Some(telemetry::rfc3339(SystemTime::now()));
             status.owned_objects = owned;
             status.pending_operations = 0;
             status.refused = refused.iter().cloned().collect();
@@ -284,7 +285,7 @@ impl UserIdRunner {
                 kind: "refused",
                 message: reason.clone(),
                 object: Some(ip.clone()),
-                at: rfc3339(SystemTime::now()),
+                at: telemetry::rfc3339(SystemTime::now()),
             });
         });
         Ok(())

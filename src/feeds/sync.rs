@@ -392,7 +392,7 @@ impl FeedRunner {
             .last_fetch
             .get_or_create(&FeedMetrics::labels(&name))
             .set(unix_seconds(now));
-        self.with_status(|status| status.last_fetch = Some(rfc3339(now)));
+        self.with_status(|status| status.last_fetch = Some(telemetry::rfc3339(now)));
         let (body, validators) = match fetched {
             Fetched::NotModified => return Ok("not_modified"),
             Fetched::Content { body, validators } => (body, validators),
@@ -471,7 +471,7 @@ impl FeedRunner {
             status.entries = normalized.cidrs;
             status.shards = rendered.shards;
             status.content_hash = Some(rendered.content_hash.clone());
-            status.last_successful_apply = Some(rfc3339(applied));
+            status.last_successful_apply = Some(telemetry::rfc3339(applied));
         });
         if let Some(threats) = &self.threats {
             threats.update(
@@ -601,10 +601,6 @@ fn secret_value(feed: &str, header: &HeaderConfig) -> Result<String, SetupError>
         feed: feed.to_owned(),
         source,
     })
-}
-
-fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 fn unix_seconds(time: SystemTime) -> i64 {

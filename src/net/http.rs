@@ -22,6 +22,42 @@ pub struct HttpSettings {
     pub client: String,
 }
 
+/// A device's API URL: `https://host[:port]`, without credentials or a query (those come from
+/// their own settings).
+pub fn check_https(path: String, url: &str, problems: &mut crate::problems::Problems) {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) if parsed.scheme() == "https" && parsed.host().is_some() => {
+            if !parsed.username().is_empty()
+                || parsed.password().is_some()
+                || parsed.query().is_some()
+            {
+                problems.push(path, "must not carry credentials or a query: credentials come from their own settings");
+            }
+        }
+        Ok(_) => problems.push(
+            path,
+            format!(
+                "`{url}` must be an https:// URL: credentials would cross the network in clear"
+            ),
+        ),
+        Err(error) => problems.push(path, format!("`{url}` is not a URL: {error}")),
+    }
+}
+
+impl HttpSettings {
+    /// A device's API client: TLS verified against `tls`'s CA file or the system's roots, 10 s
+    /// to connect, `timeout_secs` per request; `client` names it in logs.
+    pub fn verified(client: String, tls: &TlsSettings, timeout_secs: u64) -> HttpSettings {
+        HttpSettings {
+            connect_timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(timeout_secs),
+            tls: tls.clone(),
+            trust: Trust::CaFileOrSystem,
+            client,
+        }
+    }
+}
+
 impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {

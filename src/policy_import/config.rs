@@ -219,11 +219,7 @@ impl PolicyImportConfig {
             match (&source.fortimanager, &source.panorama) {
                 (Some(manager), None) => {
                     let at = format!("{at}.fortimanager");
-                    crate::address_sync::config::check_https(
-                        format!("{at}.url"),
-                        &manager.url,
-                        problems,
-                    );
+                    crate::net::http::check_https(format!("{at}.url"), &manager.url, problems);
                     manager.tls.validate(&format!("{at}.tls"), problems);
                     crate::secret::check_credentials(
                         &at,
@@ -238,11 +234,7 @@ impl PolicyImportConfig {
                 }
                 (None, Some(panorama)) => {
                     let at = format!("{at}.panorama");
-                    crate::address_sync::config::check_https(
-                        format!("{at}.url"),
-                        &panorama.url,
-                        problems,
-                    );
+                    crate::net::http::check_https(format!("{at}.url"), &panorama.url, problems);
                     panorama.tls.validate(&format!("{at}.tls"), problems);
                     crate::secret::check_credentials(
                         &at,

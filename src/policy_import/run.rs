@@ -32,7 +32,7 @@ use crate::k8s::apply::{Adopt, ApplyError, Object, ObjectKind, Ownership, Target
 use crate::k8s::leader::Leadership;
 use crate::net::backoff::Backoff;
 use crate::net::http::{redact_url, HttpSettings};
-use crate::net::tls::{TlsSettings, Trust};
+use crate::net::tls::TlsSettings;
 use crate::telemetry;
 
 /// The tier's record of how many enabled rules the policy in force came from: the shrink
@@ -270,13 +270,7 @@ fn credentials(
 }
 
 fn http_settings(name: &str, tls: &TlsSettings, timeout_secs: u64) -> HttpSettings {
-    HttpSettings {
-        connect_timeout: Duration::from_secs(10),
-        timeout: Duration::from_secs(timeout_secs),
-        tls: tls.clone(),
-        trust: Trust::CaFileOrSystem,
-        client: format!("policy_import {name}"),
-    }
+    HttpSettings::verified(format!("policy_import {name}"), tls, timeout_secs)
 }
 
 /// The client of a source (secrets read, not contacted), and its kind and URL for display.
@@ -534,7 +528,7 @@ impl Runner {
             status.state = "published";
             status.objects = objects;
             status.message = None;
-            status.last_published = Some(jiff::Timestamp::now().to_string());
+            status.last_published = Some(telemetry::rfc3339(std::time::SystemTime::now()));
         });
         *published = Some(Published {
             enabled_rules: enabled,

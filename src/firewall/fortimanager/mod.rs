@@ -157,14 +157,19 @@ fn read_subnet(value: &Value) -> Option<IpNet> {
 
 /// A group's members: a list of names, or (old builds) one string.
 fn read_members(value: &Value) -> BTreeSet<String> {
+    read_names(value).into_iter().collect()
+}
+
+/// A list field in order: a list of names (or of `{name}` objects), or (old builds) one name.
+fn read_names(value: &Value) -> Vec<String> {
     match value {
-        Value::Array(members) => members
+        Value::Array(items) => items
             .iter()
-            .filter_map(|member| member.as_str().or_else(|| member["name"].as_str()))
+            .filter_map(|item| item.as_str().or_else(|| item["name"].as_str()))
             .map(str::to_owned)
             .collect(),
-        Value::String(member) if !member.is_empty() => BTreeSet::from([member.clone()]),
-        _ => BTreeSet::new(),
+        Value::String(text) if !text.is_empty() => vec![text.clone()],
+        _ => Vec::new(),
     }
 }
 

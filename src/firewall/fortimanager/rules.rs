@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
 
-use super::{access_error, escape, read_subnet, FortiManager, Outcome, MISSING};
+use super::{access_error, escape, read_names, read_subnet, FortiManager, Outcome, MISSING};
 use crate::firewall::fortigate::parse_subnet;
 use crate::firewall::rules::{
     Address, AddressKind, Defaults, PortProtocol, Rule, Rulebase, Service, ServiceEntry, Verdict,
@@ -139,19 +139,6 @@ fn items(tables: &BTreeMap<String, Value>, table: &str) -> Vec<Value> {
     }
 }
 
-/// A list field: a list of names (or of `{name}` objects), or one name.
-fn names(value: &Value) -> Vec<String> {
-    match value {
-        Value::Array(items) => items
-            .iter()
-            .filter_map(|item| item.as_str().or_else(|| item["name"].as_str()))
-            .map(str::to_owned)
-            .collect(),
-        Value::String(text) if !text.is_empty() => vec![text.clone()],
-        _ => Vec::new(),
-    }
-}
-
 /// An enumeration read as its name, whether the reply was verbose or not.
 fn word(value: &Value, numbers: &[(i64, &'static str)]) -> String {
     match value {
@@ -252,7 +239,7 @@ fn service(entry: &Value) -> Service {
                 }
             }
             if !entry["udplite-portrange"].is_null()
-                && !names(&entry["udplite-portrange"]).is_empty()
+                && !read_names(&entry["udplite-portrange"]).is_empty()
             {
                 return unsupported("UDP-Lite ports".into());
             }
@@ -415,11 +402,11 @@ fn address(entry: &Value, v6: bool) -> Address {
 fn unsupported(policy: &Value) -> Vec<String> {
     let mut reasons = Vec::new();
     for field in ["users", "groups", "fsso-groups"] {
-        if !names(&policy[field]).is_empty() {
+        if !read_names(&policy[field]).is_empty() {
             reasons.push("users and user groups".to_owned());
         }
     }
-    let schedule = names(&policy["schedule"]);
+    let schedule = read_names(&policy["schedule"]);
     if !schedule.is_empty() && schedule != ["always"] {
         reasons.push(format!("schedule `{}`", schedule.join(", ")));
     }
@@ -431,7 +418,7 @@ fn unsupported(policy: &Value) -> Vec<String> {
         "internet-service-id",
         "url-category",
     ] {
-        if !names(&policy[field]).is_empty()
+        if !read_names(&policy[field]).is_empty()
             || policy[field]
                 .as_array()
                 .is_some_and(|items| !items.is_empty())
@@ -480,7 +467,7 @@ fn side(v4: Vec<String>, v6: Vec<String>) -> Vec<String> {
 }
 
 fn zones(value: &Value) -> Vec<String> {
-    let zones = names(value);
+    let zones = read_names(value);
     if zones.iter().any(|zone| zone == "any") {
         Vec::new()
     } else {
@@ -507,8 +494,14 @@ fn policy(entry: &Value) -> Rule {
         .filter(|name| !name.is_empty())
         .map(str::to_owned)
         .unwrap_or_else(|| format!("policy {}", entry["policyid"]));
-    let (v4_sources, v6_sources) = (names(&entry["srcaddr"]), names(&entry["srcaddr6"]));
-    let (v4_destinations, v6_destinations) = (names(&entry["dstaddr"]), names(&entry["dstaddr6"]));
+    let (v4_sources, v6_sources) = (
+        read_names(&entry["srcaddr"]),
+        read_names(&entry["srcaddr6"]),
+    );
+    let (v4_destinations, v6_destinations) = (
+        read_names(&entry["dstaddr"]),
+        read_names(&entry["dstaddr6"]),
+    );
     // A family applies when both of its sides name addresses (FortiOS 6.4's consolidated
     // policy); a policy with neither complete matches nothing.
     let has_v4 = !v4_sources.is_empty() && !v4_destinations.is_empty();
@@ -538,7 +531,7 @@ fn policy(entry: &Value) -> Rule {
             )
         }
     };
-    let mut services = names(&entry["service"]);
+    let mut services = read_names(&entry["service"]);
     if services.iter().any(|service| service == "ALL") {
         services.clear();
     }
@@ -619,7 +612,7 @@ pub fn rulebase(tables: &BTreeMap<String, Value>, origin: String) -> Result<Rule
                 continue;
             }
             let group = rulebase.groups.entry(name.to_owned()).or_default();
-            group.members.extend(names(&entry["member"]));
+            group.members.extend(read_names(&entry["member"]));
         }
     }
     rulebase.services = predefined();
@@ -632,7 +625,7 @@ pub fn rulebase(tables: &BTreeMap<String, Value>, origin: String) -> Result<Rule
         if let Some(name) = entry["name"].as_str() {
             rulebase
                 .service_groups
-                .insert(name.to_owned(), names(&entry["member"]));
+                .insert(name.to_owned(), read_names(&entry["member"]));
         }
     }
     for entry in items(tables, "dynamic/interface") {
