@@ -1,16 +1,40 @@
 //! A Kubernetes API server test double, speaking the real REST protocol for the resources
-//! threatflow uses (`projectcalico.org/v3` GlobalNetworkSets, GlobalNetworkPolicies, their
-//! staged form and Tiers, the core `pods`, `namespaces`, `services` and `nodes`, `batch/v1`
-//! `jobs`, and `coordination.k8s.io/v1` `leases`):
+//! threatflow uses. Served from the start, as a cluster's built-in groups are:
+//! `projectcalico.org/v3` GlobalNetworkSets, GlobalNetworkPolicies, their staged form and
+//! Tiers, the core `pods`, `namespaces`, `services` and `nodes`, `batch/v1` `jobs`, and
+//! `coordination.k8s.io/v1` `leases`. Absent until a test installs them
+//! ([`KubeApi::install`], [`KubeApi::install_group`]), as optional components' CRDs are, the
+//! resources that tell the egress identity mechanisms apart:
 //!
+//! - Calico Enterprise: `operator.tigera.io/v1` `egressgateways` (namespaced), and
+//!   `projectcalico.org/v3` `egressgatewaypolicies`, `ippools` and `felixconfigurations`;
+//! - Cilium: `cilium.io/v2` `ciliumegressgatewaypolicies` and `ciliumnodes`; Isovalent:
+//!   `isovalent.com/v1` `isovalentegressgatewaypolicies`;
+//! - Antrea: `crd.antrea.io/v1beta1` `egresses` and `externalippools`;
+//! - OVN-Kubernetes: `k8s.ovn.org/v1` `egressips`;
+//! - AKS: `egressgateway.kubernetes.azure.com/v1alpha1` `staticgatewayconfigurations`
+//!   (namespaced).
+//!
+//! A resource is named by its plural alone in this double's methods (plurals are unique).
+//! An uninstalled resource is absent from discovery and every request for it gets `404`;
+//! uninstalling ends its open watches and keeps its objects. What it serves:
+//!
+//! - discovery: `/api` (`APIVersions`), `/apis` (`APIGroupList`: each served group with its
+//!   `versions` and `preferredVersion`), `/apis/<group>` (`APIGroup`), and `/api/v1` and
+//!   `/apis/<group>/<version>` (`APIResourceList`: `name`, `singularName`, `namespaced`,
+//!   `kind`, `verbs`); a group or version that serves nothing now is `404 NotFound`. `/api`
+//!   and `/apis` answer a request for aggregated discovery (`Accept:
+//!   ...;as=APIGroupDiscoveryList`, logged as `<path> (aggregated)`) with an
+//!   `APIGroupDiscoveryList`, or, after [`KubeApi::set_aggregated_discovery`]`(false)`, with
+//!   the plain lists, as a server before 1.26 does;
 //! - cluster-wide paths, and `namespaces/<ns>/<plural>` paths for namespaced resources; a
 //!   namespaced object is named `<ns>/<name>` in this double's methods;
 //! - `GET` a collection, with `labelSelector` (`k=v`, `k==v`, `k!=v`, `k`, `!k`, comma-joined)
 //!   and `fieldSelector` (`metadata.name` and `metadata.namespace` with `=`, `==`, `!=`), whole
 //!   or metadata only (`Accept: ...;as=PartialObjectMetadataList`, logged as
 //!   `<path> (metadata)`), and `GET` an object, whole or metadata only; `404 NotFound` for a
-//!   missing one; `403
-//!   Forbidden` for a resource the test marks forbidden (a role without it);
+//!   missing one; `403 Forbidden` for a resource the test marks forbidden (a role without
+//!   it), installed or not;
 //! - server-side apply: `PATCH` with `Content-Type: application/apply-patch+yaml` and a
 //!   `fieldManager`; creates (201) or updates (200); `409 Conflict` when another manager owns the
 //!   object and `force` is not set; `415` for other patch types; `400` without a field manager or
@@ -22,18 +46,19 @@
 //! - `metadata.resourceVersion` increasing on every write, `uid`, `creationTimestamp` (set on
 //!   objects created without them) and `managedFields`;
 //! - limits: a request body over 3 MiB gets `413`, an object over etcd's 1.5 MiB gets
-//!   `500 etcdserver: request is too large`.
-//!
+//!   `500 etcdserver: request is too large`;
 //! - watches (`?watch=true`), with the same selectors and metadata-only form
 //!   (`as=PartialObjectMetadata`): the events after the given `resourceVersion`, then live
 //!   `ADDED`/`MODIFIED`/`DELETED` events as objects change, `BOOKMARK`s every
 //!   `bookmark_interval` when `allowWatchBookmarks=true`, the stream ending after
 //!   `timeoutSeconds` (at most `max_watch`), and an `ERROR` event with a `410 Expired` status
-//!   for a `resourceVersion` older than the last [`KubeApi::compact`].
+//!   for a `resourceVersion` older than the last [`KubeApi::compact`]; a streaming list
+//!   (`sendInitialEvents=true`) gets the current objects, then a `BOOKMARK` annotated
+//!   `k8s.io/initial-events-end`.
 //!
 //! Every request is recorded, so a test can assert what was (not) written.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -44,57 +69,160 @@ use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
-/// Served resources: (path prefix, plural, kind, apiVersion, namespaced).
-const RESOURCES: &[(&str, &str, &str, &str, bool)] = &[
-    (
-        "/apis/projectcalico.org/v3/",
+/// A served resource. Plurals are unique across groups, so the double's methods name a
+/// resource by its plural alone.
+struct Resource {
+    /// `v1` for the core group, `<group>/<version>` for the others.
+    api_version: &'static str,
+    plural: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+    /// Served from the start, as a cluster's built-in groups are; the others (the CRDs of
+    /// optional components) are absent until a test installs them ([`KubeApi::install`]).
+    installed_at_start: bool,
+}
+
+impl Resource {
+    const fn cluster(api_version: &'static str, plural: &'static str, kind: &'static str) -> Self {
+        Resource {
+            api_version,
+            plural,
+            kind,
+            namespaced: false,
+            installed_at_start: true,
+        }
+    }
+
+    const fn namespaced(
+        api_version: &'static str,
+        plural: &'static str,
+        kind: &'static str,
+    ) -> Self {
+        Resource {
+            namespaced: true,
+            ..Resource::cluster(api_version, plural, kind)
+        }
+    }
+
+    /// Not served until a test installs it.
+    const fn absent_at_start(self) -> Self {
+        Resource {
+            installed_at_start: false,
+            ..self
+        }
+    }
+
+    /// The API group: empty for the core group.
+    fn group(&self) -> &'static str {
+        self.api_version
+            .rsplit_once('/')
+            .map_or("", |(group, _)| group)
+    }
+
+    fn version(&self) -> &'static str {
+        self.api_version
+            .rsplit_once('/')
+            .map_or(self.api_version, |(_, version)| version)
+    }
+
+    /// The path its collections and objects live under.
+    fn prefix(&self) -> String {
+        match self.group() {
+            "" => format!("/api/{}/", self.api_version),
+            _ => format!("/apis/{}/", self.api_version),
+        }
+    }
+
+    /// `<plural>.<group>` (the plural alone for the core group), as the server's messages
+    /// name a resource.
+    fn qualified(&self) -> String {
+        match self.group() {
+            "" => self.plural.to_owned(),
+            group => format!("{}.{group}", self.plural),
+        }
+    }
+}
+
+/// Served resources, in the order discovery lists their groups.
+const RESOURCES: &[Resource] = &[
+    Resource::cluster(
+        "projectcalico.org/v3",
         "globalnetworksets",
         "GlobalNetworkSet",
-        "projectcalico.org/v3",
-        false,
     ),
-    (
-        "/apis/projectcalico.org/v3/",
+    Resource::cluster(
+        "projectcalico.org/v3",
         "globalnetworkpolicies",
         "GlobalNetworkPolicy",
-        "projectcalico.org/v3",
-        false,
     ),
-    (
-        "/apis/projectcalico.org/v3/",
+    Resource::cluster(
+        "projectcalico.org/v3",
         "stagedglobalnetworkpolicies",
         "StagedGlobalNetworkPolicy",
+    ),
+    Resource::cluster("projectcalico.org/v3", "tiers", "Tier"),
+    // Calico Enterprise's egress gateway resources, which open-source Calico lacks.
+    Resource::cluster(
         "projectcalico.org/v3",
-        false,
-    ),
-    (
-        "/apis/projectcalico.org/v3/",
-        "tiers",
-        "Tier",
+        "egressgatewaypolicies",
+        "EgressGatewayPolicy",
+    )
+    .absent_at_start(),
+    Resource::cluster("projectcalico.org/v3", "ippools", "IPPool").absent_at_start(),
+    Resource::cluster(
         "projectcalico.org/v3",
-        false,
-    ),
-    ("/api/v1/", "pods", "Pod", "v1", true),
-    ("/api/v1/", "namespaces", "Namespace", "v1", false),
-    ("/api/v1/", "services", "Service", "v1", true),
-    ("/api/v1/", "nodes", "Node", "v1", false),
-    ("/apis/batch/v1/", "jobs", "Job", "batch/v1", true),
-    (
-        "/apis/coordination.k8s.io/v1/",
-        "leases",
-        "Lease",
-        "coordination.k8s.io/v1",
-        true,
-    ),
+        "felixconfigurations",
+        "FelixConfiguration",
+    )
+    .absent_at_start(),
+    Resource::namespaced("v1", "pods", "Pod"),
+    Resource::cluster("v1", "namespaces", "Namespace"),
+    Resource::namespaced("v1", "services", "Service"),
+    Resource::cluster("v1", "nodes", "Node"),
+    Resource::namespaced("batch/v1", "jobs", "Job"),
+    Resource::namespaced("coordination.k8s.io/v1", "leases", "Lease"),
+    // The egress identity mechanisms, each detected by its group being served.
+    Resource::namespaced("operator.tigera.io/v1", "egressgateways", "EgressGateway")
+        .absent_at_start(),
+    Resource::cluster(
+        "cilium.io/v2",
+        "ciliumegressgatewaypolicies",
+        "CiliumEgressGatewayPolicy",
+    )
+    .absent_at_start(),
+    Resource::cluster("cilium.io/v2", "ciliumnodes", "CiliumNode").absent_at_start(),
+    Resource::cluster(
+        "isovalent.com/v1",
+        "isovalentegressgatewaypolicies",
+        "IsovalentEgressGatewayPolicy",
+    )
+    .absent_at_start(),
+    Resource::cluster("crd.antrea.io/v1beta1", "egresses", "Egress").absent_at_start(),
+    Resource::cluster("crd.antrea.io/v1beta1", "externalippools", "ExternalIPPool")
+        .absent_at_start(),
+    Resource::cluster("k8s.ovn.org/v1", "egressips", "EgressIP").absent_at_start(),
+    Resource::namespaced(
+        "egressgateway.kubernetes.azure.com/v1alpha1",
+        "staticgatewayconfigurations",
+        "StaticGatewayConfiguration",
+    )
+    .absent_at_start(),
 ];
+
+/// The verbs discovery lists for every resource: what this double serves (no
+/// `deletecollection`).
+const VERBS: [&str; 7] = [
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
+
+fn resource(plural: &str) -> Option<&'static Resource> {
+    RESOURCES.iter().find(|resource| resource.plural == plural)
+}
 
 /// The double's name for an object: `<namespace>/<name>` for namespaced resources.
 fn object_key(plural: &str, object: &Value) -> String {
     let name = object["metadata"]["name"].as_str().unwrap_or_default();
-    let namespaced = RESOURCES
-        .iter()
-        .any(|resource| resource.1 == plural && resource.4);
-    match namespaced {
+    match resource(plural).is_some_and(|resource| resource.namespaced) {
         true => format!(
             "{}/{name}",
             object["metadata"]["namespace"].as_str().unwrap_or_default()
@@ -157,9 +285,14 @@ type Body = BoxBody<Bytes, Infallible>;
 struct Event {
     resource_version: u64,
     plural: String,
+    /// A watch event type, or [`WITHDRAWN`].
     kind: &'static str,
     object: Value,
 }
+
+/// Not a watch event type: ends the open watches of the event's resource, as a real server
+/// ends them when the resource's definition goes.
+const WITHDRAWN: &str = "WITHDRAWN";
 
 struct State {
     resource_version: u64,
@@ -174,7 +307,12 @@ struct State {
     bookmark_interval: std::time::Duration,
     max_watch: std::time::Duration,
     /// Resources whose requests get `403 Forbidden` (the role lacks them).
-    forbidden: std::collections::BTreeSet<String>,
+    forbidden: BTreeSet<String>,
+    /// Plurals of the resources served now.
+    installed: BTreeSet<&'static str>,
+    /// Whether `/api` and `/apis` answer a request for `as=APIGroupDiscoveryList` in kind,
+    /// as servers since 1.26 do, rather than with the plain lists older servers send.
+    aggregated_discovery: bool,
 }
 
 impl Default for State {
@@ -190,6 +328,12 @@ impl Default for State {
             bookmark_interval: std::time::Duration::from_millis(200),
             max_watch: std::time::Duration::from_secs(300),
             forbidden: Default::default(),
+            installed: RESOURCES
+                .iter()
+                .filter(|resource| resource.installed_at_start)
+                .map(|resource| resource.plural)
+                .collect(),
+            aggregated_discovery: true,
         }
     }
 }
@@ -227,6 +371,12 @@ pub struct KubeApi {
 
 impl KubeApi {
     pub async fn start() -> KubeApi {
+        let plurals: BTreeSet<&str> = RESOURCES.iter().map(|resource| resource.plural).collect();
+        assert_eq!(
+            plurals.len(),
+            RESOURCES.len(),
+            "plurals name resources, so they must be unique"
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state: Arc<Mutex<State>> = Arc::default();
@@ -336,6 +486,54 @@ impl KubeApi {
         };
     }
 
+    /// Serves a resource from now on (its CRD was applied): discovery lists it and its
+    /// paths answer. Objects seeded before are there. Panics for a resource the double does
+    /// not know.
+    pub fn install(&self, plural: &str) {
+        let resource = resource(plural).unwrap_or_else(|| panic!("no served resource {plural}"));
+        self.state.lock().unwrap().installed.insert(resource.plural);
+    }
+
+    /// Stops serving a resource (its CRD was deleted): discovery no longer lists it, its
+    /// paths answer `404`, and its open watches end. Its stored objects stay, to be served
+    /// again after [`KubeApi::install`].
+    pub fn uninstall(&self, plural: &str) {
+        let resource = resource(plural).unwrap_or_else(|| panic!("no served resource {plural}"));
+        let mut state = self.state.lock().unwrap();
+        if state.installed.remove(resource.plural) {
+            let event = Event {
+                resource_version: state.resource_version,
+                plural: resource.plural.to_owned(),
+                kind: WITHDRAWN,
+                object: Value::Null,
+            };
+            let _ = state.live.send(event);
+        }
+    }
+
+    /// Installs every resource of an API group (`""` for the core group), as a component's
+    /// installer applies all of its CRDs. Panics for a group the double does not serve.
+    pub fn install_group(&self, group: &str) {
+        for plural in group_plurals(group) {
+            self.install(plural);
+        }
+    }
+
+    /// Uninstalls every resource of an API group; see [`KubeApi::uninstall`].
+    pub fn uninstall_group(&self, group: &str) {
+        for plural in group_plurals(group) {
+            self.uninstall(plural);
+        }
+    }
+
+    /// Whether `/api` and `/apis` answer a request for aggregated discovery
+    /// (`Accept: application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,...`)
+    /// with an `APIGroupDiscoveryList`, as servers since 1.26 do (the default), or, when
+    /// `false`, with the plain `APIVersions` and `APIGroupList` a server before 1.26 sends.
+    pub fn set_aggregated_discovery(&self, served: bool) {
+        self.state.lock().unwrap().aggregated_discovery = served;
+    }
+
     /// Forgets the event history: watches resuming from before now get `410 Gone`.
     pub fn compact(&self) {
         let mut state = self.state.lock().unwrap();
@@ -407,17 +605,47 @@ impl KubeApi {
     }
 }
 
+/// The plurals of a served group's resources; panics for a group the double does not serve.
+fn group_plurals(group: &str) -> Vec<&'static str> {
+    let plurals: Vec<&'static str> = RESOURCES
+        .iter()
+        .filter(|resource| resource.group() == group)
+        .map(|resource| resource.plural)
+        .collect();
+    assert!(!plurals.is_empty(), "no served resource in group {group:?}");
+    plurals
+}
+
 fn status(code: StatusCode, reason: &str, message: String) -> Response<Body> {
     let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code.as_u16()});
     respond(code, &body)
 }
 
 fn respond(code: StatusCode, body: &Value) -> Response<Body> {
+    respond_as(code, "application/json", body)
+}
+
+fn respond_as(code: StatusCode, content_type: &str, body: &Value) -> Response<Body> {
     Response::builder()
         .status(code)
-        .header("content-type", "application/json")
+        .header("content-type", content_type)
         .body(Full::new(Bytes::from(body.to_string())).boxed())
         .unwrap()
+}
+
+/// An object's name as the server's messages give it: without the namespace of this
+/// double's `<ns>/<name>` key.
+fn bare_name(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key)
+}
+
+/// The `404` a real server sends for a path it does not serve.
+fn no_such_path(path: &str) -> Response<Body> {
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!("the server could not find the requested resource ({path})"),
+    )
 }
 
 /// Now as RFC 3339 in whole seconds, as the API server writes timestamps.
@@ -454,6 +682,7 @@ fn watch(
     metadata_only: bool,
     since: Option<u64>,
     bookmarks: bool,
+    initial_events: bool,
     timeout: std::time::Duration,
 ) -> Response<Body> {
     let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(1024);
@@ -512,11 +741,18 @@ fn watch(
                 return;
             }
         }
+        if initial_events {
+            let end = json!({"kind": "Bookmark", "apiVersion": "v1", "metadata": {"resourceVersion": last.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}});
+            if sender.send(line("BOOKMARK", &end)).await.is_err() {
+                return;
+            }
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         let mut ticker = tokio::time::interval(bookmark_interval);
         loop {
             tokio::select! {
                 event = live.recv() => match event {
+                    Ok(event) if event.kind == WITHDRAWN && event.plural == plural => return,
                     Ok(event) if event.plural == plural && event.resource_version > last && selection.matches(&event.object) => {
                         last = event.resource_version;
                         if sender.send(line(event.kind, &event.object)).await.is_err() {
@@ -589,18 +825,204 @@ fn selects(selector: &str, labels: &Value) -> bool {
         })
 }
 
+/// What aggregated discovery's answers are labelled with.
+const AGGREGATED_DISCOVERY: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// A served group version: its `apiVersion` and its installed resources, in table order.
+type GroupVersion = (&'static str, Vec<&'static Resource>);
+
+/// The group versions served now, in table order.
+fn served_versions(installed: &BTreeSet<&str>) -> Vec<GroupVersion> {
+    let mut versions: Vec<GroupVersion> = Vec::new();
+    for resource in RESOURCES
+        .iter()
+        .filter(|resource| installed.contains(resource.plural))
+    {
+        match versions
+            .iter_mut()
+            .find(|(api_version, _)| *api_version == resource.api_version)
+        {
+            Some((_, resources)) => resources.push(resource),
+            None => versions.push((resource.api_version, vec![resource])),
+        }
+    }
+    versions
+}
+
+/// The served versions of one group, the first being the preferred one.
+fn group_versions<'a>(
+    served: &'a [GroupVersion],
+    group: &'a str,
+) -> impl Iterator<Item = &'a GroupVersion> {
+    served
+        .iter()
+        .filter(move |(_, resources)| resources[0].group() == group)
+}
+
+/// The non-core groups served now, in table order.
+fn served_groups(served: &[GroupVersion]) -> Vec<&'static str> {
+    let mut groups: Vec<&'static str> = Vec::new();
+    for (_, resources) in served {
+        let group = resources[0].group();
+        if !group.is_empty() && !groups.contains(&group) {
+            groups.push(group);
+        }
+    }
+    groups
+}
+
+/// A group as each entry of `/apis` describes it (`/apis/<group>` adds `kind` and
+/// `apiVersion`).
+fn api_group(served: &[GroupVersion], group: &str) -> Value {
+    let versions: Vec<Value> = group_versions(served, group)
+        .map(|(api_version, resources)| {
+            json!({"groupVersion": api_version, "version": resources[0].version()})
+        })
+        .collect();
+    json!({"name": group, "versions": versions, "preferredVersion": versions[0]})
+}
+
+/// An `APIResourceList`, as `/api/v1` and `/apis/<group>/<version>` answer.
+fn api_resource_list(api_version: &str, resources: &[&Resource]) -> Value {
+    let resources: Vec<Value> = resources
+        .iter()
+        .map(|resource| {
+            json!({
+                "name": resource.plural,
+                "singularName": resource.kind.to_lowercase(),
+                "namespaced": resource.namespaced,
+                "kind": resource.kind,
+                "verbs": VERBS,
+            })
+        })
+        .collect();
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": api_version, "resources": resources})
+}
+
+/// An `APIGroupDiscoveryList` entry: a group with all of its versions and resources.
+fn group_discovery(served: &[GroupVersion], group: &str) -> Value {
+    let versions: Vec<Value> = group_versions(served, group)
+        .map(|(_, resources)| {
+            let version = resources[0].version();
+            let resources: Vec<Value> = resources
+                .iter()
+                .map(|resource| {
+                    json!({
+                        "resource": resource.plural,
+                        "responseKind": {"group": group, "version": version, "kind": resource.kind},
+                        "scope": if resource.namespaced { "Namespaced" } else { "Cluster" },
+                        "singularResource": resource.kind.to_lowercase(),
+                        "verbs": VERBS,
+                    })
+                })
+                .collect();
+            json!({"version": version, "resources": resources, "freshness": "Current"})
+        })
+        .collect();
+    // The core group's entry has no name, as a real server writes it.
+    let metadata = match group {
+        "" => json!({}),
+        group => json!({"name": group}),
+    };
+    json!({"metadata": metadata, "versions": versions})
+}
+
+/// Answers a discovery request (`/api`, `/apis`, `/api/<version>`, `/apis/<group>` and
+/// `/apis/<group>/<version>`); `None` for any other path. A group or version that serves
+/// nothing now is `404`, as on a real server.
+fn discovery(state: &State, path: &str, aggregated: bool) -> Option<Response<Body>> {
+    let served = served_versions(&state.installed);
+    let aggregated = aggregated && state.aggregated_discovery;
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let served_version = |api_version: String| {
+        served
+            .iter()
+            .find(|(served, _)| *served == api_version)
+            .map(|(api_version, resources)| {
+                respond(StatusCode::OK, &api_resource_list(api_version, resources))
+            })
+            .unwrap_or_else(|| no_such_path(path))
+    };
+    let response = match segments.as_slice() {
+        ["api"] if aggregated => {
+            let items: Vec<Value> = group_versions(&served, "")
+                .next()
+                .map(|_| group_discovery(&served, ""))
+                .into_iter()
+                .collect();
+            respond_as(
+                StatusCode::OK,
+                AGGREGATED_DISCOVERY,
+                &json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items}),
+            )
+        }
+        ["api"] => {
+            let versions: Vec<&str> = group_versions(&served, "")
+                .map(|(api_version, _)| *api_version)
+                .collect();
+            respond(
+                StatusCode::OK,
+                &json!({"kind": "APIVersions", "versions": versions, "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:6443"}]}),
+            )
+        }
+        ["apis"] if aggregated => {
+            let items: Vec<Value> = served_groups(&served)
+                .into_iter()
+                .map(|group| group_discovery(&served, group))
+                .collect();
+            respond_as(
+                StatusCode::OK,
+                AGGREGATED_DISCOVERY,
+                &json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items}),
+            )
+        }
+        ["apis"] => {
+            let groups: Vec<Value> = served_groups(&served)
+                .into_iter()
+                .map(|group| api_group(&served, group))
+                .collect();
+            respond(
+                StatusCode::OK,
+                &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
+            )
+        }
+        ["api", version] => served_version(version.to_string()),
+        ["apis", group] => match group_versions(&served, group).next() {
+            Some(_) => {
+                let mut body = api_group(&served, group);
+                body["kind"] = json!("APIGroup");
+                body["apiVersion"] = json!("v1");
+                respond(StatusCode::OK, &body)
+            }
+            None => no_such_path(path),
+        },
+        ["apis", group, version] => served_version(format!("{group}/{version}")),
+        _ => return None,
+    };
+    Some(response)
+}
+
 async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Body> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     // `kube`'s `list_metadata` and metadata watches ask for metadata only
     // (`PartialObjectMetadataList`, `PartialObjectMetadata`).
-    let metadata_only = request
+    let accept = request
         .headers()
         .get("accept")
         .and_then(|value| value.to_str().ok())
-        .is_some_and(|accept| accept.contains("as=PartialObjectMetadata"));
+        .unwrap_or_default();
+    let metadata_only = accept.contains("as=PartialObjectMetadata");
+    // `kube`'s `Discovery::run_aggregated` asks for aggregated discovery first, falling back
+    // (within the header) to plain JSON.
+    let aggregated = accept
+        .replace(' ', "")
+        .contains("g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList");
     let logged = if metadata_only {
         format!("{path} (metadata)")
+    } else if aggregated {
+        format!("{path} (aggregated)")
     } else {
         path.clone()
     };
@@ -618,41 +1040,51 @@ async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Bo
             .push((token, method.to_string(), logged.clone()));
         state.requests.push((method.to_string(), logged));
     }
+    if method == Method::GET {
+        if let Some(response) = discovery(&state.lock().unwrap(), &path, aggregated) {
+            return response;
+        }
+    }
     // `<prefix><plural>[/<name>]`, or `<prefix>namespaces/<ns>/<plural>[/<name>]` for a
     // namespaced resource; the object key of a namespaced object is `<ns>/<name>`.
-    let resource = RESOURCES
-        .iter()
-        .find_map(|&(prefix, plural, kind, api_version, namespaced)| {
-            let segments: Vec<&str> = path.strip_prefix(prefix)?.split('/').collect();
-            let (namespace, rest) = match segments.as_slice() {
-                ["namespaces", namespace, rest @ ..] if namespaced && !rest.is_empty() => {
-                    (Some(namespace.to_string()), rest)
-                }
-                rest => (None, rest),
-            };
-            let name = match rest {
-                [found] if *found == plural => None,
-                [found, name] if *found == plural => Some(match &namespace {
-                    Some(namespace) => format!("{namespace}/{name}"),
-                    None => name.to_string(),
-                }),
-                _ => return None,
-            };
-            Some((plural.to_owned(), namespace, name, kind, api_version))
-        });
-    let Some((plural, namespace, name, kind, api_version)) = resource else {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!("the server could not find the requested resource ({path})"),
-        );
+    let resource = RESOURCES.iter().find_map(|resource| {
+        let plural = resource.plural;
+        let segments: Vec<&str> = path.strip_prefix(&resource.prefix())?.split('/').collect();
+        let (namespace, rest) = match segments.as_slice() {
+            ["namespaces", namespace, rest @ ..] if resource.namespaced && !rest.is_empty() => {
+                (Some(namespace.to_string()), rest)
+            }
+            rest => (None, rest),
+        };
+        let name = match rest {
+            [found] if *found == plural => None,
+            [found, name] if *found == plural => Some(match &namespace {
+                Some(namespace) => format!("{namespace}/{name}"),
+                None => name.to_string(),
+            }),
+            _ => return None,
+        };
+        Some((resource, namespace, name))
+    });
+    let Some((resource, namespace, name)) = resource else {
+        return no_such_path(&path);
     };
+    let (plural, kind, api_version) = (
+        resource.plural.to_owned(),
+        resource.kind,
+        resource.api_version,
+    );
+    // Authorization comes before routing on a real server, so a forbidden resource is `403`
+    // whether or not it is installed.
     if state.lock().unwrap().forbidden.contains(&plural) {
         return status(
             StatusCode::FORBIDDEN,
             "Forbidden",
-            format!("{plural} is forbidden: User \"system:serviceaccount:threatflow:threatflow\" cannot list resource \"{plural}\" in API group \"\" at the cluster scope"),
+            format!("{plural} is forbidden: User \"system:serviceaccount:threatflow:threatflow\" cannot list resource \"{plural}\" in API group \"{}\" at the cluster scope", resource.group()),
         );
+    }
+    if !state.lock().unwrap().installed.contains(resource.plural) {
+        return no_such_path(&path);
     }
     let params = query(&request);
     let selection = Selection {
@@ -666,9 +1098,15 @@ async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Bo
             .get("watch")
             .is_some_and(|watch| watch == "true" || watch == "1")
     {
+        // A streaming list (`sendInitialEvents=true`) starts with the current objects whatever
+        // the version, and marks their end with a bookmark.
+        let initial_events = params
+            .get("sendInitialEvents")
+            .is_some_and(|send| send == "true");
         let since = params
             .get("resourceVersion")
-            .and_then(|version| version.parse().ok());
+            .and_then(|version| version.parse().ok())
+            .filter(|_| !initial_events);
         let timeout = std::time::Duration::from_secs(
             params
                 .get("timeoutSeconds")
@@ -685,6 +1123,7 @@ async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Bo
             metadata_only,
             since,
             bookmarks,
+            initial_events,
             timeout,
         );
     }
@@ -732,7 +1171,11 @@ async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Bo
             None => status(
                 StatusCode::NOT_FOUND,
                 "NotFound",
-                format!("{plural}.projectcalico.org \"{name}\" not found"),
+                format!(
+                    "{} \"{}\" not found",
+                    resource.qualified(),
+                    bare_name(&name)
+                ),
             ),
         },
         (Method::DELETE, Some(name)) => {
@@ -741,13 +1184,17 @@ async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Bo
                     state.change(&plural, "DELETED", object);
                     respond(
                         StatusCode::OK,
-                        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": {"name": name, "group": "projectcalico.org", "kind": plural}}),
+                        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": {"name": bare_name(&name), "group": resource.group(), "kind": plural}}),
                     )
                 }
                 None => status(
                     StatusCode::NOT_FOUND,
                     "NotFound",
-                    format!("{plural}.projectcalico.org \"{name}\" not found"),
+                    format!(
+                        "{} \"{}\" not found",
+                        resource.qualified(),
+                        bare_name(&name)
+                    ),
                 ),
             }
         }
