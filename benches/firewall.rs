@@ -53,6 +53,7 @@ fn model() -> Model {
                 if n % 2 == 0 { "prod" } else { "dev" }.to_owned(),
             )]
             .into(),
+            annotations: Default::default(),
         })
         .collect();
     let pods = (0..PODS)

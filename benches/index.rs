@@ -92,6 +92,7 @@ fn inventory() -> Inventory {
         .map(|i| NamespaceInfo {
             name: format!("ns-{i}"),
             labels: labels(&[("team", format!("team-{i}"))]),
+            annotations: Default::default(),
         })
         .collect();
     Inventory {

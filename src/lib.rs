@@ -14,6 +14,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod deps;
+pub mod egress;
 pub mod enrich;
 pub mod feeds;
 pub mod firewall;

@@ -52,6 +52,11 @@ enum Command {
         #[command(subcommand)]
         command: FirewallCommand,
     },
+    /// Work with the admission guard for egress identities.
+    Admission {
+        #[command(subcommand)]
+        command: AdmissionCommand,
+    },
     /// Show the status of a running instance's feeds, firewall targets and cluster model
     /// (from its telemetry listener).
     Status {
@@ -99,6 +104,16 @@ enum FirewallCommand {
     /// Print the Calico tier a FortiManager export or a Panorama configuration translates
     /// into (YAML on standard output, refused rules on standard error).
     Import(cli::firewall::ImportArgs),
+}
+
+#[derive(Subcommand)]
+enum AdmissionCommand {
+    /// Print the ValidatingAdmissionPolicy and binding that guard egress identities, from the
+    /// config's `firewall.egress_identities.admission`, as YAML for `kubectl apply -f -`.
+    Render {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -152,6 +167,9 @@ fn main() -> ExitCode {
             }
             Err(error) => usage_error(&error),
         },
+        Command::Admission {
+            command: AdmissionCommand::Render { config },
+        } => printed(cli::admission::render(&config)),
         Command::Status { addr, json } => printed(block_on(cli::feed::status(&addr, json))),
         Command::Feed {
             command: FeedCommand::Normalize(args),

@@ -13,8 +13,6 @@ use serde::Deserialize;
 use serde_json::Value;
 
 const OVERLAYS: [&str; 2] = ["deployment", "daemonset"];
-/// The Kubernetes version the manifests are validated against.
-const KUBERNETES_VERSION: &str = "1.33.0";
 
 /// `kubectl kustomize` of an overlay, as JSON documents.
 fn render(overlay: &str) -> (String, Vec<Value>) {
@@ -63,24 +61,7 @@ fn the_overlays_render_and_validate_against_the_kubernetes_schemas() {
         );
         let path = dir.path().join(format!("{overlay}.yaml"));
         std::fs::write(&path, text).unwrap();
-        let output = Command::new("python3")
-            .args([
-                "-m",
-                "kubernetes_validate",
-                "--strict",
-                "-k",
-                KUBERNETES_VERSION,
-            ])
-            .arg(&path)
-            .output()
-            .expect("kubernetes-validate is not installed: run the tests with `bash tests/run.sh`");
-        let report = String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "{overlay}: {report}");
-        assert!(
-            !report.contains("ERROR") && !report.contains("WARN"),
-            "{overlay}: {report}"
-        );
+        common::kubernetes_schemas::assert_valid(overlay, &path);
     }
 }
 
@@ -158,6 +139,23 @@ fn rbac_is_least_privilege() {
         ]
         .into_iter()
         .map(str::to_owned)
+        .chain(
+            // Egress identities: each mechanism's objects, read only.
+            [
+                "egressgatewaypolicies",
+                "ippools",
+                "felixconfigurations",
+                "egressgateways",
+                "ciliumegressgatewaypolicies",
+                "isovalentegressgatewaypolicies",
+                "egresses",
+                "externalippools",
+                "egressips",
+                "staticgatewayconfigurations",
+            ]
+            .into_iter()
+            .flat_map(|resource| ["get", "list", "watch"].map(|verb| format!("{resource}:{verb}"))),
+        )
         .collect();
         assert_eq!(granted, expected, "{overlay}");
         // The Lease rules are namespaced: a Role in threatflow's namespace.

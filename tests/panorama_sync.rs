@@ -320,3 +320,93 @@ async fn user_id_tags_fill_dynamic_groups_follow_the_pods_and_lapse_when_threatf
     );
     assert!(dag().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_id_mode_creates_its_dynamic_groups_in_the_device_group_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = cluster().await;
+    let panorama = Panorama::start(dir.path(), knobs()).await;
+    panorama.preset_key("pan-key-from-a-secret");
+    // An admin's group already holds one of the names threatflow would use.
+    let dg = device_group("k8s");
+    panorama.admin_edit(
+        &format!("{dg}/address-group/entry[@name='api']"),
+        "<entry name=\"api\"><static><member>jump-host</member></static></entry>",
+    );
+    panorama.admin_commit();
+    let config = format!(
+        "cluster_name: prod\nfirewall:\n  debounce_ms: 200\n  reconcile_interval_secs: 3600\n  groups:\n    - {{name: web, selector: \"app == 'web'\", families: [ipv4, ipv6]}}\n    - {{name: api, selector: \"app == 'api'\"}}\n  panorama:\n    - name: pan\n      url: {}\n      api_key: {{value_from_file: {}}}\n      admin: svc-threatflow\n      tls: {{ca_file: {}}}\n      targets: [\"{SERIAL}\"]\n      device_group: k8s\n      job_poll_ms: 20\n      requests_per_second: 1000\n",
+        panorama.url(),
+        secret(dir.path(), "pan-key", "pan-key-from-a-secret"),
+        dir.path().join("ca.pem").display()
+    );
+    let daemon = InProcess::start(&config, Some(api.client())).await;
+    let set = |items: &[&str]| {
+        items
+            .iter()
+            .map(|item| item.to_string())
+            .collect::<BTreeSet<_>>()
+    };
+    until("the created dynamic group, pushed and filled", || {
+        panorama
+            .dag_members(SERIAL, "web")
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            == set(&["10.244.1.5", "fd00:10:244:1::5"])
+    })
+    .await;
+    let web = panorama
+        .running_xml(&format!("{dg}/address-group/entry[@name='web']"))
+        .unwrap();
+    assert!(
+        web.contains("<filter>'threatflow.prod.web'</filter>"),
+        "{web}"
+    );
+    // The admin's group is left as it was, and the name is reported.
+    let api_group = panorama
+        .running_xml(&format!("{dg}/address-group/entry[@name='api']"))
+        .unwrap();
+    assert!(
+        api_group.contains("jump-host") && !api_group.contains("filter"),
+        "{api_group}"
+    );
+    let mut refused = Value::Null;
+    for _ in 0..100 {
+        refused = target_status(daemon.port, &format!("pan.{SERIAL}"))["refused"].clone();
+        if refused["api"].is_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        refused["api"].as_str().unwrap().contains("taken"),
+        "{refused}"
+    );
+    let jobs = panorama.jobs();
+    assert!(
+        jobs.iter().any(|job| job.user == "svc-threatflow"
+            && job.description == "threatflow"
+            && job.device_groups.is_empty())
+            && jobs.iter().any(|job| job.device_groups == ["k8s"]),
+        "a commit of threatflow's admin and a push to the device group: {jobs:?}"
+    );
+
+    // Pods come and go: tags follow, and the groups (unchanged) are not committed again.
+    let before = panorama.jobs().len();
+    api.seed(
+        "pods",
+        pod("shop", "web-2", &["10.244.1.6"], json!({"app": "web"})),
+    );
+    until("web-2 in the group", || {
+        panorama
+            .dag_members(SERIAL, "web")
+            .contains(&"10.244.1.6".to_owned())
+    })
+    .await;
+    assert_eq!(
+        panorama.jobs().len(),
+        before,
+        "no commit without a change of groups"
+    );
+    daemon.stop().await;
+}

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::egress::config::EgressConfig;
 use crate::firewall::selector::Selector;
 use crate::firewall::Family;
 use crate::net::tls::TlsSettings;
@@ -49,6 +50,9 @@ pub struct FirewallConfig {
     /// threat feeds, PAN-OS External Dynamic Lists): no firewall credentials in the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serve: Option<ServeConfig>,
+    /// Each namespace's egress IPs as a group on every target (`egress.<namespace>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_identities: Option<EgressConfig>,
 }
 
 fn default_debounce_ms() -> u64 {
@@ -204,10 +208,12 @@ pub struct PanoramaConfig {
     #[serde(default)]
     pub mode: PanoramaMode,
     /// For `static`: the device group the objects go in (`shared` for shared objects, which
-    /// are committed but not pushed).
+    /// are committed but not pushed). For `user_id` through a Panorama (with `targets`): a
+    /// dynamic address group per group, its filter the group's tag, is created in this device
+    /// group, committed and pushed; without it, make the dynamic groups yourself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_group: Option<String>,
-    /// For `static`: the API admin whose changes a (partial) commit covers; default:
+    /// With `device_group`: the API admin whose changes a (partial) commit covers; default:
     /// `username`. Needed with `api_key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<String>,
@@ -431,10 +437,16 @@ impl FirewallConfig {
                 problems,
             );
         }
-        if self.groups.is_empty() && self.mirror_policies.is_none() {
+        if let Some(egress) = &self.egress_identities {
+            egress.validate(&format!("{path}.egress_identities"), problems);
+        }
+        if self.groups.is_empty()
+            && self.mirror_policies.is_none()
+            && self.egress_identities.is_none()
+        {
             problems.push(
                 path,
-                "nothing to publish: configure groups or mirror_policies",
+                "nothing to publish: configure groups, mirror_policies or egress_identities",
             );
         }
         for (field, template, needed, allowed) in [
@@ -655,10 +667,22 @@ impl FirewallConfig {
                     format!("{at}.targets"),
                     "static objects are pushed to the device group's firewalls: targets are for user_id",
                 ),
-                (PanoramaMode::UserId, Some(_)) => problems.push(
+                (PanoramaMode::UserId, Some(_)) if device.targets.is_empty() => problems.push(
                     format!("{at}.device_group"),
-                    "only static mode writes to a device group",
+                    "dynamic address groups are created in a Panorama's device group: list the firewalls' serials in targets",
                 ),
+                (PanoramaMode::UserId, Some(group)) if group == "shared" => problems.push(
+                    format!("{at}.device_group"),
+                    "dynamic address groups go in a device group that is pushed, not `shared`",
+                ),
+                (PanoramaMode::UserId, Some(_))
+                    if device.admin.is_none() && device.username.is_none() =>
+                {
+                    problems.push(
+                        format!("{at}.admin"),
+                        "creating dynamic address groups commits only its own admin's changes: name the API admin",
+                    )
+                }
                 _ => {}
             }
             if device.job_poll_ms == 0 || device.job_timeout_secs == 0 {
@@ -848,7 +872,7 @@ panorama:
         assert_eq!(
             problems.paths(),
             [
-                "firewall.panorama[0].device_group",
+                "firewall.panorama[0].admin",
                 "firewall.panorama[0].tag_timeout_secs",
                 "firewall.panorama[0].targets[0]",
                 "firewall.panorama[1].device_group",

@@ -14,7 +14,8 @@ use ipnet::IpNet;
 use super::config::{AddressKind, FirewallConfig, NameConfig};
 use crate::cluster::model::{LabelList, Model, Pod};
 use crate::cluster::Labels;
-use crate::firewall::selector::Selector;
+use crate::egress::EgressSnapshot;
+use crate::firewall::selector::{NamespaceLabels, Selector};
 use crate::firewall::{Family, GroupSpec};
 
 use crate::k8s::calico::labels::{
@@ -38,15 +39,59 @@ pub struct Published {
     /// parse, and address names that would stand for two addresses (a template that does not
     /// tell two pods or nodes apart), which are left out of every group.
     pub skipped: BTreeMap<String, String>,
+    /// The groups that are egress identities: every target gets them.
+    pub egress: BTreeSet<String>,
 }
 
 impl Published {
+    /// Whether a target that asks for `wanted` (all for `None`) gets group `name`.
+    pub fn wanted(&self, name: &str, wanted: Option<&BTreeSet<String>>) -> bool {
+        self.egress.contains(name) || wanted.is_none_or(|wanted| wanted.contains(name))
+    }
+
+    /// Adds each namespace's egress identity as a group `<prefix><namespace>` (IPv4 and IPv6
+    /// apart, as every group), its addresses named `<cluster>.egress.<address>`. A configured
+    /// group of the same name wins; the identity is reported as skipped.
+    pub fn add_egress(&mut self, snapshot: &EgressSnapshot, prefix: &str, cluster: &str) {
+        for (namespace, identity) in &snapshot.identities {
+            let name = format!("{prefix}{namespace}");
+            if self.groups.contains_key(&name) {
+                self.skipped.insert(
+                    name,
+                    "a configured group has this egress identity's name".into(),
+                );
+                continue;
+            }
+            let mut group = Group {
+                families: vec![Family::V4, Family::V6],
+                members: BTreeMap::new(),
+            };
+            for net in &identity.nets {
+                let (family, address) = match net {
+                    IpNet::V4(_) => (Family::V4, net.addr().to_string()),
+                    IpNet::V6(_) => (Family::V6, net.addr().to_string().replace(':', "-")),
+                };
+                let address = match net.prefix_len() == net.max_prefix_len() {
+                    true => address,
+                    false => format!("{address}_{}", net.prefix_len()),
+                };
+                group
+                    .members
+                    .entry(family)
+                    .or_default()
+                    .insert(format!("{cluster}.egress.{address}"), *net);
+            }
+            self.egress.insert(name.clone());
+            self.groups.insert(name, group);
+        }
+    }
+
     /// The groups `wanted` names (all of them for `None`), as the specs a target publishes:
     /// one per family, IPv6 ones named with `.v6` appended.
     pub fn specs(&self, wanted: Option<&BTreeSet<String>>) -> Vec<GroupSpec> {
         let mut specs = Vec::new();
         for (name, group) in &self.groups {
-            if wanted.is_some_and(|wanted| !wanted.contains(name)) {
+            if !self.wanted(name, wanted) {
                 continue;
             }
             for family in &group.families {
@@ -118,21 +163,6 @@ impl Labels for PodLabels<'_> {
                 Some(key) => self.namespace.label(key),
                 None => self.pod.label(key),
             },
-        }
-    }
-}
-
-/// A namespace's labels with its name as `projectcalico.org/name`.
-struct NamespaceLabels<'a> {
-    name: &'a str,
-    labels: &'a LabelList,
-}
-
-impl Labels for NamespaceLabels<'_> {
-    fn label(&self, key: &str) -> Option<&str> {
-        match key {
-            NAME_LABEL => Some(self.name),
-            _ => self.labels.label(key),
         }
     }
 }
@@ -436,10 +466,12 @@ mod tests {
                 NamespaceInfo {
                     name: "shop".into(),
                     labels: [("env".to_owned(), "prod".to_owned())].into(),
+                    annotations: Default::default(),
                 },
                 NamespaceInfo {
                     name: "dev".into(),
                     labels: [("env".to_owned(), "dev".to_owned())].into(),
+                    annotations: Default::default(),
                 },
             ],
             nodes: vec![NodeInfo {

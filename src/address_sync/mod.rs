@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Cluster;
 use crate::deps::Deps;
+use crate::egress::EgressSnapshot;
 use crate::firewall::fortigate::{FortiGate, FortiGateSettings};
 use crate::firewall::fortimanager::{FortiManager, FortiManagerSettings, Install};
 use crate::firewall::panorama::objects::{StaticObjects, StaticSettings};
@@ -186,18 +187,11 @@ pub fn targets(config: &FirewallConfig, cluster_name: &str) -> Result<Vec<Config
         let client = panorama_client(device, panorama_credentials(device)?, None)?;
         let target = StaticObjects::new(
             client,
-            StaticSettings {
-                device_group: device.device_group.clone().unwrap_or_default(),
-                admin: device
-                    .admin
-                    .clone()
-                    .or_else(|| device.username.clone())
-                    .unwrap_or_default(),
-                marker: marker.clone(),
-                group_max_members: device.group_max_members,
-                job_poll: Duration::from_millis(device.job_poll_ms),
-                job_timeout: Duration::from_secs(device.job_timeout_secs),
-            },
+            static_settings(
+                device,
+                device.device_group.as_deref().unwrap_or_default(),
+                cluster_name,
+            ),
         );
         planned.push(Configured {
             name: device.name.clone(),
@@ -229,6 +223,26 @@ fn read_credentials(
             target: path.to_owned(),
             source: TargetError::Setup("set api_key, or username and password".into()),
         })
+}
+
+/// How a PAN-OS device's objects in `device_group` are written and committed.
+fn static_settings(
+    device: &PanoramaConfig,
+    device_group: &str,
+    cluster_name: &str,
+) -> StaticSettings {
+    StaticSettings {
+        device_group: device_group.to_owned(),
+        admin: device
+            .admin
+            .clone()
+            .or_else(|| device.username.clone())
+            .unwrap_or_default(),
+        marker: Marker::new(cluster_name),
+        group_max_members: device.group_max_members,
+        job_poll: Duration::from_millis(device.job_poll_ms),
+        job_timeout: Duration::from_secs(device.job_timeout_secs),
+    }
 }
 
 /// A PAN-OS device's credentials.
@@ -281,6 +295,15 @@ fn user_id_runners(
             true => vec![None],
             false => device.targets.iter().map(Some).collect(),
         };
+        // The dynamic address groups live in Panorama's device group: one loop (the first
+        // serial's) keeps them.
+        let mut dynamic_groups = match &device.device_group {
+            Some(group) => Some(StaticObjects::new(
+                panorama_client(device, credentials.clone(), None)?,
+                static_settings(device, group, cluster_name),
+            )),
+            None => None,
+        };
         for serial in serials {
             let name = match serial {
                 Some(serial) => format!("{}.{serial}", device.name),
@@ -298,6 +321,7 @@ fn user_id_runners(
                         .as_ref()
                         .map(|groups| groups.iter().cloned().collect()),
                     prefix: userid::tag_prefix(cluster_name),
+                    dynamic_groups: dynamic_groups.take(),
                     timeout: Duration::from_secs(device.tag_timeout_secs),
                     reconcile_interval: Duration::from_secs(config.reconcile_interval_secs),
                     leadership: deps.leadership.clone(),
@@ -312,9 +336,11 @@ fn user_id_runners(
 
 /// Computes a new snapshot of the groups after each (debounced) change of the model, once its
 /// initial lists are in.
+#[allow(clippy::too_many_arguments)]
 async fn publish(
     cluster: Cluster,
     groups: Groups,
+    mut egress: Option<Egress>,
     debounce: Duration,
     sender: watch::Sender<Option<Arc<Published>>>,
     metrics: FirewallMetrics,
@@ -324,10 +350,23 @@ async fn publish(
         _ = stop.cancelled() => return,
         _ = cluster.gate().wait() => {}
     }
+    // The first snapshot waits for the first resolution of egress identities too, so a
+    // target's first sync does not delete their groups.
+    if let Some(egress) = &mut egress {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = egress.snapshots.wait_for(Option::is_some) => {}
+        }
+    }
     let mut changes = cluster.changes();
     loop {
         changes.borrow_and_update();
-        let published = groups.compute(&cluster.read());
+        let mut published = groups.compute(&cluster.read());
+        if let Some(egress) = &mut egress {
+            if let Some(snapshot) = egress.snapshots.borrow_and_update().as_deref() {
+                published.add_egress(snapshot, &egress.prefix, &egress.cluster);
+            }
+        }
         for (policy, reason) in &published.skipped {
             let already = sender
                 .borrow()
@@ -347,9 +386,20 @@ async fn publish(
             metrics.groups(&previous, &published);
             sender.send_replace(Some(Arc::new(published)));
         }
+        let egress_changed = async {
+            match &mut egress {
+                Some(egress) => {
+                    if egress.snapshots.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = stop.cancelled() => return,
             changed = changes.changed() => if changed.is_err() { return },
+            () = egress_changed => {}
         }
         // Let a burst of changes (a rollout) settle into one snapshot.
         tokio::select! {
@@ -357,6 +407,15 @@ async fn publish(
             _ = tokio::time::sleep(debounce) => {}
         }
     }
+}
+
+/// The egress identities the publisher adds as groups.
+pub struct Egress {
+    pub snapshots: watch::Receiver<Option<Arc<EgressSnapshot>>>,
+    /// The groups' name prefix (`egress.`).
+    pub prefix: String,
+    /// The cluster's name, for the address names.
+    pub cluster: String,
 }
 
 impl AddressSync {
@@ -368,6 +427,7 @@ impl AddressSync {
         config: &FirewallConfig,
         cluster_name: Option<&str>,
         cluster: &Cluster,
+        egress: Option<watch::Receiver<Option<Arc<EgressSnapshot>>>>,
         metrics: &FirewallMetrics,
         board: &StatusBoard,
         once: bool,
@@ -407,9 +467,17 @@ impl AddressSync {
             tasks.push(serve::start(serve, receiver.clone(), stop.clone()).await?);
         }
         let publisher_stop = stop.child_token();
+        let egress = egress
+            .zip(config.egress_identities.as_ref())
+            .map(|(snapshots, settings)| Egress {
+                snapshots,
+                prefix: settings.group_prefix.clone(),
+                cluster: cluster_name.unwrap_or_default().to_owned(),
+            });
         let publisher = tokio::spawn(publish(
             cluster.clone(),
             Groups::new(config, cluster_name.unwrap_or_default()),
+            egress,
             Duration::from_millis(config.debounce_ms),
             sender,
             metrics.clone(),

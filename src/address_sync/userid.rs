@@ -12,10 +12,13 @@
 //! - At each reconcile, the firewall's registered addresses are read back (page by page), and
 //!   only tags under this cluster's prefix are taken as threatflow's: another writer's tags,
 //!   and other clusters', are never unregistered.
+//! - With a Panorama device group, a dynamic address group per group (its filter: the group's
+//!   tag) is created there, committed (threatflow's admin only) and pushed; only when the set
+//!   of groups changes, and checked again at each reconcile.
 //! - Only the leader writes. Stopping unregisters nothing: a standby that takes over finds the
 //!   registrations in place, and without one they lapse after their timeout.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,15 +27,18 @@ use tokio_util::sync::CancellationToken;
 
 use super::groups::Published;
 use super::sync::{retry_delay, ErrorStatus, FirewallMetrics, StatusBoard, TargetStatus};
+use crate::firewall::panorama::objects::StaticObjects;
 use crate::firewall::panorama::userid::{Registrations, MAX_TAGS_PER_IP};
 use crate::firewall::panorama::Panorama;
-use crate::firewall::{fit_name, TargetError};
+use crate::firewall::{fit_name, OpOutcome, Target, TargetError};
 use crate::k8s::leader::Leadership;
 use crate::net::backoff::Backoff;
 use crate::telemetry;
 
 /// PAN-OS's longest tag.
 const TAG_MAX: usize = 127;
+/// PAN-OS's longest object name.
+const DAG_NAME_MAX: usize = 63;
 
 /// The tag prefix of a cluster's registrations.
 pub fn tag_prefix(cluster: &str) -> String {
@@ -51,6 +57,9 @@ pub struct UserIdRunner {
     /// The groups this firewall gets (all for `None`).
     pub groups: Option<BTreeSet<String>>,
     pub prefix: String,
+    /// With a Panorama device group: a dynamic address group per group (its filter: the
+    /// group's tag), committed and pushed.
+    pub dynamic_groups: Option<StaticObjects>,
     /// Each registration's lifetime.
     pub timeout: Duration,
     pub reconcile_interval: Duration,
@@ -66,6 +75,8 @@ struct Known {
     registered: Option<Registrations>,
     /// When everything was last registered (timers restarted).
     refreshed: Option<tokio::time::Instant>,
+    /// The dynamic address groups as last made to hold (name -> filter), committed and pushed.
+    dynamic_groups: Option<BTreeMap<String, String>>,
 }
 
 impl UserIdRunner {
@@ -74,11 +85,7 @@ impl UserIdRunner {
     fn desired(&self, published: &Published) -> (Registrations, Vec<(String, String)>) {
         let mut desired = Registrations::new();
         for (name, group) in &published.groups {
-            if self
-                .groups
-                .as_ref()
-                .is_some_and(|wanted| !wanted.contains(name))
-            {
+            if !published.wanted(name, self.groups.as_ref()) {
                 continue;
             }
             let tag = tag(&self.prefix, name);
@@ -175,6 +182,7 @@ impl UserIdRunner {
                             });
                         });
                         known.registered = None;
+                        known.dynamic_groups = None;
                         retry_at = Some(tokio::time::Instant::now() + delay);
                     }
                 }
@@ -257,6 +265,36 @@ impl UserIdRunner {
         }
         if refresh {
             known.refreshed = Some(tokio::time::Instant::now());
+        }
+        if let Some(dynamic_groups) = &mut self.dynamic_groups {
+            let wanted: BTreeMap<String, String> = published
+                .groups
+                .keys()
+                .filter(|name| published.wanted(name, self.groups.as_ref()))
+                .map(|name| {
+                    (
+                        fit_name(name, DAG_NAME_MAX),
+                        format!("'{}'", tag(&self.prefix, name)),
+                    )
+                })
+                .collect();
+            if full || known.dynamic_groups.as_ref() != Some(&wanted) {
+                for (name, outcome) in dynamic_groups.sync_dynamic_groups(&wanted).await? {
+                    match outcome {
+                        OpOutcome::Conflict { owner } => refused.push((
+                            name,
+                            format!(
+                                "the dynamic address group's name is taken ({})",
+                                owner.unwrap_or_else(|| "no description".into())
+                            ),
+                        )),
+                        OpOutcome::Refused { reason } => refused.push((name, reason)),
+                        _ => {}
+                    }
+                }
+                dynamic_groups.publish().await?;
+                known.dynamic_groups = Some(wanted);
+            }
         }
         let mut registered = desired;
         for (ip, _) in &refused {

@@ -37,6 +37,7 @@ use crate::cluster::watch::{WatchMetrics, WatchStatus};
 use crate::cluster::{ClusterStage, Source, WatchScope};
 use crate::config::Config;
 use crate::deps::Deps;
+use crate::egress::{Egress, EgressBoard, EgressMetrics, EgressStatus};
 use crate::enrich::projection::IndexMetrics;
 use crate::enrich::{Enricher, Enrichment, ThreatMatcher};
 use crate::feeds::sync::{FeedMetrics, FeedStatus, StatusBoard};
@@ -96,6 +97,7 @@ pub struct Metrics {
     pub watch: WatchMetrics,
     pub index: IndexMetrics,
     pub firewall: FirewallMetrics,
+    pub egress: EgressMetrics,
     pub policy_import: ImportMetrics,
     /// 1 while this replica writes to the cluster.
     pub leader: Gauge,
@@ -121,6 +123,7 @@ impl Metrics {
             watch,
             index,
             firewall: FirewallMetrics::register(registry.sub_registry_with_prefix("firewall")),
+            egress: EgressMetrics::register(registry.sub_registry_with_prefix("egress")),
             policy_import: ImportMetrics::register(
                 registry.sub_registry_with_prefix("policy_import"),
             ),
@@ -142,6 +145,8 @@ struct Status {
     firewall: Vec<TargetStatus>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     policy_import: Vec<SourceStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    egress_identities: Option<EgressStatus>,
     kubernetes: Option<KubernetesStatus>,
     leader: bool,
 }
@@ -170,6 +175,7 @@ struct StatusSources {
     feeds: StatusBoard,
     firewall: FirewallBoard,
     policy_import: ImportBoard,
+    egress: EgressBoard,
     kubernetes: Arc<Mutex<Option<KubernetesStatusSource>>>,
     leadership: Arc<Mutex<Option<Leadership>>>,
 }
@@ -364,6 +370,7 @@ struct Run {
     sources: Sources,
     feeds: Feeds,
     firewall: AddressSync,
+    egress: Option<Egress>,
     policy_import: PolicyImport,
     feeds_stop: CancellationToken,
     processor: crate::pipeline::ProcessorThread,
@@ -401,6 +408,26 @@ impl Run {
         )
         .await?;
 
+        // Egress identities are resolved on every replica: enrichment names them in flows.
+        *status.egress.lock() = None;
+        let egress = match config
+            .firewall
+            .as_ref()
+            .and_then(|firewall| firewall.egress_identities.as_ref())
+        {
+            Some(settings) => Some(
+                Egress::start(
+                    deps,
+                    settings,
+                    &cluster.stage.cluster,
+                    &metrics.egress,
+                    &status.egress,
+                    &feeds_stop,
+                )
+                .await?,
+            ),
+            None => None,
+        };
         // The address sync writes to firewalls on its own schedule; a batch run syncs each
         // target once before its flows.
         let firewall = match &config.firewall {
@@ -410,6 +437,7 @@ impl Run {
                     firewall,
                     config.cluster_name.as_deref(),
                     &cluster.stage.cluster,
+                    egress.as_ref().map(|egress| egress.snapshot.clone()),
                     &metrics.firewall,
                     &status.firewall,
                     once,
@@ -495,6 +523,10 @@ impl Run {
                 node_name: node_name.map(Arc::from),
                 threats,
                 labels: config.enrichment.labels.clone(),
+                egress: egress
+                    .as_ref()
+                    .map(|egress| egress.lookup.clone())
+                    .unwrap_or_default(),
             },
             index: cluster.enrichment.index.clone(),
             synced: cluster.enrichment.gate.clone(),
@@ -535,6 +567,7 @@ impl Run {
             sources,
             feeds,
             firewall,
+            egress,
             policy_import,
             feeds_stop,
             processor,
@@ -560,6 +593,9 @@ impl Run {
         self.feeds_stop.cancel();
         self.feeds.join().await;
         self.firewall.join().await;
+        if let Some(egress) = self.egress {
+            egress.join().await;
+        }
         self.policy_import.join().await;
         let processed = self.processor.join().await?;
         let undelivered = processed.refused + self.sinks.join().await;
@@ -617,6 +653,7 @@ impl Telemetry {
                     feeds: status.feeds.lock().values().cloned().collect(),
                     firewall: status.firewall.lock().values().cloned().collect(),
                     policy_import: status.policy_import.lock().values().cloned().collect(),
+                    egress_identities: status.egress.lock().clone(),
                     kubernetes: status.kubernetes.lock().as_ref().map(|status| status()),
                     leader: status
                         .leadership

@@ -417,6 +417,8 @@ pub fn run(
             node_name: node_name.as_deref().map(Into::into),
             threats: options.threats,
             labels: options.config.enrichment.labels.clone(),
+            // Offline, no egress mechanism is read.
+            egress: Default::default(),
         },
         options.index,
     );
@@ -450,7 +452,7 @@ pub fn run(
             return;
         }
         line_number += 1;
-        if line_number % 65_536 == 0 {
+        if line_number.is_multiple_of(65_536) {
             progress.report(line_number);
         }
         let result = match processor.process(&index, options.format, line, options.max_line_bytes) {

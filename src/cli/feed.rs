@@ -362,6 +362,42 @@ pub async fn status(addr: &str, json: bool) -> anyhow::Result<String> {
             ]));
         }
     }
+    let egress = &status["egress_identities"];
+    if egress.is_object() {
+        table.push_str(&format!(
+            "\negress identities ({}){}\n",
+            egress["mechanism"]
+                .as_str()
+                .unwrap_or("mechanism not known yet"),
+            egress["error"]
+                .as_str()
+                .map(|error| format!(": {error}"))
+                .unwrap_or_default(),
+        ));
+        if let Some(identities) = egress["identities"].as_object() {
+            for (namespace, identity) in identities {
+                let nets: Vec<&str> = identity["nets"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(serde_json::Value::as_str)
+                    .collect();
+                let weak = if identity["weak"] == true {
+                    " (weak: node addresses)"
+                } else {
+                    ""
+                };
+                table.push_str(&format!("  {namespace:<24} {}{weak}\n", nets.join(" ")));
+            }
+        }
+        for warning in egress["warnings"].as_array().into_iter().flatten() {
+            table.push_str(&format!(
+                "  warning {}: {}\n",
+                warning["kind"].as_str().unwrap_or("-"),
+                warning["message"].as_str().unwrap_or("-")
+            ));
+        }
+    }
     if status["leader"] == false {
         table.push_str(
             "

@@ -286,6 +286,7 @@ mod tests {
                     NamespaceInfo {
                         name: namespace.into(),
                         labels,
+                        annotations: Default::default(),
                     },
                     0,
                     Seen::Listed,

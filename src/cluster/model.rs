@@ -110,6 +110,8 @@ pub struct Pod {
     /// `metadata.creationTimestamp` in epoch milliseconds, `i64::MIN` when unknown.
     created_ms: i64,
     host_network: bool,
+    /// The annotations the model keeps (`objects::KEPT_ANNOTATIONS`); empty for most pods.
+    annotations: LabelList,
 }
 
 impl Pod {
@@ -131,6 +133,7 @@ impl Pod {
             },
             created_ms: pod.created_ms.unwrap_or(i64::MIN),
             host_network: pod.host_network,
+            annotations: pod.annotations.into(),
         }
     }
 
@@ -167,6 +170,10 @@ impl Pod {
     pub fn host_network(&self) -> bool {
         self.host_network
     }
+    /// The kept annotations (`objects::KEPT_ANNOTATIONS`).
+    pub fn annotations(&self) -> &LabelList {
+        &self.annotations
+    }
 }
 
 impl Labels for Pod {
@@ -175,10 +182,11 @@ impl Labels for Pod {
     }
 }
 
-/// A namespace: its labels.
-#[derive(Debug)]
+/// A namespace: its labels and kept annotations (`objects::KEPT_ANNOTATIONS`).
+#[derive(Debug, PartialEq, Eq)]
 pub struct Namespace {
     pub labels: LabelList,
+    pub annotations: LabelList,
 }
 
 /// A service: its addresses and the pods it selects.
@@ -417,16 +425,14 @@ impl Model {
     }
 
     pub fn apply_namespace(&mut self, namespace: NamespaceInfo, now_ms: i64, seen: Seen) {
-        let labels = LabelList::from(namespace.labels);
-        if self
-            .namespaces
-            .get(&namespace.name)
-            .is_some_and(|existing| existing.labels == labels)
-        {
+        let kept = Namespace {
+            labels: namespace.labels.into(),
+            annotations: namespace.annotations.into(),
+        };
+        if self.namespaces.get(&namespace.name) == Some(&kept) {
             return;
         }
-        self.namespaces
-            .insert(namespace.name.clone(), Namespace { labels });
+        self.namespaces.insert(namespace.name.clone(), kept);
         self.dispatch(Applied::Namespace(namespace.name), now_ms, seen);
     }
 

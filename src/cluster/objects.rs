@@ -45,6 +45,8 @@ pub struct PodInfo {
     pub terminated: bool,
     /// `metadata.creationTimestamp`, epoch milliseconds.
     pub created_ms: Option<i64>,
+    /// The annotations the model keeps ([`KEPT_ANNOTATIONS`]).
+    pub annotations: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -70,6 +72,23 @@ pub struct NodeInfo {
 pub struct NamespaceInfo {
     pub name: String,
     pub labels: BTreeMap<String, String>,
+    /// The annotations the model keeps ([`KEPT_ANNOTATIONS`]).
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The annotations (by key prefix) the model keeps on pods and namespaces: those that decide
+/// which egress gateway a pod leaves through and which addresses a gateway pod has, for egress
+/// identities. Every other annotation is skipped unread.
+pub const KEPT_ANNOTATIONS: &[&str] = &[
+    "egress.projectcalico.org/",
+    "cni.projectcalico.org/awsElasticIPs",
+    "kubernetes.azure.com/static-gateway-configuration",
+];
+
+fn kept_annotation(key: &str) -> bool {
+    KEPT_ANNOTATIONS
+        .iter()
+        .any(|prefix| key.starts_with(prefix))
 }
 
 /// A Calico policy, for the pods its selector picks (its rules are not kept).
@@ -170,8 +189,8 @@ enum KubeObject {
 }
 
 /// Reads `metadata`, keeping only what enrichment and the watches use: name, namespace, UID,
-/// resource version, labels, owner references and timestamps. Annotations and managed fields
-/// are skipped unread.
+/// resource version, labels, owner references, timestamps and the [`KEPT_ANNOTATIONS`]. Other
+/// annotations and managed fields are skipped unread.
 fn trimmed_meta<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D::Error> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
@@ -181,6 +200,8 @@ fn trimmed_meta<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta
         uid: Option<String>,
         resource_version: Option<String>,
         labels: Option<BTreeMap<String, String>>,
+        #[serde(default, deserialize_with = "kept_annotations")]
+        annotations: Option<BTreeMap<String, String>>,
         owner_references: Option<Vec<OwnerReference>>,
         creation_timestamp: Option<Time>,
         deletion_timestamp: Option<Time>,
@@ -203,6 +224,7 @@ fn trimmed_meta<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta
         uid: meta.uid,
         resource_version: meta.resource_version,
         labels: meta.labels,
+        annotations: meta.annotations,
         owner_references: meta.owner_references.map(|references| {
             references
                 .into_iter()
@@ -220,6 +242,48 @@ fn trimmed_meta<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta
         deletion_timestamp: meta.deletion_timestamp,
         ..ObjectMeta::default()
     })
+}
+
+/// The kept annotations of a `metadata.annotations` map, reading the others' values without
+/// allocating them.
+fn kept_annotations<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    struct Kept;
+    impl<'de> serde::de::Visitor<'de> for Kept {
+        type Value = Option<BTreeMap<String, String>>;
+        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            formatter.write_str("a map of annotations")
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, inner: D) -> Result<Self::Value, D::Error> {
+            inner.deserialize_map(self)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut kept = BTreeMap::new();
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if kept_annotation(&key) {
+                    kept.insert(key.into_owned(), map.next_value::<String>()?);
+                } else {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+            Ok((!kept.is_empty()).then_some(kept))
+        }
+    }
+    deserializer.deserialize_option(Kept)
+}
+
+fn annotations(meta: &mut ObjectMeta) -> BTreeMap<String, String> {
+    meta.annotations.take().unwrap_or_default()
 }
 
 fn name(meta: &mut ObjectMeta) -> String {
@@ -301,6 +365,7 @@ impl From<KubePod> for PodInfo {
                 .unwrap_or_else(|| format!("{namespace}/{name}")),
             created_ms: created_ms(meta),
             labels: labels(meta),
+            annotations: annotations(meta),
             name,
             namespace,
             node: pod.spec.node_name,
@@ -432,6 +497,7 @@ impl From<KubeNamespace> for NamespaceInfo {
         NamespaceInfo {
             name: name(&mut namespace.metadata),
             labels: labels(&mut namespace.metadata),
+            annotations: annotations(&mut namespace.metadata),
         }
     }
 }

@@ -7,6 +7,8 @@
 //! (re)list ends with a reconciliation: objects the list no longer has are deleted from the
 //! model, so a missed delete event cannot leak. When every initial list is in, the model's
 //! gate opens and readiness clears.
+//!
+//! [`reflect`] watches kinds outside the model for the consumer that needs them whole.
 
 use std::collections::HashSet;
 use std::fmt::Debug;
@@ -32,6 +34,47 @@ use super::objects::{KubeJob, KubeNamespace, KubeNode, KubePod, KubeService};
 use super::{Cluster, WatchScope};
 use crate::k8s::calico::PolicySelector;
 use crate::telemetry::{self, Readiness};
+
+/// Reflectors for kinds the model does not hold, for the one consumer that reads them (the
+/// egress mechanisms' objects, for egress identities): one watch per kind, its objects kept
+/// whole in the returned store, each change waking `changed`, until `stop`. A failing watch
+/// retries with backoff and is logged.
+pub fn reflect(
+    client: &kube::Client,
+    kinds: Vec<kube::api::ApiResource>,
+    changed: &Arc<tokio::sync::Notify>,
+    stop: &CancellationToken,
+) -> Vec<kube::runtime::reflector::Store<kube::api::DynamicObject>> {
+    use kube::runtime::reflector;
+    let mut stores = Vec::new();
+    for kind in kinds {
+        let api = Api::<kube::api::DynamicObject>::all_with(client.clone(), &kind);
+        let plural = kind.plural.clone();
+        let writer = reflector::store::Writer::new(kind);
+        stores.push(writer.as_reader());
+        let stream =
+            reflector(writer, watcher::watcher(api, watcher::Config::default())).default_backoff();
+        let changed = changed.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                let event = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    event = stream.next() => event,
+                };
+                match event {
+                    Some(Ok(_)) => changed.notify_one(),
+                    Some(Err(error)) => {
+                        tracing::warn!(error = %telemetry::ErrorChain(&error), resource = plural, "a watch failed; retrying")
+                    }
+                    None => return,
+                }
+            }
+        });
+    }
+    stores
+}
 
 /// Implements `kube::Resource` for a trimmed type by borrowing the resource identity of the
 /// full `k8s-openapi` type.

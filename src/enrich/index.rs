@@ -205,6 +205,7 @@ mod tests {
             namespaces: vec![NamespaceInfo {
                 name: "shop".into(),
                 labels: [("team".into(), "payments".into())].into(),
+                annotations: Default::default(),
             }],
             jobs: vec![],
             policies: vec![],

@@ -24,6 +24,8 @@ pub use labels::LabelFilter;
 pub use projection::{EndpointProjection, SharedIndex};
 pub use threat::{Matches, ThreatFeed, ThreatMatcher};
 
+use crate::egress::EgressLookup;
+
 /// Enrichment's view of the cluster: the endpoint index, kept as a projection of the model,
 /// with released addresses evicted after the grace period.
 pub struct Enrichment {
@@ -91,6 +93,9 @@ pub struct EnrichedRecord {
     pub label_workloads: [Option<Text>; 2],
     /// How the source's and the destination's addresses resolved.
     pub lookups: [Lookup; 2],
+    /// The namespaces (comma-separated) whose egress identity the source address is: the
+    /// firewall saw this address, and these namespaces are behind it.
+    pub egress_identity: Option<Arc<str>>,
 }
 
 /// Static settings of the enrichment stage.
@@ -103,6 +108,8 @@ pub struct Enricher {
     pub threats: ThreatMatcher,
     /// Which of the record's own labels are passed on (the index's are filtered when built).
     pub labels: LabelFilter,
+    /// The namespaces behind each egress address.
+    pub egress: EgressLookup,
 }
 
 impl Enricher {
@@ -161,6 +168,11 @@ impl Enricher {
                 .fold(0, |mask, ip| mask | threats.lookup(ip).0);
             threats.feeds(Matches(matches)).cloned().collect()
         };
+        let egress = self.egress.load();
+        let egress_identity = match (egress.is_empty(), flow.source.ip) {
+            (false, Some(ip)) => egress.lookup(ip).cloned(),
+            _ => None,
+        };
         EnrichedRecord {
             flow,
             source,
@@ -170,6 +182,7 @@ impl Enricher {
             threat_feeds,
             label_workloads,
             lookups: [source_lookup, dest_lookup],
+            egress_identity,
         }
     }
 }

@@ -577,6 +577,7 @@ mod tests {
             NamespaceInfo {
                 name: "shop".into(),
                 labels: labels(&[("team", "payments")]),
+                annotations: Default::default(),
             },
             0,
             Seen::Live,
@@ -647,6 +648,7 @@ mod tests {
             NamespaceInfo {
                 name: "shop".into(),
                 labels: labels(&[("kubernetes.io/metadata.name", "shop"), ("team", "a")]),
+                annotations: Default::default(),
             },
             0,
             Seen::Listed,

@@ -21,6 +21,23 @@
 use std::fmt;
 
 use crate::cluster::{Labels, Selects};
+use crate::k8s::calico::labels::NAME as NAME_LABEL;
+
+/// A namespace's labels as Calico selectors see them (a `namespaceSelector`): its own, and its
+/// name as `projectcalico.org/name`.
+pub struct NamespaceLabels<'a> {
+    pub name: &'a str,
+    pub labels: &'a dyn Labels,
+}
+
+impl Labels for NamespaceLabels<'_> {
+    fn label(&self, key: &str) -> Option<&str> {
+        match key {
+            NAME_LABEL => Some(self.name),
+            _ => self.labels.label(key),
+        }
+    }
+}
 
 /// The longest selector accepted.
 pub const MAX_LENGTH: usize = 4096;

@@ -139,6 +139,7 @@ pub fn default_fields() -> Vec<CefField> {
         field("cs4", DestLabels, Some("dstLabels")),
         field("cs5", Policies, Some("policy")),
         field("cs6", ThreatFeeds, Some("threatFeeds")),
+        field("egressIdentity", EgressIdentity, None),
         field("flexString1", SourceWorkload, Some("srcWorkload")),
         field("flexString2", DestWorkload, Some("dstWorkload")),
         field("destinationServiceName", DestService, None),
@@ -791,6 +792,44 @@ mod tests {
                 .contains("|threat-match|Flow matched a threat feed|8|"),
             "the class severity when no feed sets one"
         );
+    }
+
+    #[test]
+    fn a_flow_from_an_egress_address_names_the_namespaces_behind_it() {
+        use crate::egress::{EgressIndex, EgressLookup, EgressSnapshot, Published};
+        let mut snapshot = EgressSnapshot::default();
+        for namespace in ["payments", "billing"] {
+            snapshot.identities.insert(
+                namespace.into(),
+                Published {
+                    nets: ["192.0.2.10/32".parse().unwrap()].into(),
+                    ..Published::default()
+                },
+            );
+        }
+        let egress = EgressLookup::default();
+        egress.store(EgressIndex::new(&snapshot));
+        let enricher = Enricher {
+            egress,
+            ..Enricher::default()
+        };
+        let line = r#"{"start_time":1,"end_time":2,"source_ip":"192.0.2.10","dest_ip":"203.0.113.66","dest_port":443,"proto":"tcp","action":"allow","reporter":"src"}"#;
+        let record = enricher.enrich(calico::parse_str(line).unwrap(), &EndpointIndex::default());
+        let mut out = Vec::new();
+        CefEncoder::new(&CefConfig::default(), None).encode(&record, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with(" egressIdentity=billing,payments"), "{text}");
+        // The destination being an egress address says nothing about who sent the flow.
+        let reply = enricher.enrich(
+            calico::parse_str(&line.replace("192.0.2.10", "203.0.113.1").replacen(
+                "203.0.113.66",
+                "192.0.2.10",
+                1,
+            ))
+            .unwrap(),
+            &EndpointIndex::default(),
+        );
+        assert!(reply.egress_identity.is_none());
     }
 
     #[test]

@@ -99,6 +99,9 @@ pub enum FlowField {
     ClusterName,
     /// Names of the threat feeds that list the source or destination address, comma-joined.
     ThreatFeeds,
+    /// The namespaces, comma-joined, whose egress identity the source address is: who is
+    /// behind an egress gateway's address.
+    EgressIdentity,
 }
 
 /// The type of a field's value, for checking it against a key's declared type.
@@ -223,6 +226,7 @@ impl FlowField {
             Reporter => text(Some(flow.reporter.as_str())),
             ReportingNode => text(record.reporting_node.as_deref()),
             ClusterName => text(cluster_name),
+            EgressIdentity => text(record.egress_identity.as_deref()),
             ThreatFeeds => match record.threat_feeds.as_slice() {
                 [] => None,
                 [feed] => Some(Value::Text(Cow::Borrowed(&feed.name))),

@@ -63,6 +63,11 @@ impl JsonEncoder {
             reporting_node: record.reporting_node.as_deref(),
             cluster: self.cluster_name.as_deref(),
             threat_feeds: record.threat_feeds.iter().map(|feed| &*feed.name).collect(),
+            egress_identity: record
+                .egress_identity
+                .as_deref()
+                .map(|namespaces| namespaces.split(',').collect())
+                .unwrap_or_default(),
         };
         serde_json::to_writer(out, &view).expect("serializing to a Vec cannot fail");
     }
@@ -111,6 +116,9 @@ struct JsonRecord<'a> {
     cluster: Option<&'a str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     threat_feeds: Vec<&'a str>,
+    /// The namespaces whose egress identity the source address is.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    egress_identity: Vec<&'a str>,
 }
 
 #[derive(Serialize)]

@@ -47,6 +47,7 @@ pub const ATTRIBUTES: &[(&str, FlowField)] = {
         ("dstNode", DestNode),
         ("dstService", DestService),
         ("threatFeeds", ThreatFeeds),
+        ("egressIdentity", EgressIdentity),
         ("policy", Policies),
         ("srcLabels", SourceLabels),
         ("dstLabels", DestLabels),

@@ -13,6 +13,7 @@ pub mod fortimanager;
 pub mod http;
 pub mod kafka;
 pub mod kube_api;
+pub mod kubernetes_schemas;
 pub mod panorama;
 pub mod pki;
 pub mod receivers;
@@ -199,6 +200,15 @@ pub fn metric(port: u16, series: &str) -> Option<f64> {
     let (_, text) = http_get(port, "/metrics");
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// A loopback port free now, for a peer that must be told its port before it binds.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The repository root (tests run with it as the working directory).

@@ -10,7 +10,7 @@
 //! (code 10) waits for the next reconcile. A commit or push that cannot start (another commit
 //! in progress, a configuration lock) is retried later.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -195,6 +195,75 @@ impl StaticObjects {
         }
     }
 
+    /// Dynamic address groups in the device group, name -> tag filter (for User-ID tags): each
+    /// created or updated where its name is free or threatflow's, threatflow's others deleted.
+    /// Only what differs from the candidate is written; [`Target::publish`] then commits and
+    /// pushes it. Returns the outcome of each write, by name.
+    pub async fn sync_dynamic_groups(
+        &mut self,
+        wanted: &BTreeMap<String, String>,
+    ) -> Result<Vec<(String, OpOutcome)>, TargetError> {
+        let owned = self.read_dynamic().await?;
+        let marker = escape(self.settings.marker.comment());
+        let mut outcomes = Vec::new();
+        for (name, filter) in wanted {
+            if owned.get(name) == Some(filter) {
+                continue;
+            }
+            let holder = self.holder("address-group", name).await?;
+            let ours = holder
+                .as_ref()
+                .is_some_and(|description| self.settings.marker.owns(description.as_deref()));
+            let outcome = match holder {
+                Some(owner) if !ours => OpOutcome::Conflict { owner },
+                _ => {
+                    let element = format!(
+                        "<entry name=\"{}\"><dynamic><filter>{}</filter></dynamic><description>{marker}</description></entry>",
+                        escape(name),
+                        escape(filter)
+                    );
+                    let xpath = self.entry_xpath("address-group", name);
+                    self.write("edit", &xpath, &element).await?
+                }
+            };
+            outcomes.push((name.clone(), outcome));
+        }
+        for name in owned.keys().filter(|name| !wanted.contains_key(*name)) {
+            let op = Op::DeleteGroup {
+                family: Family::V4,
+                name: name.clone(),
+            };
+            let outcome = self.apply_op(&op).await?;
+            outcomes.push((name.clone(), outcome));
+        }
+        Ok(outcomes)
+    }
+
+    /// threatflow's dynamic address groups in the candidate: name -> filter.
+    async fn read_dynamic(&mut self) -> Result<BTreeMap<String, String>, TargetError> {
+        let body = self
+            .entries(&format!("{}/address-group", self.scope()))
+            .await?;
+        if body.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let document = Document::parse(&body)
+            .map_err(|error| TargetError::Protocol(format!("not XML: {error}")))?;
+        Ok(document
+            .descendants()
+            .filter(|node| node.has_tag_name("entry"))
+            .filter(|entry| {
+                self.settings
+                    .marker
+                    .owns(text(child(*entry, "description")).as_deref())
+            })
+            .filter_map(|entry| {
+                let filter = text(child(child(entry, "dynamic")?, "filter"))?;
+                Some((entry.attribute("name")?.to_owned(), filter))
+            })
+            .collect())
+    }
+
     /// The objects in the candidate that carry the marker.
     async fn read_owned(&mut self) -> Result<Objects, TargetError> {
         let mut objects = Objects::default();
@@ -211,6 +280,8 @@ impl StaticObjects {
             Ok(document
                 .descendants()
                 .filter(|node| node.has_tag_name("entry"))
+                // Dynamic groups (User-ID mode's) are not static objects.
+                .filter(|entry| child(*entry, "dynamic").is_none())
                 .filter(|entry| {
                     self.settings
                         .marker
