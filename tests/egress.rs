@@ -386,3 +386,45 @@ async fn calico_enterprise_gateways_and_a_missing_policy() {
     .await;
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_fails_is_reported_and_the_groups_go_out_regardless() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = KubeApi::start().await;
+    // Calico Enterprise named in the config, but its egress kinds are not served here.
+    api.install_group("operator.tigera.io");
+    seed_nodes(&api);
+    api.seed("namespaces", namespace("shop", json!({}), json!({})));
+    api.seed(
+        "pods",
+        pod(
+            "shop",
+            "web-1",
+            &["10.244.1.5"],
+            json!({"app": "web"}),
+            "worker",
+        ),
+    );
+    let fortigate = fgt::FortiGate::start(dir.path(), fgt::Knobs::default()).await;
+    let yaml = format!(
+        "cluster_name: prod\nfirewall:\n  debounce_ms: 100\n  groups:\n    - {{name: web, selector: \"app == 'web'\"}}\n  egress_identities: {{mechanism: calico}}\n  fortigate:\n{}",
+        fortigate_yaml(&fortigate, dir.path()),
+    );
+    let daemon = common::daemon::InProcess::start(&yaml, Some(api.client())).await;
+    common::eventually(
+        "the configured group, egress identities or not",
+        WAIT,
+        || fortigate.members("addrgrp", "web") == ["prod.shop.web-1"],
+    )
+    .await;
+    let status = status(daemon.port).await;
+    let error = status["egress_identities"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        error.contains("felixconfigurations") && error.contains("ippools"),
+        "{status}"
+    );
+    daemon.stop().await;
+}

@@ -50,7 +50,8 @@ impl Published {
     }
 
     /// Adds each namespace's egress identity as a group `<prefix><namespace>` (IPv4 and IPv6
-    /// apart, as every group), its addresses named `<cluster>.egress.<address>`. A configured
+    /// apart, as every group; a family only where it has addresses), its addresses named
+    /// `<cluster>.egress.<address>`. A configured
     /// group of the same name wins; the identity is reported as skipped.
     pub fn add_egress(&mut self, snapshot: &EgressSnapshot, prefix: &str, cluster: &str) {
         for (namespace, identity) in &snapshot.identities {
@@ -62,10 +63,7 @@ impl Published {
                 );
                 continue;
             }
-            let mut group = Group {
-                families: vec![Family::V4, Family::V6],
-                members: BTreeMap::new(),
-            };
+            let mut group = Group::default();
             for net in &identity.nets {
                 let (family, address) = match net {
                     IpNet::V4(_) => (Family::V4, net.addr().to_string()),
@@ -81,6 +79,8 @@ impl Published {
                     .or_default()
                     .insert(format!("{cluster}.egress.{address}"), *net);
             }
+            // A family the identity has no address in gets no group.
+            group.families = group.members.keys().copied().collect();
             self.egress.insert(name.clone());
             self.groups.insert(name, group);
         }
@@ -112,7 +112,11 @@ impl Published {
         for members in group.members.values() {
             let unique: BTreeSet<&IpNet> = members.values().collect();
             for net in unique {
-                text.push_str(&net.addr().to_string());
+                // A single address as itself; a range (an egress pool) as its CIDR.
+                match net.prefix_len() == net.max_prefix_len() {
+                    true => text.push_str(&net.addr().to_string()),
+                    false => text.push_str(&net.to_string()),
+                }
                 text.push('\n');
             }
         }
@@ -581,6 +585,35 @@ groups:
             ["k8s.shop.web-1", "k8s.shop.web-2"]
         );
         assert!(published.skipped["default.broken"].contains("not a Calico selector"));
+    }
+
+    #[test]
+    fn egress_identities_are_groups_every_target_gets_with_ranges_listed_as_cidrs() {
+        let mut snapshot = EgressSnapshot::default();
+        snapshot.identities.insert(
+            "payments".into(),
+            crate::egress::Published {
+                nets: ["192.0.2.10/32", "198.51.100.0/28"]
+                    .iter()
+                    .map(|net| net.parse().unwrap())
+                    .collect(),
+                ..Default::default()
+            },
+        );
+        let mut published = Published::default();
+        published.add_egress(&snapshot, "egress.", "prod");
+        assert_eq!(
+            published.list("egress.payments").unwrap(),
+            "192.0.2.10\n198.51.100.0/28\n"
+        );
+        let wanted: BTreeSet<String> = ["web".to_owned()].into();
+        let specs = published.specs(Some(&wanted));
+        assert_eq!(specs.len(), 1, "IPv4 only: no empty .v6 group");
+        assert_eq!(specs[0].name, "egress.payments");
+        assert_eq!(
+            specs[0].members.keys().collect::<Vec<_>>(),
+            ["prod.egress.192.0.2.10", "prod.egress.198.51.100.0_28"]
+        );
     }
 
     #[test]

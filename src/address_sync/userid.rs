@@ -236,6 +236,35 @@ impl UserIdRunner {
             }
             known.registered = Some(actual);
         }
+        if let Some(dynamic_groups) = &mut self.dynamic_groups {
+            let wanted: BTreeMap<String, String> = published
+                .groups
+                .keys()
+                .filter(|name| published.wanted(name, self.groups.as_ref()))
+                .map(|name| {
+                    (
+                        fit_name(name, DAG_NAME_MAX),
+                        format!("'{}'", tag(&self.prefix, name)),
+                    )
+                })
+                .collect();
+            if full || known.dynamic_groups.as_ref() != Some(&wanted) {
+                // The groups are the firewall team's convenience: a commit that cannot go
+                // through now (an admin's lock, a failed push) never holds up the tags; it is
+                // tried again at the next reconcile.
+                match sync_dynamic_groups(dynamic_groups, &wanted).await {
+                    Ok(conflicts) => {
+                        refused.extend(conflicts);
+                        known.dynamic_groups = Some(wanted);
+                    }
+                    Err(error) => {
+                        tracing::warn!(target_name = %self.name, error = %error, "the dynamic address groups could not be committed; retrying at the next reconcile");
+                        refused.push(("dynamic address groups".into(), error.to_string()));
+                        known.dynamic_groups = None;
+                    }
+                }
+            }
+        }
         let current = known.registered.clone().unwrap_or_default();
         let register = if refresh {
             desired.clone()
@@ -265,36 +294,6 @@ impl UserIdRunner {
         }
         if refresh {
             known.refreshed = Some(tokio::time::Instant::now());
-        }
-        if let Some(dynamic_groups) = &mut self.dynamic_groups {
-            let wanted: BTreeMap<String, String> = published
-                .groups
-                .keys()
-                .filter(|name| published.wanted(name, self.groups.as_ref()))
-                .map(|name| {
-                    (
-                        fit_name(name, DAG_NAME_MAX),
-                        format!("'{}'", tag(&self.prefix, name)),
-                    )
-                })
-                .collect();
-            if full || known.dynamic_groups.as_ref() != Some(&wanted) {
-                for (name, outcome) in dynamic_groups.sync_dynamic_groups(&wanted).await? {
-                    match outcome {
-                        OpOutcome::Conflict { owner } => refused.push((
-                            name,
-                            format!(
-                                "the dynamic address group's name is taken ({})",
-                                owner.unwrap_or_else(|| "no description".into())
-                            ),
-                        )),
-                        OpOutcome::Refused { reason } => refused.push((name, reason)),
-                        _ => {}
-                    }
-                }
-                dynamic_groups.publish().await?;
-                known.dynamic_groups = Some(wanted);
-            }
         }
         let mut registered = desired;
         for (ip, _) in &refused {
@@ -328,6 +327,30 @@ impl UserIdRunner {
         });
         Ok(())
     }
+}
+
+/// Makes the dynamic address groups hold `wanted` (name -> filter), commits and pushes them;
+/// returns the names held by someone else, with why.
+async fn sync_dynamic_groups(
+    dynamic_groups: &mut StaticObjects,
+    wanted: &BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>, TargetError> {
+    let mut refused = Vec::new();
+    for (name, outcome) in dynamic_groups.sync_dynamic_groups(wanted).await? {
+        match outcome {
+            OpOutcome::Conflict { owner } => refused.push((
+                name,
+                format!(
+                    "the dynamic address group's name is taken ({})",
+                    owner.unwrap_or_else(|| "no description".into())
+                ),
+            )),
+            OpOutcome::Refused { reason } => refused.push((name, reason)),
+            _ => {}
+        }
+    }
+    dynamic_groups.publish().await?;
+    Ok(refused)
 }
 
 /// The tags of `a` that `b` does not have, per address.

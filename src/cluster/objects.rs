@@ -77,11 +77,10 @@ pub struct NamespaceInfo {
 }
 
 /// The annotations (by key prefix) the model keeps on pods and namespaces: those that decide
-/// which egress gateway a pod leaves through and which addresses a gateway pod has, for egress
-/// identities. Every other annotation is skipped unread.
+/// which egress gateway a pod leaves through, for egress identities. Every other annotation is
+/// skipped unread.
 pub const KEPT_ANNOTATIONS: &[&str] = &[
     "egress.projectcalico.org/",
-    "cni.projectcalico.org/awsElasticIPs",
     "kubernetes.azure.com/static-gateway-configuration",
 ];
 

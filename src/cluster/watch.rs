@@ -35,23 +35,34 @@ use super::{Cluster, WatchScope};
 use crate::k8s::calico::PolicySelector;
 use crate::telemetry::{self, Readiness};
 
+/// A reflector over a kind the model does not hold: its store, and the last error of its
+/// watch (`None` once it lists or streams again).
+pub struct Reflected {
+    pub store: kube::runtime::reflector::Store<kube::api::DynamicObject>,
+    pub error: Arc<Mutex<Option<String>>>,
+}
+
 /// Reflectors for kinds the model does not hold, for the one consumer that reads them (the
 /// egress mechanisms' objects, for egress identities): one watch per kind, its objects kept
-/// whole in the returned store, each change waking `changed`, until `stop`. A failing watch
-/// retries with backoff and is logged.
+/// whole in the store, each change waking `changed`, until `stop`. A failing watch retries
+/// with backoff; its error is logged and kept in [`Reflected::error`].
 pub fn reflect(
     client: &kube::Client,
     kinds: Vec<kube::api::ApiResource>,
     changed: &Arc<tokio::sync::Notify>,
     stop: &CancellationToken,
-) -> Vec<kube::runtime::reflector::Store<kube::api::DynamicObject>> {
+) -> Vec<Reflected> {
     use kube::runtime::reflector;
-    let mut stores = Vec::new();
+    let mut reflected = Vec::new();
     for kind in kinds {
         let api = Api::<kube::api::DynamicObject>::all_with(client.clone(), &kind);
         let plural = kind.plural.clone();
         let writer = reflector::store::Writer::new(kind);
-        stores.push(writer.as_reader());
+        let error = Arc::new(Mutex::new(None));
+        reflected.push(Reflected {
+            store: writer.as_reader(),
+            error: error.clone(),
+        });
         let stream =
             reflector(writer, watcher::watcher(api, watcher::Config::default())).default_backoff();
         let changed = changed.clone();
@@ -64,16 +75,22 @@ pub fn reflect(
                     event = stream.next() => event,
                 };
                 match event {
-                    Some(Ok(_)) => changed.notify_one(),
-                    Some(Err(error)) => {
-                        tracing::warn!(error = %telemetry::ErrorChain(&error), resource = plural, "a watch failed; retrying")
+                    Some(Ok(_)) => {
+                        *error.lock() = None;
+                        changed.notify_one();
+                    }
+                    Some(Err(failure)) => {
+                        let text = telemetry::ErrorChain(&failure).to_string();
+                        tracing::warn!(error = %text, resource = plural, "a watch failed; retrying");
+                        *error.lock() = Some(text);
+                        changed.notify_one();
                     }
                     None => return,
                 }
             }
         });
     }
-    stores
+    reflected
 }
 
 /// Implements `kube::Resource` for a trimmed type by borrowing the resource identity of the

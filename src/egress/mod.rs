@@ -27,8 +27,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
-use kube::runtime::reflector;
+use kube::api::{ApiResource, GroupVersionKind};
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family as MetricFamily;
@@ -38,6 +37,7 @@ use serde::Serialize;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::watch::Reflected;
 use crate::cluster::Cluster;
 use crate::deps::Deps;
 use crate::net::backoff::Backoff;
@@ -81,6 +81,8 @@ pub struct Keeper {
     ttl_ms: i64,
     /// Namespace -> address -> last resolved (epoch ms).
     seen: BTreeMap<String, BTreeMap<IpNet, i64>>,
+    /// Namespace -> whether it was weak, and where it came from, when last resolved.
+    last: BTreeMap<String, (bool, BTreeSet<String>)>,
 }
 
 impl Keeper {
@@ -88,29 +90,39 @@ impl Keeper {
         Keeper {
             ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
             seen: BTreeMap::new(),
+            last: BTreeMap::new(),
         }
     }
 
-    /// What each namespace's group holds after `resolution` at `now_ms`.
-    pub fn update(
-        &mut self,
-        resolution: &Resolution,
-        now_ms: i64,
-    ) -> BTreeMap<String, BTreeSet<IpNet>> {
+    /// What each namespace's group holds after `resolution` at `now_ms`: its addresses, and
+    /// whether it is weak and where it came from as last resolved.
+    pub fn update(&mut self, resolution: &Resolution, now_ms: i64) -> BTreeMap<String, Published> {
         for (namespace, identity) in &resolution.identities {
             let seen = self.seen.entry(namespace.clone()).or_default();
             for net in identity.nets() {
                 seen.insert(net, now_ms);
             }
+            self.last
+                .insert(namespace.clone(), (identity.weak, identity.via.clone()));
         }
         let ttl_ms = self.ttl_ms;
         for seen in self.seen.values_mut() {
             seen.retain(|_, last| now_ms.saturating_sub(*last) <= ttl_ms);
         }
         self.seen.retain(|_, seen| !seen.is_empty());
+        self.last
+            .retain(|namespace, _| self.seen.contains_key(namespace));
         self.seen
             .iter()
-            .map(|(namespace, seen)| (namespace.clone(), seen.keys().copied().collect()))
+            .map(|(namespace, seen)| {
+                let (weak, via) = self.last.get(namespace).cloned().unwrap_or_default();
+                let published = Published {
+                    nets: seen.keys().copied().collect(),
+                    weak,
+                    via,
+                };
+                (namespace.clone(), published)
+            })
             .collect()
     }
 
@@ -156,14 +168,25 @@ impl EgressIndex {
         index
     }
 
-    /// The namespaces (comma-separated) whose egress identity `ip` is.
-    pub fn lookup(&self, ip: IpAddr) -> Option<&Arc<str>> {
-        self.addresses.get(&ip).or_else(|| {
+    /// The namespaces (comma-separated) whose egress identity `ip` is: every one whose
+    /// address or range holds it.
+    pub fn lookup(&self, ip: IpAddr) -> Option<Arc<str>> {
+        let mut found: Vec<&Arc<str>> = self.addresses.get(&ip).into_iter().collect();
+        found.extend(
             self.ranges
                 .iter()
-                .find(|(net, _)| net.contains(&ip))
-                .map(|(_, names)| names)
-        })
+                .filter(|(net, _)| net.contains(&ip))
+                .map(|(_, names)| names),
+        );
+        match found.as_slice() {
+            [] => None,
+            [one] => Some(Arc::clone(one)),
+            many => {
+                let names: BTreeSet<&str> =
+                    many.iter().flat_map(|names| names.split(',')).collect();
+                Some(names.into_iter().collect::<Vec<_>>().join(",").into())
+            }
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -270,7 +293,7 @@ impl EgressMetrics {
 pub struct EgressStatus {
     /// The mechanism read, once known.
     pub mechanism: Option<Mechanism>,
-    /// Why identities cannot be resolved now (discovery or a watch failing).
+    /// Why identities cannot be (fully) resolved now: discovery failing, or watches failing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub identities: BTreeMap<String, Published>,
@@ -387,8 +410,13 @@ pub async fn detect(client: &kube::Client) -> Result<Option<Mechanism>, kube::Er
     Ok(Mechanism::detect(&served))
 }
 
-/// One reflector store per object kind the mechanism is resolved from.
-type Stores = Vec<(Resource, reflector::Store<DynamicObject>)>;
+/// One reflector per object kind the mechanism is resolved from.
+type Stores = Vec<(Resource, Reflected)>;
+
+/// How long the first resolution waits for the kinds' first lists (all together); a kind whose
+/// watch fails (its API not served, or not permitted) is resolved without, and named in the
+/// status.
+const FIRST_LIST_WAIT: Duration = Duration::from_secs(10);
 
 struct Resolver {
     config: EgressConfig,
@@ -429,11 +457,14 @@ impl Resolver {
             _ = stop.cancelled() => return,
             _ = self.cluster.gate().wait() => {}
         }
-        for (resource, store) in &stores {
+        let deadline = tokio::time::Instant::now() + FIRST_LIST_WAIT;
+        for (resource, reflected) in &stores {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                ready = store.wait_until_ready() => if ready.is_err() {
-                    tracing::warn!(resource = resource.api().3, "an egress watch ended before its first list");
+                ready = tokio::time::timeout_at(deadline, reflected.store.wait_until_ready()) => {
+                    if !matches!(ready, Ok(Ok(()))) {
+                        tracing::warn!(resource = resource.api().3, "an egress watch has not listed; resolving without it");
+                    }
                 }
             }
         }
@@ -465,7 +496,7 @@ impl Resolver {
         }
         let client = self.client.as_ref().expect("auto detection has a client");
         Ok(detect(client).await?.unwrap_or_else(|| {
-            tracing::warn!("the cluster serves no egress gateway API: namespaces leave through their nodes' addresses");
+            tracing::warn!("the cluster serves no egress gateway API: namespaces leave through their nodes' addresses (published with node_fallback)");
             Mechanism::Node
         }))
     }
@@ -478,8 +509,21 @@ impl Resolver {
 
     fn resolve(&mut self, mechanism: Mechanism, stores: &Stores) {
         let mut objects = EgressObjects::default();
-        for (resource, store) in stores {
-            for object in store.state() {
+        let failing: Vec<String> = stores
+            .iter()
+            .filter_map(|(resource, reflected)| {
+                let error = reflected.error.lock().clone()?;
+                Some(format!("{}: {error}", resource.api().3))
+            })
+            .collect();
+        self.set_error((!failing.is_empty()).then(|| {
+            format!(
+                "watches failing (their objects are left out): {}",
+                failing.join("; ")
+            )
+        }));
+        for (resource, reflected) in stores {
+            for object in reflected.store.state() {
                 match serde_json::to_value(&*object) {
                     Ok(value) => objects.add(*resource, &value),
                     Err(error) => tracing::warn!(%error, "an egress object cannot be read"),
@@ -488,25 +532,11 @@ impl Resolver {
         }
         let resolution = resolve::resolve(mechanism, &self.cluster.read(), &objects, &self.config);
         let now_ms = self.cluster.clock().now_ms();
-        let kept = self.keeper.update(&resolution, now_ms);
-        let mut snapshot = EgressSnapshot {
+        let snapshot = EgressSnapshot {
             mechanism: Some(mechanism),
-            identities: BTreeMap::new(),
-            warnings: resolution.warnings.clone(),
+            identities: self.keeper.update(&resolution, now_ms),
+            warnings: resolution.warnings,
         };
-        for (namespace, nets) in kept {
-            let resolved = resolution.identities.get(&namespace);
-            snapshot.identities.insert(
-                namespace,
-                Published {
-                    nets,
-                    weak: resolved.is_some_and(|identity| identity.weak),
-                    via: resolved
-                        .map(|identity| identity.via.clone())
-                        .unwrap_or_default(),
-                },
-            );
-        }
         let previous = self.sender.borrow().clone();
         if previous.as_deref() == Some(&snapshot) {
             return;
@@ -559,8 +589,13 @@ fn watch_objects(
             ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
         })
         .collect();
-    let stores = crate::cluster::watch::reflect(client, kinds, changed, stop);
-    mechanism.resources().iter().copied().zip(stores).collect()
+    let reflected = crate::cluster::watch::reflect(client, kinds, changed, stop);
+    mechanism
+        .resources()
+        .iter()
+        .copied()
+        .zip(reflected)
+        .collect()
 }
 
 #[cfg(test)]
@@ -580,19 +615,40 @@ mod tests {
             .collect()
     }
 
+    fn kept(
+        keeper: &mut Keeper,
+        resolution: &Resolution,
+        now_ms: i64,
+    ) -> BTreeMap<String, BTreeSet<IpNet>> {
+        keeper
+            .update(resolution, now_ms)
+            .into_iter()
+            .map(|(namespace, published)| (namespace, published.nets))
+            .collect()
+    }
+
     #[test]
     fn an_address_stays_for_the_ttl_after_it_was_last_resolved() {
         let mut keeper = Keeper::new(Duration::from_secs(60));
-        let kept = keeper.update(&resolution("payments", &["192.0.2.10"]), 0);
-        assert_eq!(kept["payments"], nets(&["192.0.2.10"]));
-        // Failover: the status is briefly empty, then names another address.
-        let kept = keeper.update(&Resolution::default(), 5_000);
-        assert_eq!(kept["payments"], nets(&["192.0.2.10"]));
-        let kept = keeper.update(&resolution("payments", &["192.0.2.11"]), 10_000);
+        let mut weak = resolution("payments", &["192.0.2.10"]);
+        weak.identities.get_mut("payments").unwrap().weak = true;
+        let first = keeper.update(&weak, 0);
+        assert_eq!(first["payments"].nets, nets(&["192.0.2.10"]));
+        // Failover: the status is briefly empty, then names another address; a kept
+        // identity keeps what it was (weak).
+        let during = keeper.update(&Resolution::default(), 5_000);
+        assert_eq!(during["payments"].nets, nets(&["192.0.2.10"]));
+        assert!(during["payments"].weak);
+        let kept = kept(
+            &mut keeper,
+            &resolution("payments", &["192.0.2.11"]),
+            10_000,
+        );
         assert_eq!(kept["payments"], nets(&["192.0.2.10", "192.0.2.11"]));
         assert_eq!(keeper.next_expiry_ms(), Some(60_001));
-        let kept = keeper.update(&resolution("payments", &["192.0.2.11"]), 60_001);
-        assert_eq!(kept["payments"], nets(&["192.0.2.11"]));
+        let after = keeper.update(&resolution("payments", &["192.0.2.11"]), 60_001);
+        assert_eq!(after["payments"].nets, nets(&["192.0.2.11"]));
+        assert!(!after["payments"].weak);
         let kept = keeper.update(&Resolution::default(), 200_000);
         assert!(kept.is_empty());
         assert_eq!(keeper.next_expiry_ms(), None);
@@ -610,9 +666,10 @@ mod tests {
             "payments".into(),
             published(&["192.0.2.10/32", "198.51.100.0/28"], false),
         );
-        snapshot
-            .identities
-            .insert("billing".into(), published(&["192.0.2.10/32"], false));
+        snapshot.identities.insert(
+            "billing".into(),
+            published(&["192.0.2.10/32", "198.51.100.0/30"], false),
+        );
         snapshot
             .identities
             .insert("web".into(), published(&["10.0.0.5/32"], true));
@@ -624,6 +681,7 @@ mod tests {
         };
         assert_eq!(lookup("192.0.2.10").as_deref(), Some("billing,payments"));
         assert_eq!(lookup("198.51.100.7").as_deref(), Some("payments"));
+        assert_eq!(lookup("198.51.100.1").as_deref(), Some("billing,payments"));
         assert_eq!(lookup("10.0.0.5"), None);
         assert_eq!(lookup("203.0.113.1"), None);
     }

@@ -17,8 +17,6 @@ pub const CALICO_SELECTOR: &str = "egress.projectcalico.org/selector";
 pub const CALICO_NAMESPACE_SELECTOR: &str = "egress.projectcalico.org/namespaceSelector";
 pub const CALICO_POLICY: &str = "egress.projectcalico.org/egressGatewayPolicy";
 pub const CALICO_MAX_NEXT_HOPS: &str = "egress.projectcalico.org/maxNextHops";
-/// The Elastic IPs Calico gives a gateway pod on AWS.
-pub const CALICO_ELASTIC_IPS: &str = "cni.projectcalico.org/awsElasticIPs";
 /// The AKS static gateway a pod opts into.
 pub const AKS_GATEWAY: &str = "kubernetes.azure.com/static-gateway-configuration";
 

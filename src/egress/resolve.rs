@@ -14,8 +14,7 @@ use ipnet::IpNet;
 
 use super::config::EgressConfig;
 use super::objects::{
-    EgressObjects, Resource, AKS_GATEWAY, CALICO_ELASTIC_IPS, CALICO_NAMESPACE_SELECTOR,
-    CALICO_POLICY, CALICO_SELECTOR,
+    EgressObjects, Resource, AKS_GATEWAY, CALICO_NAMESPACE_SELECTOR, CALICO_POLICY, CALICO_SELECTOR,
 };
 use crate::cluster::model::{LabelList, Model, Pod};
 use crate::cluster::{LabelSelector, Labels, Selects};
@@ -221,43 +220,46 @@ pub fn resolve(
     resolution
 }
 
-/// Calico Enterprise: each namespace's (and, per pod, overriding) gateway selection, the
-/// gateway pods it picks, and the addresses those leave with.
+/// Calico Enterprise: each namespace's gateway selection (and, in per-pod mode, each pod's
+/// that overrides it), resolved with Felix's precedence, the gateway pods it picks, and the
+/// addresses those leave with.
 fn calico(model: &Model, objects: &EgressObjects, resolution: &mut Resolution) {
     let per_pod = match objects.egress_ip_support.as_deref() {
         Some("EnabledPerNamespace") => false,
         Some("EnabledPerNamespaceOrPerPod") => true,
         _ => return,
     };
-    for (name, namespace) in model.namespaces() {
-        let claim = Claim::of(&namespace.annotations);
-        if !claim.is_empty() {
-            calico_claim(name, &claim, name, model, objects, resolution);
+    let mut pod_claims: BTreeMap<&str, Vec<(&Pod, Claim)>> = BTreeMap::new();
+    if per_pod {
+        for pod in model.all_pods().filter(|pod| !is_gateway(pod, objects)) {
+            let claim = Claim::of(pod.annotations());
+            if !claim.is_empty() {
+                pod_claims
+                    .entry(pod.namespace())
+                    .or_default()
+                    .push((pod, claim));
+            }
         }
     }
-    if per_pod {
-        for pod in model.all_pods() {
-            let claim = Claim::of(pod.annotations());
-            if claim.is_empty() || is_gateway(pod, objects) {
-                continue;
-            }
-            let namespace_claim = model
-                .namespace(pod.namespace())
-                .map(|namespace| Claim::of(&namespace.annotations))
-                .unwrap_or_default();
-            if claim != namespace_claim {
+    for (name, namespace) in model.namespaces() {
+        let namespace_claim = Claim::of(&namespace.annotations);
+        let namespace_effective = effective(None, &namespace_claim, objects);
+        let mut effective_claims = vec![(name.to_owned(), namespace_effective.clone())];
+        for (pod, claim) in pod_claims.get(name).into_iter().flatten() {
+            let pod_effective = effective(Some(claim), &namespace_claim, objects);
+            if pod_effective != namespace_effective {
                 resolution.warn(
                     "pod_override",
                     format!(
-                        "pod {}/{} selects its own egress gateway; namespace {}'s group holds both",
-                        pod.namespace(),
-                        pod.name(),
-                        pod.namespace()
+                        "pod {name}/{} selects its own egress gateway; namespace {name}'s group holds both",
+                        pod.name()
                     ),
                 );
+                effective_claims.push((format!("{name}/{}", pod.name()), pod_effective));
             }
-            let at = format!("{}/{}", pod.namespace(), pod.name());
-            calico_claim(pod.namespace(), &claim, &at, model, objects, resolution);
+        }
+        for (at, claim) in effective_claims {
+            calico_claim(name, &claim, &at, model, objects, resolution);
         }
     }
 }
@@ -290,6 +292,54 @@ impl Claim {
     }
 }
 
+/// Which gateways a pod's traffic takes, as Felix decides it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Effective {
+    /// An EgressGatewayPolicy (that exists).
+    Policy(String),
+    /// Policies were named and none exists: Calico blocks all egress.
+    Blocked(String),
+    /// One selector (and namespace selector) for every destination.
+    Selector(String, Option<String>),
+    /// No gateway.
+    None,
+}
+
+/// Felix's precedence: the pod's policy if it exists, else the namespace's; a named policy
+/// that does not exist blocks egress; else the pod's selector, else the namespace's.
+fn effective(pod: Option<&Claim>, namespace: &Claim, objects: &EgressObjects) -> Effective {
+    let exists = |policy: &Option<String>| {
+        policy
+            .as_ref()
+            .filter(|policy| objects.gateway_policies.contains_key(*policy))
+            .cloned()
+    };
+    if let Some(policy) = pod.and_then(|pod| exists(&pod.policy)) {
+        return Effective::Policy(policy);
+    }
+    if let Some(policy) = exists(&namespace.policy) {
+        return Effective::Policy(policy);
+    }
+    if let Some(named) = pod
+        .and_then(|pod| pod.policy.clone())
+        .or_else(|| namespace.policy.clone())
+    {
+        return Effective::Blocked(named);
+    }
+    match pod
+        .filter(|pod| pod.selector.is_some())
+        .unwrap_or(namespace)
+    {
+        Claim {
+            selector: Some(selector),
+            namespace_selector,
+            ..
+        } => Effective::Selector(selector.clone(), namespace_selector.clone()),
+        _ => Effective::None,
+    }
+}
+
+/// Whether `pod` is one of an EgressGateway's pods (its namespace, its template's labels).
 fn is_gateway(pod: &Pod, objects: &EgressObjects) -> bool {
     objects.gateways.iter().any(|gateway| {
         gateway.namespace == pod.namespace()
@@ -302,42 +352,45 @@ fn is_gateway(pod: &Pod, objects: &EgressObjects) -> bool {
 
 fn calico_claim(
     namespace: &str,
-    claim: &Claim,
+    claim: &Effective,
     at: &str,
     model: &Model,
     objects: &EgressObjects,
     resolution: &mut Resolution,
 ) {
-    let rules: Vec<(String, Option<String>)> = match &claim.policy {
-        Some(policy) => match objects.gateway_policies.get(policy) {
-            Some(rules) => rules
-                .iter()
-                .filter_map(|rule| rule.gateway.clone())
-                .collect(),
-            None => {
-                resolution.warn(
-                    "missing_policy",
-                    format!(
-                        "{at} names EgressGatewayPolicy {policy}, which does not exist: Calico blocks its egress"
-                    ),
-                );
-                return;
-            }
-        },
-        None => vec![(
-            claim.selector.clone().unwrap_or_default(),
-            claim.namespace_selector.clone(),
-        )],
+    let rules: Vec<(String, Option<String>)> = match claim {
+        Effective::Policy(policy) => objects.gateway_policies[policy]
+            .iter()
+            .filter_map(|rule| rule.gateway.clone())
+            .collect(),
+        Effective::Blocked(policy) => {
+            resolution.warn(
+                "missing_policy",
+                format!(
+                    "{at} names EgressGatewayPolicy {policy}, which does not exist: Calico blocks its egress"
+                ),
+            );
+            return;
+        }
+        Effective::Selector(selector, namespace_selector) => {
+            vec![(selector.clone(), namespace_selector.clone())]
+        }
+        Effective::None => return,
     };
     for (selector, namespace_selector) in rules {
-        let gateways =
-            match gateway_pods(model, namespace, &selector, namespace_selector.as_deref()) {
-                Ok(gateways) => gateways,
-                Err(reason) => {
-                    resolution.warn("unresolved", format!("{at}: {reason}"));
-                    continue;
-                }
-            };
+        let gateways = match gateway_pods(
+            model,
+            objects,
+            namespace,
+            &selector,
+            namespace_selector.as_deref(),
+        ) {
+            Ok(gateways) => gateways,
+            Err(reason) => {
+                resolution.warn("unresolved", format!("{at}: {reason}"));
+                continue;
+            }
+        };
         if gateways.is_empty() {
             resolution.warn(
                 "unresolved",
@@ -347,7 +400,7 @@ fn calico_claim(
         }
         for gateway in gateways {
             let via = format!("gateway pod {}/{}", gateway.namespace(), gateway.name());
-            let (observed, declared) = gateway_addresses(gateway, model, objects);
+            let (observed, declared) = gateway_addresses(gateway, model, objects, resolution);
             let identity = resolution.add(namespace, via);
             identity.observed.extend(observed);
             identity.declared.extend(declared);
@@ -355,10 +408,12 @@ fn calico_claim(
     }
 }
 
-/// The gateway pods a selector picks: in the claimant's namespace, or in the namespaces
-/// `namespace_selector` picks.
+/// The gateway pods a selector picks: EgressGateways' pods, in the claimant's namespace or in
+/// the namespaces `namespace_selector` picks. Other pods that carry the labels are not
+/// gateways and never lend their addresses.
 fn gateway_pods<'a>(
     model: &'a Model,
+    objects: &EgressObjects,
     namespace: &str,
     selector: &str,
     namespace_selector: Option<&str>,
@@ -387,17 +442,20 @@ fn gateway_pods<'a>(
         .all_pods()
         .filter(|pod| namespaces.contains(pod.namespace()))
         .filter(|pod| pods.matches(&PodLabels { pod }, true))
+        .filter(|pod| is_gateway(pod, objects))
         .collect();
     found.sort_by(|a, b| (a.namespace(), a.name()).cmp(&(b.namespace(), b.name())));
     Ok(found)
 }
 
 /// A gateway pod's addresses as the outside sees them: its own, or its node's when its pool
-/// NATs outgoing traffic; and what it may use: its pools and Elastic IPs.
+/// NATs outgoing traffic; and what it may use: its EgressGateway's pools (those that do not
+/// NAT) and AWS Elastic IPs.
 fn gateway_addresses(
     gateway: &Pod,
     model: &Model,
     objects: &EgressObjects,
+    resolution: &mut Resolution,
 ) -> (BTreeSet<IpAddr>, BTreeSet<IpNet>) {
     let mut observed = BTreeSet::new();
     let mut declared = BTreeSet::new();
@@ -409,14 +467,18 @@ fn gateway_addresses(
                 node.iter()
                     .flat_map(|node| node.internal_ips.iter().copied()),
             );
+            resolution.warn(
+                "weak",
+                format!(
+                    "gateway pod {}/{} leaves with its node's address (its pool has natOutgoing): other traffic from node {} shares it; pin gateways to nodes of their own",
+                    gateway.namespace(),
+                    gateway.name(),
+                    gateway.node().unwrap_or("-")
+                ),
+            );
         } else {
             observed.insert(*ip);
-            declared.extend(pool.map(|pool| pool.cidr));
         }
-    }
-    if let Some(text) = gateway.annotations().label(CALICO_ELASTIC_IPS) {
-        let ips: Vec<IpAddr> = serde_json::from_str(text).unwrap_or_default();
-        declared.extend(ips.into_iter().map(IpNet::from));
     }
     for owner in objects
         .gateways
@@ -431,14 +493,21 @@ fn gateway_addresses(
     {
         declared.extend(owner.elastic_ips.iter().map(|ip| IpNet::from(*ip)));
         for pool in &owner.pools {
-            let net = objects
+            let found = objects
                 .ip_pools
                 .iter()
-                .find(|found| found.name == *pool)
-                .filter(|found| !found.nat_outgoing)
-                .map(|found| found.cidr)
-                .or_else(|| pool.parse().ok());
-            declared.extend(net);
+                .find(|found| found.name == *pool || found.cidr.to_string() == *pool);
+            match found {
+                Some(found) if !found.nat_outgoing => {
+                    declared.insert(found.cidr);
+                }
+                Some(_) => {}
+                None => {
+                    if let Ok(net) = pool.parse::<IpNet>() {
+                        declared.insert(net.trunc());
+                    }
+                }
+            }
         }
     }
     (observed, declared)
@@ -494,6 +563,16 @@ fn cilium(
             addresses.extend(policy.active_ips.iter().copied());
         }
         for gateway in &policy.gateways {
+            if gateway.egress_ip.is_some() && gateway.interface.is_some() {
+                resolution.warn(
+                    "unresolved",
+                    format!(
+                        "{kind} {} sets both interface and egressIP, which Cilium ignores",
+                        policy.name
+                    ),
+                );
+                continue;
+            }
             if let Some(ip) = gateway.egress_ip {
                 addresses.insert(ip);
                 continue;
@@ -661,27 +740,58 @@ fn node_fallback(model: &Model, resolution: &mut Resolution) {
     resolution.identities.extend(fallback);
 }
 
-/// Two namespaces with the same (strong) observed address: a firewall rule for one admits
-/// the other.
+/// Two namespaces whose (strong) addresses overlap, an address or a range: a firewall rule
+/// for one admits the other.
 fn shared_warnings(resolution: &mut Resolution) {
-    let mut owners: BTreeMap<IpAddr, Vec<&str>> = BTreeMap::new();
-    for (namespace, identity) in resolution.identities.iter().filter(|(_, i)| !i.weak) {
-        for ip in &identity.observed {
-            owners.entry(*ip).or_default().push(namespace);
+    let nets: Vec<(&str, IpNet)> = resolution
+        .identities
+        .iter()
+        .filter(|(_, identity)| !identity.weak)
+        .flat_map(|(namespace, identity)| {
+            identity
+                .nets()
+                .into_iter()
+                .map(move |net| (namespace.as_str(), net))
+        })
+        .collect();
+    // The overlap (the narrower net) -> the namespaces sharing it.
+    let mut owners: BTreeMap<IpNet, BTreeSet<&str>> = BTreeMap::new();
+    for (i, (a, net_a)) in nets.iter().enumerate() {
+        for (b, net_b) in &nets[i + 1..] {
+            if a == b {
+                continue;
+            }
+            let overlap = if net_a.contains(net_b) {
+                *net_b
+            } else if net_b.contains(net_a) {
+                *net_a
+            } else {
+                continue;
+            };
+            owners.entry(overlap).or_default().extend([*a, *b]);
         }
     }
-    let mut shared: BTreeMap<Vec<&str>, Vec<IpAddr>> = BTreeMap::new();
-    for (ip, namespaces) in owners.into_iter().filter(|(_, n)| n.len() > 1) {
-        shared.entry(namespaces).or_default().push(ip);
+    let mut shared: BTreeMap<Vec<&str>, Vec<IpNet>> = BTreeMap::new();
+    for (net, namespaces) in owners {
+        shared
+            .entry(namespaces.into_iter().collect())
+            .or_default()
+            .push(net);
     }
     let warnings: Vec<String> = shared
         .into_iter()
-        .map(|(namespaces, ips)| {
-            let ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
+        .map(|(namespaces, nets)| {
+            let nets: Vec<String> = nets
+                .iter()
+                .map(|net| match net.prefix_len() == net.max_prefix_len() {
+                    true => net.addr().to_string(),
+                    false => net.to_string(),
+                })
+                .collect();
             format!(
                 "namespaces {} share egress address(es) {}: a firewall rule for one admits the others",
                 namespaces.join(", "),
-                ips.join(", ")
+                nets.join(", ")
             )
         })
         .collect();
@@ -799,6 +909,12 @@ mod tests {
                                 "template": {"metadata": {"labels": {"egress-code": "red"}}}}}),
             ),
             (
+                Resource::EgressGateway,
+                json!({"metadata": {"namespace": "egw", "name": "blue"},
+                       "spec": {"ipPools": [{"cidr": "198.51.100.0/28"}],
+                                "template": {"metadata": {"labels": {"egress-code": "blue"}}}}}),
+            ),
+            (
                 Resource::EgressGatewayPolicy,
                 json!({"metadata": {"name": "split"}, "spec": {"rules": [
                     {"destination": {"cidr": "10.0.0.0/8"}},
@@ -866,8 +982,77 @@ mod tests {
 
     #[test]
     fn calico_namespaces_resolve_to_their_gateway_pods_pools_and_elastic_ips() {
-        let model = calico_model();
-        let objects = objects(&calico_objects("EnabledPerNamespace"));
+        let mut model = calico_model();
+        // A pod that carries a gateway's labels but is no EgressGateway's lends nothing.
+        let mut impostor = pod(
+            "egw",
+            "impostor",
+            &[("egress-code", "red")],
+            &["10.244.9.9"],
+            "node-c",
+        );
+        impostor.labels.insert("other".into(), "x".into());
+        let mut objects_list = calico_objects("EnabledPerNamespace");
+        objects_list.retain(|(resource, value)| {
+            *resource != Resource::EgressGateway || value["metadata"]["name"] != "red"
+        });
+        objects_list.push((
+            Resource::EgressGateway,
+            json!({"metadata": {"namespace": "egw", "name": "red"},
+                   "spec": {"ipPools": [{"name": "egress-red"}], "aws": {"elasticIPs": ["203.0.113.7"]},
+                            "template": {"metadata": {"labels": {"egress-code": "red", "role": "gateway"}}}}}),
+        ));
+        model = {
+            let mut pods: Vec<PodInfo> = vec![
+                pod(
+                    "egw",
+                    "red-1",
+                    &[("egress-code", "red"), ("role", "gateway")],
+                    &["192.0.2.3"],
+                    "node-a",
+                ),
+                pod(
+                    "egw",
+                    "red-2",
+                    &[("egress-code", "red"), ("role", "gateway")],
+                    &["192.0.2.4", "2001:db8::4"],
+                    "node-b",
+                ),
+                pod(
+                    "egw",
+                    "blue-1",
+                    &[("egress-code", "blue")],
+                    &["198.51.100.5"],
+                    "node-c",
+                ),
+                pod(
+                    "payments",
+                    "api-1",
+                    &[("app", "api")],
+                    &["10.244.0.5"],
+                    "node-c",
+                ),
+            ];
+            pods.push(impostor);
+            let namespaces = model
+                .namespaces()
+                .map(|(name, namespace)| NamespaceInfo {
+                    name: name.to_owned(),
+                    labels: namespace
+                        .labels
+                        .iter()
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .collect(),
+                    annotations: namespace
+                        .annotations
+                        .iter()
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .collect(),
+                })
+                .collect();
+            cluster(namespaces, pods)
+        };
+        let objects = objects(&objects_list);
         let resolution = resolve(
             Mechanism::Calico,
             &model,
@@ -878,14 +1063,15 @@ mod tests {
         assert_eq!(ips(payments), ["192.0.2.3", "192.0.2.4", "2001:db8::4"]);
         assert_eq!(nets(payments), ["192.0.2.0/28", "203.0.113.7/32"]);
         assert!(!payments.weak);
-        // A policy's gateway rule through a natOutgoing pool: the gateway's node address.
+        // A policy's gateway rule through a natOutgoing pool (named by CIDR): the gateway's node
+        // address, flagged, and the pool not declared.
         let billing = &resolution.identities["billing"];
         assert_eq!(ips(billing), ["10.0.0.3"]);
         assert!(billing.declared.is_empty());
         // A policy that does not exist blocks the namespace's egress: no identity, a warning.
         assert!(!resolution.identities.contains_key("web"));
         assert!(!resolution.identities.contains_key("plain"));
-        assert_eq!(kinds(&resolution), ["missing_policy"]);
+        assert_eq!(kinds(&resolution), ["missing_policy", "weak"]);
         assert!(resolution
             .warnings
             .iter()
@@ -893,6 +1079,87 @@ mod tests {
             .unwrap()
             .message
             .contains("gone"));
+    }
+
+    #[test]
+    fn calico_follows_felix_precedence_between_pod_and_namespace() {
+        let objects = objects(&calico_objects("EnabledPerNamespaceOrPerPod"));
+        let red = [
+            (CALICO_SELECTOR, "egress-code == 'red'"),
+            (CALICO_NAMESPACE_SELECTOR, "projectcalico.org/name == 'egw'"),
+        ];
+        let gateways = || {
+            vec![
+                pod(
+                    "egw",
+                    "red-1",
+                    &[("egress-code", "red")],
+                    &["192.0.2.3"],
+                    "node-a",
+                ),
+                pod(
+                    "egw",
+                    "blue-1",
+                    &[("egress-code", "blue")],
+                    &["198.51.100.5"],
+                    "node-c",
+                ),
+            ]
+        };
+        let case = |namespace_annotations: &[(&str, &str)], pod_annotations: &[(&str, &str)]| {
+            let mut pods = gateways();
+            let mut client = pod("team", "app-1", &[], &["10.244.0.5"], "node-c");
+            client.annotations = map(pod_annotations);
+            pods.push(client);
+            let model = cluster(
+                vec![
+                    namespace("egw", &[], &[]),
+                    namespace("team", &[], namespace_annotations),
+                ],
+                pods,
+            );
+            let resolution = resolve(
+                Mechanism::Calico,
+                &model,
+                &objects,
+                &EgressConfig::default(),
+            );
+            let found = resolution
+                .identities
+                .get("team")
+                .map(ips)
+                .unwrap_or_default();
+            (found, kinds(&resolution))
+        };
+        // The namespace's policy (which exists) beats the pod's selector.
+        assert_eq!(
+            case(&[(CALICO_POLICY, "split")], &red),
+            (vec!["10.0.0.3".to_owned()], vec!["weak"])
+        );
+        // The pod's policy that does not exist gives way to the namespace's that does.
+        assert_eq!(
+            case(&[(CALICO_POLICY, "split")], &[(CALICO_POLICY, "gone")]),
+            (vec!["10.0.0.3".to_owned()], vec!["weak"])
+        );
+        // A namespace policy that does not exist blocks even a pod with a selector.
+        assert_eq!(
+            case(&[(CALICO_POLICY, "gone")], &red),
+            (Vec::new(), vec!["missing_policy"])
+        );
+        // The pod's selector beats the namespace's.
+        let (found, warnings) = case(
+            &[
+                (CALICO_SELECTOR, "egress-code == 'blue'"),
+                (CALICO_NAMESPACE_SELECTOR, "projectcalico.org/name == 'egw'"),
+            ],
+            &red,
+        );
+        assert_eq!(
+            found,
+            ["10.0.0.3", "192.0.2.3"],
+            "both: the namespace's and the pod's"
+        );
+        assert!(warnings.contains(&"pod_override"));
     }
 
     #[test]
@@ -1166,6 +1433,97 @@ mod tests {
         assert_eq!(ips(&resolution.identities["payments"]), ["10.0.0.1"]);
         // Node addresses are shared by construction: flagged weak, not warned of as shared.
         assert_eq!(kinds(&resolution), ["weak"]);
+    }
+
+    #[test]
+    fn selectors_combine_as_each_mechanism_says() {
+        let model = cluster(
+            vec![
+                namespace("payments", &[("team", "pay")], &[]),
+                namespace("web", &[("team", "web")], &[]),
+            ],
+            vec![
+                pod(
+                    "payments",
+                    "api-1",
+                    &[("app", "api")],
+                    &["10.244.0.5"],
+                    "node-c",
+                ),
+                pod("web", "api-1", &[("app", "api")], &["10.244.0.6"], "node-c"),
+                pod("web", "web-1", &[("app", "web")], &["10.244.0.7"], "node-c"),
+            ],
+        );
+        // Antrea: appliedTo's namespace and pod selectors both apply.
+        let antrea = objects(&[(
+            Resource::AntreaEgress,
+            json!({"metadata": {"name": "pay-api"}, "spec": {"appliedTo": {
+                "namespaceSelector": {"matchLabels": {"team": "pay"}},
+                "podSelector": {"matchLabels": {"app": "api"}}}, "egressIP": "192.0.2.90"}}),
+        )]);
+        let resolution = resolve(Mechanism::Antrea, &model, &antrea, &EgressConfig::default());
+        assert_eq!(
+            resolution.identities.keys().collect::<Vec<_>>(),
+            ["payments"]
+        );
+        // OVN: the pod selector narrows the namespace selector.
+        let ovn = objects(&[(
+            Resource::OvnEgressIp,
+            json!({"metadata": {"name": "web-only"}, "spec": {"egressIPs": ["192.0.2.91"],
+                "namespaceSelector": {"matchLabels": {"team": "web"}},
+                "podSelector": {"matchLabels": {"app": "web"}}}}),
+        )]);
+        let resolution = resolve(Mechanism::Ovn, &model, &ovn, &EgressConfig::default());
+        assert_eq!(resolution.identities.keys().collect::<Vec<_>>(), ["web"]);
+        // Cilium ignores a gateway with both interface and egressIP: so does threatflow.
+        let cilium = objects(&[(
+            Resource::CiliumPolicy,
+            json!({"metadata": {"name": "both"}, "spec": {
+                "selectors": [{"namespaceSelector": {"matchLabels": {"team": "pay"}}}],
+                "destinationCIDRs": ["0.0.0.0/0"],
+                "egressGateway": {"nodeSelector": {"matchLabels": {"egress": "true"}},
+                                  "interface": "eth1", "egressIP": "192.0.2.92"}}}),
+        )]);
+        let resolution = resolve(Mechanism::Cilium, &model, &cilium, &EgressConfig::default());
+        assert!(resolution.identities.is_empty());
+        assert_eq!(kinds(&resolution), ["unresolved"]);
+    }
+
+    #[test]
+    fn overlapping_ranges_are_shared_identities_too() {
+        let model = cluster(
+            vec![
+                namespace("a", &[("x", "1")], &[]),
+                namespace("b", &[("x", "2")], &[]),
+            ],
+            vec![
+                pod("a", "p", &[], &["10.244.0.5"], "node-c"),
+                pod("b", "p", &[], &["10.244.0.6"], "node-c"),
+            ],
+        );
+        let antrea = objects(&[
+            (
+                Resource::AntreaEgress,
+                json!({"metadata": {"name": "a"}, "spec": {"appliedTo": {"namespaceSelector": {"matchLabels": {"x": "1"}}},
+                    "externalIPPool": "pool"}, "status": {"egressIP": "192.0.2.33"}}),
+            ),
+            (
+                Resource::AntreaEgress,
+                json!({"metadata": {"name": "b"}, "spec": {"appliedTo": {"namespaceSelector": {"matchLabels": {"x": "2"}}},
+                    "externalIPPool": "pool"}, "status": {"egressIP": "192.0.2.34"}}),
+            ),
+            (
+                Resource::AntreaPool,
+                json!({"metadata": {"name": "pool"}, "spec": {"ipRanges": [{"cidr": "192.0.2.32/28"}]}}),
+            ),
+        ]);
+        let resolution = resolve(Mechanism::Antrea, &model, &antrea, &EgressConfig::default());
+        assert_eq!(kinds(&resolution), ["shared_identity"]);
+        let message = &resolution.warnings.iter().next().unwrap().message;
+        assert!(
+            message.contains("a, b") && message.contains("192.0.2.32/28"),
+            "{message}"
+        );
     }
 
     #[test]

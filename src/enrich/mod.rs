@@ -170,7 +170,7 @@ impl Enricher {
         };
         let egress = self.egress.load();
         let egress_identity = match (egress.is_empty(), flow.source.ip) {
-            (false, Some(ip)) => egress.lookup(ip).cloned(),
+            (false, Some(ip)) => egress.lookup(ip),
             _ => None,
         };
         EnrichedRecord {

@@ -54,6 +54,8 @@ pub enum FormatKind {
     Csv,
     Json,
     Jsonl,
+    /// A STIX 2.1 bundle: indicators whose patterns name addresses (see `feeds::stix`).
+    Stix2,
 }
 
 /// A CSV column, by 1-based index or by header name.
@@ -177,6 +179,8 @@ pub enum FormatError {
     NoColumn { column: String },
     #[error("the feed is not valid CSV")]
     Csv(#[source] csv::Error),
+    #[error(transparent)]
+    Stix(#[from] super::stix::BundleError),
 }
 
 /// Entries read from a feed, not yet normalized.
@@ -189,6 +193,9 @@ pub struct ParsedFeed {
     pub rejected: BTreeMap<EntryReject, u64>,
     /// The first few rejected entries, `line N: reason: text`, for logs.
     pub examples: Vec<String>,
+    /// STIX indicators by outcome (`ip`, `expired`, `revoked`, `unsupported_<why>`...);
+    /// empty for other formats.
+    pub indicators: BTreeMap<&'static str, u64>,
 }
 
 const EXAMPLES: usize = 5;
@@ -256,9 +263,23 @@ fn parse_entry(text: &str) -> Option<Entry> {
     }
 }
 
-/// Reads a feed's content.
+/// Reads a feed's content (STIX validity as of now).
 pub fn parse(format: &FeedFormat, content: &[u8]) -> Result<ParsedFeed, FormatError> {
+    parse_at(
+        format,
+        content,
+        crate::clock::Clock::now_ms(&crate::clock::SystemClock),
+    )
+}
+
+/// Reads a feed's content; STIX indicators count if valid at `now_ms`.
+pub fn parse_at(
+    format: &FeedFormat,
+    content: &[u8],
+    now_ms: i64,
+) -> Result<ParsedFeed, FormatError> {
     match format.kind {
+        FormatKind::Stix2 => Ok(super::stix::read_bundle(content, now_ms)?.into_feed()),
         FormatKind::Newline => Ok(parse_newline(content)),
         FormatKind::Csv => parse_csv(format, content),
         FormatKind::Json => parse_json(format, content),

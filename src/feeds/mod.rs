@@ -10,6 +10,7 @@ pub mod fetch;
 pub mod format;
 pub mod normalize;
 pub mod render;
+pub mod stix;
 pub mod sync;
 
 use tokio_util::sync::CancellationToken;

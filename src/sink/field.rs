@@ -99,8 +99,7 @@ pub enum FlowField {
     ClusterName,
     /// Names of the threat feeds that list the source or destination address, comma-joined.
     ThreatFeeds,
-    /// The namespaces, comma-joined, whose egress identity the source address is: who is
-    /// behind an egress gateway's address.
+    /// The namespaces, comma-joined, whose egress identity (egress gateway address) the source address is.
     EgressIdentity,
 }
 
