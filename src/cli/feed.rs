@@ -196,7 +196,7 @@ pub async fn render(config_path: &std::path::Path, feed: &str) -> anyhow::Result
         );
     };
     let fetcher = sync::fetcher(&config.feed_settings)?;
-    let runner = FeedRunner::new(
+    let mut runner = FeedRunner::new(
         feed_config.clone(),
         &config.feed_settings,
         fetcher,

@@ -16,8 +16,20 @@ pub struct FeedConfig {
     /// A unique name: lower-case letters, digits and `-`. The sets are named
     /// `threatfeed.<name>` and labelled `threatflow.io/feed: <name>`.
     pub name: String,
+    /// What the feed is: `url` (a list at `url`, laid out as `format` says), `taxii` (a TAXII
+    /// 2.1 collection: `url` is the server's discovery URL or an API root), or
+    /// `fortiguard-premium` (FortiGuard's Premium API feed: `url` is
+    /// `https://premiumapi.fortinet.com`, and a `Token` header carries the key).
+    #[serde(rename = "type", default)]
+    pub kind: FeedKind,
     /// Where to pull the feed: `https://...`, `file:///...`, or `http://...` with `allow_http`.
     pub url: String,
+    /// For `taxii`: which collection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taxii: Option<TaxiiConfig>,
+    /// For `fortiguard-premium`: which countries' indicators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fortiguard: Option<FortiguardConfig>,
     /// How often to pull, in seconds (at least 300 unless `allow_short_period`). A feed is
     /// never pulled more often, failures included.
     #[serde(default = "default_period_secs")]
@@ -61,6 +73,58 @@ pub struct FeedConfig {
 
 fn default_period_secs() -> u64 {
     3600
+}
+
+/// What a feed is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum FeedKind {
+    /// A list at a URL.
+    #[default]
+    Url,
+    /// A TAXII 2.1 collection of STIX 2.1 indicators.
+    Taxii,
+    /// FortiGuard's Premium API threat feed (a daily STIX 2 bundle).
+    FortiguardPremium,
+}
+
+/// A TAXII 2.1 collection.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaxiiConfig {
+    /// The collection's id or title.
+    pub collection: String,
+    /// The API root to use when `url` is a discovery URL; default: the server's `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_root: Option<String>,
+    /// Objects asked for per page (the server may send fewer).
+    #[serde(default = "default_taxii_page")]
+    pub page_size: u32,
+}
+
+fn default_taxii_page() -> u32 {
+    1000
+}
+
+/// FortiGuard's Premium API feed.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FortiguardConfig {
+    /// Country codes, comma-separated, or `all`.
+    #[serde(default = "default_countries")]
+    pub countries: String,
+}
+
+fn default_countries() -> String {
+    "all".into()
+}
+
+impl Default for FortiguardConfig {
+    fn default() -> Self {
+        FortiguardConfig {
+            countries: default_countries(),
+        }
+    }
 }
 fn default_max_entries() -> usize {
     1_000_000
@@ -213,6 +277,60 @@ pub fn validate(feeds: &[FeedConfig], settings: &FeedSettings, problems: &mut Pr
             header.validate(&header_path, problems);
         }
         feed.format.validate(&format!("{path}.format"), problems);
+        match feed.kind {
+            FeedKind::Url => {
+                for (set, key) in [
+                    (feed.taxii.is_some(), "taxii"),
+                    (feed.fortiguard.is_some(), "fortiguard"),
+                ] {
+                    if set {
+                        problems.push(
+                            format!("{path}.{key}"),
+                            format!("is for `type: {key}` feeds"),
+                        );
+                    }
+                }
+            }
+            FeedKind::Taxii | FeedKind::FortiguardPremium => {
+                if feed.format != super::format::FeedFormat::default() {
+                    problems.push(
+                        format!("{path}.format"),
+                        "a TAXII or FortiGuard Premium feed is STIX 2.1: leave format out",
+                    );
+                }
+                if feed.url.starts_with("file://") {
+                    problems.push(format!("{path}.url"), "must be an https URL for this type");
+                }
+                if feed.kind == FeedKind::Taxii {
+                    match &feed.taxii {
+                        None => problems.push(
+                            format!("{path}.taxii"),
+                            "name the collection: taxii: {collection: <id or title>}",
+                        ),
+                        Some(taxii) if taxii.collection.trim().is_empty() => problems.push(
+                            format!("{path}.taxii.collection"),
+                            "name the collection (its id or title)",
+                        ),
+                        Some(taxii) if !(1..=10_000).contains(&taxii.page_size) => problems.push(
+                            format!("{path}.taxii.page_size"),
+                            "must be between 1 and 10000",
+                        ),
+                        Some(_) => {}
+                    }
+                }
+                if feed.kind == FeedKind::FortiguardPremium
+                    && !feed
+                        .headers
+                        .iter()
+                        .any(|header| header.name.eq_ignore_ascii_case("token"))
+                {
+                    problems.push(
+                        format!("{path}.headers"),
+                        "the Premium API needs its key: headers: [{name: Token, value_from_file: ...}]",
+                    );
+                }
+            }
+        }
         for (key, value) in &feed.labels {
             if let Err(message) = check_label(key, value) {
                 problems.push(format!("{path}.labels.{key}"), message);

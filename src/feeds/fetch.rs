@@ -30,6 +30,8 @@ pub enum Fetched {
     Content {
         body: Vec<u8>,
         validators: Validators,
+        /// `X-TAXII-Date-Added-Last`: where an incremental TAXII pull goes on from.
+        date_added_last: Option<String>,
     },
 }
 
@@ -245,6 +247,9 @@ impl Fetcher {
             etag: header_text(reqwest::header::ETAG),
             last_modified: header_text(reqwest::header::LAST_MODIFIED),
         };
+        let date_added_last = header_text(reqwest::header::HeaderName::from_static(
+            "x-taxii-date-added-last",
+        ));
         let limit = self.settings.max_body_bytes;
         let body = http::read_body(response, limit).await.map_err(|error| {
             let error = match error {
@@ -260,7 +265,11 @@ impl Fetcher {
             };
             (error, None)
         })?;
-        Ok(Fetched::Content { body, validators })
+        Ok(Fetched::Content {
+            body,
+            validators,
+            date_added_last,
+        })
     }
 
     async fn read_file(&self, path: &str) -> Result<Fetched, FetchError> {
@@ -280,6 +289,7 @@ impl Fetcher {
         Ok(Fetched::Content {
             body,
             validators: Validators::default(),
+            date_added_last: None,
         })
     }
 }

@@ -12,6 +12,7 @@ pub mod normalize;
 pub mod render;
 pub mod stix;
 pub mod sync;
+pub mod taxii;
 
 use tokio_util::sync::CancellationToken;
 

@@ -19,11 +19,14 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::config::{FeedConfig, FeedMode, FeedSettings, HeaderConfig, ALWAYS_NEVER_BLOCK};
+use super::config::{
+    FeedConfig, FeedKind, FeedMode, FeedSettings, HeaderConfig, ALWAYS_NEVER_BLOCK,
+};
 use super::fetch::{FetchError, FetchSettings, Fetched, Fetcher, Validators};
-use super::format::{self, FormatError};
+use super::format::{self, FormatError, ParsedFeed};
 use super::normalize::{self, check_shrink, Guards, Refusal};
 use super::render::{self, render, PolicySettings, RenderSettings, Rendered};
+use super::taxii::{PremiumSource, SourceError, TaxiiSource};
 use crate::enrich::threat::{ThreatFeed, ThreatMatcher};
 use crate::k8s::apply::{Adopt, ApplyError, ApplyReport, Conflict, Object, ObjectKind, Target};
 use crate::k8s::leader::Leadership;
@@ -46,6 +49,8 @@ pub enum SyncError {
     Publish(#[from] ApplyError),
     #[error("{} object(s) not written: {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Conflicts(Vec<Conflict>),
+    #[error("pull failed")]
+    Source(#[from] SourceError),
 }
 
 impl SyncError {
@@ -56,6 +61,7 @@ impl SyncError {
             SyncError::Refused(refusal) => refusal.kind(),
             SyncError::Publish(_) => "publish",
             SyncError::Conflicts(_) => "conflict",
+            SyncError::Source(error) => error.kind(),
         }
     }
 }
@@ -102,6 +108,9 @@ pub struct FeedStatus {
     /// Of the last pull with content.
     pub rejected_lines: BTreeMap<String, u64>,
     pub removed_by_guards: BTreeMap<String, u64>,
+    /// STIX indicators of the last pull, by outcome (STIX and TAXII feeds).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub indicators: BTreeMap<String, u64>,
     pub last_outcome: String,
     pub last_error: Option<String>,
     /// Objects of this feed's names that something else owns, left as they are.
@@ -133,6 +142,7 @@ pub struct FeedMetrics {
     syncs: Family<FeedReasonLabels, Counter>,
     rejected: Family<FeedReasonLabels, Counter>,
     removed: Family<FeedReasonLabels, Counter>,
+    indicators: Family<FeedReasonLabels, Counter>,
 }
 
 impl FeedMetrics {
@@ -175,6 +185,12 @@ impl FeedMetrics {
                 "Entries removed by a guard, by guard",
                 [],
             ),
+            indicators: telemetry::family(
+                registry,
+                "indicators",
+                "STIX indicators read (STIX and TAXII feeds), by outcome: ip, revoked, expired, not_yet_valid, unsupported_<why>",
+                [],
+            ),
         }
     }
 
@@ -214,6 +230,25 @@ pub struct FeedRunner {
     threats: Option<ThreatMatcher>,
     /// Only the leader publishes; the others pull and match (`standby`).
     leadership: Leadership,
+    /// Where the indicators come from, for feeds that are not one list at a URL.
+    source: Source,
+    max_body_bytes: u64,
+}
+
+/// A normalized set, the feed's rejected entries and what the guards removed, by reason.
+type Normalizing = (
+    normalize::Normalized,
+    BTreeMap<String, u64>,
+    BTreeMap<String, u64>,
+);
+
+/// Where a feed's entries come from.
+#[derive(Debug)]
+enum Source {
+    /// The list at the feed's URL, in its format.
+    Url,
+    Taxii(TaxiiSource),
+    Premium(PremiumSource),
 }
 
 /// The HTTP client for feeds: `feed_settings.ca_file` is trusted besides the system's roots.
@@ -297,6 +332,21 @@ impl FeedRunner {
                 ..FeedStatus::default()
             },
         );
+        let source = match feed.kind {
+            FeedKind::Url => Source::Url,
+            FeedKind::Taxii => Source::Taxii(TaxiiSource::new(
+                &feed.url,
+                feed.taxii
+                    .as_ref()
+                    .expect("validated: taxii feeds name a collection"),
+                &headers,
+            )),
+            FeedKind::FortiguardPremium => Source::Premium(PremiumSource::new(
+                &feed.url,
+                &feed.fortiguard.clone().unwrap_or_default(),
+                &headers,
+            )),
+        };
         Ok(FeedRunner {
             feed,
             headers,
@@ -315,6 +365,8 @@ impl FeedRunner {
             last_applied: None,
             threats,
             leadership: Leadership::always(),
+            source,
+            max_body_bytes: settings.max_body_bytes,
         })
     }
 
@@ -383,22 +435,26 @@ impl FeedRunner {
 
     async fn try_sync(&mut self) -> Result<&'static str, SyncError> {
         let name = self.feed.name.clone();
-        let fetched = self
-            .fetcher
-            .fetch(&self.feed.url, &self.headers, &self.validators)
-            .await?;
+        let pulled = self.pull(&self.validators.clone()).await?;
         let now = SystemTime::now();
         self.metrics
             .last_fetch
             .get_or_create(&FeedMetrics::labels(&name))
             .set(unix_seconds(now));
         self.with_status(|status| status.last_fetch = Some(telemetry::rfc3339(now)));
-        let (body, validators) = match fetched {
-            Fetched::NotModified => return Ok("not_modified"),
-            Fetched::Content { body, validators } => (body, validators),
+        let Some((parsed, validators)) = pulled else {
+            return Ok("not_modified");
         };
-        let (normalized, rejected, removed) = self.normalize(&body)?;
-        drop(body);
+        let indicators: BTreeMap<String, u64> = parsed
+            .indicators
+            .iter()
+            .map(|(outcome, count)| ((*outcome).to_owned(), *count))
+            .collect();
+        let (normalized, rejected, removed) = self.normalize(parsed)?;
+        for (outcome, count) in &indicators {
+            FeedMetrics::count(&self.metrics.indicators, &name, outcome, *count);
+        }
+        self.with_status(|status| status.indicators = indicators);
 
         for (reason, count) in &rejected {
             FeedMetrics::count(&self.metrics.rejected, &name, reason, *count);
@@ -538,18 +594,43 @@ impl FeedRunner {
 
     /// Parses and normalizes a pulled feed; also the rejected lines and guard removals by reason.
     #[allow(clippy::type_complexity)]
-    fn normalize(
-        &self,
-        body: &[u8],
-    ) -> Result<
-        (
-            normalize::Normalized,
-            BTreeMap<String, u64>,
-            BTreeMap<String, u64>,
-        ),
-        SyncError,
-    > {
-        let parsed = format::parse(&self.feed.format, body)?;
+    /// Pulls the feed's entries: `None` when the server says nothing changed.
+    async fn pull(
+        &mut self,
+        validators: &Validators,
+    ) -> Result<Option<(ParsedFeed, Validators)>, SyncError> {
+        let now_ms = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+        match &mut self.source {
+            Source::Url => {
+                match self
+                    .fetcher
+                    .fetch(&self.feed.url, &self.headers, validators)
+                    .await?
+                {
+                    Fetched::NotModified => Ok(None),
+                    Fetched::Content {
+                        body, validators, ..
+                    } => Ok(Some((
+                        format::parse_at(&self.feed.format, &body, now_ms)?,
+                        validators,
+                    ))),
+                }
+            }
+            Source::Taxii(taxii) => Ok(Some((
+                taxii.pull(&self.fetcher, now_ms).await?,
+                Validators::default(),
+            ))),
+            Source::Premium(premium) => Ok(Some((
+                premium
+                    .pull(&self.fetcher, self.max_body_bytes, now_ms)
+                    .await?,
+                Validators::default(),
+            ))),
+        }
+    }
+
+    /// The normalized set, with the entries rejected and removed by reason.
+    fn normalize(&self, parsed: ParsedFeed) -> Result<Normalizing, SyncError> {
         let rejected = parsed
             .rejected
             .iter()
@@ -569,17 +650,13 @@ impl FeedRunner {
 
     /// Pulls the feed now and renders what a sync would publish (the tier first, if any),
     /// without publishing it.
-    pub async fn render_now(&self) -> Result<Vec<Object>, SyncError> {
-        // The request carries no validators, so the fetcher never answers `NotModified`.
-        let body = match self
-            .fetcher
-            .fetch(&self.feed.url, &self.headers, &Validators::default())
-            .await?
-        {
-            Fetched::Content { body, .. } => body,
-            Fetched::NotModified => Vec::new(),
+    pub async fn render_now(&mut self) -> Result<Vec<Object>, SyncError> {
+        // The request carries no validators, so a list is never answered `NotModified`.
+        let parsed = match self.pull(&Validators::default()).await? {
+            Some((parsed, _)) => parsed,
+            None => ParsedFeed::default(),
         };
-        let (normalized, _, _) = self.normalize(&body)?;
+        let (normalized, _, _) = self.normalize(parsed)?;
         let rendered = render(
             &self.feed.name,
             &self.feed.labels,

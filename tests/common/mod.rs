@@ -9,6 +9,7 @@
 
 pub mod daemon;
 pub mod fortigate;
+pub mod fortiguard;
 pub mod fortimanager;
 pub mod http;
 pub mod kafka;
@@ -17,6 +18,7 @@ pub mod kubernetes_schemas;
 pub mod panorama;
 pub mod pki;
 pub mod receivers;
+pub mod taxii;
 pub mod verdicts;
 
 use std::collections::BTreeMap;
