@@ -288,3 +288,16 @@ async fn a_stix_bundle_at_a_url_and_hostile_bundles() {
     assert_eq!(refused.last_outcome, "empty", "{refused:?}");
     assert!(listed(&threats, "10.9.49.1"), "the last good set stays");
 }
+
+#[test]
+fn the_fortiguard_and_taxii_examples_are_valid_configs() {
+    for example in [
+        "connectors/fortiguard/isdb.yaml",
+        "connectors/fortiguard/premium.yaml",
+        "connectors/taxii/opencti.yaml",
+    ] {
+        if let Err(report) = threatflow::cli::check::check(&common::root().join(example)) {
+            panic!("{example}:\n{report}");
+        }
+    }
+}

@@ -19,7 +19,9 @@ pub struct FeedConfig {
     /// What the feed is: `url` (a list at `url`, laid out as `format` says), `taxii` (a TAXII
     /// 2.1 collection: `url` is the server's discovery URL or an API root), or
     /// `fortiguard-premium` (FortiGuard's Premium API feed: `url` is
-    /// `https://premiumapi.fortinet.com`, and a `Token` header carries the key).
+    /// `https://premiumapi.fortinet.com`, and a `Token` header carries the key), or
+    /// `fortigate-isdb` (one Internet Service of FortiGuard's database on your FortiGate: `url`
+    /// is the FortiGate's `https://host[:port]`).
     #[serde(rename = "type", default)]
     pub kind: FeedKind,
     /// Where to pull the feed: `https://...`, `file:///...`, or `http://...` with `allow_http`.
@@ -30,6 +32,9 @@ pub struct FeedConfig {
     /// For `fortiguard-premium`: which countries' indicators.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fortiguard: Option<FortiguardConfig>,
+    /// For `fortigate-isdb`: the Internet Service and the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isdb: Option<IsdbConfig>,
     /// How often to pull, in seconds (at least 300 unless `allow_short_period`). A feed is
     /// never pulled more often, failures included.
     #[serde(default = "default_period_secs")]
@@ -86,6 +91,49 @@ pub enum FeedKind {
     Taxii,
     /// FortiGuard's Premium API threat feed (a daily STIX 2 bundle).
     FortiguardPremium,
+    /// One Internet Service of FortiGuard's ISDB, read from a FortiGate.
+    FortigateIsdb,
+}
+
+/// One ISDB Internet Service on a FortiGate.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IsdbConfig {
+    /// The service's name as FortiOS lists it (`Tor-Exit.Node`, `Botnet-C&C.Server`), or its
+    /// numeric ID. Names are resolved at every pull (IDs change between ISDB versions).
+    pub service: String,
+    /// `ipv4`, `ipv6` (FortiOS 7.4 and later) or `both`.
+    #[serde(default)]
+    pub family: IsdbFamily,
+    /// The VDOM, on a FortiGate with several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vdom: Option<String>,
+    /// A REST API admin's key with read-only firewall access, sent as
+    /// `Authorization: Bearer`.
+    pub api_key: crate::secret::SecretSource,
+    /// Requests per second, at most (FortiOS throttles bursts with 429).
+    #[serde(default = "default_isdb_rate")]
+    pub requests_per_second: f64,
+    /// Rows per page (FortiOS clamps to 20..1000).
+    #[serde(default = "default_isdb_page")]
+    pub page_size: u32,
+}
+
+/// Which address family an ISDB feed takes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IsdbFamily {
+    Ipv4,
+    Ipv6,
+    #[default]
+    Both,
+}
+
+fn default_isdb_rate() -> f64 {
+    2.0
+}
+fn default_isdb_page() -> u32 {
+    1000
 }
 
 /// A TAXII 2.1 collection.
@@ -282,12 +330,51 @@ pub fn validate(feeds: &[FeedConfig], settings: &FeedSettings, problems: &mut Pr
                 for (set, key) in [
                     (feed.taxii.is_some(), "taxii"),
                     (feed.fortiguard.is_some(), "fortiguard"),
+                    (feed.isdb.is_some(), "isdb"),
                 ] {
                     if set {
+                        let kind = match key {
+                            "taxii" => "taxii",
+                            "fortiguard" => "fortiguard-premium",
+                            _ => "fortigate-isdb",
+                        };
                         problems.push(
                             format!("{path}.{key}"),
-                            format!("is for `type: {key}` feeds"),
+                            format!("is for `type: {kind}` feeds"),
                         );
+                    }
+                }
+            }
+            FeedKind::FortigateIsdb => {
+                if feed.url.starts_with("file://") {
+                    problems.push(format!("{path}.url"), "the FortiGate's https://host[:port]");
+                }
+                match &feed.isdb {
+                    None => problems.push(
+                        format!("{path}.isdb"),
+                        "name the service and the key: isdb: {service: Tor-Exit.Node, api_key: {value_from_file: ...}}",
+                    ),
+                    Some(isdb) => {
+                        if isdb.service.trim().is_empty() {
+                            problems.push(
+                                format!("{path}.isdb.service"),
+                                "name the Internet Service (or its ID)",
+                            );
+                        }
+                        if !(0.1..=100.0).contains(&isdb.requests_per_second) {
+                            problems.push(
+                                format!("{path}.isdb.requests_per_second"),
+                                "must be between 0.1 and 100",
+                            );
+                        }
+                        if !(20..=1000).contains(&isdb.page_size) {
+                            problems.push(
+                                format!("{path}.isdb.page_size"),
+                                "must be between 20 and 1000 (FortiOS' range)",
+                            );
+                        }
+                        isdb.api_key
+                            .validate(&format!("{path}.isdb.api_key"), problems);
                     }
                 }
             }

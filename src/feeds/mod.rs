@@ -8,6 +8,7 @@
 pub mod config;
 pub mod fetch;
 pub mod format;
+pub mod isdb;
 pub mod normalize;
 pub mod render;
 pub mod stix;

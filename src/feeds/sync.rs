@@ -24,6 +24,7 @@ use super::config::{
 };
 use super::fetch::{FetchError, FetchSettings, Fetched, Fetcher, Validators};
 use super::format::{self, FormatError, ParsedFeed};
+use super::isdb::IsdbSource;
 use super::normalize::{self, check_shrink, Guards, Refusal};
 use super::render::{self, render, PolicySettings, RenderSettings, Rendered};
 use super::taxii::{PremiumSource, SourceError, TaxiiSource};
@@ -249,6 +250,7 @@ enum Source {
     Url,
     Taxii(TaxiiSource),
     Premium(PremiumSource),
+    Isdb(IsdbSource),
 }
 
 /// The HTTP client for feeds: `feed_settings.ca_file` is trusted besides the system's roots.
@@ -346,6 +348,20 @@ impl FeedRunner {
                 &feed.fortiguard.clone().unwrap_or_default(),
                 &headers,
             )),
+            FeedKind::FortigateIsdb => {
+                let isdb = feed
+                    .isdb
+                    .as_ref()
+                    .expect("validated: isdb feeds name a service");
+                let api_key = isdb
+                    .api_key
+                    .read(&format!("feeds {} isdb.api_key", feed.name))
+                    .map_err(|source| SetupError::Secret {
+                        feed: feed.name.clone(),
+                        source,
+                    })?;
+                Source::Isdb(IsdbSource::new(&feed.url, isdb, &api_key))
+            }
         };
         Ok(FeedRunner {
             feed,
@@ -618,6 +634,10 @@ impl FeedRunner {
             }
             Source::Taxii(taxii) => Ok(Some((
                 taxii.pull(&self.fetcher, now_ms).await?,
+                Validators::default(),
+            ))),
+            Source::Isdb(isdb) => Ok(Some((
+                isdb.pull(&self.fetcher).await?,
                 Validators::default(),
             ))),
             Source::Premium(premium) => Ok(Some((

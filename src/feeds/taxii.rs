@@ -1,5 +1,5 @@
 //! Indicator sources that are not one list at a URL: a TAXII 2.1 collection, and FortiGuard's
-//! Premium API feed. Both yield STIX 2.1 indicators, read by [`super::stix`], and hand the
+//! Premium API feed (FortiGate ISDB services are in [`super::isdb`]). Both yield STIX 2.1 indicators, read by [`super::stix`], and hand the
 //! sync the same [`ParsedFeed`] a list does: the guards, rendering, publication, status and
 //! threat matching that follow are the same for every feed.
 //!
@@ -60,6 +60,18 @@ pub enum SourceError {
     },
     #[error(transparent)]
     Bundle(#[from] BundleError),
+    #[error("{url} did not answer FortiOS JSON")]
+    NotFortiOs {
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the FortiGate has no Internet Service `{service}` (names are as in `config firewall internet-service-name`)")]
+    UnknownService { service: String },
+    #[error("the FortiGate runs FortiOS {version}: ISDB IPv6 ranges need 7.4 or later (family: ipv4 or both)")]
+    NoIpv6 { version: String },
+    #[error("Internet Service `{service}` (id {id}) has no addresses on this FortiGate: possibly a reduced ISDB on this model (`config system global` `internet-service-database`); nothing is published")]
+    EmptyService { service: String, id: u64 },
 }
 
 impl SourceError {
@@ -71,6 +83,10 @@ impl SourceError {
             SourceError::NoDownload => "protocol",
             SourceError::Gzip { .. } => "too_large",
             SourceError::Bundle(_) => "format",
+            SourceError::NotFortiOs { .. } => "protocol",
+            SourceError::UnknownService { .. } => "unknown_service",
+            SourceError::NoIpv6 { .. } => "version",
+            SourceError::EmptyService { .. } => "empty",
         }
     }
 }
@@ -388,7 +404,7 @@ fn encode_query(pairs: &[(&str, String)]) -> String {
         .join("&")
 }
 
-fn percent(text: &str) -> String {
+pub(super) fn percent(text: &str) -> String {
     let mut out = String::new();
     for byte in text.bytes() {
         match byte {

@@ -23,7 +23,15 @@
 //! - `vdom=` scoping (an unknown VDOM gets 403), `filter` (`==` case-insensitive, `!=`, `=@`,
 //!   `!@`; commas OR, repeated parameters AND), `format`, `start`/`count`; percent-decoded
 //!   mkeys, and 400 for a path with too many segments (a literal `/` in a name);
-//! - fault injection: the next requests can get an HTML 5xx, a reset connection, or a delay.
+//! - a key whose admin profile lacks firewall read (`fortiguard-access.md` §1.5): a JSON 403
+//!   envelope (`error` `-37`, assumed) for every firewall table and monitor endpoint;
+//! - FortiGuard's Internet Service Database (`fortiguard-access.md` §1 and §5.3): the
+//!   `internet-service-name` and `internet-service` tables, and the `internet-service-basic`
+//!   and `internet-service-details` monitor endpoints, by version (see [`isdb`]);
+//! - fault injection: the next requests can get an HTML 5xx, a 429 with `Retry-After`, a reset
+//!   connection, or a delay.
+//!
+//! The request log is the harness's; [`FortiGate::requests_to`] picks one endpoint's requests.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -34,10 +42,17 @@ use serde_json::{json, Map, Value};
 
 use super::http::{decode, HttpServer, Reply, Request};
 
+#[path = "fortigate/isdb.rs"]
+mod isdb;
+// Not every test binary that includes the double uses these.
+#[allow(unused_imports)]
+pub use isdb::{generated_isdb_range, MALICIOUS_SERVER_ID};
+
 /// How the device behaves.
 #[derive(Clone, Debug)]
 pub struct Knobs {
-    /// `v7.4.5`, `v7.0.12`, ...: sets whether groups may be empty (7.2 and later).
+    /// `v7.4.5`, `v7.0.12`, ...: sets whether groups may be empty (7.2 and later) and the
+    /// ISDB endpoints and fields served (see [`isdb`]); every envelope's `version`.
     pub version: String,
     /// Keys that authenticate.
     pub keys: Vec<String>,
@@ -53,6 +68,10 @@ pub struct Knobs {
     pub vdoms: Vec<String>,
     /// The most members a group may have (FortiOS's per-model table size).
     pub max_group_members: usize,
+    /// Keys whose admin profile has no firewall read access: a JSON 403 on firewall paths.
+    pub keys_without_firewall_read: Vec<String>,
+    /// The HTTP status of `internet-service-details` for an ID the database does not hold.
+    pub isdb_unknown_id_status: u16,
 }
 
 impl Default for Knobs {
@@ -67,6 +86,8 @@ impl Default for Knobs {
             legacy_duplicate: false,
             vdoms: vec!["root".into()],
             max_group_members: 600,
+            keys_without_firewall_read: Vec::new(),
+            isdb_unknown_id_status: 404,
         }
     }
 }
@@ -80,6 +101,8 @@ pub enum Fault {
     Reset,
     /// The answer comes after this long.
     Delay(Duration),
+    /// FortiOS throttling a burst of REST calls: an HTML 429 with `Retry-After` in seconds.
+    Throttle { retry_after_secs: u64 },
 }
 
 const TABLES: [&str; 5] = ["address", "address6", "addrgrp", "addrgrp6", "policy"];
@@ -95,6 +118,7 @@ struct State {
     /// Table URLs a DELETE without mkey hit.
     purges: Vec<String>,
     revision: u64,
+    isdb: isdb::Isdb,
 }
 
 /// A running FortiGate double.
@@ -120,6 +144,9 @@ pub fn with_fault(fault: Option<Fault>, respond: impl FnOnce() -> Reply) -> Repl
         Some(Fault::Html(status)) => html(status, "Service Unavailable"),
         Some(Fault::Reset) => Reply::Close,
         Some(Fault::Delay(delay)) => respond().delayed(delay),
+        Some(Fault::Throttle { retry_after_secs }) => {
+            html(429, "Too Many Requests").with_header("Retry-After", &retry_after_secs.to_string())
+        }
         None => respond(),
     }
 }
@@ -163,6 +190,25 @@ impl FortiGate {
 
     pub fn inject(&self, faults: impl IntoIterator<Item = Fault>) {
         self.state.lock().faults.extend(faults);
+    }
+
+    /// Takes firewall read away from the profile of the admin that owns `key`.
+    pub fn deny_firewall_read(&self, key: &str) {
+        self.state
+            .lock()
+            .knobs
+            .keys_without_firewall_read
+            .push(key.into());
+    }
+
+    /// The requests to one endpoint (`/api/v2/monitor/firewall/internet-service-details`),
+    /// query strings ignored, in order.
+    pub fn requests_to(&self, path: &str) -> Vec<Request> {
+        self.server
+            .requests()
+            .into_iter()
+            .filter(|request| request.path() == path)
+            .collect()
     }
 
     /// Adds an object as if an admin made it (no request is logged).
@@ -291,6 +337,11 @@ fn envelope(state: &State, call: &Call, status: u16) -> Map<String, Value> {
     reply.insert("version".into(), json!(state.knobs.version));
     reply.insert("build".into(), json!(2829));
     reply
+}
+
+/// The reply to a path the device does not serve (at this version).
+fn not_found() -> Reply {
+    Reply::json(404, &json!({"status": "error", "http_status": 404}))
 }
 
 fn html(status: u16, title: &str) -> Reply {
@@ -537,8 +588,21 @@ fn respond(state: &mut State, request: &Request) -> Reply {
         return html(403, "403 Forbidden");
     }
     let path = request.path();
+    let without_firewall_read = state.knobs.keys_without_firewall_read.contains(&key);
+    if let Some(name) = path.strip_prefix("/api/v2/monitor/firewall/") {
+        if !isdb::is_monitor(name) {
+            return not_found();
+        }
+        if without_firewall_read {
+            return isdb::monitor_forbidden(state, request, name);
+        }
+        if request.method != "GET" {
+            return Reply::json(405, &json!({"status": "error", "http_status": 405}));
+        }
+        return isdb::monitor(state, request, name);
+    }
     let Some(rest) = path.strip_prefix("/api/v2/cmdb/firewall/") else {
-        return Reply::json(404, &json!({"status": "error", "http_status": 404}));
+        return not_found();
     };
     let segments: Vec<&str> = rest.split('/').collect();
     let vdom = request.query("vdom").unwrap_or_else(|| "root".into());
@@ -551,8 +615,21 @@ fn respond(state: &mut State, request: &Request) -> Reply {
             .filter(|mkey| !mkey.is_empty())
             .map(|mkey| decode(mkey)),
     };
-    if !TABLES.contains(&call.table.as_str()) {
+    let isdb_table = isdb::is_cmdb_table(&call.table);
+    if !TABLES.contains(&call.table.as_str()) && !isdb_table {
         return error(state, &call, 404, -3, "entry not found");
+    }
+    if without_firewall_read {
+        return error(
+            state,
+            &call,
+            403,
+            -37,
+            "permission denied: no firewall read access",
+        );
+    }
+    if isdb_table {
+        return isdb_table_reply(state, request, &call);
     }
     if segments.len() > 2 && !(segments.len() == 3 && segments[2] == "member") {
         return error(state, &call, 400, -651, "invalid path");
@@ -592,32 +669,12 @@ fn respond(state: &mut State, request: &Request) -> Reply {
     let member_path = segments.len() == 3;
     match (request.method.as_str(), &call.mkey) {
         ("GET", None) => {
-            let mut results: Vec<Value> = state
+            let results: Vec<Value> = state
                 .tables
                 .get(&key)
                 .map(|objects| objects.values().cloned().collect())
                 .unwrap_or_default();
-            let filters: Vec<String> = request_params(request, "filter");
-            results.retain(|object| filters.iter().all(|filter| passes(object, filter)));
-            let start: usize = request
-                .query("start")
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-            let count: usize = request
-                .query("count")
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(usize::MAX);
-            let mut results: Vec<Value> = results.into_iter().skip(start).take(count).collect();
-            if let Some(format) = request.query("format") {
-                let fields: Vec<&str> = format.split('|').collect();
-                for result in &mut results {
-                    if let Value::Object(map) = result {
-                        map.retain(|field, _| {
-                            fields.contains(&field.as_str()) || field == "q_origin_key"
-                        });
-                    }
-                }
-            }
+            let results = listed(request, results);
             success(state, &call, Some(Value::Array(results)), false)
         }
         ("GET", Some(mkey)) => match state.tables.get(&key).and_then(|objects| objects.get(mkey)) {
@@ -751,6 +808,64 @@ fn respond(state: &mut State, request: &Request) -> Reply {
         }
         _ => error(state, &call, 405, -1, "method not allowed"),
     }
+}
+
+/// A table's objects as a GET of the table lists them: `filter`, then `start` and `count`,
+/// then `format`.
+fn listed(request: &Request, mut results: Vec<Value>) -> Vec<Value> {
+    let filters: Vec<String> = request_params(request, "filter");
+    results.retain(|object| filters.iter().all(|filter| passes(object, filter)));
+    let start: usize = request
+        .query("start")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let count: usize = request
+        .query("count")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(usize::MAX);
+    let mut results: Vec<Value> = results.into_iter().skip(start).take(count).collect();
+    if let Some(format) = request.query("format") {
+        let fields: Vec<&str> = format.split('|').collect();
+        for result in &mut results {
+            if let Value::Object(map) = result {
+                map.retain(|field, _| fields.contains(&field.as_str()) || field == "q_origin_key");
+            }
+        }
+    }
+    results
+}
+
+/// A GET of an ISDB table, for one VDOM or (`vdom=*`) for each; the database is global, so
+/// every VDOM sees the same rows.
+fn isdb_table_reply(state: &mut State, request: &Request, call: &Call) -> Reply {
+    if request.method != "GET" {
+        return error(state, call, 405, -1, "method not allowed");
+    }
+    if call.vdom != "*" {
+        if !state.knobs.vdoms.contains(&call.vdom) {
+            return error(
+                state,
+                call,
+                403,
+                -37,
+                "permission denied: no access to the VDOM",
+            );
+        }
+        return isdb::cmdb(state, request, call);
+    }
+    let vdoms = state.knobs.vdoms.clone();
+    let mut replies = Vec::new();
+    for vdom in vdoms {
+        let call = Call {
+            vdom,
+            ..call_clone(call)
+        };
+        let Reply::Response { body, .. } = isdb::cmdb(state, request, &call) else {
+            unreachable!("cmdb replies are plain responses");
+        };
+        replies.push(serde_json::from_slice::<Value>(&body).unwrap());
+    }
+    Reply::json(200, &Value::Array(replies))
 }
 
 fn call_clone<'a>(call: &Call<'a>) -> Call<'a> {
