@@ -117,7 +117,8 @@ fn each_vendor_wire_format_stays_in_its_module() {
     only_in(
         "FortiOS's REST API",
         &["/api/v2/cmdb", "cli_error"],
-        &["firewall/fortigate.rs"],
+        // The address sync's client, and the ISDB feed source (read-only monitor calls).
+        &["firewall/fortigate.rs", "feeds/isdb.rs"],
     );
     only_in(
         "Fortinet's address tables",

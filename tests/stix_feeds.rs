@@ -301,3 +301,59 @@ fn the_fortiguard_and_taxii_examples_are_valid_configs() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_versions_are_ordered_by_time_not_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let taxii = common::taxii::Taxii::start(dir.path(), common::taxii::Knobs::default()).await;
+    let collection = "c1";
+    taxii.add_collection(collection, "feed", true);
+    // `.500Z` sorts before `Z` as text; as a time it is later: the revoking version wins.
+    taxii.add_now(
+        collection,
+        indicator(
+            1,
+            "[ipv4-addr:value = '198.51.100.7']",
+            "2026-02-01T00:00:00Z",
+            json!({}),
+        ),
+    );
+    taxii.add_now(
+        collection,
+        indicator(
+            1,
+            "[ipv4-addr:value = '198.51.100.7']",
+            "2026-02-01T00:00:00.500Z",
+            json!({"revoked": true}),
+        ),
+    );
+    taxii.add_now(
+        collection,
+        indicator(
+            2,
+            "[ipv4-addr:value = '198.51.100.8']",
+            "2026-02-01T00:00:00Z",
+            json!({}),
+        ),
+    );
+    let yaml = format!(
+        "feeds:\n  - name: t\n    type: taxii\n    url: {}\n    taxii: {{collection: c1}}\n    mode: monitor\n    headers: [{{name: Authorization, value_from_file: {}}}]\nfeed_settings: {{ca_file: {}}}\n",
+        taxii.api_root_url(),
+        secret(dir.path(), "auth", &common::taxii::basic("taxii-user", "taxii-password")),
+        dir.path().join("ca.pem").display(),
+    );
+    let threats = ThreatMatcher::default();
+    let board = StatusBoard::default();
+    let mut feed = runner(&yaml, &threats, &board);
+    assert_eq!(
+        feed.sync().await,
+        Ok("unchanged"),
+        "{:?}",
+        status(&board, "t")
+    );
+    assert!(
+        !listed(&threats, "198.51.100.7"),
+        "the newer version revokes it"
+    );
+    assert!(listed(&threats, "198.51.100.8"));
+}

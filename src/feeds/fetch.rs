@@ -5,7 +5,8 @@
 //! slow or endless server or a gzip bomb cannot hold memory), and retried with jittered
 //! exponential backoff on timeouts, connection failures, `429` and `5xx`, honouring
 //! `Retry-After`. TLS certificates are always verified. Header values (tokens) are marked
-//! sensitive and never logged. `file://` URLs are read from disk with the same size cap.
+//! sensitive and never logged, and a request that carries them follows no redirect to another
+//! host. `file://` URLs are read from disk with the same size cap.
 
 use std::time::Duration;
 
@@ -131,13 +132,20 @@ impl FetchError {
 #[derive(Clone, Debug)]
 pub struct Fetcher {
     client: reqwest::Client,
+    /// For requests with secret headers: redirects stay on the same host.
+    guarded: reqwest::Client,
     settings: FetchSettings,
 }
 
 impl Fetcher {
     pub fn new(settings: FetchSettings) -> Result<Fetcher, FetchError> {
         let client = http::client(&settings.http)?;
-        Ok(Fetcher { client, settings })
+        let guarded = http::client_with_redirects(&settings.http, true)?;
+        Ok(Fetcher {
+            client,
+            guarded,
+            settings,
+        })
     }
 
     /// Fetches `url`, retrying transient failures.
@@ -154,12 +162,13 @@ impl Fetcher {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(FetchError::Url { url: shown });
         }
+        let secret = !headers.is_empty();
         let headers = request_headers(headers, validators)?;
         let conditional = validators.etag.is_some() || validators.last_modified.is_some();
         let mut attempt = 0;
         loop {
             let result = self
-                .attempt(url, &shown, headers.clone(), conditional)
+                .attempt(url, &shown, headers.clone(), conditional, secret)
                 .await;
             match result {
                 Err((error, retry_after))
@@ -189,10 +198,11 @@ impl Fetcher {
         shown: &str,
         headers: HeaderMap,
         conditional: bool,
+        secret: bool,
     ) -> Result<Fetched, (FetchError, Option<Duration>)> {
         let url_text = || shown.to_owned();
-        let response = self
-            .client
+        let client = if secret { &self.guarded } else { &self.client };
+        let response = client
             .get(url)
             .headers(headers)
             .send()

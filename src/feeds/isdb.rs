@@ -23,7 +23,7 @@ use serde::Deserialize;
 use super::config::{IsdbConfig, IsdbFamily};
 use super::fetch::{Fetched, Fetcher, Validators};
 use super::format::ParsedFeed;
-use super::taxii::SourceError;
+use super::source::SourceError;
 use crate::net::rate::RateLimit;
 
 /// The most rows one walk reads (a full ISDB service is far below this).
@@ -75,8 +75,17 @@ struct Range {
     end_ip: String,
 }
 
-/// One ISDB service on a FortiGate.
-#[derive(Debug)]
+/// One walk of a service's rows.
+struct Walk {
+    ranges: BTreeSet<(IpAddr, IpAddr)>,
+    /// The total changed during the walk (an ISDB update).
+    moved: bool,
+    rows: u64,
+    /// FortiOS's version, from the envelope.
+    version: Option<String>,
+}
+
+/// One ISDB service on a FortiGate (no `Debug`: it holds the key).
 pub struct IsdbSource {
     base: String,
     settings: IsdbConfig,
@@ -101,7 +110,7 @@ impl IsdbSource {
             .map(|(key, value)| format!("{key}={value}"))
             .collect();
         if let Some(vdom) = &self.settings.vdom {
-            query.push(format!("vdom={}", super::taxii::percent(vdom)));
+            query.push(format!("vdom={}", super::source::percent(vdom)));
         }
         format!("{}{path}?{}", self.base, query.join("&"))
     }
@@ -167,7 +176,7 @@ impl IsdbSource {
         fetcher: &Fetcher,
         id: u64,
         ipv6_only: bool,
-    ) -> Result<(BTreeSet<(IpAddr, IpAddr)>, u64, u64, u64), SourceError> {
+    ) -> Result<Walk, SourceError> {
         const DETAILS: &str = "/api/v2/monitor/firewall/internet-service-details";
         let mut base = vec![("id", id.to_string())];
         if ipv6_only {
@@ -176,11 +185,19 @@ impl IsdbSource {
         let mut summary_query = base.clone();
         summary_query.push(("summary_only", "true".into()));
         let before: Envelope<Summary> = self.get(fetcher, DETAILS, &summary_query).await?;
+        if before.results.total > MAX_ROWS {
+            tracing::warn!(
+                id,
+                total = before.results.total,
+                "an ISDB service over the row cap is read in part"
+            );
+        }
         let total = before.results.total.min(MAX_ROWS);
         let count = u64::from(self.settings.page_size);
         let mut ranges = BTreeSet::new();
         let mut rows = 0;
         let mut start = 0;
+        let mut previous_page: Option<Vec<(String, String)>> = None;
         while start < total {
             let mut query = base.clone();
             query.push(("start", start.to_string()));
@@ -189,52 +206,69 @@ impl IsdbSource {
             if page.results.entry.is_empty() {
                 break;
             }
-            // The server may clamp `count`: go on from what it sent.
-            start += page.results.entry.len() as u64;
-            for row in page.results.entry {
-                rows += 1;
-                let (Ok(first), Ok(last)) = (
-                    row.ip_range.start_ip.parse::<IpAddr>(),
-                    row.ip_range.end_ip.parse::<IpAddr>(),
-                ) else {
-                    continue;
-                };
-                ranges.insert((first, last));
+            let this_page: Vec<(String, String)> = page
+                .results
+                .entry
+                .into_iter()
+                .map(|row| (row.ip_range.start_ip, row.ip_range.end_ip))
+                .collect();
+            // A server that ignores `start` sends the same page again: stop there.
+            if previous_page.as_ref() == Some(&this_page) {
+                break;
             }
+            // The server may clamp `count`: go on from what it sent.
+            start += this_page.len() as u64;
+            for (first, last) in &this_page {
+                rows += 1;
+                if let (Ok(first), Ok(last)) = (first.parse::<IpAddr>(), last.parse::<IpAddr>()) {
+                    ranges.insert((first, last));
+                }
+            }
+            previous_page = Some(this_page);
+        }
+        if rows < total {
+            tracing::warn!(
+                id,
+                rows,
+                total,
+                "an ISDB walk ended before the total it announced"
+            );
         }
         let after: Envelope<Summary> = self.get(fetcher, DETAILS, &summary_query).await?;
-        Ok((ranges, before.results.total, after.results.total, rows))
+        Ok(Walk {
+            ranges,
+            moved: before.results.total != after.results.total,
+            rows,
+            version: before.version,
+        })
     }
 
     /// The service's ranges now, as a feed's entries.
     pub async fn pull(&mut self, fetcher: &Fetcher) -> Result<ParsedFeed, SourceError> {
-        let (id, version) = self.service_id(fetcher).await?;
-        let ipv6_served = version_at_least(version.as_deref(), (7, 4));
-        if self.settings.family == IsdbFamily::Ipv6 && !ipv6_served {
-            return Err(SourceError::NoIpv6 {
-                version: version.unwrap_or_else(|| "unknown".into()),
-            });
-        }
-        let ipv6_walk = self.settings.family != IsdbFamily::Ipv4 && ipv6_served;
-        let mut walks = vec![false];
-        if ipv6_walk {
-            walks.push(true);
-        }
+        let (id, named_version) = self.service_id(fetcher).await?;
         let mut ranges = BTreeSet::new();
         let mut rows = 0;
-        for ipv6_only in walks {
-            let mut attempt = 0;
-            loop {
-                let (found, before, after, read) = self.walk(fetcher, id, ipv6_only).await?;
-                // The ISDB was updated during the walk: walk once more.
-                if before != after && attempt == 0 {
-                    attempt += 1;
-                    continue;
-                }
-                ranges.extend(found);
-                rows += read;
+        let mut version = named_version;
+        let mut ipv6_only = false;
+        loop {
+            let mut walk = self.walk(fetcher, id, ipv6_only).await?;
+            // The ISDB was updated during the walk: walk once more.
+            if walk.moved {
+                walk = self.walk(fetcher, id, ipv6_only).await?;
+            }
+            ranges.extend(walk.ranges);
+            rows += walk.rows;
+            version = version.or(walk.version);
+            let ipv6_served = version_at_least(version.as_deref(), (7, 4));
+            if self.settings.family == IsdbFamily::Ipv6 && !ipv6_served {
+                return Err(SourceError::NoIpv6 {
+                    version: version.unwrap_or_else(|| "unknown".into()),
+                });
+            }
+            if ipv6_only || self.settings.family == IsdbFamily::Ipv4 || !ipv6_served {
                 break;
             }
+            ipv6_only = true;
         }
         let mut feed = ParsedFeed {
             entries: rows,

@@ -11,6 +11,7 @@ pub mod format;
 pub mod isdb;
 pub mod normalize;
 pub mod render;
+pub mod source;
 pub mod stix;
 pub mod sync;
 pub mod taxii;

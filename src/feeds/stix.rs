@@ -16,8 +16,9 @@
 //! is not an address. Indicators that are revoked, expired (`valid_until` passed) or not yet
 //! valid are dropped and counted too.
 //!
-//! Bundles are read object by object from a reader: memory holds one object at a time, never
-//! the document.
+//! Bundles are read object by object from a reader: the parser holds one object at a time
+//! (what the reader holds is the caller's: a fetched body is in memory, bounded by
+//! `max_body_bytes`).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -68,6 +69,8 @@ pub enum Unsupported {
     InvalidPattern,
     /// Over [`MAX_PATTERN_BYTES`] or [`MAX_DEPTH`].
     TooLarge,
+    /// `valid_from` or `valid_until` is not an RFC 3339 timestamp: its validity is unknown.
+    InvalidTimestamp,
 }
 
 impl Outcome {
@@ -87,6 +90,7 @@ impl Outcome {
                 Unsupported::InvalidAddress => "unsupported_invalid_address",
                 Unsupported::InvalidPattern => "unsupported_invalid_pattern",
                 Unsupported::TooLarge => "unsupported_too_large",
+                Unsupported::InvalidTimestamp => "unsupported_invalid_timestamp",
             },
         }
     }
@@ -223,10 +227,12 @@ impl Parser<'_> {
     fn keyword(&mut self, word: &str) -> bool {
         self.space();
         let rest = self.rest();
-        let follows = rest[word.len().min(rest.len())..].chars().next();
-        if rest.starts_with(word)
-            && !follows.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
+        if !rest.starts_with(word) {
+            return false;
+        }
+        // Keywords are ASCII, so this is a character boundary.
+        let follows = rest[word.len()..].chars().next();
+        if !follows.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
             self.at += word.len();
             true
         } else {
@@ -616,9 +622,9 @@ fn test_addresses(test: &PropertyTest, nets: &mut Vec<IpNet>) -> Result<(), Unsu
 /// object is skipped unread.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct StixObject {
-    #[serde(rename = "type", default)]
+    #[serde(rename = "type", default, deserialize_with = "lenient")]
     pub kind: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub id: String,
     #[serde(default)]
     pub modified: Option<String>,
@@ -630,8 +636,15 @@ pub struct StixObject {
     pub valid_from: Option<String>,
     #[serde(default)]
     pub valid_until: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub revoked: bool,
+}
+
+/// A field that may be `null` (as absent) but must otherwise have its type.
+fn lenient<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
+    deserializer: D,
+) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// An indicator's addresses and when they stop counting, as a TAXII source keeps them
@@ -639,7 +652,8 @@ pub struct StixObject {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Indicator {
     pub nets: Vec<IpNet>,
-    pub modified: Option<String>,
+    /// `modified`, epoch milliseconds: which of two versions is the newer.
+    pub modified_ms: Option<i64>,
     /// `valid_from` and `valid_until`, epoch milliseconds.
     pub valid_from_ms: Option<i64>,
     pub valid_until_ms: Option<i64>,
@@ -647,7 +661,7 @@ pub struct Indicator {
 }
 
 /// Epoch milliseconds of an RFC 3339 timestamp, as STIX writes them.
-fn timestamp_ms(text: &str) -> Option<i64> {
+pub fn timestamp_ms(text: &str) -> Option<i64> {
     text.parse::<jiff::Timestamp>()
         .ok()
         .map(jiff::Timestamp::as_millisecond)
@@ -664,12 +678,20 @@ impl StixObject {
             Some("stix") | None => pattern_addresses(self.pattern.as_deref().unwrap_or_default()),
             Some(_) => Err(Unsupported::PatternType),
         };
-        Some(nets.map(|nets| Indicator {
-            nets,
-            modified: self.modified.clone(),
-            valid_from_ms: self.valid_from.as_deref().and_then(timestamp_ms),
-            valid_until_ms: self.valid_until.as_deref().and_then(timestamp_ms),
-            revoked: self.revoked,
+        let timestamp = |text: &Option<String>| match text.as_deref() {
+            None => Ok(None),
+            Some(text) => timestamp_ms(text)
+                .map(Some)
+                .ok_or(Unsupported::InvalidTimestamp),
+        };
+        Some(nets.and_then(|nets| {
+            Ok(Indicator {
+                nets,
+                modified_ms: self.modified.as_deref().and_then(timestamp_ms),
+                valid_from_ms: timestamp(&self.valid_from)?,
+                valid_until_ms: timestamp(&self.valid_until)?,
+                revoked: self.revoked,
+            })
         }))
     }
 }
@@ -948,12 +970,14 @@ mod tests {
              "pattern": "[ipv4-addr:value = '198.51.100.10']", "valid_from": "2027-01-01T00:00:00Z"},
             {"type": "indicator", "id": "indicator--5", "pattern_type": "snort",
              "pattern": "alert tcp any any -> any any", "valid_from": "2026-01-01T00:00:00Z"},
+            {"type": "indicator", "id": "indicator--7", "pattern_type": "stix", "revoked": null,
+             "pattern": "[ipv4-addr:value = '198.51.100.11']", "valid_until": "next tuesday"},
             {"type": "indicator", "id": "indicator--6", "pattern_type": "stix",
              "pattern": "[domain-name:value = 'evil.example']", "valid_from": "2026-01-01T00:00:00Z",
              "extensions": {"x": {"deep": [[[[{"a": 1}]]]]}}}
         ]});
         let read = read_bundle(serde_json::to_vec(&bundle).unwrap().as_slice(), now).unwrap();
-        assert_eq!(read.feed.entries, 6);
+        assert_eq!(read.feed.entries, 7);
         assert_eq!(read.feed.v4.len(), 1);
         let outcomes: Vec<(&str, u64)> = read
             .outcomes
@@ -968,7 +992,8 @@ mod tests {
                 ("expired", 1),
                 ("not_yet_valid", 1),
                 ("unsupported_pattern_type", 1),
-                ("unsupported_not_an_address", 1)
+                ("unsupported_not_an_address", 1),
+                ("unsupported_invalid_timestamp", 1)
             ]
         );
         assert!(read_bundle(&b"[1, 2]"[..], now).is_err());

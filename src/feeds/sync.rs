@@ -27,7 +27,8 @@ use super::format::{self, FormatError, ParsedFeed};
 use super::isdb::IsdbSource;
 use super::normalize::{self, check_shrink, Guards, Refusal};
 use super::render::{self, render, PolicySettings, RenderSettings, Rendered};
-use super::taxii::{PremiumSource, SourceError, TaxiiSource};
+use super::source::SourceError;
+use super::taxii::{PremiumSource, TaxiiSource};
 use crate::enrich::threat::{ThreatFeed, ThreatMatcher};
 use crate::k8s::apply::{Adopt, ApplyError, ApplyReport, Conflict, Object, ObjectKind, Target};
 use crate::k8s::leader::Leadership;
@@ -243,8 +244,7 @@ type Normalizing = (
     BTreeMap<String, u64>,
 );
 
-/// Where a feed's entries come from.
-#[derive(Debug)]
+/// Where a feed's entries come from (no `Debug`: the sources hold credentials).
 enum Source {
     /// The list at the feed's URL, in its format.
     Url,
@@ -608,8 +608,6 @@ impl FeedRunner {
         Ok(report)
     }
 
-    /// Parses and normalizes a pulled feed; also the rejected lines and guard removals by reason.
-    #[allow(clippy::type_complexity)]
     /// Pulls the feed's entries: `None` when the server says nothing changed.
     async fn pull(
         &mut self,
@@ -618,6 +616,12 @@ impl FeedRunner {
         let now_ms = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
         match &mut self.source {
             Source::Url => {
+                // A STIX bundle's validity changes with time: it is read again even when the
+                // server says it did not change.
+                let validators = match self.feed.format.kind {
+                    format::FormatKind::Stix2 => &Validators::default(),
+                    _ => validators,
+                };
                 match self
                     .fetcher
                     .fetch(&self.feed.url, &self.headers, validators)

@@ -20,9 +20,10 @@ use std::io::Read;
 use serde::Deserialize;
 
 use super::config::{FortiguardConfig, TaxiiConfig};
-use super::fetch::{FetchError, Fetched, Fetcher, Validators};
+use super::fetch::{Fetcher, Validators};
 use super::format::ParsedFeed;
-use super::stix::{self, BundleError, Indicator, StixRead, Unsupported};
+use super::source::{content, encode_query, with_slash, SourceError};
+use super::stix::{self, BundleError, Indicator, StixRead};
 
 /// TAXII 2.1's media type, asked for in `Accept`.
 pub const TAXII_MEDIA_TYPE: &str = "application/taxii+json;version=2.1";
@@ -30,66 +31,6 @@ pub const TAXII_MEDIA_TYPE: &str = "application/taxii+json;version=2.1";
 /// The most pages one pull reads; a collection that keeps answering `more` past this is cut
 /// there and continued at the next pull.
 pub const MAX_PAGES: usize = 10_000;
-
-/// A pull from a source failed; `kind()` is the metric label.
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    #[error(transparent)]
-    Fetch(#[from] FetchError),
-    #[error("{url} did not answer TAXII 2.1 JSON")]
-    NotTaxii {
-        url: String,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("the TAXII server has no collection `{collection}` at {api_root} (it has: {found})")]
-    NoCollection {
-        collection: String,
-        api_root: String,
-        found: String,
-    },
-    #[error("collection `{collection}` cannot be read with these credentials (can_read is false)")]
-    Unreadable { collection: String },
-    #[error("the Premium API did not answer a download URL")]
-    NoDownload,
-    #[error("the download is not gzip, or is over max_body_bytes ({limit}) unpacked")]
-    Gzip {
-        limit: u64,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Bundle(#[from] BundleError),
-    #[error("{url} did not answer FortiOS JSON")]
-    NotFortiOs {
-        url: String,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("the FortiGate has no Internet Service `{service}` (names are as in `config firewall internet-service-name`)")]
-    UnknownService { service: String },
-    #[error("the FortiGate runs FortiOS {version}: ISDB IPv6 ranges need 7.4 or later (family: ipv4 or both)")]
-    NoIpv6 { version: String },
-    #[error("Internet Service `{service}` (id {id}) has no addresses on this FortiGate: possibly a reduced ISDB on this model (`config system global` `internet-service-database`); nothing is published")]
-    EmptyService { service: String, id: u64 },
-}
-
-impl SourceError {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SourceError::Fetch(error) => error.kind(),
-            SourceError::NotTaxii { .. } => "protocol",
-            SourceError::NoCollection { .. } | SourceError::Unreadable { .. } => "collection",
-            SourceError::NoDownload => "protocol",
-            SourceError::Gzip { .. } => "too_large",
-            SourceError::Bundle(_) => "format",
-            SourceError::NotFortiOs { .. } => "protocol",
-            SourceError::UnknownService { .. } => "unknown_service",
-            SourceError::NoIpv6 { .. } => "version",
-            SourceError::EmptyService { .. } => "empty",
-        }
-    }
-}
 
 #[derive(Deserialize)]
 struct Discovery {
@@ -114,7 +55,6 @@ struct Collection {
 }
 
 /// A TAXII 2.1 collection, with the indicators read so far.
-#[derive(Debug)]
 pub struct TaxiiSource {
     url: String,
     settings: TaxiiConfig,
@@ -123,8 +63,10 @@ pub struct TaxiiSource {
     objects_url: Option<String>,
     /// Where the next pull goes on from.
     added_after: Option<String>,
-    /// Indicator id -> its latest version's `modified` and addresses (or why none).
-    indicators: BTreeMap<String, (Option<String>, Result<Indicator, Unsupported>)>,
+    /// Indicator id -> its latest version's `modified` (epoch ms), and its addresses while it
+    /// can still count (`None` once revoked, expired or not an address: only the version is
+    /// kept, so an older copy read later cannot bring it back).
+    indicators: BTreeMap<String, (Option<i64>, Option<Indicator>)>,
 }
 
 impl TaxiiSource {
@@ -232,7 +174,16 @@ impl TaxiiSource {
         let mut read = StixRead::default();
         let mut next: Option<String> = None;
         let mut added_after = self.added_after.clone();
-        for _ in 0..MAX_PAGES {
+        let mut pages = 0;
+        loop {
+            if pages == MAX_PAGES {
+                tracing::warn!(
+                    pages,
+                    "a TAXII pull stopped at the page cap; the next pull goes on from there"
+                );
+                break;
+            }
+            pages += 1;
             let mut query = vec![("limit", self.settings.page_size.to_string())];
             match (&next, &added_after) {
                 (Some(token), _) => query.push(("next", token.clone())),
@@ -245,36 +196,49 @@ impl TaxiiSource {
                     .fetch(&url, &self.headers, &Validators::default())
                     .await?,
             );
+            let indicators = &mut self.indicators;
             let envelope = stix::read_objects(body.as_slice(), |object| {
                 let Some(indicator) = object.indicator() else {
                     return;
                 };
                 read.add(indicator.as_ref().map_err(|reason| *reason), now_ms);
-                let newer = self
-                    .indicators
+                let modified = object.modified.as_deref().and_then(stix::timestamp_ms);
+                let newer = indicators
                     .get(&object.id)
-                    .is_none_or(|(modified, _)| *modified <= object.modified);
+                    .is_none_or(|(known, _)| *known <= modified);
                 if newer {
-                    self.indicators
-                        .insert(object.id.clone(), (object.modified.clone(), indicator));
+                    let live = indicator.ok().filter(|indicator| {
+                        !indicator.revoked
+                            && indicator.valid_until_ms.is_none_or(|until| until > now_ms)
+                    });
+                    indicators.insert(object.id.clone(), (modified, live));
                 }
             })?;
+            let moved_by_date = date_added_last.is_some() && date_added_last != added_after;
             if let Some(last) = date_added_last {
                 added_after = Some(last);
             }
             if !envelope.more {
                 break;
             }
+            // `more` must come with a way on: a new `next`, or a later Date-Added-Last.
+            let moved_by_token = envelope.next.is_some() && envelope.next != next;
+            if !(moved_by_token || (envelope.next.is_none() && moved_by_date)) {
+                self.added_after = added_after;
+                return Err(SourceError::StuckPaging);
+            }
             next = envelope.next;
         }
         self.added_after = added_after;
         // The set in force: every known indicator's latest version, if it counts now.
         let mut in_force = StixRead::default();
-        for (_, indicator) in self.indicators.values() {
-            if let Ok(indicator) = indicator {
-                if indicator.outcome(now_ms) == stix::Outcome::Ip {
-                    in_force.add(Ok(indicator), now_ms);
-                }
+        for indicator in self
+            .indicators
+            .values()
+            .filter_map(|(_, live)| live.as_ref())
+        {
+            if indicator.outcome(now_ms) == stix::Outcome::Ip {
+                in_force.add(Ok(indicator), now_ms);
             }
         }
         let mut feed = in_force.feed;
@@ -286,7 +250,6 @@ impl TaxiiSource {
 }
 
 /// FortiGuard's Premium API feed.
-#[derive(Debug)]
 pub struct PremiumSource {
     feed_url: String,
     headers: Vec<(String, String)>,
@@ -324,7 +287,7 @@ impl PremiumSource {
                 .await?,
         );
         let downloads: Vec<Download> =
-            serde_json::from_slice(&body).map_err(|source| SourceError::NotTaxii {
+            serde_json::from_slice(&body).map_err(|source| SourceError::NotPremium {
                 url: crate::net::http::redact_url(&self.feed_url),
                 source,
             })?;
@@ -338,7 +301,11 @@ impl PremiumSource {
                 .fetch(&download.data, &[], &Validators::default())
                 .await?,
         );
-        let unpacked = flate2::read::GzDecoder::new(compressed.as_slice()).take(max_body_bytes);
+        let unpacked = std::io::BufReader::with_capacity(
+            64 * 1024,
+            flate2::read::GzDecoder::new(compressed.as_slice()),
+        )
+        .take(max_body_bytes);
         let mut counted = CountingReader {
             inner: unpacked,
             read: 0,
@@ -372,64 +339,5 @@ impl<R: Read> Read for CountingReader<R> {
         let n = self.inner.read(buf)?;
         self.read += n as u64;
         Ok(n)
-    }
-}
-
-/// The body (and TAXII date header) of a fetch made without validators.
-fn content(fetched: Fetched) -> (Vec<u8>, Option<String>) {
-    match fetched {
-        Fetched::Content {
-            body,
-            date_added_last,
-            ..
-        } => (body, date_added_last),
-        // Only a conditional request is answered 304, and these are not conditional.
-        Fetched::NotModified => (Vec::new(), None),
-    }
-}
-
-fn with_slash(url: &str) -> String {
-    match url.ends_with('/') {
-        true => url.to_owned(),
-        false => format!("{url}/"),
-    }
-}
-
-/// `key=value&...`, percent-encoded.
-fn encode_query(pairs: &[(&str, String)]) -> String {
-    pairs
-        .iter()
-        .map(|(key, value)| format!("{key}={}", percent(value)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-pub(super) fn percent(text: &str) -> String {
-    let mut out = String::new();
-    for byte in text.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(byte as char)
-            }
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn queries_are_percent_encoded() {
-        assert_eq!(
-            encode_query(&[
-                ("added_after", "2026-12-01T10:00:00.123Z".into()),
-                ("next", "a b+c/=".into())
-            ]),
-            "added_after=2026-12-01T10%3A00%3A00.123Z&next=a%20b%2Bc%2F%3D"
-        );
-        assert_eq!(with_slash("https://t/api1"), "https://t/api1/");
     }
 }

@@ -93,6 +93,16 @@ impl HttpError {
 
 /// Builds a client. Connections are kept alive between requests.
 pub fn client(settings: &HttpSettings) -> Result<reqwest::Client, HttpError> {
+    client_with_redirects(settings, false)
+}
+
+/// A client as [`client`] makes; with `same_host_only`, redirects to another host are refused
+/// too, for requests that carry a secret header a redirect must not take elsewhere (reqwest
+/// drops only the standard ones, such as `Authorization`, on such a redirect).
+pub fn client_with_redirects(
+    settings: &HttpSettings,
+    same_host_only: bool,
+) -> Result<reqwest::Client, HttpError> {
     tls::install_provider();
     let tls = tls::client_config(&settings.tls, settings.trust, &settings.client)?;
     reqwest::Client::builder()
@@ -100,12 +110,19 @@ pub fn client(settings: &HttpSettings) -> Result<reqwest::Client, HttpError> {
         .timeout(settings.timeout)
         .user_agent(concat!("threatflow/", env!("CARGO_PKG_VERSION")))
         .tls_backend_preconfigured(tls)
-        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+        .redirect(reqwest::redirect::Policy::custom(move |attempt| {
             // Never let a redirect take TLS away.
             let downgrade = attempt.previous().iter().any(|url| url.scheme() == "https")
                 && attempt.url().scheme() != "https";
+            let elsewhere = same_host_only
+                && attempt
+                    .previous()
+                    .first()
+                    .is_some_and(|first| first.host_str() != attempt.url().host_str());
             if downgrade {
                 attempt.error("refusing to follow a redirect from https to plain http")
+            } else if elsewhere {
+                attempt.error("refusing to follow a redirect to another host with a secret header")
             } else if attempt.previous().len() >= 5 {
                 attempt.error("too many redirects")
             } else {
