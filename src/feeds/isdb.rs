@@ -110,7 +110,7 @@ impl IsdbSource {
             .map(|(key, value)| format!("{key}={value}"))
             .collect();
         if let Some(vdom) = &self.settings.vdom {
-            query.push(format!("vdom={}", super::source::percent(vdom)));
+            query.push(format!("vdom={}", crate::net::http::percent_encode(vdom)));
         }
         format!("{}{path}?{}", self.base, query.join("&"))
     }

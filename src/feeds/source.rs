@@ -98,22 +98,9 @@ pub(super) fn with_slash(url: &str) -> String {
 pub(super) fn encode_query(pairs: &[(&str, String)]) -> String {
     pairs
         .iter()
-        .map(|(key, value)| format!("{key}={}", percent(value)))
+        .map(|(key, value)| format!("{key}={}", crate::net::http::percent_encode(value)))
         .collect::<Vec<_>>()
         .join("&")
-}
-
-pub(super) fn percent(text: &str) -> String {
-    let mut out = String::new();
-    for byte in text.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(byte as char)
-            }
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -126,18 +126,9 @@ pub(crate) fn table(family: Family, group: bool) -> &'static str {
     }
 }
 
-/// Percent-encodes a path segment: everything but unreserved characters.
+/// Percent-encodes a path segment.
 fn encode(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for byte in segment.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(byte as char)
-            }
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
+    crate::net::http::percent_encode(segment)
 }
 
 /// `major.minor.patch` from `v7.2.4` (or `7.2`).

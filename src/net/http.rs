@@ -92,6 +92,20 @@ impl HttpError {
 }
 
 /// Builds a client. Connections are kept alive between requests.
+/// Percent-encodes a path segment or a query value: everything but unreserved characters.
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(byte as char)
+            }
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
 pub fn client(settings: &HttpSettings) -> Result<reqwest::Client, HttpError> {
     client_with_redirects(settings, false)
 }
