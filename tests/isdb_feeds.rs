@@ -5,11 +5,9 @@
 
 mod common;
 
-use std::net::IpAddr;
-
 use common::fortigate::{self as fgt, Fault};
 use threatflow::enrich::ThreatMatcher;
-use threatflow::feeds::sync::{self, FeedMetrics, FeedRunner, FeedStatus, StatusBoard};
+use threatflow::feeds::sync::{FeedRunner, FeedStatus, StatusBoard};
 
 const DETAILS: &str = "/api/v2/monitor/firewall/internet-service-details";
 const TOR_EXIT: u64 = 2818243;
@@ -42,19 +40,7 @@ impl Scene {
             key.display(),
             self.dir.path().join("ca.pem").display(),
         );
-        let config = threatflow::config::Config::from_yaml(&yaml).unwrap();
-        let problems = config.validate();
-        assert!(problems.is_empty(), "{problems}");
-        FeedRunner::new(
-            config.feeds[0].clone(),
-            &config.feed_settings,
-            sync::fetcher(&config.feed_settings).unwrap(),
-            None,
-            Some(threats.clone()),
-            FeedMetrics::default(),
-            board.clone(),
-        )
-        .unwrap()
+        common::feed_runner(&yaml, threats, board)
     }
 }
 
@@ -63,7 +49,7 @@ fn status(board: &StatusBoard) -> FeedStatus {
 }
 
 fn listed(threats: &ThreatMatcher, ip: &str) -> bool {
-    threats.load().lookup(ip.parse::<IpAddr>().unwrap()).0 != 0
+    common::threat_listed(threats, ip)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,30 +4,14 @@
 
 mod common;
 
-use std::net::IpAddr;
 use std::path::Path;
 
 use serde_json::{json, Value};
 use threatflow::enrich::ThreatMatcher;
-use threatflow::feeds::config::FeedConfig;
-use threatflow::feeds::sync::{self, FeedMetrics, FeedRunner, FeedStatus, StatusBoard};
+use threatflow::feeds::sync::{FeedRunner, FeedStatus, StatusBoard};
 
-/// A feed sync set up from `yaml` (one feed), matching into `threats`, publishing nothing.
 fn runner(yaml: &str, threats: &ThreatMatcher, board: &StatusBoard) -> FeedRunner {
-    let config = threatflow::config::Config::from_yaml(yaml).unwrap();
-    let problems = config.validate();
-    assert!(problems.is_empty(), "{problems}");
-    let feed: FeedConfig = config.feeds[0].clone();
-    FeedRunner::new(
-        feed,
-        &config.feed_settings,
-        sync::fetcher(&config.feed_settings).unwrap(),
-        None,
-        Some(threats.clone()),
-        FeedMetrics::default(),
-        board.clone(),
-    )
-    .unwrap()
+    common::feed_runner(yaml, threats, board)
 }
 
 fn status(board: &StatusBoard, name: &str) -> FeedStatus {
@@ -35,7 +19,7 @@ fn status(board: &StatusBoard, name: &str) -> FeedStatus {
 }
 
 fn listed(threats: &ThreatMatcher, ip: &str) -> bool {
-    threats.load().lookup(ip.parse::<IpAddr>().unwrap()).0 != 0
+    common::threat_listed(threats, ip)
 }
 
 fn secret(dir: &Path, name: &str, value: &str) -> String {

@@ -425,9 +425,11 @@ enum Typed {
 }
 
 impl Typed {
+    /// Reads the object where it is (serde_json deserializes from a borrowed `Value`).
     fn deserialize_from(resource: Resource, value: &Value) -> serde_json::Result<Typed> {
-        use serde_json::from_value as from;
-        let value = value.clone();
+        fn from<'a, T: Deserialize<'a>>(value: &'a Value) -> serde_json::Result<T> {
+            T::deserialize(value)
+        }
         Ok(match resource {
             Resource::FelixConfiguration => Typed::Felix(from(value)?),
             Resource::IpPool => Typed::Pool(from(value)?),

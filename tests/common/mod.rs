@@ -204,6 +204,33 @@ pub fn metric(port: u16, series: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }
 
+/// A feed sync set up from a config's first feed, matching into `threats`, publishing nothing.
+pub fn feed_runner(
+    yaml: &str,
+    threats: &threatflow::enrich::ThreatMatcher,
+    board: &threatflow::feeds::sync::StatusBoard,
+) -> threatflow::feeds::sync::FeedRunner {
+    use threatflow::feeds::sync;
+    let config = threatflow::config::Config::from_yaml(yaml).unwrap();
+    let problems = config.validate();
+    assert!(problems.is_empty(), "{problems}");
+    sync::FeedRunner::new(
+        config.feeds[0].clone(),
+        &config.feed_settings,
+        sync::fetcher(&config.feed_settings).unwrap(),
+        None,
+        Some(threats.clone()),
+        sync::FeedMetrics::default(),
+        board.clone(),
+    )
+    .unwrap()
+}
+
+/// Whether a feed in force in `threats` lists `ip`.
+pub fn threat_listed(threats: &threatflow::enrich::ThreatMatcher, ip: &str) -> bool {
+    threats.load().lookup(ip.parse().unwrap()).0 != 0
+}
+
 /// A loopback port free now, for a peer that must be told its port before it binds.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
