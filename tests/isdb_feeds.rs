@@ -1,11 +1,13 @@
 //! FortiGate ISDB feeds through the feed sync, against the FortiGate double's ISDB endpoints
 //! in each FortiOS version profile: names resolved on the device, summary then pages with
 //! repeated rows merged, IPv6 from 7.4, a service growing mid-walk, an empty (mini) ISDB, an
-//! unknown service, refusals and throttling.
+//! unknown service, refusals and throttling; and the same walk relayed through the FortiManager
+//! double to a FortiGate it manages (`via: fortimanager`).
 
 mod common;
 
 use common::fortigate::{self as fgt, Fault};
+use common::fortimanager as fmg;
 use threatflow::enrich::ThreatMatcher;
 use threatflow::feeds::sync::{FeedRunner, FeedStatus, StatusBoard};
 
@@ -193,4 +195,96 @@ async fn empty_unknown_refused_and_throttled_services_are_reported() {
         "{:?}",
         status(&board)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_fortimanager_the_same_walk_is_relayed_to_the_device() {
+    let scene = Scene::at("v7.4.8").await;
+    scene.double.set_isdb_service(
+        TOR_EXIT,
+        vec![
+            ("192.0.2.8", "192.0.2.15"),
+            ("2001:db8:70::", "2001:db8:70::ff"),
+        ],
+        2,
+    );
+    let manager = fmg::FortiManager::start(scene.dir.path(), fmg::Knobs::default()).await;
+    manager.manage("fgt-edge", scene.double.clone(), "fgt-key");
+    let key = scene.dir.path().join("fmg-key");
+    std::fs::write(&key, "fmg-key\n").unwrap();
+    let runner = |device: &str, threats: &ThreatMatcher, board: &StatusBoard| {
+        let yaml = format!(
+            "feeds:\n  - name: tor\n    type: fortigate-isdb\n    url: {}\n    mode: monitor\n    isdb: {{service: Tor-Exit.Node, via: fortimanager, device: {device}, vdom: root, api_key: {{value_from_file: {}}}, requests_per_second: 100}}\nfeed_settings: {{ca_file: {}}}\n",
+            manager.url(),
+            key.display(),
+            scene.dir.path().join("ca.pem").display(),
+        );
+        common::feed_runner(&yaml, threats, board)
+    };
+    let threats = ThreatMatcher::default();
+    let board = StatusBoard::default();
+    let mut feed = runner("fgt-edge", &threats, &board);
+    assert_eq!(feed.sync().await, Ok("unchanged"), "{:?}", status(&board));
+    assert_eq!(status(&board).entries, 2);
+    assert!(listed(&threats, "192.0.2.9") && listed(&threats, "2001:db8:70::5"));
+    // Every call went through the manager's relay, none to the FortiGate directly.
+    assert!(scene.double.requests_to(DETAILS).is_empty());
+    let relayed = manager.relayed();
+    assert!(relayed
+        .iter()
+        .all(|(device, action, _)| device == "fgt-edge" && action == "GET"));
+    let resources: Vec<&str> = relayed.iter().map(|(_, _, r)| r.as_str()).collect();
+    assert!(resources[0].starts_with("/api/v2/cmdb/firewall/internet-service-name?"));
+    assert!(resources.contains(
+        &"/api/v2/monitor/firewall/internet-service-details?id=2818243&summary_only=true&vdom=root"
+    ));
+    assert!(resources.contains(&"/api/v2/monitor/firewall/internet-service-details?id=2818243&ipv6_only=true&start=0&count=1000&vdom=root"));
+    // The manager's key went in its header, never in the body or a URL.
+    for call in manager.server.requests() {
+        assert_eq!(call.header("authorization"), Some("Bearer fmg-key"));
+        assert!(!call.target.contains("fmg-key"));
+        assert!(!String::from_utf8_lossy(&call.body).contains("fmg-key"));
+    }
+
+    // The device throttles a relayed call: it is tried again after a pause.
+    scene.double.inject([Fault::Throttle {
+        retry_after_secs: 1,
+    }]);
+    assert_eq!(feed.sync().await, Ok("unchanged"), "{:?}", status(&board));
+
+    // The manager cannot reach the device: reported as such, the set stays.
+    scene.double.inject([Fault::Reset]);
+    assert!(feed.sync().await.is_err());
+    let unreachable = status(&board);
+    assert_eq!(unreachable.last_outcome, "unavailable");
+    assert!(
+        unreachable
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("could not reach device fgt-edge"),
+        "{unreachable:?}"
+    );
+    assert!(listed(&threats, "192.0.2.9"));
+
+    // The device refuses the relay's admin: the device's status, not the manager's.
+    scene.double.deny_firewall_read("fgt-key");
+    assert!(feed.sync().await.is_err());
+    let refused = status(&board);
+    assert_eq!(refused.last_outcome, "forbidden", "{refused:?}");
+    assert!(refused
+        .last_error
+        .unwrap()
+        .contains("device fgt-edge answered HTTP 403"));
+
+    // A device the ADOM does not manage.
+    let board = StatusBoard::default();
+    let mut missing = runner("fgt-other", &threats, &board);
+    assert!(missing.sync().await.is_err());
+    let missing = status(&board);
+    assert_eq!(missing.last_outcome, "protocol");
+    assert!(missing
+        .last_error
+        .unwrap()
+        .contains("relaying to device fgt-other"),);
 }

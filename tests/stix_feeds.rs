@@ -277,6 +277,7 @@ async fn a_stix_bundle_at_a_url_and_hostile_bundles() {
 fn the_fortiguard_and_taxii_examples_are_valid_configs() {
     for example in [
         "connectors/fortiguard/isdb.yaml",
+        "connectors/fortiguard/isdb-via-fortimanager.yaml",
         "connectors/fortiguard/premium.yaml",
         "connectors/taxii/opencti.yaml",
     ] {

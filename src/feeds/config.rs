@@ -108,8 +108,19 @@ pub struct IsdbConfig {
     /// The VDOM, on a FortiGate with several.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vdom: Option<String>,
-    /// A REST API admin's key with read-only firewall access, sent as
-    /// `Authorization: Bearer`.
+    /// `fortigate` (the feed's `url` is the FortiGate) or `fortimanager` (the `url` is a
+    /// FortiManager, which relays every call to `device` with `exec /sys/proxy/json`).
+    #[serde(default)]
+    pub via: IsdbVia,
+    /// With `via: fortimanager`: the managed FortiGate's name in the ADOM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// With `via: fortimanager`: the device's ADOM.
+    #[serde(default = "default_adom")]
+    pub adom: String,
+    /// A key sent as `Authorization: Bearer`: a REST API admin's with read-only firewall
+    /// access on the FortiGate, or, with `via: fortimanager`, a FortiManager API user's with
+    /// JSON API read access to the device's ADOM.
     pub api_key: crate::secret::SecretSource,
     /// Requests per second, at most (FortiOS throttles bursts with 429).
     #[serde(default = "default_isdb_rate")]
@@ -117,6 +128,21 @@ pub struct IsdbConfig {
     /// Rows per page (FortiOS clamps to 20..1000).
     #[serde(default = "default_isdb_page")]
     pub page_size: u32,
+}
+
+/// How an ISDB feed reaches its FortiGate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IsdbVia {
+    /// Directly, at the feed's URL.
+    #[default]
+    Fortigate,
+    /// Through the FortiManager at the feed's URL.
+    Fortimanager,
+}
+
+fn default_adom() -> String {
+    "root".into()
 }
 
 /// Which address family an ISDB feed takes.
@@ -375,6 +401,18 @@ pub fn validate(feeds: &[FeedConfig], settings: &FeedSettings, problems: &mut Pr
                         }
                         isdb.api_key
                             .validate(&format!("{path}.isdb.api_key"), problems);
+                        let device = isdb.device.as_deref().map(str::trim);
+                        match (isdb.via, device) {
+                            (IsdbVia::Fortimanager, None | Some("")) => problems.push(
+                                format!("{path}.isdb.device"),
+                                "name the managed FortiGate the FortiManager relays to",
+                            ),
+                            (IsdbVia::Fortigate, Some(_)) => problems.push(
+                                format!("{path}.isdb.device"),
+                                "is for `via: fortimanager` (the url is the FortiGate itself)",
+                            ),
+                            _ => {}
+                        }
                     }
                 }
             }

@@ -11,23 +11,35 @@
 //! 3. If the total moved during the walk (an ISDB update), the walk is made once more.
 //!
 //! The key goes in `Authorization: Bearer`, never in a URL; requests are paced, and `429`
-//! with `Retry-After` is honoured by the fetcher. A service with no ranges is reported as
+//! with `Retry-After` is honoured by the fetcher. With `via: fortimanager` the same calls go
+//! to FortiManager, which relays each to the device (`exec /sys/proxy/json`) and returns the
+//! FortiGate's own reply; a relayed 429 (which carries no `Retry-After`) is tried again after
+//! a growing pause. A service with no ranges is reported as
 //! possibly a reduced ISDB on this model (`internet-service-database`), never published as an
 //! empty set.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
-use super::config::{IsdbConfig, IsdbFamily};
+use super::config::{IsdbConfig, IsdbFamily, IsdbVia};
 use super::fetch::{Fetched, Fetcher, Validators};
 use super::format::ParsedFeed;
 use super::source::SourceError;
+use crate::firewall::fortimanager::{FortiManager, FortiManagerSettings};
+use crate::firewall::{Credentials, TargetError};
+use crate::net::http::HttpSettings;
 use crate::net::rate::RateLimit;
 
 /// The most rows one walk reads (a full ISDB service is far below this).
 pub const MAX_ROWS: u64 = 5_000_000;
+
+/// How often a relayed call throttled by the FortiGate is tried again, and the first pause.
+const RELAY_RETRIES: u32 = 3;
+const RELAY_PAUSE: Duration = Duration::from_secs(2);
 
 #[derive(Deserialize)]
 struct Envelope<T> {
@@ -85,26 +97,60 @@ struct Walk {
     version: Option<String>,
 }
 
+/// How the FortiGate is reached.
+enum Reach {
+    /// At `base`, with the key in `headers`, through the feed fetcher.
+    Direct {
+        base: String,
+        headers: Vec<(String, String)>,
+    },
+    /// Through FortiManager's relay to `device`.
+    Manager {
+        client: Box<FortiManager>,
+        device: String,
+    },
+}
+
 /// One ISDB service on a FortiGate (no `Debug`: it holds the key).
 pub struct IsdbSource {
-    base: String,
+    reach: Reach,
     settings: IsdbConfig,
-    headers: Vec<(String, String)>,
     pace: RateLimit,
 }
 
 impl IsdbSource {
-    /// `api_key` goes in `Authorization: Bearer`.
-    pub fn new(url: &str, settings: &IsdbConfig, api_key: &str) -> IsdbSource {
-        IsdbSource {
-            base: url.trim_end_matches('/').to_owned(),
+    /// `url` is the FortiGate's, or with `via: fortimanager` the FortiManager's; `api_key` goes
+    /// in `Authorization: Bearer`; `http` is how the FortiManager client connects.
+    pub fn new(
+        url: &str,
+        settings: &IsdbConfig,
+        api_key: &str,
+        http: HttpSettings,
+    ) -> Result<IsdbSource, TargetError> {
+        let reach = match (settings.via, &settings.device) {
+            (IsdbVia::Fortimanager, Some(device)) => Reach::Manager {
+                client: Box::new(FortiManager::new(FortiManagerSettings::reader(
+                    url,
+                    &settings.adom,
+                    Credentials::ApiKey(api_key.to_owned()),
+                    http,
+                ))?),
+                device: device.clone(),
+            },
+            _ => Reach::Direct {
+                base: url.trim_end_matches('/').to_owned(),
+                headers: vec![("Authorization".into(), format!("Bearer {api_key}"))],
+            },
+        };
+        Ok(IsdbSource {
+            reach,
             settings: settings.clone(),
-            headers: vec![("Authorization".into(), format!("Bearer {api_key}"))],
             pace: RateLimit::per_second(settings.requests_per_second),
-        }
+        })
     }
 
-    fn url(&self, path: &str, query: &[(&str, String)]) -> String {
+    /// A FortiOS path with its query (and the VDOM).
+    fn resource(&self, path: &str, query: &[(&str, String)]) -> String {
         let mut query: Vec<String> = query
             .iter()
             .map(|(key, value)| format!("{key}={value}"))
@@ -112,7 +158,7 @@ impl IsdbSource {
         if let Some(vdom) = &self.settings.vdom {
             query.push(format!("vdom={}", crate::net::http::percent_encode(vdom)));
         }
-        format!("{}{path}?{}", self.base, query.join("&"))
+        format!("{path}?{}", query.join("&"))
     }
 
     async fn get<T: for<'de> Deserialize<'de>>(
@@ -122,18 +168,39 @@ impl IsdbSource {
         query: &[(&str, String)],
     ) -> Result<Envelope<T>, SourceError> {
         self.pace.acquire().await;
-        let url = self.url(path, query);
-        let body = match fetcher
-            .fetch(&url, &self.headers, &Validators::default())
-            .await?
-        {
-            Fetched::Content { body, .. } => body,
-            Fetched::NotModified => Vec::new(),
-        };
-        serde_json::from_slice(&body).map_err(|source| SourceError::NotFortiOs {
-            url: crate::net::http::redact_url(&url),
-            source,
-        })
+        let resource = self.resource(path, query);
+        match &mut self.reach {
+            Reach::Direct { base, headers } => {
+                let url = format!("{base}{resource}");
+                let body = match fetcher.fetch(&url, headers, &Validators::default()).await? {
+                    Fetched::Content { body, .. } => body,
+                    Fetched::NotModified => Vec::new(),
+                };
+                serde_json::from_slice(&body).map_err(|source| SourceError::NotFortiOs {
+                    url: crate::net::http::redact_url(&url),
+                    source,
+                })
+            }
+            Reach::Manager { client, device } => {
+                let mut pause = RELAY_PAUSE;
+                let mut tries = 0;
+                let response = loop {
+                    match client.relay_get(device, &resource).await {
+                        Err(TargetError::Throttled { .. }) if tries < RELAY_RETRIES => {
+                            tracing::info!(device = %device, pause_secs = pause.as_secs(), "the FortiGate throttled a relayed call; trying again");
+                            tokio::time::sleep(pause).await;
+                            pause *= 2;
+                            tries += 1;
+                        }
+                        answer => break answer.map_err(SourceError::Relay)?,
+                    }
+                };
+                serde_json::from_value(response).map_err(|source| SourceError::NotFortiOs {
+                    url: format!("{path} on {device} through FortiManager"),
+                    source,
+                })
+            }
+        }
     }
 
     /// The service's ID: configured, or found by name.

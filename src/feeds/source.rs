@@ -51,6 +51,8 @@ pub enum SourceError {
     UnknownService { service: String },
     #[error("the FortiGate runs FortiOS {version}: ISDB IPv6 ranges need 7.4 or later (family: ipv4 or both)")]
     NoIpv6 { version: String },
+    #[error("through FortiManager: {0}")]
+    Relay(crate::firewall::TargetError),
     #[error("Internet Service `{service}` (id {id}) has no addresses on this FortiGate: possibly a reduced ISDB on this model (`config system global` `internet-service-database`); nothing is published")]
     EmptyService { service: String, id: u64 },
 }
@@ -70,6 +72,7 @@ impl SourceError {
             SourceError::UnknownService { .. } => "unknown_service",
             SourceError::NoIpv6 { .. } => "version",
             SourceError::EmptyService { .. } => "empty",
+            SourceError::Relay(error) => error.kind(),
         }
     }
 }

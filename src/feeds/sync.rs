@@ -79,6 +79,12 @@ pub enum SetupError {
     },
     #[error("cannot build the HTTP client for feeds (feed_settings.ca_file?)")]
     Client(#[source] FetchError),
+    #[error("feed {feed}: the FortiManager client")]
+    Manager {
+        feed: String,
+        #[source]
+        source: crate::firewall::TargetError,
+    },
     #[error(transparent)]
     Kubernetes(#[from] crate::deps::KubeUnavailable),
 }
@@ -88,6 +94,7 @@ impl SetupError {
         match self {
             SetupError::Secret { source, .. } => source.kind(),
             SetupError::Client(error) => error.kind(),
+            SetupError::Manager { source, .. } => source.kind(),
             SetupError::Kubernetes(_) => "kubernetes",
         }
     }
@@ -253,19 +260,24 @@ enum Source {
     Isdb(IsdbSource),
 }
 
-/// The HTTP client for feeds: `feed_settings.ca_file` is trusted besides the system's roots.
+/// How feed clients connect: `feed_settings.ca_file` is trusted besides the system's roots.
+fn http_settings(settings: &FeedSettings) -> HttpSettings {
+    HttpSettings {
+        connect_timeout: Duration::from_secs(settings.connect_timeout_secs),
+        timeout: Duration::from_secs(settings.timeout_secs),
+        tls: TlsSettings {
+            ca_file: settings.ca_file.clone(),
+            ..TlsSettings::default()
+        },
+        trust: Trust::SystemAndCaFile,
+        client: "feeds".into(),
+    }
+}
+
+/// The HTTP client for feeds.
 pub fn fetcher(settings: &FeedSettings) -> Result<Fetcher, SetupError> {
     Fetcher::new(FetchSettings {
-        http: HttpSettings {
-            connect_timeout: Duration::from_secs(settings.connect_timeout_secs),
-            timeout: Duration::from_secs(settings.timeout_secs),
-            tls: TlsSettings {
-                ca_file: settings.ca_file.clone(),
-                ..TlsSettings::default()
-            },
-            trust: Trust::SystemAndCaFile,
-            client: "feeds".into(),
-        },
+        http: http_settings(settings),
         max_body_bytes: settings.max_body_bytes,
         retries: settings.retries,
         ..FetchSettings::default()
@@ -360,7 +372,12 @@ impl FeedRunner {
                         feed: feed.name.clone(),
                         source,
                     })?;
-                Source::Isdb(IsdbSource::new(&feed.url, isdb, &api_key))
+                let source = IsdbSource::new(&feed.url, isdb, &api_key, http_settings(settings))
+                    .map_err(|source| SetupError::Manager {
+                        feed: feed.name.clone(),
+                        source,
+                    })?;
+                Source::Isdb(source)
             }
         };
         Ok(FeedRunner {

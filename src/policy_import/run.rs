@@ -27,7 +27,7 @@ use crate::firewall::fortimanager::{FortiManager, FortiManagerSettings};
 use crate::firewall::panorama::{Panorama, PanoramaSettings};
 use crate::firewall::rules::Rulebase;
 use crate::firewall::Credentials;
-use crate::firewall::{Marker, Target as _, TargetError};
+use crate::firewall::{Target as _, TargetError};
 use crate::k8s::apply::{Adopt, ApplyError, Object, ObjectKind, Ownership, Target};
 use crate::k8s::leader::Leadership;
 use crate::net::backoff::Backoff;
@@ -283,18 +283,12 @@ pub fn source(
         source,
     };
     if let Some(manager) = &config.fortimanager {
-        let client = FortiManager::new(FortiManagerSettings {
-            url: manager.url.clone(),
-            adom: manager.adom.clone(),
-            credentials: credentials(name, &manager.api_key, &manager.username, &manager.password)?,
-            http: http_settings(name, &manager.tls, config.timeout_secs),
-            requests_per_second: 10.0,
-            group_max_members: 2,
-            marker: Marker::new(""),
-            install: Vec::new(),
-            install_poll: Duration::from_secs(3),
-            install_timeout: Duration::from_secs(60),
-        })
+        let client = FortiManager::new(FortiManagerSettings::reader(
+            &manager.url,
+            &manager.adom,
+            credentials(name, &manager.api_key, &manager.username, &manager.password)?,
+            http_settings(name, &manager.tls, config.timeout_secs),
+        ))
         .map_err(client_error)?;
         let source = RulebaseSource::FortiManager {
             client: Box::new(client),

@@ -180,6 +180,12 @@ impl FortiGate {
         self.server.base.clone()
     }
 
+    /// The double's answer to `request`, as if it came over HTTP (FortiManager's relay uses
+    /// this: its tunnel to the device is not HTTP).
+    pub fn answer(&self, request: &Request) -> Reply {
+        handle(&self.state, request)
+    }
+
     pub fn set_version(&self, version: &str) {
         self.state.lock().knobs.version = version.into();
     }

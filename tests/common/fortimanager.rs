@@ -27,6 +27,13 @@
 //!   `/pm/config/adom/<adom>/pkg/<pkg>/firewall/policy` in sequence, each rule with its
 //!   `obj seq`; the ADOM's services (`obj/firewall/service/custom`, `service/group`) and
 //!   normalized interfaces (`obj/dynamic/interface`) read from tables a test sets;
+//! - `exec /sys/proxy/json` relays `{action, resource, payload, target}` to managed FortiGate
+//!   doubles (registered with [`FortiManager::manage`]) and answers one entry per target,
+//!   `{target, status: {code, message}, response}`, `response` being the device's reply
+//!   envelope. Assumed, not documented: an HTML or empty device reply becomes
+//!   `{status: "error", http_status}`; a device that closes the connection answers code `-1`
+//!   with no response; a target not managed in the ADOM fails the whole request with `-3`;
+//!   a device's delay fault is not relayed (the reply comes at once);
 //! - fault injection: the next requests can get an HTML 5xx, a reset connection, or a delay.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -37,7 +44,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 pub use super::fortigate::Fault;
-use super::fortigate::{version_at_least, with_fault};
+use super::fortigate::{version_at_least, with_fault, FortiGate};
 use super::http::{HttpServer, Reply, Request};
 
 /// How the manager behaves.
@@ -112,6 +119,10 @@ struct State {
     packages: BTreeMap<String, (u64, Vec<Value>)>,
     /// Read-only ADOM tables by path under `obj/` (`firewall/service/custom`, ...).
     tables: BTreeMap<String, Vec<Value>>,
+    /// Managed FortiGates in ADOM root by name, and the key the relay authenticates with.
+    devices: BTreeMap<String, (FortiGate, String)>,
+    /// Requests relayed to devices: `(device, action, resource)`.
+    relayed: Vec<(String, String, String)>,
 }
 
 /// A running FortiManager double.
@@ -164,6 +175,19 @@ impl FortiManager {
 
     pub fn inject(&self, faults: impl IntoIterator<Item = Fault>) {
         self.state.lock().faults.extend(faults);
+    }
+
+    /// Manages `device` as `name` in ADOM root; relayed calls reach it with `key`.
+    pub fn manage(&self, name: &str, device: FortiGate, key: &str) {
+        self.state
+            .lock()
+            .devices
+            .insert(name.to_owned(), (device, key.to_owned()));
+    }
+
+    /// Calls relayed to devices so far: `(device, action, resource)`.
+    pub fn relayed(&self) -> Vec<(String, String, String)> {
+        self.state.lock().relayed.clone()
     }
 
     pub fn set_idle_timeout(&self, timeout: Duration) {
@@ -644,6 +668,59 @@ impl State {
         }
     }
 
+    /// `exec /sys/proxy/json`: the request passed to each target device double.
+    fn relay(&mut self, url: &str, data: &Value) -> Value {
+        let action = data["action"]
+            .as_str()
+            .unwrap_or("get")
+            .to_ascii_uppercase();
+        let resource = data["resource"].as_str().unwrap_or_default().to_owned();
+        let body = match &data["payload"] {
+            Value::Null => Vec::new(),
+            payload => payload.to_string().into_bytes(),
+        };
+        let mut answers = Vec::new();
+        for target in data["target"].as_array().into_iter().flatten() {
+            let target = target.as_str().unwrap_or_default();
+            let Some(name) = target
+                .trim_start_matches('/')
+                .strip_prefix("adom/root/device/")
+                .map(|name| name.replace("\\/", "/"))
+            else {
+                return fail(url, -3, "Object does not exist");
+            };
+            let Some((device, key)) = self.devices.get(&name) else {
+                return fail(url, -3, "Object does not exist");
+            };
+            self.relayed
+                .push((name.clone(), action.clone(), resource.clone()));
+            let request = Request {
+                method: action.clone(),
+                target: resource.clone(),
+                headers: vec![("authorization".into(), format!("Bearer {key}"))],
+                body: body.clone(),
+            };
+            let mut reply = device.answer(&request);
+            while let Reply::Delayed(_, inner) = reply {
+                reply = *inner;
+            }
+            let answer = match reply {
+                Reply::Response { status, body, .. } => {
+                    let response = serde_json::from_slice::<Value>(&body)
+                        .ok()
+                        .filter(Value::is_object)
+                        .unwrap_or_else(|| json!({"status": "error", "http_status": status}));
+                    json!({"target": name, "status": {"code": 0, "message": "OK"}, "response": response})
+                }
+                _ => {
+                    json!({"target": name, "status": {"code": -1, "message": "Connection to the device failed"}})
+                }
+            };
+            answers.push(answer);
+        }
+        ok(url, Some(Value::Array(answers)))
+    }
+
     fn install(&mut self, url: &str, data: &Value) -> Value {
         let id = 1000 + self.tasks.len() as i64;
         let objects = self.committed.len();
@@ -854,6 +931,7 @@ fn respond(state: &mut State, request: &Request) -> Reply {
                 state.workspace(&action, url, session, &user)
             }
             ("exec", "securityconsole/install/package") => state.install(url, &param["data"]),
+            ("exec", "sys/proxy/json") => state.relay(url, &param["data"]),
             ("get", task) if task.starts_with("task/task/") => {
                 let id = task.trim_start_matches("task/task/").parse().unwrap_or(-1);
                 state.task(url, id)

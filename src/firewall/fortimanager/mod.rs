@@ -30,6 +30,7 @@ use super::{
 use crate::net::http::{self, HttpSettings};
 use crate::net::rate::RateLimit;
 
+mod relay;
 pub mod rules;
 
 /// The most requests one call carries.
@@ -58,6 +59,30 @@ pub struct FortiManagerSettings {
     /// How often an install task is polled, and how long it may run.
     pub install_poll: Duration,
     pub install_timeout: Duration,
+}
+
+impl FortiManagerSettings {
+    /// Settings for a client that only reads (rules, relayed FortiOS calls): no marker, no
+    /// install.
+    pub fn reader(
+        url: &str,
+        adom: &str,
+        credentials: Credentials,
+        http: HttpSettings,
+    ) -> FortiManagerSettings {
+        FortiManagerSettings {
+            url: url.to_owned(),
+            adom: adom.to_owned(),
+            credentials,
+            http,
+            requests_per_second: 10.0,
+            group_max_members: 2,
+            marker: Marker::new(""),
+            install: Vec::new(),
+            install_poll: Duration::from_secs(3),
+            install_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// A FortiManager as a [`Target`].
