@@ -1,6 +1,7 @@
 //! The flow path on one core: split lines -> parse Calico JSON -> enrich from the inventory ->
 //! encode CEF, over 1M generated records. Run with `cargo bench --bench pipeline`; criterion
-//! prints the median time per 1M records and the records/s throughput.
+//! prints the median time per 1M records and the records/s throughput. The `checkpoint` group
+//! measures saving a file source's position per delivered batch.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
@@ -140,5 +141,35 @@ fn pipeline(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pipeline);
+/// What saving a file source's position on every delivered batch costs: one checkpoint write
+/// (a temporary file renamed over the checkpoint, no fsync), and the fsync the timer adds once
+/// a second.
+fn checkpoint(c: &mut Criterion) {
+    use threatflow::flow::source::{CheckpointStore, Position};
+    let dir = tempfile::tempdir_in("target").expect("run from the repository root");
+    let store = CheckpointStore::new(dir.path().join("flows.checkpoint"));
+    let mut position = Position {
+        path: "/var/log/calico/flowlogs/flows.log".into(),
+        dev: 2049,
+        ino: 1_234_567,
+        offset: 0,
+    };
+    let mut group = c.benchmark_group("checkpoint");
+    group.bench_function("write_per_delivered_batch", |b| {
+        b.iter(|| {
+            position.offset += 1024 * 700;
+            store.delivered(position.clone());
+        })
+    });
+    group.bench_function("fsync_per_second", |b| {
+        b.iter(|| {
+            position.offset += 1024 * 700;
+            store.delivered(position.clone());
+            store.persist().expect("the checkpoint flushes")
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, pipeline, checkpoint);
 criterion_main!(benches);

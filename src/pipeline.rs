@@ -2,8 +2,10 @@
 //! dead-lettered.
 //!
 //! [`Processor`] is the one place a line becomes an [`EnrichedRecord`]; the daemon and the
-//! `enrich` command both use it. It is synchronous and CPU-bound, so the daemon runs
-//! [`Processor::run`] on its own thread between the sources' queue and the sinks' queues.
+//! `enrich` command both use it. It is synchronous and CPU-bound, so the daemon runs it on
+//! threads of its own between the sources' queue and the sinks' queues: one, or a dispatcher,
+//! `pipeline.workers` workers and a collector that keeps the batches' order
+//! ([`Processor::start`]).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -55,6 +57,11 @@ pub struct PipelineConfig {
     /// long sinks may keep retrying undelivered batches before giving up (the positions of
     /// undelivered lines are not saved, so they are read again on restart).
     pub drain_timeout_secs: u64,
+    /// Threads that parse and enrich batches side by side (sinks still receive every
+    /// source's batches in order). Default: the cores available to the process, its CPU
+    /// limit included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
 }
 
 impl Default for PipelineConfig {
@@ -63,6 +70,7 @@ impl Default for PipelineConfig {
             batch_max_records: 1024,
             queue_batches: 16,
             drain_timeout_secs: 30,
+            workers: None,
         }
     }
 }
@@ -81,7 +89,24 @@ impl PipelineConfig {
                 "must be between 1 and 10000",
             );
         }
+        if self
+            .workers
+            .is_some_and(|workers| !(1..=256).contains(&workers))
+        {
+            problems.push(format!("{path}.workers"), "must be between 1 and 256");
+        }
     }
+
+    /// The worker threads to run.
+    pub fn workers(&self) -> usize {
+        self.workers.unwrap_or_else(available_cores)
+    }
+}
+
+/// The cores this process may use: the machine's, or fewer under a CPU limit (cgroup quota)
+/// or affinity mask.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 /// Parses and enriches lines.
@@ -123,8 +148,18 @@ impl ProcessorThread {
 #[error("the processor thread panicked")]
 pub struct ProcessorPanicked;
 
+/// A source batch parsed and enriched: its records, and its rejected lines by position.
+struct Worked {
+    batch: SourceBatch,
+    records: Vec<EnrichedRecord>,
+    rejections: Vec<(usize, Rejection)>,
+}
+
 impl Processor {
-    /// Starts [`Processor::run`] on its own thread.
+    /// Starts the processing stage: [`Processor::run`] on its own thread with one worker, or
+    /// with more a dispatcher, `workers` threads that parse and enrich batches side by side,
+    /// and a collector that takes their results in the order the batches came (so every
+    /// sink receives each source's batches in order, and positions keep their meaning).
     pub fn start(
         self,
         batches: mpsc::Receiver<SourceBatch>,
@@ -132,17 +167,78 @@ impl Processor {
         max_line_bytes: HashMap<Arc<str>, usize>,
         mut dead_letter: Option<DeadLetter>,
         metrics: FlowMetrics,
+        workers: usize,
     ) -> std::io::Result<ProcessorThread> {
-        std::thread::Builder::new()
-            .name("threatflow-processor".into())
+        let named = |name: &str| std::thread::Builder::new().name(name.into());
+        if workers <= 1 {
+            return named("threatflow-processor")
+                .spawn(move || {
+                    self.run(
+                        batches,
+                        &sink_queues,
+                        &max_line_bytes,
+                        dead_letter.as_mut(),
+                        &metrics,
+                    )
+                })
+                .map(ProcessorThread);
+        }
+        let processor = Arc::new(self);
+        let max_line_bytes = Arc::new(max_line_bytes);
+        let mut inboxes = Vec::with_capacity(workers);
+        let mut outboxes = Vec::with_capacity(workers);
+        for worker in 0..workers {
+            let (to_worker, inbox) = std::sync::mpsc::sync_channel::<SourceBatch>(1);
+            let (outbox, from_worker) = std::sync::mpsc::sync_channel::<Worked>(1);
+            let (processor, max_line_bytes) = (processor.clone(), max_line_bytes.clone());
+            named(&format!("threatflow-worker-{worker}")).spawn(move || {
+                for batch in inbox {
+                    if outbox.send(processor.work(batch, &max_line_bytes)).is_err() {
+                        return;
+                    }
+                }
+            })?;
+            inboxes.push(to_worker);
+            outboxes.push(from_worker);
+        }
+        let dispatcher = processor.clone();
+        let dispatch_metrics = metrics.clone();
+        named("threatflow-dispatcher").spawn(move || {
+            let mut batches = batches;
+            let mut waited = false;
+            for turn in (0..workers).cycle() {
+                let Some(batch) = batches.blocking_recv() else {
+                    return;
+                };
+                if !waited {
+                    waited = true;
+                    dispatcher.wait_for_sync(&dispatch_metrics);
+                }
+                if inboxes[turn].send(batch).is_err() {
+                    return;
+                }
+            }
+        })?;
+        named("threatflow-collector")
             .spawn(move || {
-                self.run(
-                    batches,
-                    &sink_queues,
-                    &max_line_bytes,
-                    dead_letter.as_mut(),
-                    &metrics,
-                )
+                let mut processed = Processed::default();
+                'collect: loop {
+                    for from_worker in &outboxes {
+                        // Every batch before this one is collected; the dispatcher hands
+                        // batches out in this same turn, so none is left once one is missing.
+                        let Ok(worked) = from_worker.recv() else {
+                            break 'collect;
+                        };
+                        deliver(
+                            worked,
+                            &sink_queues,
+                            dead_letter.as_mut(),
+                            &metrics,
+                            &mut processed,
+                        );
+                    }
+                }
+                processed
             })
             .map(ProcessorThread)
     }
@@ -157,8 +253,8 @@ impl Processor {
         }
     }
 
-    /// The daemon's processing stage: takes source batches until every source is done, and
-    /// shares each batch's records with every sink's queue. Blocking; runs on its own thread.
+    /// The daemon's processing stage on one thread: takes source batches until every source
+    /// is done, and shares each batch's records with every sink's queue. Blocking.
     pub fn run(
         &self,
         mut batches: mpsc::Receiver<SourceBatch>,
@@ -174,54 +270,40 @@ impl Processor {
                 waited = true;
                 self.wait_for_sync(metrics);
             }
-            let max_line = max_line_bytes
-                .get(&batch.source)
-                .copied()
-                .unwrap_or(usize::MAX);
-            let mut records = Vec::with_capacity(batch.lines.len());
-            let mut rejected = RejectCounts::default();
-            // Read once per batch; released before the batch waits on a sink's queue.
-            let index = self.index.read();
-            for line in batch.lines.iter() {
-                match self.process(&index, batch.format, line, max_line) {
-                    Ok(record) => records.push(record),
-                    Err(rejection) => {
-                        rejected.add(rejection.reason);
-                        if let Some(dead_letter) = dead_letter.as_deref_mut() {
-                            if let Err(error) = dead_letter.write(&batch.source, line, &rejection) {
-                                tracing::error!(%error, "cannot write to the dead-letter file; the rejected line is only counted");
-                            }
-                        }
-                    }
-                }
-            }
-            drop(index);
-            if rejected.total() > 0 {
-                tracing::warn!(source = %batch.source, rejected = %rejected, "rejected lines");
-                if let Some(dead_letter) = dead_letter.as_deref_mut() {
-                    if let Err(error) = dead_letter.flush() {
-                        tracing::error!(%error, "cannot write to the dead-letter file; the rejected lines are only counted");
-                    }
-                }
-            }
-            metrics.batch_processed(&batch.source, &records, &rejected);
-            processed.records += records.len() as u64;
-            processed.rejected.merge(&rejected);
-            let records = Arc::new(records);
-            for queue in sink_queues {
-                let share = Batch {
-                    records: records.clone(),
-                    ack: batch.ack.share(),
-                };
-                // A sink that gave up (and said why) takes no more; its unacknowledged share
-                // keeps these positions from being saved.
-                if !queue.send(share) {
-                    processed.refused += records.len() as u64;
-                }
-            }
-            batch.ack.ack();
+            let worked = self.work(batch, max_line_bytes);
+            deliver(
+                worked,
+                sink_queues,
+                dead_letter.as_deref_mut(),
+                metrics,
+                &mut processed,
+            );
         }
         processed
+    }
+
+    /// Parses and enriches a batch's lines.
+    fn work(&self, batch: SourceBatch, max_line_bytes: &HashMap<Arc<str>, usize>) -> Worked {
+        let max_line = max_line_bytes
+            .get(&batch.source)
+            .copied()
+            .unwrap_or(usize::MAX);
+        let mut records = Vec::with_capacity(batch.lines.len());
+        let mut rejections = Vec::new();
+        // Read once per batch; released before the batch waits on a sink's queue.
+        let index = self.index.read();
+        for (at, line) in batch.lines.iter().enumerate() {
+            match self.process(&index, batch.format, line, max_line) {
+                Ok(record) => records.push(record),
+                Err(rejection) => rejections.push((at, rejection)),
+            }
+        }
+        drop(index);
+        Worked {
+            batch,
+            records,
+            rejections,
+        }
     }
 
     /// Holds the first batch (and, through the bounded queue, the source) until the index
@@ -256,6 +338,61 @@ impl Processor {
             )),
         }
     }
+}
+
+/// Counts a worked batch, dead-letters its rejected lines, and shares its records with every
+/// sink's queue, then acknowledges the processing stage's share.
+fn deliver(
+    worked: Worked,
+    sink_queues: &[SinkQueue],
+    mut dead_letter: Option<&mut DeadLetter>,
+    metrics: &FlowMetrics,
+    processed: &mut Processed,
+) {
+    let Worked {
+        batch,
+        records,
+        rejections,
+    } = worked;
+    let mut rejected = RejectCounts::default();
+    if !rejections.is_empty() {
+        let mut lines = batch.lines.iter().enumerate();
+        for (at, rejection) in &rejections {
+            rejected.add(rejection.reason);
+            let Some(dead_letter) = dead_letter.as_deref_mut() else {
+                continue;
+            };
+            // Rejections are in line order: one walk over the batch finds them all.
+            let Some((_, line)) = lines.find(|(index, _)| index == at) else {
+                continue;
+            };
+            if let Err(error) = dead_letter.write(&batch.source, line, rejection) {
+                tracing::error!(%error, "cannot write to the dead-letter file; the rejected line is only counted");
+            }
+        }
+        tracing::warn!(source = %batch.source, rejected = %rejected, "rejected lines");
+        if let Some(dead_letter) = dead_letter {
+            if let Err(error) = dead_letter.flush() {
+                tracing::error!(%error, "cannot write to the dead-letter file; the rejected lines are only counted");
+            }
+        }
+    }
+    metrics.batch_processed(&batch.source, &records, &rejected);
+    processed.records += records.len() as u64;
+    processed.rejected.merge(&rejected);
+    let records = Arc::new(records);
+    for queue in sink_queues {
+        let share = Batch {
+            records: records.clone(),
+            ack: batch.ack.share(),
+        };
+        // A sink that gave up (and said why) takes no more; its unacknowledged share keeps
+        // these positions from being saved.
+        if !queue.send(share) {
+            processed.refused += records.len() as u64;
+        }
+    }
+    batch.ack.ack();
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -18,8 +18,14 @@ fn run(args: &[&str], stdin: &[u8]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("the binary runs");
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
+    // Written from another thread: a large input's output fills the pipe before it is read.
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    let writer = std::thread::spawn(move || input.write_all(&stdin));
+    let output = child.wait_with_output().unwrap();
+    // A process that refuses its arguments exits without reading: a broken pipe then.
+    let _ = writer.join().unwrap();
+    output
 }
 
 fn cef_lines(output: &Output) -> Vec<Cef> {
@@ -188,6 +194,43 @@ fn enrich_rejects_bad_lines_with_reasons_and_keeps_order() {
     );
     let strict = run(&["enrich", "--strict"], &input);
     assert_eq!(strict.status.code(), Some(1));
+}
+
+#[test]
+fn enrich_with_several_workers_writes_what_one_worker_writes_in_the_same_order() {
+    // Many work batches (each ~256 KB), with rejected lines spread through them.
+    let sample = std::fs::read(root().join("deploy/local/flows.log")).unwrap();
+    let mixed = std::fs::read(root().join("tests/fixtures/calico-mixed.log")).unwrap();
+    let mut input = Vec::new();
+    for copy in 0..400 {
+        input.extend_from_slice(if copy % 50 == 7 { &mixed } else { &sample });
+    }
+    let one = run(
+        &["enrich", "--workers", "1", "--output-format", "json"],
+        &input,
+    );
+    assert!(one.status.success());
+    let records = one.stdout.iter().filter(|&&byte| byte == b'\n').count();
+    assert!(records > 2_000, "{records} records");
+    for workers in ["2", "3"] {
+        let several = run(
+            &["enrich", "--workers", workers, "--output-format", "json"],
+            &input,
+        );
+        assert!(several.status.success());
+        assert!(
+            several.stdout == one.stdout,
+            "{workers} workers: other records or order"
+        );
+        // Rejections carry the same line numbers.
+        assert_eq!(
+            String::from_utf8_lossy(&several.stderr),
+            String::from_utf8_lossy(&one.stderr)
+        );
+    }
+    let zero = run(&["enrich", "--workers", "0"], &input);
+    assert_eq!(zero.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&zero.stderr).contains("--workers must be at least 1"));
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The daemon as a process: tailing a file through appends, rename rotation and copy-truncate,
-//! SIGTERM draining, resuming from its checkpoint without loss or duplicates, the telemetry
-//! endpoints, and the TCP syslog sink across a receiver restart.
+//! SIGTERM draining, resuming from its checkpoint without loss or duplicates, SIGKILL re-sending
+//! at most the batch being written, the telemetry endpoints, and the TCP syslog sink across a
+//! receiver restart.
 
 mod common;
 
@@ -141,6 +142,80 @@ fn tails_through_rotation_and_truncation_and_resumes_without_loss_or_duplicates(
         counts.values().all(|&count| count == 1),
         "duplicates: {counts:?}"
     );
+}
+
+#[test]
+fn a_killed_process_resends_at_most_the_batch_it_was_writing_and_workers_keep_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, out, checkpoint) = (
+        dir.path().join("flows.log"),
+        dir.path().join("out.jsonl"),
+        dir.path().join("flows.checkpoint"),
+    );
+    const TOTAL: u32 = 60_000;
+    const BATCH: usize = 512;
+    append(&log, 0..TOTAL);
+    let config = dir.path().join("threatflow.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "sources:\n  - name: calico\n    type: file\n    file: {{path: {}, checkpoint_path: {}, poll_interval_ms: 20}}\n\
+             sinks:\n  - {{name: out, type: file, format: json, file: {{path: {}}}}}\n\
+             pipeline: {{batch_max_records: {BATCH}, workers: 3}}\n",
+            log.display(),
+            checkpoint.display(),
+            out.display(),
+        ),
+    )
+    .unwrap();
+    // Records in the sink file; a line cut by the kill is dropped, as a reader of the file
+    // would drop it (its batch was not acknowledged, so it is sent again).
+    let lines = || {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        text.matches('\n').count()
+    };
+    let cut_torn_line = || {
+        let text = std::fs::read(&out).unwrap();
+        let end = text
+            .iter()
+            .rposition(|&byte| byte == b'\n')
+            .map_or(0, |at| at + 1);
+        std::fs::write(&out, &text[..end]).unwrap();
+    };
+    // Several workers: a killed run still resumes in order, with no loss.
+    for kill_after in [15_000, 35_000] {
+        let mut daemon = start(&config, Stdio::null());
+        wait_for("records to arrive", WAIT, || lines() >= kill_after);
+        daemon.kill();
+        cut_torn_line();
+    }
+    let daemon = start(&config, Stdio::null());
+    wait_for("every record", WAIT * 2, || {
+        delivered(&out).len() == TOTAL as usize
+    });
+    daemon.terminate();
+    let counts = delivered(&out);
+    assert_eq!(counts.len(), TOTAL as usize, "nothing lost");
+    let duplicates: usize = counts.values().map(|count| count - 1).sum();
+    // Two kills, each re-sending at most the one batch the sink was writing.
+    assert!(
+        duplicates <= 2 * BATCH,
+        "{duplicates} duplicates after two kills (at most {} expected)",
+        2 * BATCH
+    );
+    eprintln!("{duplicates} duplicates after two kills of a {TOTAL}-record run");
+    // Three workers, and the records are in input order: every first occurrence follows the
+    // one before it.
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut next = 0u64;
+    for line in text.lines() {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        let port = record["source"]["port"].as_u64().unwrap();
+        if port >= next {
+            assert_eq!(port, next, "record {port} came before record {next}");
+            next += 1;
+        }
+    }
 }
 
 #[test]

@@ -538,8 +538,9 @@ impl Run {
             max_line_bytes,
             dead_letter,
             metrics.flow.clone(),
+            config.pipeline.workers(),
         )
-        .context("cannot start the processor thread")?;
+        .context("cannot start the processor threads")?;
 
         // A batch run matches flows against the feeds as they are now: sync them first. A
         // daemon starts its flows at once rather than holding them on a feed server.

@@ -3,7 +3,7 @@
 //! receiver), in input order, using the daemon's own line splitting, parsing, enrichment,
 //! encoders and sinks.
 
-use std::io::{BufWriter, Read, Write};
+use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use clap::ValueEnum;
@@ -11,16 +11,14 @@ use clap::ValueEnum;
 use crate::config::Config;
 use crate::enrich::EndpointIndex;
 use crate::enrich::EnrichedRecord;
-use crate::flow::lines::{Line, LineSplitter};
-use crate::flow::{FlowFormat, RejectCounts};
+use crate::flow::lines::{LineBatch, LineSplitter};
+use crate::flow::{FlowFormat, RejectCounts, RejectReason};
 use crate::identity::Identity;
 use crate::pipeline::Processor;
 use crate::sink::syslog::SyslogConfig;
 use crate::sink::{
     Batch, Encoder, OutputFormat, Sink, SinkConfig, SinkContext, SinkKind, SinkMetrics, SinkReport,
 };
-
-const CHUNK_BYTES: usize = 1024 * 1024;
 
 /// What `enrich` did.
 #[derive(Clone, Debug, Default)]
@@ -110,6 +108,10 @@ pub struct EnrichArgs {
     /// Give up on a batch the receiver has not taken after this many seconds.
     #[arg(long, default_value_t = 30, requires = "syslog")]
     pub syslog_timeout_secs: u64,
+    /// Threads that parse, enrich and encode side by side; the output keeps the input's
+    /// order. Default: the cores available to the process (its CPU limit included).
+    #[arg(long)]
+    pub workers: Option<usize>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -189,15 +191,15 @@ pub fn command(args: EnrichArgs) -> anyhow::Result<EnrichSummary> {
     if args.cluster_name.is_some() {
         config.cluster_name = args.cluster_name.clone();
     }
-    let index = match &args.inventory {
-        Some(path) => EndpointIndex::build(
-            &crate::cluster::Inventory::load(path)?,
-            &config.enrichment.labels,
-        ),
-        None => EndpointIndex::default(),
+    let inventory = match &args.inventory {
+        Some(path) => Some(crate::cluster::Inventory::load(path)?),
+        None => None,
     };
     if args.max_line_bytes == 0 {
         anyhow::bail!("--max-line-bytes must be at least 1");
+    }
+    if args.workers == Some(0) {
+        anyhow::bail!("--workers must be at least 1");
     }
     if args.syslog.is_some() {
         // Delivery retries and give-ups are reported on stderr as the daemon logs them.
@@ -218,7 +220,7 @@ pub fn command(args: EnrichArgs) -> anyhow::Result<EnrichSummary> {
         },
         max_line_bytes: args.max_line_bytes,
         config: &config,
-        index,
+        inventory,
         show_progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         threats: threat_feeds(&args.feed)?,
         syslog: syslog_target(&args)?.map(|syslog| {
@@ -227,11 +229,16 @@ pub fn command(args: EnrichArgs) -> anyhow::Result<EnrichSummary> {
                 std::time::Duration::from_secs(args.syslog_timeout_secs),
             )
         }),
+        workers: args
+            .workers
+            .unwrap_or_else(crate::pipeline::available_cores),
     };
     let summary = run(
         options,
-        std::io::stdin().lock(),
-        std::io::stdout().lock(),
+        // Not locked for the whole run: workers read from their own threads.
+        std::io::stdin(),
+        // Not locked for the whole run: workers write from their own threads.
+        std::io::stdout(),
         // Not locked for the whole run: the syslog sink logs on stderr from its own thread.
         std::io::stderr(),
     )?;
@@ -276,7 +283,8 @@ pub struct EnrichOptions<'a> {
     pub max_line_bytes: usize,
     /// CEF settings and the cluster name come from here.
     pub config: &'a Config,
-    pub index: EndpointIndex,
+    /// The cluster to enrich from; without one, records keep only their own context.
+    pub inventory: Option<crate::cluster::Inventory>,
     /// Report progress on standard error every few seconds (for a terminal).
     pub show_progress: bool,
     /// Threat feeds to match flows against.
@@ -284,6 +292,8 @@ pub struct EnrichOptions<'a> {
     /// Send to a syslog receiver instead of standard output, giving up on a batch that
     /// cannot be delivered within the duration.
     pub syslog: Option<(SyslogConfig, std::time::Duration)>,
+    /// Threads that parse, enrich and encode side by side.
+    pub workers: usize,
 }
 
 /// Records on their way to a syslog receiver through the daemon's sink, in batches.
@@ -378,7 +388,7 @@ impl SyslogDelivery {
 struct Progress {
     enabled: bool,
     started: std::time::Instant,
-    last: std::cell::Cell<std::time::Instant>,
+    last: std::time::Instant,
 }
 
 impl Progress {
@@ -387,28 +397,89 @@ impl Progress {
         Progress {
             enabled,
             started: now,
-            last: std::cell::Cell::new(now),
+            last: now,
         }
     }
 
-    fn report(&self, records: u64) {
+    fn report(&mut self, records: u64) {
         let now = std::time::Instant::now();
-        if !self.enabled || now.duration_since(self.last.get()).as_secs() < 5 {
+        if !self.enabled || now.duration_since(self.last).as_secs() < 5 {
             return;
         }
-        self.last.set(now);
+        self.last = now;
         let rate = records as f64 / now.duration_since(self.started).as_secs_f64();
         eprintln!("... {records} records read ({:.0}k/s)", rate / 1000.0);
     }
 }
 
-/// Reads `input` to its end and writes one encoded record per accepted line to `output`.
-/// Rejected lines are reported on `errors` with their line number and reason.
+/// A batch of lines goes to a worker once it holds this many bytes.
+const WORK_BATCH_BYTES: usize = 256 * 1024;
+
+/// What a worker made of one batch of lines.
+#[derive(Default)]
+struct Worked {
+    lines: u64,
+    /// The accepted records encoded, one per line (standard output), or the records
+    /// themselves (`--syslog`).
+    encoded: Vec<u8>,
+    records: Vec<EnrichedRecord>,
+    accepted: u64,
+    truncated_fields: u64,
+    /// Rejected lines: their index in the batch, reason and detail.
+    rejections: Vec<(u64, RejectReason, String)>,
+}
+
+/// Parses, enriches and (without `--syslog`) encodes one batch.
+fn work(
+    processor: &Processor,
+    index: &EndpointIndex,
+    encoder: Option<&Encoder>,
+    options: (FlowFormat, usize),
+    batch: &LineBatch,
+) -> Worked {
+    let (format, max_line_bytes) = options;
+    let mut worked = Worked {
+        encoded: Vec::with_capacity(batch.bytes()),
+        ..Worked::default()
+    };
+    for line in batch.iter() {
+        match processor.process(index, format, line, max_line_bytes) {
+            Ok(record) => {
+                worked.accepted += 1;
+                match encoder {
+                    Some(encoder) => {
+                        worked.truncated_fields += u64::from(
+                            encoder
+                                .encode(&record, &mut worked.encoded)
+                                .truncated_fields,
+                        );
+                        worked.encoded.push(b'\n');
+                    }
+                    None => worked.records.push(record),
+                }
+            }
+            Err(rejection) => {
+                worked
+                    .rejections
+                    .push((worked.lines, rejection.reason, rejection.detail))
+            }
+        }
+        worked.lines += 1;
+    }
+    worked
+}
+
+/// Reads `input` to its end and writes one encoded record per accepted line to `output`, in
+/// input order. Rejected lines are reported on `errors` with their line number and reason.
+///
+/// The input is split into batches of lines; `workers` threads each read a batch (one at a
+/// time, taking a ticket), parse, enrich and encode it, and write it when its ticket's turn
+/// comes, so the output keeps the input's order. With one worker the calling thread does it.
 pub fn run(
     options: EnrichOptions<'_>,
-    mut input: impl Read,
-    output: impl Write,
-    mut errors: impl Write,
+    input: impl Read + Send,
+    output: impl Write + Send,
+    mut errors: impl Write + Send,
 ) -> std::io::Result<EnrichSummary> {
     let identity = Identity::from_environment();
     let node_name = options.config.node_name(&identity);
@@ -420,10 +491,17 @@ pub fn run(
             // Offline, no egress mechanism is read.
             egress: Default::default(),
         },
-        options.index,
+        EndpointIndex::default(),
     );
-    // No writer runs beside `enrich`: one read for the whole run.
-    let index = processor.index.read();
+    let workers = options.workers.max(1);
+    // One index per worker: records hold reference-counted pod records from the index, and
+    // workers sharing one index would contend on the counts of the busiest pods.
+    let indexes: Vec<EndpointIndex> = (0..workers)
+        .map(|_| match &options.inventory {
+            Some(inventory) => EndpointIndex::build(inventory, &options.config.enrichment.labels),
+            None => EndpointIndex::default(),
+        })
+        .collect();
     let context = SinkContext {
         cef: options.config.cef.clone(),
         cluster_name: options.config.cluster_name.clone(),
@@ -437,73 +515,127 @@ pub fn run(
         ),
         None => None,
     };
-    let mut output = BufWriter::with_capacity(CHUNK_BYTES, output);
-    let mut splitter = LineSplitter::new(options.max_line_bytes);
-    let mut chunk = vec![0u8; CHUNK_BYTES];
+    let encoder = syslog.is_none().then_some(&encoder);
+    let settings = (options.format, options.max_line_bytes);
+    // Each batch is encoded into one buffer of ~WORK_BATCH_BYTES and written whole.
+    let mut output = output;
     let mut summary = EnrichSummary::default();
-    let mut line_number = 0u64;
-    let mut encoded = Vec::with_capacity(4096);
-    let mut write_error = None;
-    // Set on the first write error: reading stops there.
-    let stopped = std::cell::Cell::new(false);
-    let progress = Progress::new(options.show_progress);
-    let mut handle = |line: Line<'_>| {
-        if write_error.is_some() {
-            return;
+    let mut lines_before = 0u64;
+    let mut progress = Progress::new(options.show_progress);
+    // Takes one worked batch, in input order; false once nothing more can be written.
+    let collect = |worked: Worked| -> std::io::Result<bool> {
+        summary.records += worked.accepted;
+        summary.truncated_fields += worked.truncated_fields;
+        for (line, reason, detail) in &worked.rejections {
+            summary.rejected.add(*reason);
+            writeln!(
+                errors,
+                "record {}: rejected ({reason}): {detail}",
+                lines_before + line + 1
+            )?;
         }
-        line_number += 1;
-        if line_number.is_multiple_of(65_536) {
-            progress.report(line_number);
-        }
-        let result = match processor.process(&index, options.format, line, options.max_line_bytes) {
-            Ok(record) if syslog.is_some() => {
-                summary.records += 1;
-                // A sink that gave up has said so in its report; stop reading.
-                if !syslog.as_mut().expect("checked").push(record) {
-                    stopped.set(true);
+        lines_before += worked.lines;
+        progress.report(lines_before);
+        output.write_all(&worked.encoded)?;
+        if let Some(syslog) = syslog.as_mut() {
+            // A sink that gave up has said so in its report; stop reading.
+            for record in worked.records {
+                if !syslog.push(record) {
+                    return Ok(false);
                 }
-                Ok(())
             }
-            Ok(record) => {
-                encoded.clear();
-                summary.truncated_fields +=
-                    u64::from(encoder.encode(&record, &mut encoded).truncated_fields);
-                encoded.push(b'\n');
-                summary.records += 1;
-                output.write_all(&encoded)
+        }
+        Ok(true)
+    };
+    let reading = parking_lot::Mutex::new(Reading {
+        input,
+        splitter: LineSplitter::new(options.max_line_bytes),
+        chunk: vec![0u8; WORK_BATCH_BYTES],
+        next_ticket: 0,
+        done: false,
+        error: None,
+    });
+    let writing = parking_lot::Mutex::new(Writing {
+        turn: 0,
+        collect,
+        stopped: false,
+        error: None,
+    });
+    let turns = parking_lot::Condvar::new();
+    let worker = |index: &EndpointIndex| {
+        let mut batch = LineBatch::default();
+        loop {
+            // Read a batch, and take the ticket that orders its output.
+            batch.clear();
+            let ticket = {
+                let mut reading = reading.lock();
+                if reading.done {
+                    return;
+                }
+                let Reading {
+                    input,
+                    splitter,
+                    chunk,
+                    ..
+                } = &mut *reading;
+                match fill(input, chunk, splitter, &mut batch) {
+                    Ok(ended) => reading.done = ended,
+                    Err(error) => {
+                        reading.error = Some(error);
+                        reading.done = true;
+                        return;
+                    }
+                }
+                reading.next_ticket += 1;
+                reading.next_ticket - 1
+            };
+            let worked = work(&processor, index, encoder, settings, &batch);
+            // Hand it on in ticket order.
+            let mut writing = writing.lock();
+            while writing.turn != ticket {
+                turns.wait(&mut writing);
             }
-            Err(rejection) => {
-                summary.rejected.add(rejection.reason);
-                writeln!(
-                    errors,
-                    "record {line_number}: rejected ({}): {}",
-                    rejection.reason, rejection.detail
-                )
+            if !writing.stopped {
+                match (writing.collect)(worked) {
+                    Ok(true) => {}
+                    Ok(false) => writing.stopped = true,
+                    Err(error) => {
+                        writing.error = Some(error);
+                        writing.stopped = true;
+                    }
+                }
             }
-        };
-        if let Err(error) = result {
-            write_error = Some(error);
-            stopped.set(true);
+            writing.turn += 1;
+            turns.notify_all();
+            if writing.stopped {
+                // Nothing more can be written: stop reading.
+                drop(writing);
+                reading.lock().done = true;
+                return;
+            }
         }
     };
-    while !stopped.get() {
-        match input.read(&mut chunk) {
-            Ok(0) => {
-                splitter.finish_with(&mut handle);
-                break;
+    if workers == 1 {
+        worker(&indexes[0]);
+    } else {
+        std::thread::scope(|scope| {
+            for index in &indexes {
+                scope.spawn(|| worker(index));
             }
-            Ok(read) => splitter.split(&chunk[..read], &mut handle),
-            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(error) => return Err(error),
-        }
+        });
     }
+    let Writing {
+        error: write_error, ..
+    } = writing.into_inner();
+    let read_error = reading.into_inner().error;
+    let collected = match (write_error, read_error) {
+        (Some(error), _) | (None, Some(error)) => Err(error),
+        (None, None) => Ok(()),
+    };
     if let Some(syslog) = syslog {
         summary.syslog = Some(syslog.finish());
     }
-    let written = match write_error {
-        Some(error) => Err(error),
-        None => output.flush(),
-    };
+    let written = collected.and_then(|()| output.flush());
     match written {
         Ok(()) => Ok(summary),
         // `threatflow enrich ... | head`: the reader has what it wanted.
@@ -513,4 +645,47 @@ pub fn run(
         }
         Err(error) => Err(error),
     }
+}
+
+/// The input, shared by the workers: each reads its own batch under the lock, so the lines
+/// are parsed on the core that read them.
+struct Reading<R> {
+    input: R,
+    splitter: LineSplitter,
+    chunk: Vec<u8>,
+    /// The ticket of the next batch read: batches are written in ticket order.
+    next_ticket: u64,
+    /// The input ended, failed, or nothing more can be written.
+    done: bool,
+    error: Option<std::io::Error>,
+}
+
+/// The output side: whose turn it is, and what takes the batches.
+struct Writing<C> {
+    turn: u64,
+    collect: C,
+    stopped: bool,
+    error: Option<std::io::Error>,
+}
+
+/// Reads into `batch` until it holds [`WORK_BATCH_BYTES`] or the input ends; true at the end
+/// (with the last, unterminated line in the batch).
+fn fill(
+    input: &mut impl Read,
+    chunk: &mut [u8],
+    splitter: &mut LineSplitter,
+    batch: &mut LineBatch,
+) -> std::io::Result<bool> {
+    while batch.bytes() < WORK_BATCH_BYTES {
+        match input.read(chunk) {
+            Ok(0) => {
+                splitter.finish(batch);
+                return Ok(true);
+            }
+            Ok(read) => splitter.push(&chunk[..read], batch),
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(false)
 }

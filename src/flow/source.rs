@@ -2,8 +2,8 @@
 //!
 //! `file` tails a flow-log file the way Felix writes it: it follows rotation by rename (the old
 //! file is read to its end before the new one is opened) and by copy-truncate (a file that
-//! shrinks is read again from its start), and saves its position in a checkpoint file once the
-//! lines before it are delivered. `stdin` reads until end of input. Both split lines with the
+//! shrinks is read again from its start), and saves its position in a checkpoint file as soon as
+//! the lines before it are delivered. `stdin` reads until end of input. Both split lines with the
 //! same [`LineSplitter`], and hand batches on through a bounded queue, so a slow pipeline
 //! slows reading instead of filling memory. Parsing happens downstream.
 
@@ -151,20 +151,35 @@ pub struct Position {
     pub offset: u64,
 }
 
-/// The checkpoint file of one source: the latest delivered position, saved atomically.
+/// The checkpoint file of one source: the latest delivered position.
+///
+/// The position is written as soon as its batch is delivered (to a temporary file renamed over
+/// the checkpoint, so a reader never sees half a position), which a crash of the process cannot
+/// undo: after a `kill -9` only what was delivered but not yet acknowledged is read again. The
+/// timer's [`CheckpointStore::persist`] adds the `fsync` a power loss needs, and writes again a
+/// position whose write failed.
 #[derive(Clone, Debug)]
 pub struct CheckpointStore {
     path: PathBuf,
-    latest: Arc<Mutex<Option<Position>>>,
-    saved: Arc<Mutex<Option<Position>>>,
+    state: Arc<Mutex<CheckpointState>>,
+}
+
+#[derive(Debug, Default)]
+struct CheckpointState {
+    /// The latest delivered position.
+    latest: Option<Position>,
+    /// The position in the file, and whether it has reached the disk.
+    written: Option<Position>,
+    synced: bool,
+    /// The last write failed (logged once until one succeeds).
+    failing: bool,
 }
 
 impl CheckpointStore {
     pub fn new(path: PathBuf) -> CheckpointStore {
         CheckpointStore {
             path,
-            latest: Arc::default(),
-            saved: Arc::default(),
+            state: Arc::default(),
         }
     }
 
@@ -173,7 +188,9 @@ impl CheckpointStore {
         let text = std::fs::read(&self.path).ok()?;
         match serde_json::from_slice::<Position>(&text) {
             Ok(position) => {
-                *self.saved.lock() = Some(position.clone());
+                let mut state = self.state.lock();
+                state.written = Some(position.clone());
+                state.synced = true;
                 Some(position)
             }
             Err(error) => {
@@ -183,27 +200,57 @@ impl CheckpointStore {
         }
     }
 
-    /// Notes that everything before `position` was delivered.
+    /// Notes that everything before `position` was delivered, and writes it (without fsync).
     pub fn delivered(&self, position: Position) {
-        *self.latest.lock() = Some(position);
+        let mut state = self.state.lock();
+        state.latest = Some(position);
+        if let Err(error) = self.write_latest(&mut state) {
+            if !std::mem::replace(&mut state.failing, true) {
+                tracing::error!(checkpoint = %self.path.display(), %error, "cannot save a checkpoint; a restart may re-send lines (retried every second)");
+            }
+        }
     }
 
-    /// Writes the latest delivered position if it changed since the last save.
-    pub fn persist(&self) -> std::io::Result<()> {
-        let latest = self.latest.lock().clone();
-        let mut saved = self.saved.lock();
-        if latest.is_none() || *saved == latest {
+    /// Writes the latest delivered position if the file does not hold it yet.
+    fn write_latest(&self, state: &mut CheckpointState) -> std::io::Result<()> {
+        if state.latest.is_none() || state.written == state.latest {
             return Ok(());
         }
         let mut temporary = self.path.clone().into_os_string();
         temporary.push(".tmp");
         std::fs::write(
             &temporary,
-            serde_json::to_vec(&latest).expect("a position serializes"),
+            serde_json::to_vec(&state.latest).expect("a position serializes"),
         )?;
         std::fs::rename(&temporary, &self.path)?;
-        *saved = latest;
+        state.written = state.latest.clone();
+        state.synced = false;
+        state.failing = false;
         Ok(())
+    }
+
+    /// Writes the latest position if a write failed, then flushes the checkpoint (and the
+    /// rename, through its directory) to disk if it changed since the last flush.
+    pub fn persist(&self) -> std::io::Result<()> {
+        {
+            let mut state = self.state.lock();
+            self.write_latest(&mut state)?;
+            if state.synced || state.written.is_none() {
+                return Ok(());
+            }
+            // Deliveries go on during the flush; one that writes meanwhile clears this again.
+            state.synced = true;
+        }
+        let flushed = std::fs::File::open(&self.path)
+            .and_then(|file| file.sync_all())
+            .and_then(|()| match self.path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
+                _ => Ok(()),
+            });
+        if flushed.is_err() {
+            self.state.lock().synced = false;
+        }
+        flushed
     }
 }
 
@@ -298,7 +345,8 @@ pub struct SourceSettings {
 
 impl Sources {
     /// Starts every source; each sends its batches to `output` until it ends (`once`,
-    /// standard input closing) or `shutdown`. Positions are saved every second.
+    /// standard input closing) or `shutdown`. Positions are written as batches are delivered
+    /// and flushed to disk every second.
     pub fn start(
         sources: &[super::config::SourceConfig],
         settings: &SourceSettings,
