@@ -3,7 +3,8 @@
 //! quickstart inventory -> CEF -> RFC 5424 over TCP) into a local receiver that counts frames.
 //! Each iteration is a fresh consumer group reading the topic from the start; the time is
 //! from the first record's arrival at the receiver until it has every record (offsets
-//! committed as they are delivered), so joining the group is not counted.
+//! committed as they are delivered), so joining the group is not counted. It runs with one
+//! processing worker (`to_syslog_tcp/workers_1`) and with one per core (the default).
 //!
 //! `broker_read` is the same topic read by a bare librdkafka consumer that does nothing with
 //! the records: how fast the broker serves them, to tell where the bottleneck is. Both set
@@ -79,13 +80,15 @@ fn kafka(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(30));
     group.throughput(Throughput::Elements(RECORDS as u64));
     let mut run = 0;
-    group.bench_function("to_syslog_tcp", |b| {
+    // One worker, and one per core (the default).
+    for workers in [1, threatflow::pipeline::available_cores()] {
+        group.bench_function(format!("to_syslog_tcp/workers_{workers}"), |b| {
         b.iter_custom(|iterations| {
             let mut total = Duration::ZERO;
             for _ in 0..iterations {
                 run += 1;
                 let config = Config::from_yaml(&format!(
-                    "sources: [{{name: kafka, type: kafka, kafka: {{brokers: [\"{}\"], topics: [{{name: flows}}], group_id: bench-{run}, properties: {{fetch.wait.max.ms: \"10\"}}}}}}]\nenrichment: {{inventory_path: deploy/local/inventory.json}}\nsinks: [{{name: siem, type: syslog, syslog: {{host: 127.0.0.1, port: {port}}}}}]\ntelemetry: {{log_level: warn}}\n",
+                    "sources: [{{name: kafka, type: kafka, kafka: {{brokers: [\"{}\"], topics: [{{name: flows}}], group_id: bench-{run}, properties: {{fetch.wait.max.ms: \"10\"}}}}}}]\nenrichment: {{inventory_path: deploy/local/inventory.json}}\nsinks: [{{name: siem, type: syslog, syslog: {{host: 127.0.0.1, port: {port}}}}}]\npipeline: {{workers: {workers}}}\ntelemetry: {{log_level: warn}}\n",
                     broker.address()
                 ))
                 .unwrap();
@@ -114,6 +117,7 @@ fn kafka(c: &mut Criterion) {
             total
         });
     });
+    }
     group.bench_function("broker_read", |b| {
         b.iter_custom(|iterations| {
             let mut total = Duration::ZERO;
