@@ -517,13 +517,7 @@ async fn mirrored_policies_and_the_pull_endpoint() {
         "another tier"
     );
 
-    let client = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(
-            &std::fs::read(dir.path().join("ca.pem")).unwrap(),
-        )
-        .unwrap()])
-        .build()
-        .unwrap();
+    let client = common::http::client_trusting(dir.path());
     let url = format!("https://localhost:{serve_port}/v1/groups/default.web-ingress.txt");
     let response = client.get(&url).send().await.unwrap();
     assert_eq!(response.status(), 401);

@@ -380,14 +380,7 @@ async fn the_fortigate_double_refuses_url_tokens_and_records_table_purges() {
     double.seed("address", json!({"name": "a", "subnet": "10.0.0.1/32"}));
     double.seed("address", json!({"name": "b", "subnet": "10.0.0.2/32"}));
     double.seed("addrgrp", json!({"name": "g", "member": [{"name": "a"}]}));
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(
-            &std::fs::read(dir.path().join("ca.pem")).unwrap(),
-        )
-        .unwrap()])
-        .build()
-        .unwrap();
+    let client = common::http::client_trusting(dir.path());
     let response = client
         .get(format!(
             "{}/api/v2/cmdb/firewall/address?access_token=fgt-key",

@@ -36,14 +36,7 @@ impl Device {
     async fn start(knobs: fgt::Knobs) -> Device {
         let dir = tempfile::tempdir().unwrap();
         let double = fgt::FortiGate::start(dir.path(), knobs).await;
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .tls_certs_only([reqwest::Certificate::from_pem(
-                &std::fs::read(dir.path().join("ca.pem")).unwrap(),
-            )
-            .unwrap()])
-            .build()
-            .unwrap();
+        let client = common::http::client_trusting(dir.path());
         Device {
             double,
             client,

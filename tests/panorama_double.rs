@@ -19,14 +19,7 @@ impl Api {
 
     async fn start_with(dir: &std::path::Path, knobs: pan::Knobs) -> (Panorama, Api) {
         let double = Panorama::start(dir, knobs).await;
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .tls_certs_only([reqwest::Certificate::from_pem(
-                &std::fs::read(dir.join("ca.pem")).unwrap(),
-            )
-            .unwrap()])
-            .build()
-            .unwrap();
+        let client = common::http::client_trusting(dir);
         let url = format!("{}/api/", double.url());
         (double, Api { client, url })
     }

@@ -8,18 +8,8 @@ use std::io::Read as _;
 use serde_json::{json, Value};
 
 use common::fortiguard::{self as fgd, FortiGuard};
+use common::http::client_trusting as client;
 use common::taxii::{self, Taxii};
-
-fn client(dir: &std::path::Path) -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(
-            &std::fs::read(dir.join("ca.pem")).unwrap(),
-        )
-        .unwrap()])
-        .build()
-        .unwrap()
-}
 
 /// A reply as a TAXII client sees it.
 struct Page {

@@ -354,3 +354,16 @@ async fn read_request(
         body,
     })
 }
+
+/// An HTTPS client that trusts only the test CA in `dir/ca.pem` (the doubles' certificates).
+#[allow(dead_code)]
+pub fn client_trusting(dir: &std::path::Path) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(
+            &std::fs::read(dir.join("ca.pem")).unwrap(),
+        )
+        .unwrap()])
+        .build()
+        .unwrap()
+}
