@@ -306,15 +306,18 @@ fn the_dashboard_queries_only_metrics_threatflow_exposes() {
     let daemon = common::daemon::Daemon::run(&config);
     let port = daemon.telemetry_port();
     let mut exposed = String::new();
-    // Once the feed has synced.
+    // Once the feed has synced and every stage has created its series (the Kafka source
+    // creates its gauges on its own thread, after the others have started).
     common::wait_for(
-        "the feed's metrics",
+        "every stage's metrics",
         std::time::Duration::from_secs(20),
         || {
             exposed = common::http_get(port, "/metrics").1;
             exposed.contains("threatflow_feed_entries{")
                 && exposed.contains("threatflow_firewall_group_members{")
                 && exposed.contains("threatflow_policy_import_polls_total{")
+                && exposed.contains("threatflow_source_kafka_in_flight_records{")
+                && exposed.contains("threatflow_source_kafka_lag_records{")
         },
     );
     drop(daemon);
