@@ -187,17 +187,20 @@ impl Processor {
         let max_line_bytes = Arc::new(max_line_bytes);
         let mut inboxes = Vec::with_capacity(workers);
         let mut outboxes = Vec::with_capacity(workers);
+        let mut handles = Vec::with_capacity(workers);
         for worker in 0..workers {
             let (to_worker, inbox) = std::sync::mpsc::sync_channel::<SourceBatch>(1);
             let (outbox, from_worker) = std::sync::mpsc::sync_channel::<Worked>(1);
             let (processor, max_line_bytes) = (processor.clone(), max_line_bytes.clone());
-            named(&format!("threatflow-worker-{worker}")).spawn(move || {
-                for batch in inbox {
-                    if outbox.send(processor.work(batch, &max_line_bytes)).is_err() {
-                        return;
+            handles.push(
+                named(&format!("threatflow-worker-{worker}")).spawn(move || {
+                    for batch in inbox {
+                        if outbox.send(processor.work(batch, &max_line_bytes)).is_err() {
+                            return;
+                        }
                     }
-                }
-            })?;
+                })?,
+            );
             inboxes.push(to_worker);
             outboxes.push(from_worker);
         }
@@ -221,13 +224,14 @@ impl Processor {
         })?;
         named("threatflow-collector")
             .spawn(move || {
+                let mut handles = handles;
                 let mut processed = Processed::default();
-                'collect: loop {
-                    for from_worker in &outboxes {
-                        // Every batch before this one is collected; the dispatcher hands
-                        // batches out in this same turn, so none is left once one is missing.
+                // Every batch before the one awaited is collected; the dispatcher hands batches
+                // out in this same turn, so none is left once a worker has hung up.
+                let ended = 'collect: loop {
+                    for (turn, from_worker) in outboxes.iter().enumerate() {
                         let Ok(worked) = from_worker.recv() else {
-                            break 'collect;
+                            break 'collect turn;
                         };
                         deliver(
                             worked,
@@ -237,6 +241,11 @@ impl Processor {
                             &mut processed,
                         );
                     }
+                };
+                // The worker that hung up has ended, or is unwinding: if it panicked, the
+                // collector panics too, so the run reports it.
+                if let Err(panic) = handles.swap_remove(ended).join() {
+                    std::panic::resume_unwind(panic);
                 }
                 processed
             })
