@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
 use super::record::{
@@ -17,19 +17,25 @@ use super::record::{
 };
 use super::{json_object, utf8, Rejection};
 
+mod scan;
+
 /// Parses one Calico flow-log line (without its line terminator).
 pub fn parse_line(line: &[u8]) -> Result<FlowRecord, Rejection> {
     parse_str(utf8(line)?)
 }
 
-/// Parses one line that is already known to be UTF-8.
+/// Parses one line that is already known to be UTF-8. Lines of the shape Felix writes are
+/// read by [`scan`]; anything else, and every rejection, by serde_json.
 pub fn parse_str(text: &str) -> Result<FlowRecord, Rejection> {
-    json_object::<RawFlow<'_>>(text)?.into_record()
+    match scan::read(text) {
+        Some(flow) => flow.into_record(),
+        None => json_object::<RawFlow<'_>>(text)?.into_record(),
+    }
 }
 
 /// The wire shape of a Calico flow-log record. Unknown fields are ignored: Felix adds fields
 /// over time, and none of them may break ingestion.
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 struct RawFlow<'a> {
     start_time: Option<i64>,
     end_time: Option<i64>,
@@ -51,8 +57,8 @@ struct RawFlow<'a> {
     source_namespace: Option<Cow<'a, str>>,
     #[serde(borrow)]
     source_type: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    source_labels: RawLabels<'a>,
+    #[serde(default)]
+    source_labels: RawLabels,
 
     #[serde(borrow)]
     dest_ip: Option<Cow<'a, str>>,
@@ -65,8 +71,8 @@ struct RawFlow<'a> {
     dest_namespace: Option<Cow<'a, str>>,
     #[serde(borrow)]
     dest_type: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    dest_labels: RawLabels<'a>,
+    #[serde(default)]
+    dest_labels: RawLabels,
 
     #[serde(borrow)]
     dest_service_namespace: Option<Cow<'a, str>>,
@@ -75,11 +81,11 @@ struct RawFlow<'a> {
     #[serde(borrow)]
     dest_service_port: Option<StrOrNum<'a>>,
     dest_service_port_num: Option<u32>,
-    #[serde(default, borrow)]
-    dest_domains: Option<Vec<Cow<'a, str>>>,
+    #[serde(default)]
+    dest_domains: Option<Vec<Text>>,
 
-    #[serde(default, borrow)]
-    policies: Option<RawPolicies<'a>>,
+    #[serde(default)]
+    policies: Option<RawPolicies>,
 
     bytes_in: Option<u64>,
     bytes_out: Option<u64>,
@@ -93,20 +99,20 @@ struct RawFlow<'a> {
     process_name: Option<Cow<'a, str>>,
     #[serde(borrow)]
     process_id: Option<StrOrNum<'a>>,
-    #[serde(default, borrow)]
-    process_args: Option<Vec<Cow<'a, str>>>,
+    #[serde(default)]
+    process_args: Option<Vec<Text>>,
 
     #[serde(borrow)]
     host: Option<Cow<'a, str>>,
 }
 
-#[derive(Deserialize)]
-struct RawPolicies<'a> {
-    #[serde(default, borrow)]
-    enforced_policies: Option<Vec<Cow<'a, str>>>,
+#[derive(Default, Deserialize)]
+struct RawPolicies {
+    #[serde(default)]
+    enforced_policies: Option<Vec<Text>>,
     /// Older Felix versions only wrote this list.
-    #[serde(default, borrow)]
-    all_policies: Option<Vec<Cow<'a, str>>>,
+    #[serde(default)]
+    all_policies: Option<Vec<Text>>,
 }
 
 impl RawFlow<'_> {
@@ -134,7 +140,7 @@ impl RawFlow<'_> {
             name: present(self.source_name),
             name_aggr: present_aggr(self.source_name_aggr),
             namespace: present(self.source_namespace),
-            labels: self.source_labels.into_labels(),
+            labels: self.source_labels.0,
             kind: self.source_type.as_deref().and_then(endpoint_kind),
             workload: None,
         };
@@ -144,7 +150,7 @@ impl RawFlow<'_> {
             name: present(self.dest_name),
             name_aggr: present_aggr(self.dest_name_aggr),
             namespace: present(self.dest_namespace),
-            labels: self.dest_labels.into_labels(),
+            labels: self.dest_labels.0,
             kind: self.dest_type.as_deref().and_then(endpoint_kind),
             workload: None,
         };
@@ -237,13 +243,10 @@ fn present_aggr(value: Option<Cow<'_, str>>) -> Option<Text> {
     }
 }
 
-fn strings(values: Option<Vec<Cow<'_, str>>>) -> Vec<Text> {
+fn strings(values: Option<Vec<Text>>) -> Vec<Text> {
+    let mut values = values.unwrap_or_default();
+    values.retain(|value| !matches!(value.as_str(), "" | "-" | "*"));
     values
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|value| !matches!(&**value, "" | "-" | "*"))
-        .map(|value| value.into())
-        .collect()
 }
 
 fn endpoint_kind(text: &str) -> Option<EndpointKind> {
@@ -287,20 +290,13 @@ impl<'de: 'a, 'a> Deserialize<'de> for StrOrNum<'a> {
 
 /// `source_labels` / `dest_labels`: `{"labels": ["k=v", ...]}`, or `-`, or null.
 #[derive(Default)]
-struct RawLabels<'a>(Option<Vec<Cow<'a, str>>>);
+struct RawLabels(Option<Vec<Text>>);
 
-impl RawLabels<'_> {
-    fn into_labels(self) -> Option<Vec<Text>> {
-        self.0
-            .map(|labels| labels.into_iter().map(|label| label.into()).collect())
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for RawLabels<'a> {
+impl<'de> Deserialize<'de> for RawLabels {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct LabelsVisitor;
         impl<'de> Visitor<'de> for LabelsVisitor {
-            type Value = RawLabels<'de>;
+            type Value = RawLabels;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(r#"{"labels": [...]}, "-" or null"#)
             }
@@ -317,9 +313,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawLabels<'a> {
                 let mut labels = None;
                 while let Some(key) = map.next_key::<Cow<'de, str>>()? {
                     if key == "labels" {
-                        labels = map
-                            .next_value::<Option<LabelList<'de>>>()?
-                            .map(|list| list.0);
+                        labels = map.next_value::<Option<Vec<Text>>>()?;
                     } else {
                         map.next_value::<IgnoredAny>()?;
                     }
@@ -331,45 +325,12 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawLabels<'a> {
     }
 }
 
-struct LabelList<'a>(Vec<Cow<'a, str>>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for LabelList<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ListVisitor;
-        impl<'de> Visitor<'de> for ListVisitor {
-            type Value = LabelList<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a list of `key=value` strings")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut labels = Vec::with_capacity(seq.size_hint().unwrap_or(4));
-                while let Some(label) = seq.next_element::<BorrowedText<'de>>()? {
-                    labels.push(label.0);
-                }
-                Ok(LabelList(labels))
-            }
-        }
-        deserializer.deserialize_seq(ListVisitor)
-    }
-}
-
-/// A string that borrows from the input when it has no escapes.
-struct BorrowedText<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for BorrowedText<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        struct Wrapper<'a>(#[serde(borrow)] Cow<'a, str>);
-        Wrapper::deserialize(deserializer).map(|wrapper| BorrowedText(wrapper.0))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::flow::RejectReason;
 
-    const EXAMPLE: &str = r#"{"start_time":1577834657,"end_time":1577834965,"source_ip":null,"source_name":"-","source_name_aggr":"web-5bdcdd9c97-*","source_namespace":"shop","source_port":null,"source_type":"wep","source_labels":{"labels":["app=web","pod-template-hash=5bdcdd9c97"]},"dest_ip":null,"dest_name":"-","dest_name_aggr":"pub","dest_namespace":"-","dest_port":443,"dest_type":"net","dest_labels":null,"dest_service_namespace":"-","dest_service_name":"-","dest_service_port":"-","dest_domains":["api.example.com"],"proto":"tcp","action":"allow","reporter":"src","policies":{"enforced_policies":["0|security|security.allow-egress|allow|2"],"pending_policies":["0|security|security.allow-egress|allow|2"]},"bytes_in":4288,"bytes_out":7644,"num_flows":41,"num_flows_started":37,"num_flows_completed":39,"packets_in":37,"packets_out":37,"http_requests_allowed_in":0,"http_requests_denied_in":0,"original_source_ips":null,"num_original_source_ips":0}"#;
+    pub(super) const EXAMPLE: &str = r#"{"start_time":1577834657,"end_time":1577834965,"source_ip":null,"source_name":"-","source_name_aggr":"web-5bdcdd9c97-*","source_namespace":"shop","source_port":null,"source_type":"wep","source_labels":{"labels":["app=web","pod-template-hash=5bdcdd9c97"]},"dest_ip":null,"dest_name":"-","dest_name_aggr":"pub","dest_namespace":"-","dest_port":443,"dest_type":"net","dest_labels":null,"dest_service_namespace":"-","dest_service_name":"-","dest_service_port":"-","dest_domains":["api.example.com"],"proto":"tcp","action":"allow","reporter":"src","policies":{"enforced_policies":["0|security|security.allow-egress|allow|2"],"pending_policies":["0|security|security.allow-egress|allow|2"]},"bytes_in":4288,"bytes_out":7644,"num_flows":41,"num_flows_started":37,"num_flows_completed":39,"packets_in":37,"packets_out":37,"http_requests_allowed_in":0,"http_requests_denied_in":0,"original_source_ips":null,"num_original_source_ips":0}"#;
 
     #[test]
     fn aggregated_example_record() {
