@@ -10,7 +10,8 @@ use threatflow::config::Config;
 
 use threatflow::cluster::Inventory;
 use threatflow::enrich::{EndpointIndex, Enricher, ThreatFeed, ThreatMatcher};
-use threatflow::flow::lines::{LineBatch, LineSplitter};
+use threatflow::flow::calico;
+use threatflow::flow::lines::{Line, LineBatch, LineSplitter};
 use threatflow::flow::FlowFormat;
 use threatflow::netset::NetSet;
 use threatflow::pipeline::Processor;
@@ -96,6 +97,31 @@ fn pipeline(c: &mut Criterion) {
                 out.push(b'\n');
             });
             out.len()
+        })
+    });
+    // The two Calico readers on their own, in the same run: the scanner, and serde_json
+    // (which reads what the scanner leaves).
+    let texts: Vec<&str> = batch
+        .iter()
+        .map(|line| match line {
+            Line::Complete(bytes) => std::str::from_utf8(bytes).expect("generated lines are UTF-8"),
+            Line::TooLong { .. } => unreachable!("generated lines are short"),
+        })
+        .collect();
+    group.bench_function("parse", |b| {
+        b.iter(|| {
+            texts
+                .iter()
+                .filter(|text| calico::parse_str(text).is_ok())
+                .count()
+        })
+    });
+    group.bench_function("parse with serde_json", |b| {
+        b.iter(|| {
+            texts
+                .iter()
+                .filter(|text| calico::parse_str_with_serde_json(text).is_ok())
+                .count()
         })
     });
     group.bench_function("parse+enrich", |b| {

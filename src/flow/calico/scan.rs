@@ -454,14 +454,8 @@ mod tests {
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestRunner};
 
-    use super::super::{parse_str, FlowRecord, Rejection};
+    use super::super::{parse_str, parse_str_with_serde_json as by_serde};
     use super::*;
-    use crate::flow::json_object;
-
-    /// What serde_json alone makes of a line.
-    fn by_serde(text: &str) -> Result<FlowRecord, Rejection> {
-        json_object::<RawFlow<'_>>(text)?.into_record()
-    }
 
     #[test]
     fn string_stop_finds_the_first_stop_byte_at_every_offset() {
