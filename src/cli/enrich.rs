@@ -429,17 +429,21 @@ struct Worked {
     rejections: Vec<(u64, RejectReason, String)>,
 }
 
-/// Parses, enriches and (without `--syslog`) encodes one batch.
+/// Parses, enriches and (without `--syslog`) encodes one batch, into `encoded` (the worker's
+/// buffer, cleared here: reused, so no batch pays for fresh pages).
 fn work(
     processor: &Processor,
     index: &EndpointIndex,
     encoder: Option<&Encoder>,
     options: (FlowFormat, usize),
     batch: &LineBatch,
+    mut encoded: Vec<u8>,
 ) -> Worked {
     let (format, max_line_bytes) = options;
+    encoded.clear();
+    encoded.reserve(batch.bytes());
     let mut worked = Worked {
-        encoded: Vec::with_capacity(batch.bytes()),
+        encoded,
         ..Worked::default()
     };
     for line in batch.iter() {
@@ -522,8 +526,9 @@ pub fn run(
     let mut summary = EnrichSummary::default();
     let mut lines_before = 0u64;
     let mut progress = Progress::new(options.show_progress);
-    // Takes one worked batch, in input order; false once nothing more can be written.
-    let collect = |worked: Worked| -> std::io::Result<bool> {
+    // Takes one worked batch, in input order (its buffer is left for the worker to reuse);
+    // false once nothing more can be written.
+    let collect = |worked: &mut Worked| -> std::io::Result<bool> {
         summary.records += worked.accepted;
         summary.truncated_fields += worked.truncated_fields;
         for (line, reason, detail) in &worked.rejections {
@@ -539,7 +544,7 @@ pub fn run(
         output.write_all(&worked.encoded)?;
         if let Some(syslog) = syslog.as_mut() {
             // A sink that gave up has said so in its report; stop reading.
-            for record in worked.records {
+            for record in std::mem::take(&mut worked.records) {
                 if !syslog.push(record) {
                     return Ok(false);
                 }
@@ -564,6 +569,7 @@ pub fn run(
     let turns = parking_lot::Condvar::new();
     let worker = |index: &EndpointIndex| {
         let mut batch = LineBatch::default();
+        let mut encoded = Vec::new();
         loop {
             // Read a batch, and take the ticket that orders its output.
             batch.clear();
@@ -589,14 +595,14 @@ pub fn run(
                 reading.next_ticket += 1;
                 reading.next_ticket - 1
             };
-            let worked = work(&processor, index, encoder, settings, &batch);
+            let mut worked = work(&processor, index, encoder, settings, &batch, encoded);
             // Hand it on in ticket order.
             let mut writing = writing.lock();
             while writing.turn != ticket {
                 turns.wait(&mut writing);
             }
             if !writing.stopped {
-                match (writing.collect)(worked) {
+                match (writing.collect)(&mut worked) {
                     Ok(true) => {}
                     Ok(false) => writing.stopped = true,
                     Err(error) => {
@@ -607,6 +613,7 @@ pub fn run(
             }
             writing.turn += 1;
             turns.notify_all();
+            encoded = worked.encoded;
             if writing.stopped {
                 // Nothing more can be written: stop reading.
                 drop(writing);
