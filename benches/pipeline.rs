@@ -12,7 +12,7 @@ use threatflow::cluster::Inventory;
 use threatflow::enrich::{EndpointIndex, Enricher, ThreatFeed, ThreatMatcher};
 use threatflow::flow::calico;
 use threatflow::flow::lines::{Line, LineBatch, LineSplitter};
-use threatflow::flow::FlowFormat;
+use threatflow::flow::{FlowFormat, FlowRecord, Rejection};
 use threatflow::netset::NetSet;
 use threatflow::pipeline::Processor;
 use threatflow::sink::cef::{CefConfig, CefEncoder};
@@ -108,22 +108,16 @@ fn pipeline(c: &mut Criterion) {
             Line::TooLong { .. } => unreachable!("generated lines are short"),
         })
         .collect();
-    group.bench_function("parse", |b| {
-        b.iter(|| {
-            texts
-                .iter()
-                .filter(|text| calico::parse_str(text).is_ok())
-                .count()
-        })
-    });
-    group.bench_function("parse with serde_json", |b| {
-        b.iter(|| {
-            texts
-                .iter()
-                .filter(|text| calico::parse_str_with_serde_json(text).is_ok())
-                .count()
-        })
-    });
+    type Parse = fn(&str) -> Result<FlowRecord, Rejection>;
+    let readers: [(&str, Parse); 2] = [
+        ("parse", calico::parse_str),
+        ("parse with serde_json", calico::parse_str_with_serde_json),
+    ];
+    for (name, parse) in readers {
+        group.bench_function(name, |b| {
+            b.iter(|| texts.iter().filter(|text| parse(text).is_ok()).count())
+        });
+    }
     group.bench_function("parse+enrich", |b| {
         b.iter(|| {
             batch
