@@ -95,7 +95,7 @@ fn each_vendor_wire_format_stays_in_its_module() {
             "dest_name_aggr",
             "dest_service_port_num",
         ],
-        &["flow/calico.rs"],
+        &["flow/calico.rs", "flow/calico/"],
     );
     only_in(
         "Hubble's flow fields",
