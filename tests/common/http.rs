@@ -356,7 +356,6 @@ async fn read_request(
 }
 
 /// An HTTPS client that trusts only the test CA in `dir/ca.pem` (the doubles' certificates).
-#[allow(dead_code)]
 pub fn client_trusting(dir: &std::path::Path) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()

@@ -134,6 +134,14 @@ impl Outcome {
     fn reason(&self) -> String {
         format!("{} (code {})", self.message, self.code)
     }
+
+    /// The one object a call returned: FortiManager answers some calls with a list of one.
+    fn single(&self) -> Value {
+        match &self.data {
+            Value::Array(items) => items.first().cloned().unwrap_or_default(),
+            item => item.clone(),
+        }
+    }
 }
 
 /// `-11`: no permission, which is also how an expired session answers.

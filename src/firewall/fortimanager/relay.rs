@@ -9,7 +9,7 @@
 
 use serde_json::{json, Value};
 
-use super::{access_error, escape, FortiManager};
+use super::{access_error, escape, FortiManager, Outcome, NO_PERMISSION};
 use crate::firewall::TargetError;
 
 impl FortiManager {
@@ -20,7 +20,9 @@ impl FortiManager {
             escape(&self.settings.adom),
             escape(device)
         );
-        let timeout = self.settings.http.timeout.as_secs().max(1);
+        // FortiManager gives up on the device first, so its answer arrives before this
+        // client's own timeout.
+        let timeout = (self.settings.http.timeout.as_secs() / 2).max(1);
         let outcome = self
             .call_one(
                 "exec",
@@ -41,13 +43,21 @@ impl FortiManager {
                 &outcome,
             ));
         }
-        let answer = match &outcome.data {
-            Value::Array(answers) => answers.first().cloned().unwrap_or_default(),
-            answer => answer.clone(),
-        };
+        let answer = outcome.single();
         let code = answer["status"]["code"].as_i64().unwrap_or(0);
+        let message = answer["status"]["message"].as_str().unwrap_or("no message");
+        if code == NO_PERMISSION {
+            let outcome = Outcome {
+                code,
+                message: message.to_owned(),
+                data: Value::Null,
+            };
+            return Err(access_error(
+                &format!("relaying to device {device}"),
+                &outcome,
+            ));
+        }
         if code != 0 {
-            let message = answer["status"]["message"].as_str().unwrap_or("no message");
             return Err(TargetError::Unavailable(format!(
                 "FortiManager could not reach device {device}: {message} (code {code})"
             )));
@@ -68,10 +78,10 @@ impl FortiManager {
 
 /// A FortiOS error relayed from `device`, as a direct call's status would be read.
 fn relayed_error(device: &str, status: u64, response: &Value) -> TargetError {
-    let detail = format!(
-        "device {device} answered HTTP {status} (error {})",
-        response["error"]
-    );
+    let detail = match response.get("error") {
+        Some(error) => format!("device {device} answered HTTP {status} (error {error})"),
+        None => format!("device {device} answered HTTP {status}"),
+    };
     match status {
         401 => TargetError::Unauthorized {
             status: 401,

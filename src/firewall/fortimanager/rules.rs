@@ -58,10 +58,7 @@ impl FortiManager {
                 &outcome,
             ));
         }
-        let data = match &outcome.data {
-            Value::Array(items) => items.first().cloned().unwrap_or_default(),
-            other => other.clone(),
-        };
+        let data = outcome.single();
         match &data["obj ver"] {
             Value::Null => Err(TargetError::Protocol(format!(
                 "package {package} has no `obj ver`"
