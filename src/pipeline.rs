@@ -91,7 +91,7 @@ impl PipelineConfig {
         }
         if self
             .workers
-            .is_some_and(|workers| !(1..=256).contains(&workers))
+            .is_some_and(|workers| !WORKERS.contains(&workers))
         {
             problems.push(format!("{path}.workers"), "must be between 1 and 256");
         }
@@ -102,6 +102,9 @@ impl PipelineConfig {
         self.workers.unwrap_or_else(available_cores)
     }
 }
+
+/// How many processing workers may be asked for (`pipeline.workers`, `enrich --workers`).
+pub const WORKERS: std::ops::RangeInclusive<usize> = 1..=256;
 
 /// The cores this process may use: the machine's, or fewer under a CPU limit (cgroup quota)
 /// or affinity mask.

@@ -230,7 +230,7 @@ fn enrich_with_several_workers_writes_what_one_worker_writes_in_the_same_order()
     }
     let zero = run(&["enrich", "--workers", "0"], &input);
     assert_eq!(zero.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&zero.stderr).contains("--workers must be at least 1"));
+    assert!(String::from_utf8_lossy(&zero.stderr).contains("--workers must be between 1 and 256"));
 }
 
 #[test]

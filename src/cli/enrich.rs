@@ -198,8 +198,11 @@ pub fn command(args: EnrichArgs) -> anyhow::Result<EnrichSummary> {
     if args.max_line_bytes == 0 {
         anyhow::bail!("--max-line-bytes must be at least 1");
     }
-    if args.workers == Some(0) {
-        anyhow::bail!("--workers must be at least 1");
+    if args
+        .workers
+        .is_some_and(|workers| !crate::pipeline::WORKERS.contains(&workers))
+    {
+        anyhow::bail!("--workers must be between 1 and 256");
     }
     if args.syslog.is_some() {
         // Delivery retries and give-ups are reported on stderr as the daemon logs them.
@@ -565,9 +568,17 @@ pub fn run(
         collect,
         stopped: false,
         error: None,
+        abandoned: false,
     });
     let turns = parking_lot::Condvar::new();
     let worker = |index: &EndpointIndex| {
+        // A panicking worker (its own locks released by then) stops the others instead of
+        // leaving them waiting for its turn; the scope then reports the panic.
+        let _on_panic = OnPanic(|| {
+            reading.lock().done = true;
+            writing.lock().abandoned = true;
+            turns.notify_all();
+        });
         let mut batch = LineBatch::default();
         let mut encoded = Vec::new();
         loop {
@@ -599,6 +610,9 @@ pub fn run(
             // Hand it on in ticket order.
             let mut writing = writing.lock();
             while writing.turn != ticket {
+                if writing.abandoned {
+                    return;
+                }
                 turns.wait(&mut writing);
             }
             if !writing.stopped {
@@ -673,6 +687,19 @@ struct Writing<C> {
     collect: C,
     stopped: bool,
     error: Option<std::io::Error>,
+    /// A worker panicked: its turn never comes, so nobody waits for it.
+    abandoned: bool,
+}
+
+/// Runs `then` if the thread unwinds while this is alive.
+struct OnPanic<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnPanic<F> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            (self.0)();
+        }
+    }
 }
 
 /// Reads into `batch` until it holds [`WORK_BATCH_BYTES`] or the input ends; true at the end
