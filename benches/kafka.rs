@@ -83,40 +83,49 @@ fn kafka(c: &mut Criterion) {
     // One worker, and one per core (the default).
     for workers in [1, threatflow::pipeline::available_cores()] {
         group.bench_function(format!("to_syslog_tcp/workers_{workers}"), |b| {
-        b.iter_custom(|iterations| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iterations {
-                run += 1;
-                let config = Config::from_yaml(&format!(
-                    "sources: [{{name: kafka, type: kafka, kafka: {{brokers: [\"{}\"], topics: [{{name: flows}}], group_id: bench-{run}, properties: {{fetch.wait.max.ms: \"10\"}}}}}}]\nenrichment: {{inventory_path: deploy/local/inventory.json}}\nsinks: [{{name: siem, type: syslog, syslog: {{host: 127.0.0.1, port: {port}}}}}]\npipeline: {{workers: {workers}}}\ntelemetry: {{log_level: warn}}\n",
-                    broker.address()
-                ))
-                .unwrap();
-                let before = frames.load(Ordering::Relaxed);
-                let stop = CancellationToken::new();
-                let pipeline = runtime.spawn(app::run(config, app::Options::default(), stop.clone()));
-                // Timed from the first record out, so joining the group (the broker's
-                // initial rebalance delay) is not counted.
-                while frames.load(Ordering::Relaxed) == before {
-                    std::thread::sleep(Duration::from_micros(200));
+            b.iter_custom(|iterations| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iterations {
+                    run += 1;
+                    let config = Config::from_yaml(&format!(
+                        "sources: [{{name: kafka, type: kafka, kafka: {{brokers: [\"{}\"], \
+                     topics: [{{name: flows}}], group_id: bench-{run}, \
+                     properties: {{fetch.wait.max.ms: \"10\"}}}}}}]\n\
+                     enrichment: {{inventory_path: deploy/local/inventory.json}}\n\
+                     sinks: [{{name: siem, type: syslog, \
+                     syslog: {{host: 127.0.0.1, port: {port}}}}}]\n\
+                     pipeline: {{workers: {workers}}}\n\
+                     telemetry: {{log_level: warn}}\n",
+                        broker.address()
+                    ))
+                    .unwrap();
+                    let before = frames.load(Ordering::Relaxed);
+                    let stop = CancellationToken::new();
+                    let pipeline =
+                        runtime.spawn(app::run(config, app::Options::default(), stop.clone()));
+                    // Timed from the first record out, so joining the group (the broker's
+                    // initial rebalance delay) is not counted.
+                    while frames.load(Ordering::Relaxed) == before {
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    let (started, cpu) = (Instant::now(), cpu_time());
+                    while frames.load(Ordering::Relaxed) - before < RECORDS as u64 {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    total += started.elapsed();
+                    let cpu = cpu_time() - cpu;
+                    println!(
+                        "  {:.2} µs of CPU per record (all threads): \
+                     {:.0}k records/s per core if the broker kept up",
+                        cpu.as_secs_f64() * 1e6 / RECORDS as f64,
+                        RECORDS as f64 / cpu.as_secs_f64() / 1e3
+                    );
+                    stop.cancel();
+                    runtime.block_on(pipeline).unwrap().unwrap();
                 }
-                                let (started, cpu) = (Instant::now(), cpu_time());
-                while frames.load(Ordering::Relaxed) - before < RECORDS as u64 {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                total += started.elapsed();
-                let cpu = cpu_time() - cpu;
-                println!(
-                    "  {:.2} µs of CPU per record (all threads): {:.0}k records/s per core if the broker kept up",
-                    cpu.as_secs_f64() * 1e6 / RECORDS as f64,
-                    RECORDS as f64 / cpu.as_secs_f64() / 1e3
-                );
-                stop.cancel();
-                runtime.block_on(pipeline).unwrap().unwrap();
-            }
-            total
+                total
+            });
         });
-    });
     }
     group.bench_function("broker_read", |b| {
         b.iter_custom(|iterations| {
