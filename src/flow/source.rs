@@ -204,9 +204,14 @@ impl CheckpointStore {
     pub fn delivered(&self, position: Position) {
         let mut state = self.state.lock();
         state.latest = Some(position);
-        if let Err(error) = self.write_latest(&mut state) {
+        self.write_or_report(&mut state);
+    }
+
+    /// Writes the latest position; a failure is logged once until a write succeeds.
+    fn write_or_report(&self, state: &mut CheckpointState) {
+        if let Err(error) = self.write_latest(state) {
             if !std::mem::replace(&mut state.failing, true) {
-                tracing::error!(checkpoint = %self.path.display(), %error, "cannot save a checkpoint; a restart may re-send lines (retried every second)");
+                tracing::error!(checkpoint = %self.path.display(), %error, "cannot save a checkpoint; a restart may re-send lines (retried with each delivered batch and every second)");
             }
         }
     }
@@ -234,8 +239,9 @@ impl CheckpointStore {
     pub fn persist(&self) -> std::io::Result<()> {
         {
             let mut state = self.state.lock();
-            self.write_latest(&mut state)?;
-            if state.synced || state.written.is_none() {
+            self.write_or_report(&mut state);
+            // After a failed write (reported once) the file holds no newer position to flush.
+            if state.synced || state.written != state.latest || state.written.is_none() {
                 return Ok(());
             }
             // Deliveries go on during the flush; one that writes meanwhile clears this again.
